@@ -1,0 +1,306 @@
+//! raftlog's Rust client: connect with a list of endpoints, find and follow the leader for writes,
+//! read from any node, and retry what is safe to retry.
+//!
+//! Retries: a write is retried only when the node said it was definitely not applied (no leader,
+//! not the leader) or the connection was never made. Any other failure of a write is reported as
+//! [`Error::is_definite`] = false: the write may or may not have been applied.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use raftlog_proto::v1::broker_client::BrokerClient;
+use raftlog_proto::v1::cluster_client::ClusterClient;
+pub use raftlog_proto::v1::{self as pb};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Metadata keys the nodes use (see node/src/api/error.rs).
+pub const LEADER_ADDR_HEADER: &str = "raftlog-leader";
+pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(Status),
+    #[error("gave up after {attempts} attempts in {elapsed:?}; last error: {last}")]
+    Exhausted { attempts: u32, elapsed: Duration, last: Status },
+    #[error("invalid endpoint '{0}'")]
+    Endpoint(String),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Status(s) | Error::Exhausted { last: s, .. } => s.code(),
+            Error::Endpoint(_) => Code::InvalidArgument,
+        }
+    }
+
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Error::Status(s) | Error::Exhausted { last: s, .. } => Some(s),
+            Error::Endpoint(_) => None,
+        }
+    }
+
+    /// True when a failed write certainly did not happen.
+    pub fn is_definite(&self) -> bool {
+        match self.status() {
+            None => true,
+            Some(s) => is_not_applied(s)
+                || matches!(
+                    s.code(),
+                    Code::InvalidArgument
+                        | Code::NotFound
+                        | Code::AlreadyExists
+                        | Code::FailedPrecondition
+                        | Code::OutOfRange
+                        | Code::ResourceExhausted
+                        | Code::Unimplemented
+                        | Code::PermissionDenied
+                        | Code::Unauthenticated
+                ),
+        }
+    }
+}
+
+/// The node said nothing was applied, or the request never left this process (no connection).
+fn is_not_applied(status: &Status) -> bool {
+    status.metadata().contains_key(NOT_APPLIED_HEADER)
+        || (status.code() == Code::Unavailable
+            && (status.message().contains("tcp connect error") || status.message().contains("error trying to connect")))
+}
+
+/// How long and how often to retry.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub deadline: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(15),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(1000),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A connection to a raftlog cluster. Cheap to clone; clones share connections and the leader
+/// they learned.
+#[derive(Clone)]
+pub struct Client {
+    endpoints: Arc<Vec<String>>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    leader: Arc<Mutex<Option<String>>>,
+    retry: RetryPolicy,
+}
+
+/// Largest message this client accepts (fetch responses).
+const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+impl Client {
+    /// A client for the cluster reachable at `endpoints` (host:port). Connections are made lazily.
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Result<Self, Error> {
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        if endpoints.is_empty() {
+            return Err(Error::Endpoint("(none given)".into()));
+        }
+        let client = Self {
+            endpoints: Arc::new(endpoints),
+            channels: Arc::default(),
+            leader: Arc::default(),
+            retry: RetryPolicy::default(),
+        };
+        for e in client.endpoints.iter() {
+            client.channel(e)?;
+        }
+        Ok(client)
+    }
+
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+        let mut channels = self.channels.lock().expect("channel cache lock");
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|_| Error::Endpoint(addr.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(self.retry.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Broker stub for one node.
+    pub fn broker_at(&self, addr: &str) -> Result<BrokerClient<Channel>, Error> {
+        Ok(BrokerClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX))
+    }
+
+    /// Cluster (operator) stub for one node.
+    pub fn cluster_at(&self, addr: &str) -> Result<ClusterClient<Channel>, Error> {
+        Ok(ClusterClient::new(self.channel(addr)?))
+    }
+
+    /// The node to send a write to: the last known leader, else each endpoint in turn.
+    fn write_target(&self, attempt: u32) -> String {
+        if let Some(leader) = self.leader.lock().expect("leader lock").clone() {
+            return leader;
+        }
+        self.endpoints[attempt as usize % self.endpoints.len()].clone()
+    }
+
+    /// Runs `op` against the leader, following leader hints and retrying what is safe to retry
+    /// until the retry deadline.
+    pub async fn with_leader<T, F, Fut>(&self, mut op: F) -> Result<T, Error>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let start = Instant::now();
+        let mut backoff = self.retry.backoff_initial;
+        let mut attempt = 0u32;
+        loop {
+            let target = self.write_target(attempt);
+            attempt += 1;
+            match op(target.clone()).await {
+                Ok(value) => {
+                    *self.leader.lock().expect("leader lock") = Some(target);
+                    return Ok(value);
+                }
+                Err(status) if status.code() == Code::Unavailable && is_not_applied(&status) => {
+                    let hint = status
+                        .metadata()
+                        .get(LEADER_ADDR_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                        .filter(|h| *h != target);
+                    let followed_hint = hint.is_some();
+                    *self.leader.lock().expect("leader lock") = hint;
+                    if start.elapsed() >= self.retry.deadline {
+                        return Err(Error::Exhausted { attempts: attempt, elapsed: start.elapsed(), last: status });
+                    }
+                    if !followed_hint {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(self.retry.backoff_max);
+                    }
+                }
+                Err(status) => {
+                    if status.code() == Code::Unavailable || status.code() == Code::DeadlineExceeded {
+                        // Outcome unknown; forget the leader so the next call looks again.
+                        *self.leader.lock().expect("leader lock") = None;
+                    }
+                    return Err(Error::Status(status));
+                }
+            }
+        }
+    }
+
+    /// Runs a read on the first node that answers, in endpoint order starting at `preferred`.
+    async fn with_any<T, F, Fut>(&self, mut op: F) -> Result<T, Error>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut last = None;
+        for addr in self.endpoints.iter() {
+            match op(addr.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(s) if s.code() == Code::Unavailable || s.code() == Code::DeadlineExceeded => last = Some(s),
+                Err(s) => return Err(Error::Status(s)),
+            }
+        }
+        Err(Error::Status(last.unwrap_or_else(|| Status::unavailable("no endpoint answered"))))
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<pb::TopicInfo, Error> {
+        let request = pb::CreateTopicRequest {
+            name: name.to_string(),
+            config: Some(pb::TopicConfig { partitions }),
+        };
+        self.with_leader(|addr| {
+            let request = request.clone();
+            async move { self.broker_at(&addr).map_err(to_status)?.create_topic(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    pub async fn list_topics(&self) -> Result<Vec<pb::TopicInfo>, Error> {
+        self.with_any(|addr| async move {
+            self.broker_at(&addr).map_err(to_status)?.list_topics(pb::ListTopicsRequest {}).await.map(|r| r.into_inner().topics)
+        })
+        .await
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicInfo, Error> {
+        self.with_any(|addr| async move {
+            let request = pb::DescribeTopicRequest { name: name.to_string() };
+            self.broker_at(&addr).map_err(to_status)?.describe_topic(request).await.map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Appends `records` to `topic`/`partition` as one batch; returns once it is committed.
+    pub async fn produce(&self, topic: &str, partition: u32, records: Vec<pb::Record>) -> Result<pb::ProduceResponse, Error> {
+        let request = pb::ProduceRequest { topic: topic.to_string(), partition, records };
+        self.with_leader(|addr| {
+            let request = request.clone();
+            async move { self.broker_at(&addr).map_err(to_status)?.produce(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Fetches from a specific node.
+    pub async fn fetch_from(&self, addr: &str, request: pb::FetchRequest) -> Result<pb::FetchResponse, Error> {
+        self.broker_at(addr)?.fetch(request).await.map(|r| r.into_inner()).map_err(Error::Status)
+    }
+
+    /// Fetches from the first node that answers.
+    pub async fn fetch(&self, request: pb::FetchRequest) -> Result<pb::FetchResponse, Error> {
+        self.with_any(|addr| {
+            let request = request.clone();
+            async move { self.broker_at(&addr).map_err(to_status)?.fetch(request).await.map(|r| r.into_inner()) }
+        })
+        .await
+    }
+
+    /// Status of every endpoint, in endpoint order (an error for a node that does not answer).
+    pub async fn cluster_status(&self) -> Vec<(String, Result<pb::NodeStatus, Error>)> {
+        let mut out = Vec::new();
+        for addr in self.endpoints.iter() {
+            let status = match self.cluster_at(addr) {
+                Ok(mut c) => c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(Error::Status),
+                Err(e) => Err(e),
+            };
+            out.push((addr.clone(), status));
+        }
+        out
+    }
+}
+
+fn to_status(e: Error) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// A record with just a value.
+pub fn record(value: impl Into<bytes::Bytes>) -> pb::Record {
+    pb::Record { value: value.into(), ..Default::default() }
+}

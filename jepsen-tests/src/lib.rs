@@ -1,0 +1,12 @@
+//! raftlog's fault-injection harness, in the manner of Jepsen's Kafka workload: concurrent
+//! clients append unique values to a raftlog cluster and read them back while a nemesis injects
+//! faults; every operation is recorded in a [`history::History`], which [`checker::check`] then
+//! searches for anomalies and [`report::write_report`] renders for a human.
+//!
+//! This library holds the parts that do not touch a cluster (the history model, the checker and
+//! the report), so they can be unit-tested on hand-built histories. Cluster control, nemeses and
+//! workloads live in sibling modules of this crate.
+
+pub mod checker;
+pub mod history;
+pub mod report;

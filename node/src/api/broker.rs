@@ -1,0 +1,189 @@
+//! `raftlog.v1.Broker`: topics, produce and fetch.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use raftlog_proto::v1::broker_client::BrokerClient;
+use raftlog_proto::v1::broker_server::Broker;
+use raftlog_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::convert::{record_from_pb, record_to_pb, topic_to_pb};
+use super::error::ApiError;
+use super::forward::{is_forwarded, leader_unreachable, Forwarder};
+use crate::command::{Command, CommandResponse, TopicSettings};
+use crate::node::{NodeContext, WriteError};
+
+pub struct BrokerService {
+    ctx: NodeContext,
+}
+
+impl BrokerService {
+    pub fn new(ctx: NodeContext) -> Self {
+        Self { ctx }
+    }
+
+    fn leader_id(&self) -> u64 {
+        self.ctx.leader().map_or(0, |(id, _)| id)
+    }
+
+    fn validate_topic_name(&self, name: &str) -> Result<(), ApiError> {
+        let max = self.ctx.config.limits.topic_name_bytes_max;
+        if name.is_empty() || name.len() > max {
+            return Err(ApiError::InvalidArgument(format!(
+                "topic name must be 1 to {max} bytes long (got {} bytes)",
+                name.len()
+            )));
+        }
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+            return Err(ApiError::InvalidArgument(format!(
+                "topic name '{}' may contain only ASCII letters, digits, '.', '_' and '-'",
+                name.escape_debug()
+            )));
+        }
+        Ok(())
+    }
+
+    fn produce_command(&self, req: &ProduceRequest) -> Result<Command, ApiError> {
+        let limits = &self.ctx.config.limits;
+        self.validate_topic_name(&req.topic)?;
+        if req.records.is_empty() {
+            return Err(ApiError::InvalidArgument("a produce request needs at least one record".into()));
+        }
+        if req.records.len() > limits.batch_records_max {
+            return Err(ApiError::InvalidArgument(format!(
+                "batch of {} records exceeds batch_records_max ({}); split it",
+                req.records.len(),
+                limits.batch_records_max
+            )));
+        }
+        let records: Vec<_> = req.records.iter().cloned().map(record_from_pb).collect();
+        let mut batch_bytes = 0;
+        for (i, record) in records.iter().enumerate() {
+            let size = record.size_bytes();
+            if size > limits.record_bytes_max {
+                return Err(ApiError::InvalidArgument(format!(
+                    "record {i} is {size} bytes, over record_bytes_max ({})",
+                    limits.record_bytes_max
+                )));
+            }
+            batch_bytes += size;
+        }
+        if batch_bytes > limits.batch_bytes_max {
+            return Err(ApiError::InvalidArgument(format!(
+                "batch is {batch_bytes} bytes, over batch_bytes_max ({}); split it",
+                limits.batch_bytes_max
+            )));
+        }
+        let proposed_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        Ok(Command::Append { topic: req.topic.clone(), partition: req.partition, records, proposed_at_ms })
+    }
+}
+
+fn unexpected(response: CommandResponse) -> Status {
+    ApiError::Internal(format!("unexpected state machine response {response:?}")).into()
+}
+
+#[tonic::async_trait]
+impl Broker for BrokerService {
+    async fn create_topic(&self, request: Request<CreateTopicRequest>) -> Result<Response<TopicInfo>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        self.validate_topic_name(&req.name)?;
+        let limits = &self.ctx.config.limits;
+        let partitions = match req.config.as_ref().map_or(0, |c| c.partitions) {
+            0 => 1,
+            n if n > limits.partitions_per_topic_max => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{n} partitions exceeds partitions_per_topic_max ({})",
+                    limits.partitions_per_topic_max
+                ))
+                .into())
+            }
+            n => n,
+        };
+        let command = Command::CreateTopic {
+            name: req.name.clone(),
+            settings: TopicSettings { partitions },
+            topics_max: limits.topics_max,
+        };
+        match self.ctx.write(command).await {
+            Ok(CommandResponse::TopicCreated { .. }) => {
+                let topic = self.ctx.view.topic(&req.name).ok_or_else(|| ApiError::Internal("created topic not applied".into()))?;
+                Ok(Response::new(topic_to_pb(topic, self.ctx.id)))
+            }
+            Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
+            Ok(other) => Err(unexpected(other)),
+            Err(WriteError::NotLeader(leader)) => {
+                let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+                BrokerClient::new(channel)
+                    .create_topic(Forwarder::forwarded(req, None))
+                    .await
+                    .map_err(|s| leader_unreachable(s, leader))
+            }
+            Err(WriteError::Failed(e)) => Err(e.into()),
+        }
+    }
+
+    async fn list_topics(&self, _: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
+        let leader = self.leader_id();
+        let topics = self.ctx.view.topics().into_iter().map(|t| topic_to_pb(t, leader)).collect();
+        Ok(Response::new(ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(&self, request: Request<DescribeTopicRequest>) -> Result<Response<TopicInfo>, Status> {
+        let name = request.into_inner().name;
+        let topic = self
+            .ctx
+            .view
+            .topic(&name)
+            .ok_or_else(|| ApiError::from(crate::command::Rejection::UnknownTopic(name)))?;
+        Ok(Response::new(topic_to_pb(topic, self.leader_id())))
+    }
+
+    async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let command = self.produce_command(&req)?;
+        match self.ctx.write(command).await {
+            Ok(CommandResponse::Appended { base_offset, record_count }) => {
+                Ok(Response::new(ProduceResponse { partition: req.partition, base_offset, record_count }))
+            }
+            Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
+            Ok(other) => Err(unexpected(other)),
+            Err(WriteError::NotLeader(leader)) => {
+                let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+                BrokerClient::new(channel)
+                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
+                    .produce(Forwarder::forwarded(req, None))
+                    .await
+                    .map_err(|s| leader_unreachable(s, leader))
+            }
+            Err(WriteError::Failed(e)) => Err(e.into()),
+        }
+    }
+
+    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        let req = request.into_inner();
+        self.validate_topic_name(&req.topic)?;
+        let limits = &self.ctx.config.limits;
+        let max_records = match req.max_records as usize {
+            0 => limits.fetch_records_max,
+            n => n.min(limits.fetch_records_max),
+        };
+        let max_bytes = match req.max_bytes as usize {
+            0 => limits.fetch_bytes_max,
+            n => n.min(limits.fetch_bytes_max),
+        };
+        let result = self
+            .ctx
+            .view
+            .read(&req.topic, req.partition, req.offset, max_records, max_bytes)
+            .map_err(ApiError::from)?;
+        Ok(Response::new(FetchResponse {
+            records: result.records.into_iter().map(|(offset, r)| record_to_pb(offset, r)).collect(),
+            end_offset: result.end_offset,
+            start_offset: result.start_offset,
+        }))
+    }
+}

@@ -1,0 +1,235 @@
+//! `raftlog.v1.Cluster`: bootstrap, membership changes, leadership transfer and inspection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use raftlog_proto::v1::cluster_client::ClusterClient;
+use raftlog_proto::v1::cluster_server::Cluster;
+use raftlog_proto::v1::*;
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use super::forward::{is_forwarded, leader_unreachable, Forwarder};
+use crate::node::NodeContext;
+use crate::raft::types::{ClientWriteResponse, Node, NodeId, RaftMetrics};
+
+pub struct ClusterService {
+    ctx: NodeContext,
+}
+
+fn members(metrics: &RaftMetrics) -> (Vec<Member>, Vec<Member>) {
+    let membership = metrics.membership_config.membership();
+    let member = |id: NodeId| Member {
+        node_id: id,
+        addr: membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
+    };
+    (membership.voter_ids().map(member).collect(), membership.learner_ids().map(member).collect())
+}
+
+/// How a membership change ended on this node.
+enum ChangeOutcome {
+    Done(ClientWriteResponse),
+    NotLeader(Option<(NodeId, String)>),
+}
+
+impl ClusterService {
+    pub fn new(ctx: NodeContext) -> Self {
+        Self { ctx }
+    }
+
+    fn membership_response(&self, log_index: u64) -> MembershipResponse {
+        let metrics = self.ctx.raft.metrics().borrow().clone();
+        let (voters, learners) = members(&metrics);
+        MembershipResponse { log_index, voters, learners }
+    }
+
+    fn outcome(
+        result: Result<ClientWriteResponse, RaftError<NodeId, ClientWriteError<NodeId, Node>>>,
+    ) -> Result<ChangeOutcome, ApiError> {
+        match result {
+            Ok(response) => Ok(ChangeOutcome::Done(response)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Ok(ChangeOutcome::NotLeader(
+                match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => Some((id, node.addr)),
+                    _ => None,
+                },
+            )),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(ApiError::FailedPrecondition(format!("{e}; check `raftlog cluster status`")))
+            }
+            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable { message: e.to_string(), leader: None, not_applied: false }),
+        }
+    }
+
+    fn client(&self, forwarded: bool, leader: Option<(NodeId, String)>) -> Result<(ClusterClient<tonic::transport::Channel>, (NodeId, String)), Status> {
+        let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+        Ok((ClusterClient::new(channel), leader))
+    }
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn initialize(&self, request: Request<InitializeRequest>) -> Result<Response<InitializeResponse>, Status> {
+        let req = request.into_inner();
+        if req.members.is_empty() {
+            return Err(ApiError::InvalidArgument("initialize needs at least one member".into()).into());
+        }
+        let mut nodes = BTreeMap::new();
+        for m in req.members {
+            if m.node_id == 0 || m.addr.is_empty() {
+                return Err(ApiError::InvalidArgument("every member needs a positive node_id and an addr".into()).into());
+            }
+            nodes.insert(m.node_id, Node { addr: m.addr });
+        }
+        if !nodes.contains_key(&self.ctx.id) {
+            return Err(ApiError::InvalidArgument(format!(
+                "initialize must be sent to one of the members; this is node {}",
+                self.ctx.id
+            ))
+            .into());
+        }
+        match self.ctx.raft.initialize(nodes).await {
+            Ok(()) => Ok(Response::new(InitializeResponse {})),
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                Err(ApiError::AlreadyExists(format!("the cluster is already initialized ({e})")).into())
+            }
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(ApiError::InvalidArgument(e.to_string()).into()),
+            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable { message: e.to_string(), leader: None }.into()),
+        }
+    }
+
+    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let member = req.member.clone().ok_or_else(|| ApiError::InvalidArgument("member is required".into()))?;
+        if member.node_id == 0 || member.addr.is_empty() {
+            return Err(ApiError::InvalidArgument("member needs a positive node_id and an addr".into()).into());
+        }
+        let result = self.ctx.raft.add_learner(member.node_id, Node { addr: member.addr }, req.blocking).await;
+        match Self::outcome(result)? {
+            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
+            ChangeOutcome::NotLeader(leader) => {
+                let (mut client, leader) = self.client(forwarded, leader)?;
+                client.add_learner(Forwarder::forwarded(req, None)).await.map_err(|s| leader_unreachable(s, leader))
+            }
+        }
+    }
+
+    async fn promote_voter(&self, request: Request<NodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]));
+        match Self::outcome(self.ctx.raft.change_membership(change, false).await)? {
+            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
+            ChangeOutcome::NotLeader(leader) => {
+                let (mut client, leader) = self.client(forwarded, leader)?;
+                client.promote_voter(Forwarder::forwarded(req, None)).await.map_err(|s| leader_unreachable(s, leader))
+            }
+        }
+    }
+
+    async fn remove_node(&self, request: Request<NodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let metrics = self.ctx.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let is_voter = membership.voter_ids().any(|id| id == req.node_id);
+        let change = if is_voter {
+            // Remove the voter and do not keep it as a learner.
+            ChangeMembers::RemoveVoters(BTreeSet::from([req.node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([req.node_id]))
+        };
+        match Self::outcome(self.ctx.raft.change_membership(change, false).await)? {
+            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
+            ChangeOutcome::NotLeader(leader) => {
+                let (mut client, leader) = self.client(forwarded, leader)?;
+                client.remove_node(Forwarder::forwarded(req, None)).await.map_err(|s| leader_unreachable(s, leader))
+            }
+        }
+    }
+
+    async fn transfer_leader(&self, request: Request<NodeRequest>) -> Result<Response<TransferLeaderResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let target = request.into_inner().node_id;
+        if target == self.ctx.id {
+            // openraft 0.9 has no leader-transfer message: the target starts an election at once.
+            // With a log at least as up to date as the others' it wins, and the old leader steps
+            // down on seeing the higher term.
+            self.ctx.raft.trigger().elect().await.map_err(|e| ApiError::Unavailable { message: e.to_string(), leader: None, not_applied: false })?;
+            return Ok(Response::new(TransferLeaderResponse {}));
+        }
+        if forwarded {
+            return Err(ApiError::FailedPrecondition(format!("node {} is not node {target}", self.ctx.id)).into());
+        }
+        let addr = {
+            let metrics = self.ctx.raft.metrics().borrow().clone();
+            let membership = metrics.membership_config.membership();
+            if !membership.voter_ids().any(|id| id == target) {
+                return Err(ApiError::FailedPrecondition(format!("node {target} is not a voter; only voters can lead")).into());
+            }
+            membership.get_node(&target).map(|n| n.addr.clone()).unwrap_or_default()
+        };
+        let channel = self.ctx.forwarder.channel(&addr)?;
+        ClusterClient::new(channel)
+            .transfer_leader(Forwarder::forwarded(NodeRequest { node_id: target }, Some(Duration::from_secs(5))))
+            .await
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        let metrics = self.ctx.raft.metrics().borrow().clone();
+        let committed = self.ctx.raft.with_raft_state(|s| s.committed.map(|l| l.index)).await.ok().flatten();
+        let (voters, learners) = members(&metrics);
+        let role = match metrics.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let leader = self.ctx.leader();
+        let replication = metrics
+            .replication
+            .as_ref()
+            .map(|r| r.iter().map(|(id, log)| (*id, log.map_or(0, |l| l.index))).collect())
+            .unwrap_or_default();
+        Ok(Response::new(NodeStatus {
+            node_id: self.ctx.id,
+            addr: self.ctx.config.advertise_addr.clone(),
+            role: role as i32,
+            term: metrics.current_term,
+            leader_id: leader.as_ref().map_or(0, |l| l.0),
+            has_leader: leader.is_some(),
+            leader_addr: leader.map(|l| l.1).unwrap_or_default(),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            committed_index: committed.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
+            voters,
+            learners,
+            group_id: self.ctx.view.group(),
+            replication,
+        }))
+    }
+
+    async fn trigger_snapshot(&self, _: Request<TriggerSnapshotRequest>) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        let applied = self.ctx.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        self.ctx.raft.trigger().snapshot().await.map_err(|e| ApiError::Unavailable { message: e.to_string(), leader: None, not_applied: false })?;
+        let metrics = self
+            .ctx
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(|m| m.snapshot.map_or(0, |s| s.index) >= applied, "snapshot built")
+            .await
+            .map_err(|e| ApiError::Internal(format!("snapshot not built in time: {e}")))?;
+        Ok(Response::new(TriggerSnapshotResponse { snapshot_index: metrics.snapshot.map_or(0, |s| s.index) }))
+    }
+
+    async fn state_digest(&self, _: Request<StateDigestRequest>) -> Result<Response<StateDigestResponse>, Status> {
+        let (applied_index, sha256, keys) = self.ctx.view.digest().map_err(ApiError::from)?;
+        Ok(Response::new(StateDigestResponse { applied_index, sha256, keys }))
+    }
+}

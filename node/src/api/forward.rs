@@ -1,0 +1,96 @@
+//! Finding the leader and forwarding writes to it. Any node accepts a write; a follower sends it on
+//! to the leader it knows, once. A request that was already forwarded is never forwarded again (it
+//! answers UNAVAILABLE with the leader hint instead), so two nodes with stale views cannot bounce a
+//! request between them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::Request;
+
+use super::error::ApiError;
+use crate::raft::types::{NodeId, Raft};
+
+/// Metadata key set on forwarded requests.
+pub const FORWARDED_HEADER: &str = "raftlog-forwarded";
+
+#[derive(Clone, Default)]
+pub struct Forwarder {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Forwarder {
+    /// The leader this node knows of, with its address, if any.
+    pub fn leader(raft: &Raft) -> Option<(NodeId, String)> {
+        let metrics = raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        Some((leader, addr))
+    }
+
+    /// A channel to `addr`, reused across requests.
+    pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+        let mut channels = self.channels.lock().expect("forward channel cache lock");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| ApiError::Internal(format!("bad leader address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Decides where a write that this node cannot serve goes: the leader's channel, or an error.
+    /// `forwarded` tells whether the request in hand was itself forwarded ([`is_forwarded`]).
+    pub fn route(
+        &self,
+        forwarded: bool,
+        leader: Option<(NodeId, String)>,
+        self_id: NodeId,
+    ) -> Result<(Channel, (NodeId, String)), ApiError> {
+        let Some((leader_id, addr)) = leader else { return Err(ApiError::no_leader()) };
+        if leader_id == self_id || forwarded {
+            return Err(ApiError::Unavailable {
+                message: format!("node {self_id} is not the leader; send writes to node {leader_id} at {addr}"),
+                leader: Some((leader_id, addr)),
+                not_applied: true,
+            });
+        }
+        Ok((self.channel(&addr)?, (leader_id, addr)))
+    }
+
+    /// Wraps a message for forwarding, marked so it is not forwarded again.
+    pub fn forwarded<T>(message: T, timeout: Option<Duration>) -> Request<T> {
+        let mut request = Request::new(message);
+        request.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        request
+    }
+}
+
+/// Whether a request was forwarded by another node.
+pub fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}
+
+/// Turns a transport failure on the way to the leader into a retryable UNAVAILABLE.
+pub fn leader_unreachable(status: tonic::Status, leader: (NodeId, String)) -> tonic::Status {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown if !status.metadata().contains_key(super::error::LEADER_ADDR_HEADER) => {
+            ApiError::Unavailable {
+                message: format!("could not reach leader {} at {}: {}; retry", leader.0, leader.1, status.message()),
+                leader: Some(leader),
+                not_applied: false,
+            }
+            .into()
+        }
+        _ => status,
+    }
+}

@@ -1,0 +1,336 @@
+//! The node's typed configuration: one struct, one source of defaults, one `validate()`.
+//!
+//! Sources, highest precedence first: command-line flags, `RAFTLOG_*` environment variables, the
+//! TOML file named by `--config`, built-in defaults. docs/raftlog-node.example.toml documents
+//! every field. Configuration is resolved here once and passed down explicitly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Fully resolved node configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    /// gRPC address to bind (Broker, Cluster and the peer Raft service).
+    pub listen_addr: SocketAddr,
+    /// gRPC address other nodes and clients are told to use.
+    pub advertise_addr: String,
+    /// Admin HTTP address (/healthz, /readyz, /status, /metrics).
+    pub admin_addr: SocketAddr,
+    /// Static bootstrap membership, `id=host:port` pairs. When set and this node's log is empty,
+    /// the node with the smallest id initializes the cluster with it.
+    pub initial_cluster: Vec<(u64, String)>,
+    pub raft: RaftTimings,
+    pub snapshot: SnapshotPolicy,
+    pub limits: Limits,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Connect timeout to a peer.
+    pub peer_connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotPolicy {
+    /// Build a snapshot after this many log entries since the last one.
+    pub logs_since_last_max: u64,
+    /// Log entries kept behind a snapshot, so briefly lagging followers catch up from the log
+    /// rather than by a full snapshot.
+    pub logs_kept_after_snapshot: u64,
+    /// Snapshot chunk size on the wire.
+    pub chunk_bytes_max: u64,
+}
+
+/// Limits on what clients may send; every one is enforced with INVALID_ARGUMENT or
+/// RESOURCE_EXHAUSTED before anything reaches the Raft log.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub record_bytes_max: usize,
+    pub batch_bytes_max: usize,
+    pub batch_records_max: usize,
+    pub topic_name_bytes_max: usize,
+    pub partitions_per_topic_max: u32,
+    pub topics_max: u32,
+    pub fetch_records_max: usize,
+    pub fetch_bytes_max: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 150,
+            election_timeout_ms_min: 750,
+            election_timeout_ms_max: 1500,
+            peer_connect_timeout_ms: 1000,
+        }
+    }
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self { logs_since_last_max: 20_000, logs_kept_after_snapshot: 5_000, chunk_bytes_max: 4 * 1024 * 1024 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            record_bytes_max: 1024 * 1024,
+            batch_bytes_max: 8 * 1024 * 1024,
+            batch_records_max: 10_000,
+            topic_name_bytes_max: 249,
+            partitions_per_topic_max: 1024,
+            topics_max: 10_000,
+            fetch_records_max: 10_000,
+            fetch_bytes_max: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Command-line flags and environment variables; the same names (snake_case) are the TOML keys.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[command(
+    name = "raftlog-node",
+    version,
+    about = "raftlog server node: a replicated, append-only log and message broker.",
+    after_help = "Precedence: command-line flags > RAFTLOG_* environment variables > --config TOML file > defaults.\n\
+                  Example config with every field: docs/raftlog-node.example.toml"
+)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// TOML configuration file.
+    #[arg(long, env = "RAFTLOG_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id: a positive integer unique in the cluster.
+    #[arg(long, env = "RAFTLOG_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Directory of this node's data [default: ./data/node-<id>].
+    #[arg(long, env = "RAFTLOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "RAFTLOG_LISTEN_ADDR")]
+    pub listen_addr: Option<SocketAddr>,
+    /// gRPC address advertised to peers and clients [default: the listen address].
+    #[arg(long, env = "RAFTLOG_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Admin HTTP listen address [default: 127.0.0.1:9091].
+    #[arg(long, env = "RAFTLOG_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// Static initial membership, e.g. "1=127.0.0.1:50051,2=127.0.0.1:50052,3=127.0.0.1:50053".
+    #[arg(long, env = "RAFTLOG_INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// Raft heartbeat interval [default: 150].
+    #[arg(long, env = "RAFTLOG_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+    /// Minimum election timeout [default: 750].
+    #[arg(long, env = "RAFTLOG_ELECTION_TIMEOUT_MS_MIN")]
+    pub election_timeout_ms_min: Option<u64>,
+    /// Maximum election timeout [default: 1500].
+    #[arg(long, env = "RAFTLOG_ELECTION_TIMEOUT_MS_MAX")]
+    pub election_timeout_ms_max: Option<u64>,
+    /// Build a snapshot after this many entries since the last [default: 20000].
+    #[arg(long, env = "RAFTLOG_SNAPSHOT_LOGS_SINCE_LAST_MAX")]
+    pub snapshot_logs_since_last_max: Option<u64>,
+    /// Entries kept in the log behind a snapshot [default: 5000].
+    #[arg(long, env = "RAFTLOG_SNAPSHOT_LOGS_KEPT")]
+    pub snapshot_logs_kept: Option<u64>,
+    /// Largest record (key + value + headers) in bytes [default: 1048576].
+    #[arg(long, env = "RAFTLOG_RECORD_BYTES_MAX")]
+    pub record_bytes_max: Option<usize>,
+    /// Largest produce batch in bytes [default: 8388608].
+    #[arg(long, env = "RAFTLOG_BATCH_BYTES_MAX")]
+    pub batch_bytes_max: Option<usize>,
+    /// Most records in one produce batch [default: 10000].
+    #[arg(long, env = "RAFTLOG_BATCH_RECORDS_MAX")]
+    pub batch_records_max: Option<usize>,
+    /// Most partitions per topic [default: 1024].
+    #[arg(long, env = "RAFTLOG_PARTITIONS_PER_TOPIC_MAX")]
+    pub partitions_per_topic_max: Option<u32>,
+    /// Most topics in the cluster [default: 10000].
+    #[arg(long, env = "RAFTLOG_TOPICS_MAX")]
+    pub topics_max: Option<u32>,
+    /// Log output format [default: text]. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "RAFTLOG_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Args {
+    /// Merges flags/env (self) over the TOML file, then defaults, and validates the result.
+    pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
+        let file = match &self.config {
+            None => Args::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+        };
+        macro_rules! pick {
+            ($field:ident) => {
+                self.$field.or(file.$field)
+            };
+        }
+        let node_id = pick!(node_id).ok_or_else(|| ConfigError::Invalid("--node-id is required".into()))?;
+        let listen_addr = pick!(listen_addr).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal address"));
+        let initial_cluster = match pick!(initial_cluster) {
+            None => Vec::new(),
+            Some(spec) => parse_initial_cluster(&spec)?,
+        };
+        let (raft_default, snap_default, limits_default) =
+            (RaftTimings::default(), SnapshotPolicy::default(), Limits::default());
+        let config = NodeConfig {
+            node_id,
+            data_dir: pick!(data_dir).unwrap_or_else(|| PathBuf::from(format!("./data/node-{node_id}"))),
+            listen_addr,
+            advertise_addr: pick!(advertise_addr).unwrap_or_else(|| listen_addr.to_string()),
+            admin_addr: pick!(admin_addr).unwrap_or_else(|| "127.0.0.1:9091".parse().expect("literal address")),
+            initial_cluster,
+            raft: RaftTimings {
+                heartbeat_interval_ms: pick!(heartbeat_interval_ms).unwrap_or(raft_default.heartbeat_interval_ms),
+                election_timeout_ms_min: pick!(election_timeout_ms_min).unwrap_or(raft_default.election_timeout_ms_min),
+                election_timeout_ms_max: pick!(election_timeout_ms_max).unwrap_or(raft_default.election_timeout_ms_max),
+                peer_connect_timeout_ms: raft_default.peer_connect_timeout_ms,
+            },
+            snapshot: SnapshotPolicy {
+                logs_since_last_max: pick!(snapshot_logs_since_last_max).unwrap_or(snap_default.logs_since_last_max),
+                logs_kept_after_snapshot: pick!(snapshot_logs_kept).unwrap_or(snap_default.logs_kept_after_snapshot),
+                chunk_bytes_max: snap_default.chunk_bytes_max,
+            },
+            limits: Limits {
+                record_bytes_max: pick!(record_bytes_max).unwrap_or(limits_default.record_bytes_max),
+                batch_bytes_max: pick!(batch_bytes_max).unwrap_or(limits_default.batch_bytes_max),
+                batch_records_max: pick!(batch_records_max).unwrap_or(limits_default.batch_records_max),
+                partitions_per_topic_max: pick!(partitions_per_topic_max)
+                    .unwrap_or(limits_default.partitions_per_topic_max),
+                topics_max: pick!(topics_max).unwrap_or(limits_default.topics_max),
+                ..limits_default
+            },
+            log_format: pick!(log_format).unwrap_or(LogFormat::Text),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Parses `1=host:port,2=host:port`.
+pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(u64, String)>, ConfigError> {
+    spec.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|member| {
+            let (id, addr) = member
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("initial cluster member '{member}' is not id=host:port")))?;
+            let id = id
+                .parse()
+                .map_err(|_| ConfigError::Invalid(format!("initial cluster member id '{id}' is not a number")))?;
+            Ok((id, addr.to_string()))
+        })
+        .collect()
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.node_id == 0 {
+            return invalid("node id must be positive".into());
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval_ms == 0 || r.election_timeout_ms_min <= r.heartbeat_interval_ms * 2 {
+            return invalid(format!(
+                "election_timeout_ms_min ({}) must exceed twice heartbeat_interval_ms ({})",
+                r.election_timeout_ms_min, r.heartbeat_interval_ms
+            ));
+        }
+        if r.election_timeout_ms_max <= r.election_timeout_ms_min {
+            return invalid("election_timeout_ms_max must exceed election_timeout_ms_min".into());
+        }
+        if self.snapshot.logs_since_last_max == 0 {
+            return invalid("snapshot_logs_since_last_max must be positive".into());
+        }
+        let l = &self.limits;
+        if l.record_bytes_max == 0 || l.batch_bytes_max < l.record_bytes_max {
+            return invalid("batch_bytes_max must be at least record_bytes_max, and both positive".into());
+        }
+        if l.batch_bytes_max > crate::raft::network::PEER_MESSAGE_BYTES_MAX / 2 {
+            return invalid("batch_bytes_max must stay below half the peer message size (128 MiB)".into());
+        }
+        if !self.initial_cluster.is_empty() && !self.initial_cluster.iter().any(|(id, _)| *id == self.node_id) {
+            return invalid(format!("initial cluster does not include this node ({})", self.node_id));
+        }
+        Ok(())
+    }
+
+    /// openraft's configuration derived from ours.
+    pub fn openraft_config(&self) -> openraft::Config {
+        openraft::Config {
+            cluster_name: "raftlog".into(),
+            heartbeat_interval: self.raft.heartbeat_interval_ms,
+            election_timeout_min: self.raft.election_timeout_ms_min,
+            election_timeout_max: self.raft.election_timeout_ms_max,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot.logs_since_last_max),
+            max_in_snapshot_log_to_keep: self.snapshot.logs_kept_after_snapshot,
+            snapshot_max_chunk_size: self.snapshot.chunk_bytes_max,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_file_parses_and_matches_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/raftlog-node.example.toml");
+        let args = Args { config: Some(path.into()), ..Default::default() };
+        let config = args.resolve().expect("the documented example config is valid");
+        let defaults = Args { node_id: Some(1), ..Default::default() }.resolve().unwrap();
+        assert_eq!(config.raft.election_timeout_ms_min, defaults.raft.election_timeout_ms_min);
+        assert_eq!(config.limits.record_bytes_max, defaults.limits.record_bytes_max);
+        assert_eq!(config.snapshot.logs_kept_after_snapshot, defaults.snapshot.logs_kept_after_snapshot);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/raftlog-node.example.toml");
+        let args = Args { config: Some(path.into()), node_id: Some(7), topics_max: Some(3), ..Default::default() };
+        let config = args.resolve().unwrap();
+        assert_eq!((config.node_id, config.limits.topics_max), (7, 3));
+    }
+
+    #[test]
+    fn bad_configs_are_rejected_with_a_reason() {
+        let bad = Args { node_id: Some(1), heartbeat_interval_ms: Some(500), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().to_string().contains("election_timeout_ms_min"));
+        let bad = Args { node_id: Some(1), initial_cluster: Some("2=a:1,3=b:2".into()), ..Default::default() };
+        assert!(bad.resolve().unwrap_err().to_string().contains("does not include this node"));
+        assert!(parse_initial_cluster("x=1").is_err());
+    }
+}

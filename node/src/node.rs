@@ -1,0 +1,58 @@
+//! One running node: the Raft instance, the applied state it serves reads from, and the write
+//! entry point shared by the API services.
+
+use std::sync::Arc;
+
+use crate::api::error::ApiError;
+use crate::api::forward::Forwarder;
+use crate::command::{Command, CommandResponse};
+use crate::config::NodeConfig;
+use crate::raft::types::{ClientWriteError, NodeId, Raft, RaftError};
+use crate::storage::state_machine::StateView;
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub view: Arc<StateView>,
+    pub config: Arc<NodeConfig>,
+    pub forwarder: Forwarder,
+}
+
+/// Why a write did not produce a replicated outcome on this node.
+pub enum WriteError {
+    /// This node is not the leader: the write should go to this one (if known).
+    NotLeader(Option<(NodeId, String)>),
+    Failed(ApiError),
+}
+
+impl NodeContext {
+    /// Proposes `command` through Raft and waits until it is committed (fsynced on a majority)
+    /// and applied here; returns what applying it answered.
+    pub async fn write(&self, command: Command) -> Result<CommandResponse, WriteError> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let leader = match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => Some((id, node.addr)),
+                    _ => None,
+                };
+                Err(WriteError::NotLeader(leader))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(WriteError::Failed(ApiError::FailedPrecondition(e.to_string())))
+            }
+            Err(RaftError::Fatal(e)) => Err(WriteError::Failed(ApiError::Unavailable {
+                message: format!("node {} cannot serve writes: {e}; use another node", self.id),
+                leader: None,
+                not_applied: false,
+            })),
+        }
+    }
+
+    /// The leader as this node currently sees it.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        Forwarder::leader(&self.raft)
+    }
+}

@@ -1,0 +1,154 @@
+//! Client side of the peer transport: openraft's `RaftNetwork` over tonic.
+//!
+//! One lazily connected HTTP/2 channel per peer address, shared by every replication stream to
+//! that peer and re-established by tonic after failures. A peer that is down costs the others only
+//! failed connects: connection errors are reported to openraft as `Unreachable`, which makes it
+//! back off before retrying that peer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RemoteError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use raftlog_proto::raft::v1::raft_client::RaftClient;
+use raftlog_proto::raft::v1::RaftEnvelope;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::types::*;
+use crate::storage::{decode, encode};
+
+/// Largest peer message accepted or sent (AppendEntries batches, snapshot chunks).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Creates one [`PeerClient`] per target node, reusing channels by address.
+#[derive(Clone)]
+pub struct PeerNetworkFactory {
+    group: GroupId,
+    connect_timeout: Duration,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerNetworkFactory {
+    pub fn new(group: GroupId, connect_timeout: Duration) -> Self {
+        Self { group, connect_timeout, channels: Arc::default() }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self.channels.lock().expect("peer channel cache lock");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        let channel = self.channel(&node.addr);
+        PeerClient { target, group: self.group, addr: node.addr.clone(), channel }
+    }
+}
+
+/// The connection to one peer.
+pub struct PeerClient {
+    target: NodeId,
+    group: GroupId,
+    addr: String,
+    channel: Result<Channel, tonic::transport::Error>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("peer {target} at {addr}: {message}")]
+struct PeerError {
+    target: NodeId,
+    addr: String,
+    message: String,
+}
+
+enum Rpc {
+    Vote,
+    AppendEntries,
+    InstallSnapshot,
+}
+
+impl PeerClient {
+    fn error(&self, message: impl std::fmt::Display) -> PeerError {
+        PeerError { target: self.target, addr: self.addr.clone(), message: message.to_string() }
+    }
+
+    /// Sends one request and decodes the peer's `Result<Resp, RaftError<E>>`.
+    async fn call<Req, Resp, E>(&mut self, rpc: Rpc, request: &Req, ttl: Duration) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let channel = match &self.channel {
+            Ok(channel) => channel.clone(),
+            Err(e) => return Err(RpcError::Unreachable(Unreachable::new(&self.error(e)))),
+        };
+        let mut client = RaftClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
+        let mut req = tonic::Request::new(RaftEnvelope { group_id: self.group, payload: encode(request).into() });
+        req.set_timeout(ttl);
+        let reply = match rpc {
+            Rpc::Vote => client.vote(req).await,
+            Rpc::AppendEntries => client.append_entries(req).await,
+            Rpc::InstallSnapshot => client.install_snapshot(req).await,
+        };
+        let reply = match reply {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                let err = self.error(format!("{}: {}", status.code(), status.message()));
+                return Err(match status.code() {
+                    // Nothing reached the peer's Raft: back off before retrying this peer.
+                    tonic::Code::Unavailable | tonic::Code::Unknown => RpcError::Unreachable(Unreachable::new(&err)),
+                    _ => RpcError::Network(NetworkError::new(&err)),
+                });
+            }
+        };
+        let result: Result<Resp, RaftError<E>> =
+            decode(&reply.payload).map_err(|e| RpcError::Network(NetworkError::new(&self.error(e))))?;
+        result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RpcError> {
+        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
+        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        // After a failure, retry an unreachable peer every 200 ms rather than spin.
+        Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}

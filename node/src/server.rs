@@ -1,0 +1,139 @@
+//! Assembles a node from its parts (storage, Raft, peer transport, API services, admin HTTP) and
+//! runs it until `shutdown` resolves. Shutdown is a parameter so tests and the binary drive it the
+//! same way.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use raftlog_proto::raft::v1::raft_server::RaftServer;
+use raftlog_proto::v1::broker_server::BrokerServer;
+use raftlog_proto::v1::cluster_server::ClusterServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin_http;
+use crate::api::broker::BrokerService;
+use crate::api::cluster::ClusterService;
+use crate::api::forward::Forwarder;
+use crate::config::NodeConfig;
+use crate::node::NodeContext;
+use crate::raft::network::{PeerNetworkFactory, PEER_MESSAGE_BYTES_MAX};
+use crate::raft::service::PeerService;
+use crate::raft::types::{Node, Raft, METADATA_GROUP};
+use crate::storage::log_store::LogStore;
+use crate::storage::state_machine::StateMachine;
+use crate::storage::{open_db, CF_STATE_MACHINE};
+
+/// Runs a node until `shutdown` resolves, then stops serving, stops Raft and flushes storage.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
+    let log_store = LogStore::new(db.clone(), METADATA_GROUP);
+    let state_machine = StateMachine::open(db.clone(), METADATA_GROUP, config.data_dir.join("snapshots"))?;
+    let view = state_machine.view();
+    let network =
+        PeerNetworkFactory::new(METADATA_GROUP, Duration::from_millis(config.raft.peer_connect_timeout_ms));
+    let raft_config = Arc::new(config.openraft_config().validate().context("raft configuration")?);
+    let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine)
+        .await
+        .context("starting Raft")?;
+    let config = Arc::new(config);
+    let ctx = NodeContext {
+        id: config.node_id,
+        raft: raft.clone(),
+        view,
+        config: config.clone(),
+        forwarder: Forwarder::default(),
+    };
+
+    if !config.initial_cluster.is_empty() {
+        bootstrap(&raft, &config).await?;
+    }
+
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| format!("binding gRPC address {}", config.listen_addr))?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding admin HTTP address {}", config.admin_addr))?;
+    tracing::info!(
+        node_id = config.node_id,
+        grpc = %config.listen_addr,
+        admin = %config.admin_addr,
+        data_dir = %config.data_dir.display(),
+        "raftlog node started"
+    );
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<BrokerServer<BrokerService>>().await;
+    health_reporter.set_serving::<ClusterServer<ClusterService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(raftlog_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building gRPC reflection service")?;
+
+    // A produce request may carry a full batch plus protobuf framing.
+    let client_message_bytes_max = config.limits.batch_bytes_max + 1024 * 1024;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            RaftServer::new(PeerService::new(raft.clone(), METADATA_GROUP))
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            BrokerServer::new(BrokerService::new(ctx.clone()))
+                .max_decoding_message_size(client_message_bytes_max)
+                .max_encoding_message_size(config.limits.fetch_bytes_max + 1024 * 1024),
+        )
+        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = grpc_stop.wait_for(|stop| *stop).await;
+        });
+    let grpc = tokio::spawn(grpc);
+    let admin = tokio::spawn(admin_http::serve(admin_listener, ctx.clone(), stop_rx));
+
+    shutdown.await;
+    tracing::info!(node_id = config.node_id, "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = grpc.await;
+    let _ = admin.await;
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!("raft shutdown: {e}");
+    }
+    // The state machine is written without WAL: flush it so the next start need not re-apply.
+    if let Some(cf) = db.cf_handle(CF_STATE_MACHINE) {
+        db.flush_cf(cf).context("flushing state machine")?;
+    }
+    tracing::info!(node_id = config.node_id, "stopped");
+    Ok(())
+}
+
+/// Static bootstrap: the member with the smallest id initializes the cluster if nothing has been
+/// initialized yet. openraft refuses to initialize a node that has any log or vote, so restarts and
+/// replaced nodes are unaffected.
+async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
+    let first = config.initial_cluster.iter().map(|(id, _)| *id).min();
+    if first != Some(config.node_id) {
+        return Ok(());
+    }
+    let members = config
+        .initial_cluster
+        .iter()
+        .map(|(id, addr)| (*id, Node { addr: addr.clone() }))
+        .collect::<std::collections::BTreeMap<_, _>>();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(node_id = config.node_id, "initialized cluster from the static member list"),
+        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+        Err(e) => return Err(anyhow::anyhow!("initializing cluster: {e}")),
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! The Raft log on RocksDB: entries, vote, committed id and last purged id of one Raft group.
+//!
+//! Every mutation that openraft relies on for safety (append, truncate, purge, vote) is written
+//! with `sync = true`: RocksDB fsyncs its WAL before the write returns, and only then is openraft's
+//! flushed callback invoked. A node therefore never answers a peer or acknowledges a client for a
+//! log entry or vote that a power cut could take back.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{AnyError, LogState, RaftLogReader};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+use super::keys::{self, MetaKey};
+use super::{decode, encode, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
+use crate::raft::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
+
+/// The log of one Raft group. Cheap to clone: clones share the database (openraft's log reader is
+/// such a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    group: GroupId,
+}
+
+fn sync_write() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageError::read_logs(AnyError::new(&e))
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageError::write_logs(AnyError::new(&e))
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>, group: GroupId) -> Self {
+        Self { db, group }
+    }
+
+    fn cf_log(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_RAFT_LOG).expect("raft_log column family is created at open")
+    }
+
+    fn cf_meta(&self) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(CF_RAFT_META).expect("raft_meta column family is created at open")
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, which: MetaKey) -> Result<Option<T>, StorageError> {
+        match self.db.get_cf(self.cf_meta(), keys::meta(self.group, which)).map_err(read_err)? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_err)?)),
+        }
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, which: MetaKey, value: &T, sync: bool) -> Result<(), StorageError> {
+        let opts = if sync { sync_write() } else { WriteOptions::default() };
+        self.db
+            .put_cf_opt(self.cf_meta(), keys::meta(self.group, which), encode(value), &opts)
+            .map_err(write_err)
+    }
+
+    /// The last entry present in the log, if any.
+    fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let end = keys::log_entry(self.group, u64::MAX);
+        let mut iter = self.db.iterator_cf(self.cf_log(), IteratorMode::From(&end, Direction::Reverse));
+        match iter.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (key, value) = item.map_err(read_err)?;
+                if key[..8] != self.group.to_be_bytes() {
+                    return Ok(None);
+                }
+                let entry: Entry = decode(&value).map_err(read_err)?;
+                Ok(Some(entry.log_id))
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let start_key = keys::log_entry(self.group, start);
+        let iter = self.db.iterator_cf(self.cf_log(), IteratorMode::From(&start_key, Direction::Forward));
+        let mut entries = Vec::new();
+        for item in iter {
+            let (key, value) = item.map_err(read_err)?;
+            if key[..8] != self.group.to_be_bytes() {
+                break;
+            }
+            let index = keys::log_index_of(&key);
+            if !range.contains(&index) {
+                break;
+            }
+            let entry: Entry = decode(&value).map_err(read_err)?;
+            // The index in the key must be the index in the entry: anything else is corruption.
+            assert_eq!(entry.log_id.index, index, "raft_log key and entry disagree on the index");
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(MetaKey::LastPurged)?;
+        let last = self.last_entry_log_id()?.or(last_purged);
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        // fsynced: a vote granted and then forgotten lets two leaders share a term.
+        self.put_meta(MetaKey::Vote, vote, true)
+            .map_err(|e| StorageError::write_vote(AnyError::new(&e)))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(MetaKey::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not needed for safety (it is re-learned from the leader), so not fsynced; it lets a
+        // restarted node re-apply its committed tail without waiting for a leader.
+        self.put_meta(MetaKey::Committed, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(MetaKey::Committed)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        // One write batch and one fsync for the whole run of entries.
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(self.cf_log(), keys::log_entry(self.group, entry.log_id.index), encode(&entry));
+        }
+        let result = self.db.write_opt(batch, &sync_write());
+        // Only now, after the fsync, may openraft treat these entries as persisted.
+        callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        result.map_err(write_err)
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let from = keys::log_entry(self.group, log_id.index);
+        let to = keys::log_entry(self.group, u64::MAX);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf_log(), from, to);
+        batch.delete_cf(self.cf_log(), to);
+        self.db.write_opt(batch, &sync_write()).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The state machine is written without WAL. Before dropping log entries it could need to
+        // re-apply after a crash, make sure its memtable (which covers every applied entry, and
+        // openraft purges only applied entries) is on disk.
+        let cf_sm = self.db.cf_handle(CF_STATE_MACHINE).expect("state_machine column family");
+        self.db.flush_cf(cf_sm).map_err(write_err)?;
+
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf_meta(), keys::meta(self.group, MetaKey::LastPurged), encode(&log_id));
+        batch.delete_range_cf(
+            self.cf_log(),
+            keys::log_entry(self.group, 0),
+            keys::log_entry(self.group, log_id.index + 1),
+        );
+        self.db.write_opt(batch, &sync_write()).map_err(write_err)
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# A 3-node raftlog cluster on this machine.
+#   scripts/cluster.sh up | down | status | kill N | restart N | logs N
+# Node N serves gRPC on 127.0.0.1:5005N and admin HTTP on 127.0.0.1:909N; its data, log and pid
+# are under $RAFTLOG_DATA_DIR/node-N (default ./data). `up` builds the binaries when needed.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+DATA_DIR="${RAFTLOG_DATA_DIR:-./data}"
+mkdir -p "$DATA_DIR"
+DATA_DIR="$(cd "$DATA_DIR" && pwd)"
+NODES=(1 2 3)
+INITIAL_CLUSTER="1=127.0.0.1:50051,2=127.0.0.1:50052,3=127.0.0.1:50053"
+ENDPOINTS="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
+
+node_dir() { echo "$DATA_DIR/node-$1"; }
+pid_of() { cat "$(node_dir "$1")/pid" 2>/dev/null || true; }
+running() { local p; p="$(pid_of "$1")"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+start_node() {
+  local n="$1" dir
+  dir="$(node_dir "$n")"
+  mkdir -p "$dir"
+  if running "$n"; then log "node $n already running (pid $(pid_of "$n"))"; return; fi
+  RAFTLOG_NODE_ID="$n" \
+  RAFTLOG_DATA_DIR="$dir" \
+  RAFTLOG_LISTEN_ADDR="127.0.0.1:5005$n" \
+  RAFTLOG_ADMIN_ADDR="127.0.0.1:909$n" \
+  RAFTLOG_INITIAL_CLUSTER="$INITIAL_CLUSTER" \
+    nohup "$NODE_BIN" >>"$dir/node.log" 2>&1 &
+  echo $! >"$dir/pid"
+  log "started node $n (pid $!, gRPC 127.0.0.1:5005$n, admin 127.0.0.1:909$n, data $dir)"
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + 60)) n
+  for n in "$@"; do
+    until curl -fsS "http://127.0.0.1:909$n/readyz" >/dev/null 2>&1; do
+      running "$n" || die "node $n exited; see $(node_dir "$n")/node.log"
+      [ $SECONDS -lt $deadline ] || die "node $n not ready after 60 s; see $(node_dir "$n")/node.log"
+      sleep 0.2
+    done
+  done
+}
+
+stop_node() {
+  local n="$1" sig="${2:-TERM}" p
+  p="$(pid_of "$n")"
+  if [ -z "$p" ] || ! kill -0 "$p" 2>/dev/null; then return; fi
+  kill "-$sig" "$p"
+  for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$p" 2>/dev/null && kill -KILL "$p"
+  rm -f "$(node_dir "$n")/pid"
+  log "stopped node $n (SIG$sig)"
+}
+
+status() { RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" cluster status "$@"; }
+
+cmd="${1:-}"
+case "$cmd" in
+  up)
+    if [ ! -x "$NODE_BIN" ] || [ ! -x "$CLI_BIN" ] || [ -n "$(find "$ROOT/node" "$ROOT/client" "$ROOT/proto" -newer "$NODE_BIN" -name '*.rs' -o -newer "$NODE_BIN" -name '*.proto' 2>/dev/null | head -1)" ]; then
+      "$ROOT/scripts/build.sh"
+    fi
+    for n in "${NODES[@]}"; do start_node "$n"; done
+    wait_ready "${NODES[@]}"
+    status
+    log "cluster is up. Try: $CLI_BIN topic create demo && $CLI_BIN produce demo hello && $CLI_BIN consume demo"
+    ;;
+  down) for n in "${NODES[@]}"; do stop_node "$n"; done ;;
+  status) shift; status "$@" ;;
+  kill) [ -n "${2:-}" ] || die "usage: cluster.sh kill N"; stop_node "$2" KILL ;;
+  restart)
+    [ -n "${2:-}" ] || die "usage: cluster.sh restart N"
+    stop_node "$2"; start_node "$2"; wait_ready "$2" ;;
+  logs) [ -n "${2:-}" ] || die "usage: cluster.sh logs N"; tail -n "${LINES:-100}" -f "$(node_dir "$2")/node.log" ;;
+  *) echo "usage: $0 up | down | status | kill N | restart N | logs N" >&2; exit 2 ;;
+esac
