@@ -96,7 +96,7 @@ impl Cluster for ClusterService {
                 Err(ApiError::AlreadyExists(format!("the cluster is already initialized ({e})")).into())
             }
             Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(ApiError::InvalidArgument(e.to_string()).into()),
-            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable { message: e.to_string(), leader: None }.into()),
+            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable { message: e.to_string(), leader: None, not_applied: false }.into()),
         }
     }
 

@@ -32,6 +32,7 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
+pub type StorageIOError = openraft::StorageIOError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
 pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
 pub type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, Node, RaftError<E>>;

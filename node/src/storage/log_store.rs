@@ -15,7 +15,7 @@ use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 
 use super::keys::{self, MetaKey};
 use super::{decode, encode, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
-use crate::raft::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
+use crate::raft::types::{Entry, GroupId, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
 /// The log of one Raft group. Cheap to clone: clones share the database (openraft's log reader is
 /// such a clone).
@@ -32,11 +32,11 @@ fn sync_write() -> WriteOptions {
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageError::read_logs(AnyError::new(&e))
+    StorageIOError::read_logs(AnyError::new(&e)).into()
 }
 
 fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageError::write_logs(AnyError::new(&e))
+    StorageIOError::write_logs(AnyError::new(&e)).into()
 }
 
 impl LogStore {
@@ -131,7 +131,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         // fsynced: a vote granted and then forgotten lets two leaders share a term.
         self.put_meta(MetaKey::Vote, vote, true)
-            .map_err(|e| StorageError::write_vote(AnyError::new(&e)))
+            
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {

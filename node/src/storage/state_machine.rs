@@ -25,7 +25,7 @@ use super::keys::{self, sm_tag};
 use super::{decode, encode, snapshot_file, CF_STATE_MACHINE};
 use crate::command::{Command, CommandResponse, Record, Rejection, TopicSettings};
 use crate::raft::types::{
-    Entry, GroupId, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+    Entry, GroupId, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, TypeConfig,
 };
 
 /// A partition's offsets. `end_offset` is the next offset to be written.
@@ -255,11 +255,11 @@ impl SnapshotStore {
 }
 
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageError::write_state_machine(AnyError::new(&e))
+    StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
 
 fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageError::write_snapshot(None, AnyError::new(&e))
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
 }
 
 impl StateMachine {
@@ -284,10 +284,10 @@ impl StateMachine {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let read_err = |e: &dyn std::error::Error| StorageError::read_state_machine(AnyError::error(e.to_string()));
-        match self.view.db.get_cf(self.view.cf(), key).map_err(|e| read_err(&e))? {
+        let read_err = |e: String| StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)));
+        match self.view.db.get_cf(self.view.cf(), key).map_err(|e| read_err(e.to_string()))? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(decode(&bytes).map_err(|e| read_err(&e))?)),
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(|e| read_err(e.to_string()))?)),
         }
     }
 
@@ -405,14 +405,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = tokio::fs::File::create(self.snapshots.receiving_path()).await.map_err(snap_err)?;
+        // Read-write: install_snapshot reads back what openraft wrote into it.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(self.snapshots.receiving_path())
+            .await
+            .map_err(snap_err)?;
         Ok(Box::new(file))
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
-        snapshot.sync_all().await.map_err(snap_err)?;
-        drop(snapshot);
-        let received = self.snapshots.receiving_path();
+        // Read from the handle we are given (openraft may hand us any snapshot file), after every
+        // write to it has completed; keep our own fsynced copy as the new current snapshot.
+        let mut source = snapshot.into_std().await;
+        let received = self.snapshots.dir.join(format!("installing-{}.snap", meta.snapshot_id));
+        {
+            use std::io::{Seek, SeekFrom};
+            source.seek(SeekFrom::Start(0)).map_err(snap_err)?;
+            let mut copy = std::fs::File::create(&received).map_err(snap_err)?;
+            std::io::copy(&mut source, &mut copy).map_err(snap_err)?;
+            copy.sync_all().map_err(snap_err)?;
+        }
         let group = self.view.group;
         // Replace this group's rows wholesale in one write batch: a crash before the flush below
         // leaves the previous state intact (the batch is not in the WAL), never a mix.
@@ -497,7 +513,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok(meta)
         })
         .await
-        .map_err(|e| StorageError::write_snapshot(None, AnyError::error(e.to_string())))??;
+        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::error(e.to_string()))))??;
         let file = tokio::fs::File::open(self.snapshots.data_path(&meta.snapshot_id)).await.map_err(snap_err)?;
         Ok(Snapshot { meta, snapshot: Box::new(file) })
     }
