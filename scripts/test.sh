@@ -14,5 +14,11 @@ cargo build --release --workspace --all-targets
 log "cargo clippy (release profile, shares the build above)"
 cargo clippy --release --workspace --all-targets -- -D warnings
 log "cargo test"
-cargo test --release --workspace -- --test-threads=2
-log "all tests passed in $((SECONDS - start)) s"
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+# Two test binaries at a time: each cluster test runs 3-4 node processes on a 2-core machine.
+cargo test --release --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$out"
+passed=$(grep -Eo '[0-9]+ passed' "$out" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$out" | awk '{s+=$1} END {print s+0}')
+log "finished in $((SECONDS - start)) s"
+echo "${passed} passed, ${failed} failed"

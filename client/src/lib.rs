@@ -21,10 +21,14 @@ pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Status),
-    #[error("gave up after {attempts} attempts in {elapsed:?}; last error: {last}")]
-    Exhausted { attempts: u32, elapsed: Duration, last: Status },
+    #[error("gave up after {attempts} attempts in {elapsed:?}; last error: {:?}: {}", .last.code(), .last.message())]
+    Exhausted {
+        attempts: u32,
+        elapsed: Duration,
+        last: Status,
+    },
     #[error("invalid endpoint '{0}'")]
     Endpoint(String),
 }
@@ -48,19 +52,21 @@ impl Error {
     pub fn is_definite(&self) -> bool {
         match self.status() {
             None => true,
-            Some(s) => is_not_applied(s)
-                || matches!(
-                    s.code(),
-                    Code::InvalidArgument
-                        | Code::NotFound
-                        | Code::AlreadyExists
-                        | Code::FailedPrecondition
-                        | Code::OutOfRange
-                        | Code::ResourceExhausted
-                        | Code::Unimplemented
-                        | Code::PermissionDenied
-                        | Code::Unauthenticated
-                ),
+            Some(s) => {
+                is_not_applied(s)
+                    || matches!(
+                        s.code(),
+                        Code::InvalidArgument
+                            | Code::NotFound
+                            | Code::AlreadyExists
+                            | Code::FailedPrecondition
+                            | Code::OutOfRange
+                            | Code::ResourceExhausted
+                            | Code::Unimplemented
+                            | Code::PermissionDenied
+                            | Code::Unauthenticated
+                    )
+            }
         }
     }
 }
@@ -69,7 +75,8 @@ impl Error {
 fn is_not_applied(status: &Status) -> bool {
     status.metadata().contains_key(NOT_APPLIED_HEADER)
         || (status.code() == Code::Unavailable
-            && (status.message().contains("tcp connect error") || status.message().contains("error trying to connect")))
+            && (status.message().contains("tcp connect error")
+                || status.message().contains("error trying to connect")))
 }
 
 /// How long and how often to retry.
@@ -196,7 +203,11 @@ impl Client {
                     let followed_hint = hint.is_some();
                     *self.leader.lock().expect("leader lock") = hint;
                     if start.elapsed() >= self.retry.deadline {
-                        return Err(Error::Exhausted { attempts: attempt, elapsed: start.elapsed(), last: status });
+                        return Err(Error::Exhausted {
+                            attempts: attempt,
+                            elapsed: start.elapsed(),
+                            last: status,
+                        });
                     }
                     if !followed_hint {
                         tokio::time::sleep(backoff).await;
@@ -204,7 +215,8 @@ impl Client {
                     }
                 }
                 Err(status) => {
-                    if status.code() == Code::Unavailable || status.code() == Code::DeadlineExceeded {
+                    if status.code() == Code::Unavailable || status.code() == Code::DeadlineExceeded
+                    {
                         // Outcome unknown; forget the leader so the next call looks again.
                         *self.leader.lock().expect("leader lock") = None;
                     }
@@ -224,11 +236,15 @@ impl Client {
         for addr in self.endpoints.iter() {
             match op(addr.clone()).await {
                 Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::Unavailable || s.code() == Code::DeadlineExceeded => last = Some(s),
+                Err(s) if s.code() == Code::Unavailable || s.code() == Code::DeadlineExceeded => {
+                    last = Some(s)
+                }
                 Err(s) => return Err(Error::Status(s)),
             }
         }
-        Err(Error::Status(last.unwrap_or_else(|| Status::unavailable("no endpoint answered"))))
+        Err(Error::Status(last.unwrap_or_else(|| {
+            Status::unavailable("no endpoint answered")
+        })))
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<pb::TopicInfo, Error> {
@@ -238,46 +254,91 @@ impl Client {
         };
         self.with_leader(|addr| {
             let request = request.clone();
-            async move { self.broker_at(&addr).map_err(to_status)?.create_topic(request).await.map(|r| r.into_inner()) }
+            async move {
+                self.broker_at(&addr)
+                    .map_err(to_status)?
+                    .create_topic(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
 
     pub async fn list_topics(&self) -> Result<Vec<pb::TopicInfo>, Error> {
         self.with_any(|addr| async move {
-            self.broker_at(&addr).map_err(to_status)?.list_topics(pb::ListTopicsRequest {}).await.map(|r| r.into_inner().topics)
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .list_topics(pb::ListTopicsRequest {})
+                .await
+                .map(|r| r.into_inner().topics)
         })
         .await
     }
 
     pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicInfo, Error> {
         self.with_any(|addr| async move {
-            let request = pb::DescribeTopicRequest { name: name.to_string() };
-            self.broker_at(&addr).map_err(to_status)?.describe_topic(request).await.map(|r| r.into_inner())
+            let request = pb::DescribeTopicRequest {
+                name: name.to_string(),
+            };
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .describe_topic(request)
+                .await
+                .map(|r| r.into_inner())
         })
         .await
     }
 
     /// Appends `records` to `topic`/`partition` as one batch; returns once it is committed.
-    pub async fn produce(&self, topic: &str, partition: u32, records: Vec<pb::Record>) -> Result<pb::ProduceResponse, Error> {
-        let request = pb::ProduceRequest { topic: topic.to_string(), partition, records };
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<pb::Record>,
+    ) -> Result<pb::ProduceResponse, Error> {
+        let request = pb::ProduceRequest {
+            topic: topic.to_string(),
+            partition,
+            records,
+        };
         self.with_leader(|addr| {
             let request = request.clone();
-            async move { self.broker_at(&addr).map_err(to_status)?.produce(request).await.map(|r| r.into_inner()) }
+            async move {
+                self.broker_at(&addr)
+                    .map_err(to_status)?
+                    .produce(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
 
     /// Fetches from a specific node.
-    pub async fn fetch_from(&self, addr: &str, request: pb::FetchRequest) -> Result<pb::FetchResponse, Error> {
-        self.broker_at(addr)?.fetch(request).await.map(|r| r.into_inner()).map_err(Error::Status)
+    pub async fn fetch_from(
+        &self,
+        addr: &str,
+        request: pb::FetchRequest,
+    ) -> Result<pb::FetchResponse, Error> {
+        self.broker_at(addr)?
+            .fetch(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(Error::Status)
     }
 
     /// Fetches from the first node that answers.
     pub async fn fetch(&self, request: pb::FetchRequest) -> Result<pb::FetchResponse, Error> {
         self.with_any(|addr| {
             let request = request.clone();
-            async move { self.broker_at(&addr).map_err(to_status)?.fetch(request).await.map(|r| r.into_inner()) }
+            async move {
+                self.broker_at(&addr)
+                    .map_err(to_status)?
+                    .fetch(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
     }
@@ -287,7 +348,11 @@ impl Client {
         let mut out = Vec::new();
         for addr in self.endpoints.iter() {
             let status = match self.cluster_at(addr) {
-                Ok(mut c) => c.status(pb::StatusRequest {}).await.map(|r| r.into_inner()).map_err(Error::Status),
+                Ok(mut c) => c
+                    .status(pb::StatusRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(Error::Status),
                 Err(e) => Err(e),
             };
             out.push((addr.clone(), status));
@@ -302,5 +367,8 @@ fn to_status(e: Error) -> Status {
 
 /// A record with just a value.
 pub fn record(value: impl Into<bytes::Bytes>) -> pb::Record {
-    pb::Record { value: value.into(), ..Default::default() }
+    pb::Record {
+        value: value.into(),
+        ..Default::default()
+    }
 }

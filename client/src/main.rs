@@ -106,7 +106,9 @@ enum TopicCmd {
         partitions: u32,
     },
     List,
-    Describe { name: String },
+    Describe {
+        name: String,
+    },
 }
 
 fn role_name(role: i32) -> &'static str {
@@ -121,12 +123,18 @@ fn role_name(role: i32) -> &'static str {
 }
 
 fn members(m: &[pb::Member]) -> String {
-    m.iter().map(|m| format!("{}@{}", m.node_id, m.addr)).collect::<Vec<_>>().join(",")
+    m.iter()
+        .map(|m| format!("{}@{}", m.node_id, m.addr))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn parse_member(s: &str) -> anyhow::Result<pb::Member> {
     let (id, addr) = s.split_once('=').context("member must be id=host:port")?;
-    Ok(pb::Member { node_id: id.parse().context("member id must be a number")?, addr: addr.to_string() })
+    Ok(pb::Member {
+        node_id: id.parse().context("member id must be a number")?,
+        addr: addr.to_string(),
+    })
 }
 
 fn topic_json(t: &pb::TopicInfo) -> serde_json::Value {
@@ -139,22 +147,44 @@ fn topic_json(t: &pb::TopicInfo) -> serde_json::Value {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    // Errors are for people: one line with the gRPC code and the node's advice, no backtrace.
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = Client::new(cli.endpoints.clone())?;
     match cli.command {
         Command::Cluster(cmd) => cluster(&client, cmd, cli.json).await,
         Command::Topic(cmd) => topic(&client, cmd, cli.json).await,
-        Command::Produce { topic, values, partition, key, headers } => {
+        Command::Produce {
+            topic,
+            values,
+            partition,
+            key,
+            headers,
+        } => {
             let headers = headers
                 .iter()
                 .map(|h| {
                     let (k, v) = h.split_once('=').context("header must be key=value")?;
-                    Ok(pb::Header { key: k.to_string(), value: v.as_bytes().to_vec().into() })
+                    Ok(pb::Header {
+                        key: k.to_string(),
+                        value: v.as_bytes().to_vec().into(),
+                    })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let values = if values.is_empty() {
-                std::io::stdin().lock().lines().collect::<Result<Vec<_>, _>>()?
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .collect::<Result<Vec<_>, _>>()?
             } else {
                 values
             };
@@ -172,7 +202,10 @@ async fn main() -> anyhow::Result<()> {
                 .collect();
             let ack = client.produce(&topic, partition, records).await?;
             if cli.json {
-                println!("{}", json!({"partition": ack.partition, "base_offset": ack.base_offset, "record_count": ack.record_count}));
+                println!(
+                    "{}",
+                    json!({"partition": ack.partition, "base_offset": ack.base_offset, "record_count": ack.record_count})
+                );
             } else {
                 println!(
                     "produced {} record(s) to {topic}/{} at offsets {}..{}",
@@ -184,19 +217,35 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Consume { topic, partition, offset, from_end, max, follow, node } => {
+        Command::Consume {
+            topic,
+            partition,
+            offset,
+            from_end,
+            max,
+            follow,
+            node,
+        } => {
             let mut next = match (offset, from_end) {
                 (Some(o), _) => o,
                 (None, true) => {
                     let info = client.describe_topic(&topic).await?;
-                    info.partitions.get(partition as usize).map_or(0, |p| p.end_offset)
+                    info.partitions
+                        .get(partition as usize)
+                        .map_or(0, |p| p.end_offset)
                 }
                 (None, false) => 0,
             };
             let mut seen = 0u64;
             loop {
                 let want = max.map_or(1000, |m| (m - seen).min(1000)) as u32;
-                let request = pb::FetchRequest { topic: topic.clone(), partition, offset: next, max_records: want, max_bytes: 0 };
+                let request = pb::FetchRequest {
+                    topic: topic.clone(),
+                    partition,
+                    offset: next,
+                    max_records: want,
+                    max_bytes: 0,
+                };
                 let response = match &node {
                     Some(addr) => client.fetch_from(addr, request).await?,
                     None => client.fetch(request).await?,
@@ -253,7 +302,19 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
                 println!("{}", serde_json::to_string_pretty(&nodes)?);
             } else {
                 let mut table = Table::new();
-                table.set_header(["endpoint", "node", "role", "term", "leader", "last log", "committed", "applied", "snapshot", "voters", "learners"]);
+                table.set_header([
+                    "endpoint",
+                    "node",
+                    "role",
+                    "term",
+                    "leader",
+                    "last log",
+                    "committed",
+                    "applied",
+                    "snapshot",
+                    "voters",
+                    "learners",
+                ]);
                 for (addr, s) in &statuses {
                     match s {
                         Ok(s) => table.add_row([
@@ -261,7 +322,11 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
                             s.node_id.to_string(),
                             role_name(s.role).to_string(),
                             s.term.to_string(),
-                            if s.has_leader { s.leader_id.to_string() } else { "-".into() },
+                            if s.has_leader {
+                                s.leader_id.to_string()
+                            } else {
+                                "-".into()
+                            },
                             s.last_log_index.to_string(),
                             s.committed_index.to_string(),
                             s.applied_index.to_string(),
@@ -269,7 +334,11 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
                             members(&s.voters),
                             members(&s.learners),
                         ]),
-                        Err(e) => table.add_row([addr.clone(), "-".into(), format!("unreachable: {}", e.code())]),
+                        Err(e) => table.add_row([
+                            addr.clone(),
+                            "-".into(),
+                            format!("unreachable: {}", e.code()),
+                        ]),
                     };
                 }
                 println!("{table}");
@@ -277,18 +346,41 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
             Ok(())
         }
         ClusterCmd::Init { members } => {
-            let members = members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<Vec<_>>>()?;
+            let members = members
+                .iter()
+                .map(|m| parse_member(m))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let first = members[0].addr.clone();
-            client.cluster_at(&first)?.initialize(pb::InitializeRequest { members }).await?;
-            println!("{}", if as_json { json!({"initialized": true}).to_string() } else { "cluster initialized".into() });
+            client
+                .cluster_at(&first)?
+                .initialize(pb::InitializeRequest { members })
+                .await?;
+            println!(
+                "{}",
+                if as_json {
+                    json!({"initialized": true}).to_string()
+                } else {
+                    "cluster initialized".into()
+                }
+            );
             Ok(())
         }
         ClusterCmd::AddLearner { node_id, addr } => {
-            let request = pb::AddLearnerRequest { member: Some(pb::Member { node_id, addr }), blocking: true };
+            let request = pb::AddLearnerRequest {
+                member: Some(pb::Member { node_id, addr }),
+                blocking: true,
+            };
             let r = client
                 .with_leader(|a| {
                     let request = request.clone();
-                    async move { client.cluster_at(&a).map_err(|e| tonic::Status::internal(e.to_string()))?.add_learner(request).await.map(|r| r.into_inner()) }
+                    async move {
+                        client
+                            .cluster_at(&a)
+                            .map_err(|e| tonic::Status::internal(e.to_string()))?
+                            .add_learner(request)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await?;
             print_membership(&r, as_json);
@@ -297,7 +389,12 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
         ClusterCmd::Promote { node_id } => {
             let r = client
                 .with_leader(|a| async move {
-                    client.cluster_at(&a).map_err(|e| tonic::Status::internal(e.to_string()))?.promote_voter(pb::NodeRequest { node_id }).await.map(|r| r.into_inner())
+                    client
+                        .cluster_at(&a)
+                        .map_err(|e| tonic::Status::internal(e.to_string()))?
+                        .promote_voter(pb::NodeRequest { node_id })
+                        .await
+                        .map(|r| r.into_inner())
                 })
                 .await?;
             print_membership(&r, as_json);
@@ -306,7 +403,12 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
         ClusterCmd::Remove { node_id } => {
             let r = client
                 .with_leader(|a| async move {
-                    client.cluster_at(&a).map_err(|e| tonic::Status::internal(e.to_string()))?.remove_node(pb::NodeRequest { node_id }).await.map(|r| r.into_inner())
+                    client
+                        .cluster_at(&a)
+                        .map_err(|e| tonic::Status::internal(e.to_string()))?
+                        .remove_node(pb::NodeRequest { node_id })
+                        .await
+                        .map(|r| r.into_inner())
                 })
                 .await?;
             print_membership(&r, as_json);
@@ -315,18 +417,40 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
         ClusterCmd::TransferLeader { node_id } => {
             let mut cluster = client.cluster_at(&client.endpoints()[0])?;
             cluster.transfer_leader(pb::NodeRequest { node_id }).await?;
-            println!("{}", if as_json { json!({"requested": node_id}).to_string() } else { format!("node {node_id} is taking over leadership") });
+            println!(
+                "{}",
+                if as_json {
+                    json!({"requested": node_id}).to_string()
+                } else {
+                    format!("node {node_id} is taking over leadership")
+                }
+            );
             Ok(())
         }
         ClusterCmd::Snapshot { node } => {
-            let r = client.cluster_at(&node)?.trigger_snapshot(pb::TriggerSnapshotRequest {}).await?.into_inner();
-            println!("{}", if as_json { json!({"snapshot_index": r.snapshot_index}).to_string() } else { format!("snapshot at index {}", r.snapshot_index) });
+            let r = client
+                .cluster_at(&node)?
+                .trigger_snapshot(pb::TriggerSnapshotRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "{}",
+                if as_json {
+                    json!({"snapshot_index": r.snapshot_index}).to_string()
+                } else {
+                    format!("snapshot at index {}", r.snapshot_index)
+                }
+            );
             Ok(())
         }
         ClusterCmd::Digest => {
             let mut rows = Vec::new();
             for addr in client.endpoints() {
-                let d = client.cluster_at(addr)?.state_digest(pb::StateDigestRequest {}).await.map(|r| r.into_inner());
+                let d = client
+                    .cluster_at(addr)?
+                    .state_digest(pb::StateDigestRequest {})
+                    .await
+                    .map(|r| r.into_inner());
                 rows.push((addr.clone(), d));
             }
             if as_json {
@@ -343,8 +467,18 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
                 table.set_header(["endpoint", "applied", "keys", "sha256"]);
                 for (a, d) in rows {
                     match d {
-                        Ok(d) => table.add_row([a, d.applied_index.to_string(), d.keys.to_string(), d.sha256]),
-                        Err(e) => table.add_row([a, "-".into(), "-".into(), format!("error: {}", e.message())]),
+                        Ok(d) => table.add_row([
+                            a,
+                            d.applied_index.to_string(),
+                            d.keys.to_string(),
+                            d.sha256,
+                        ]),
+                        Err(e) => table.add_row([
+                            a,
+                            "-".into(),
+                            "-".into(),
+                            format!("error: {}", e.message()),
+                        ]),
                     };
                 }
                 println!("{table}");
@@ -362,24 +496,40 @@ fn print_membership(r: &pb::MembershipResponse, as_json: bool) {
                    "learners": r.learners.iter().map(|m| m.node_id).collect::<Vec<_>>()})
         );
     } else {
-        println!("membership at log index {}: voters [{}] learners [{}]", r.log_index, members(&r.voters), members(&r.learners));
+        println!(
+            "membership at log index {}: voters [{}] learners [{}]",
+            r.log_index,
+            members(&r.voters),
+            members(&r.learners)
+        );
     }
 }
 
 async fn topic(client: &Client, cmd: TopicCmd, as_json: bool) -> anyhow::Result<()> {
     let topics = match cmd {
-        TopicCmd::Create { name, partitions } => vec![client.create_topic(&name, partitions).await?],
+        TopicCmd::Create { name, partitions } => {
+            vec![client.create_topic(&name, partitions).await?]
+        }
         TopicCmd::List => client.list_topics().await?,
         TopicCmd::Describe { name } => vec![client.describe_topic(&name).await?],
     };
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&topics.iter().map(topic_json).collect::<Vec<_>>())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&topics.iter().map(topic_json).collect::<Vec<_>>())?
+        );
     } else {
         let mut table = Table::new();
         table.set_header(["topic", "partition", "start offset", "end offset", "leader"]);
         for t in &topics {
             for p in &t.partitions {
-                table.add_row([t.name.clone(), p.partition.to_string(), p.start_offset.to_string(), p.end_offset.to_string(), p.leader_id.to_string()]);
+                table.add_row([
+                    t.name.clone(),
+                    p.partition.to_string(),
+                    p.start_offset.to_string(),
+                    p.end_offset.to_string(),
+                    p.leader_id.to_string(),
+                ]);
             }
         }
         println!("{table}");

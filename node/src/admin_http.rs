@@ -27,7 +27,12 @@ pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Rec
 }
 
 async fn readyz(State(ctx): State<NodeContext>) -> (StatusCode, String) {
-    let committed = ctx.raft.with_raft_state(|s| s.committed.map(|l| l.index)).await.ok().flatten();
+    let committed = ctx
+        .raft
+        .with_raft_state(|s| s.committed.map(|l| l.index))
+        .await
+        .ok()
+        .flatten();
     let metrics = ctx.raft.metrics().borrow().clone();
     let applied = metrics.last_applied.map(|l| l.index);
     match metrics.current_leader {

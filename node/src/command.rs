@@ -21,7 +21,11 @@ impl Record {
     pub fn size_bytes(&self) -> usize {
         self.key.as_ref().map_or(0, |k| k.len())
             + self.value.len()
-            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -59,7 +63,12 @@ impl std::fmt::Display for Command {
             Command::CreateTopic { name, settings, .. } => {
                 write!(f, "CreateTopic({name}, partitions={})", settings.partitions)
             }
-            Command::Append { topic, partition, records, .. } => {
+            Command::Append {
+                topic,
+                partition,
+                records,
+                ..
+            } => {
                 write!(f, "Append({topic}/{partition}, {} records)", records.len())
             }
         }
@@ -72,8 +81,13 @@ impl std::fmt::Display for Command {
 pub enum CommandResponse {
     /// Membership changes and blank entries answer this.
     None,
-    TopicCreated { topic_id: u64 },
-    Appended { base_offset: u64, record_count: u32 },
+    TopicCreated {
+        topic_id: u64,
+    },
+    Appended {
+        base_offset: u64,
+        record_count: u32,
+    },
     Rejected(Rejection),
 }
 
@@ -84,7 +98,11 @@ pub enum Rejection {
     #[error("topic '{0}' does not exist")]
     UnknownTopic(String),
     #[error("topic '{topic}' has {partitions} partitions; partition {partition} does not exist")]
-    UnknownPartition { topic: String, partition: u32, partitions: u32 },
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
     #[error("the cluster already holds {0} topics, the configured maximum (topics_max)")]
     TooManyTopics(u32),
 }

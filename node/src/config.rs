@@ -84,7 +84,11 @@ impl Default for RaftTimings {
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
-        Self { logs_since_last_max: 20_000, logs_kept_after_snapshot: 5_000, chunk_bytes_max: 4 * 1024 * 1024 }
+        Self {
+            logs_since_last_max: 20_000,
+            logs_kept_after_snapshot: 5_000,
+            chunk_bytes_max: 4 * 1024 * 1024,
+        }
     }
 }
 
@@ -174,9 +178,15 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {source}")]
-    Parse { path: PathBuf, source: toml::de::Error },
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -187,8 +197,14 @@ impl Args {
         let file = match &self.config {
             None => Args::default(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
             }
         };
         macro_rules! pick {
@@ -196,36 +212,50 @@ impl Args {
                 self.$field.or(file.$field)
             };
         }
-        let node_id = pick!(node_id).ok_or_else(|| ConfigError::Invalid("--node-id is required".into()))?;
-        let listen_addr = pick!(listen_addr).unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal address"));
+        let node_id =
+            pick!(node_id).ok_or_else(|| ConfigError::Invalid("--node-id is required".into()))?;
+        let listen_addr = pick!(listen_addr)
+            .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal address"));
         let initial_cluster = match pick!(initial_cluster) {
             None => Vec::new(),
             Some(spec) => parse_initial_cluster(&spec)?,
         };
-        let (raft_default, snap_default, limits_default) =
-            (RaftTimings::default(), SnapshotPolicy::default(), Limits::default());
+        let (raft_default, snap_default, limits_default) = (
+            RaftTimings::default(),
+            SnapshotPolicy::default(),
+            Limits::default(),
+        );
         let config = NodeConfig {
             node_id,
-            data_dir: pick!(data_dir).unwrap_or_else(|| PathBuf::from(format!("./data/node-{node_id}"))),
+            data_dir: pick!(data_dir)
+                .unwrap_or_else(|| PathBuf::from(format!("./data/node-{node_id}"))),
             listen_addr,
             advertise_addr: pick!(advertise_addr).unwrap_or_else(|| listen_addr.to_string()),
-            admin_addr: pick!(admin_addr).unwrap_or_else(|| "127.0.0.1:9091".parse().expect("literal address")),
+            admin_addr: pick!(admin_addr)
+                .unwrap_or_else(|| "127.0.0.1:9091".parse().expect("literal address")),
             initial_cluster,
             raft: RaftTimings {
-                heartbeat_interval_ms: pick!(heartbeat_interval_ms).unwrap_or(raft_default.heartbeat_interval_ms),
-                election_timeout_ms_min: pick!(election_timeout_ms_min).unwrap_or(raft_default.election_timeout_ms_min),
-                election_timeout_ms_max: pick!(election_timeout_ms_max).unwrap_or(raft_default.election_timeout_ms_max),
+                heartbeat_interval_ms: pick!(heartbeat_interval_ms)
+                    .unwrap_or(raft_default.heartbeat_interval_ms),
+                election_timeout_ms_min: pick!(election_timeout_ms_min)
+                    .unwrap_or(raft_default.election_timeout_ms_min),
+                election_timeout_ms_max: pick!(election_timeout_ms_max)
+                    .unwrap_or(raft_default.election_timeout_ms_max),
                 peer_connect_timeout_ms: raft_default.peer_connect_timeout_ms,
             },
             snapshot: SnapshotPolicy {
-                logs_since_last_max: pick!(snapshot_logs_since_last_max).unwrap_or(snap_default.logs_since_last_max),
-                logs_kept_after_snapshot: pick!(snapshot_logs_kept).unwrap_or(snap_default.logs_kept_after_snapshot),
+                logs_since_last_max: pick!(snapshot_logs_since_last_max)
+                    .unwrap_or(snap_default.logs_since_last_max),
+                logs_kept_after_snapshot: pick!(snapshot_logs_kept)
+                    .unwrap_or(snap_default.logs_kept_after_snapshot),
                 chunk_bytes_max: snap_default.chunk_bytes_max,
             },
             limits: Limits {
-                record_bytes_max: pick!(record_bytes_max).unwrap_or(limits_default.record_bytes_max),
+                record_bytes_max: pick!(record_bytes_max)
+                    .unwrap_or(limits_default.record_bytes_max),
                 batch_bytes_max: pick!(batch_bytes_max).unwrap_or(limits_default.batch_bytes_max),
-                batch_records_max: pick!(batch_records_max).unwrap_or(limits_default.batch_records_max),
+                batch_records_max: pick!(batch_records_max)
+                    .unwrap_or(limits_default.batch_records_max),
                 partitions_per_topic_max: pick!(partitions_per_topic_max)
                     .unwrap_or(limits_default.partitions_per_topic_max),
                 topics_max: pick!(topics_max).unwrap_or(limits_default.topics_max),
@@ -243,13 +273,14 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(u64, String)>, ConfigErr
     spec.split(',')
         .filter(|s| !s.trim().is_empty())
         .map(|member| {
-            let (id, addr) = member
-                .trim()
-                .split_once('=')
-                .ok_or_else(|| ConfigError::Invalid(format!("initial cluster member '{member}' is not id=host:port")))?;
-            let id = id
-                .parse()
-                .map_err(|_| ConfigError::Invalid(format!("initial cluster member id '{id}' is not a number")))?;
+            let (id, addr) = member.trim().split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "initial cluster member '{member}' is not id=host:port"
+                ))
+            })?;
+            let id = id.parse().map_err(|_| {
+                ConfigError::Invalid(format!("initial cluster member id '{id}' is not a number"))
+            })?;
             Ok((id, addr.to_string()))
         })
         .collect()
@@ -262,7 +293,8 @@ impl NodeConfig {
             return invalid("node id must be positive".into());
         }
         let r = &self.raft;
-        if r.heartbeat_interval_ms == 0 || r.election_timeout_ms_min <= r.heartbeat_interval_ms * 2 {
+        if r.heartbeat_interval_ms == 0 || r.election_timeout_ms_min <= r.heartbeat_interval_ms * 2
+        {
             return invalid(format!(
                 "election_timeout_ms_min ({}) must exceed twice heartbeat_interval_ms ({})",
                 r.election_timeout_ms_min, r.heartbeat_interval_ms
@@ -276,13 +308,25 @@ impl NodeConfig {
         }
         let l = &self.limits;
         if l.record_bytes_max == 0 || l.batch_bytes_max < l.record_bytes_max {
-            return invalid("batch_bytes_max must be at least record_bytes_max, and both positive".into());
+            return invalid(
+                "batch_bytes_max must be at least record_bytes_max, and both positive".into(),
+            );
         }
         if l.batch_bytes_max > crate::raft::network::PEER_MESSAGE_BYTES_MAX / 2 {
-            return invalid("batch_bytes_max must stay below half the peer message size (128 MiB)".into());
+            return invalid(
+                "batch_bytes_max must stay below half the peer message size (128 MiB)".into(),
+            );
         }
-        if !self.initial_cluster.is_empty() && !self.initial_cluster.iter().any(|(id, _)| *id == self.node_id) {
-            return invalid(format!("initial cluster does not include this node ({})", self.node_id));
+        if !self.initial_cluster.is_empty()
+            && !self
+                .initial_cluster
+                .iter()
+                .any(|(id, _)| *id == self.node_id)
+        {
+            return invalid(format!(
+                "initial cluster does not include this node ({})",
+                self.node_id
+            ));
         }
         Ok(())
     }
@@ -294,7 +338,9 @@ impl NodeConfig {
             heartbeat_interval: self.raft.heartbeat_interval_ms,
             election_timeout_min: self.raft.election_timeout_ms_min,
             election_timeout_max: self.raft.election_timeout_ms_max,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot.logs_since_last_max),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
+                self.snapshot.logs_since_last_max,
+            ),
             max_in_snapshot_log_to_keep: self.snapshot.logs_kept_after_snapshot,
             snapshot_max_chunk_size: self.snapshot.chunk_bytes_max,
             ..Default::default()
@@ -308,29 +354,75 @@ mod tests {
 
     #[test]
     fn example_config_file_parses_and_matches_defaults() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/raftlog-node.example.toml");
-        let args = Args { config: Some(path.into()), ..Default::default() };
-        let config = args.resolve().expect("the documented example config is valid");
-        let defaults = Args { node_id: Some(1), ..Default::default() }.resolve().unwrap();
-        assert_eq!(config.raft.election_timeout_ms_min, defaults.raft.election_timeout_ms_min);
-        assert_eq!(config.limits.record_bytes_max, defaults.limits.record_bytes_max);
-        assert_eq!(config.snapshot.logs_kept_after_snapshot, defaults.snapshot.logs_kept_after_snapshot);
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/raftlog-node.example.toml"
+        );
+        let args = Args {
+            config: Some(path.into()),
+            ..Default::default()
+        };
+        let config = args
+            .resolve()
+            .expect("the documented example config is valid");
+        let defaults = Args {
+            node_id: Some(1),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            config.raft.election_timeout_ms_min,
+            defaults.raft.election_timeout_ms_min
+        );
+        assert_eq!(
+            config.limits.record_bytes_max,
+            defaults.limits.record_bytes_max
+        );
+        assert_eq!(
+            config.snapshot.logs_kept_after_snapshot,
+            defaults.snapshot.logs_kept_after_snapshot
+        );
     }
 
     #[test]
     fn flags_override_the_file() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/raftlog-node.example.toml");
-        let args = Args { config: Some(path.into()), node_id: Some(7), topics_max: Some(3), ..Default::default() };
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../docs/raftlog-node.example.toml"
+        );
+        let args = Args {
+            config: Some(path.into()),
+            node_id: Some(7),
+            topics_max: Some(3),
+            ..Default::default()
+        };
         let config = args.resolve().unwrap();
         assert_eq!((config.node_id, config.limits.topics_max), (7, 3));
     }
 
     #[test]
     fn bad_configs_are_rejected_with_a_reason() {
-        let bad = Args { node_id: Some(1), heartbeat_interval_ms: Some(500), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().to_string().contains("election_timeout_ms_min"));
-        let bad = Args { node_id: Some(1), initial_cluster: Some("2=a:1,3=b:2".into()), ..Default::default() };
-        assert!(bad.resolve().unwrap_err().to_string().contains("does not include this node"));
+        let bad = Args {
+            node_id: Some(1),
+            heartbeat_interval_ms: Some(500),
+            ..Default::default()
+        };
+        assert!(bad
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("election_timeout_ms_min"));
+        let bad = Args {
+            node_id: Some(1),
+            initial_cluster: Some("2=a:1,3=b:2".into()),
+            ..Default::default()
+        };
+        assert!(bad
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("does not include this node"));
         assert!(parse_initial_cluster("x=1").is_err());
     }
 }

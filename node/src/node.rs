@@ -40,11 +40,14 @@ impl NodeContext {
                 };
                 Err(WriteError::NotLeader(leader))
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(WriteError::Failed(ApiError::FailedPrecondition(e.to_string())))
-            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
+                WriteError::Failed(ApiError::FailedPrecondition(e.to_string())),
+            ),
             Err(RaftError::Fatal(e)) => Err(WriteError::Failed(ApiError::Unavailable {
-                message: format!("node {} cannot serve writes: {e}; use another node", self.id),
+                message: format!(
+                    "node {} cannot serve writes: {e}; use another node",
+                    self.id
+                ),
                 leader: None,
                 not_applied: false,
             })),

@@ -27,19 +27,39 @@ use crate::storage::state_machine::StateMachine;
 use crate::storage::{open_db, CF_STATE_MACHINE};
 
 /// Runs a node until `shutdown` resolves, then stops serving, stops Raft and flushes storage.
-pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
     let log_store = LogStore::new(db.clone(), METADATA_GROUP);
-    let state_machine = StateMachine::open(db.clone(), METADATA_GROUP, config.data_dir.join("snapshots"))?;
+    let state_machine = StateMachine::open(
+        db.clone(),
+        METADATA_GROUP,
+        config.data_dir.join("snapshots"),
+    )?;
     let view = state_machine.view();
-    let network =
-        PeerNetworkFactory::new(METADATA_GROUP, Duration::from_millis(config.raft.peer_connect_timeout_ms));
-    let raft_config = Arc::new(config.openraft_config().validate().context("raft configuration")?);
-    let raft = Raft::new(config.node_id, raft_config, network, log_store, state_machine)
-        .await
-        .context("starting Raft")?;
+    let network = PeerNetworkFactory::new(
+        METADATA_GROUP,
+        Duration::from_millis(config.raft.peer_connect_timeout_ms),
+    );
+    let raft_config = Arc::new(
+        config
+            .openraft_config()
+            .validate()
+            .context("raft configuration")?,
+    );
+    let raft = Raft::new(
+        config.node_id,
+        raft_config,
+        network,
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting Raft")?;
     let config = Arc::new(config);
     let ctx = NodeContext {
         id: config.node_id,
@@ -68,8 +88,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<BrokerServer<BrokerService>>().await;
-    health_reporter.set_serving::<ClusterServer<ClusterService>>().await;
+    health_reporter
+        .set_serving::<BrokerServer<BrokerService>>()
+        .await;
+    health_reporter
+        .set_serving::<ClusterServer<ClusterService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(raftlog_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -131,8 +155,13 @@ async fn bootstrap(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
         .map(|(id, addr)| (*id, Node { addr: addr.clone() }))
         .collect::<std::collections::BTreeMap<_, _>>();
     match raft.initialize(members).await {
-        Ok(()) => tracing::info!(node_id = config.node_id, "initialized cluster from the static member list"),
-        Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+        Ok(()) => tracing::info!(
+            node_id = config.node_id,
+            "initialized cluster from the static member list"
+        ),
+        Err(openraft::error::RaftError::APIError(
+            openraft::error::InitializeError::NotAllowed(_),
+        )) => {}
         Err(e) => return Err(anyhow::anyhow!("initializing cluster: {e}")),
     }
     Ok(())

@@ -13,14 +13,24 @@ use support::{produce_values, read_all, NodeOptions, TestCluster};
 /// Snapshot often and keep a short log tail, so tests exercise purging and snapshot transfer.
 fn snapshot_often() -> NodeOptions {
     NodeOptions {
-        args: ["--snapshot-logs-since-last-max", "100", "--snapshot-logs-kept", "10"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+        args: [
+            "--snapshot-logs-since-last-max",
+            "100",
+            "--snapshot-logs-kept",
+            "10",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect(),
     }
 }
 
-async fn assert_all_nodes_hold(cluster: &TestCluster, ids: &[u64], topic: &str, acked: &[(u64, String)]) {
+async fn assert_all_nodes_hold(
+    cluster: &TestCluster,
+    ids: &[u64],
+    topic: &str,
+    acked: &[(u64, String)],
+) {
     for &id in ids {
         let log = read_all(cluster, id, topic, 0).await;
         for (offset, value) in acked {
@@ -31,14 +41,21 @@ async fn assert_all_nodes_hold(cluster: &TestCluster, ids: &[u64], topic: &str, 
             );
         }
         // Offsets are dense from 0.
-        assert!(log.iter().enumerate().all(|(i, (o, _))| *o == i as u64), "node {id}: offsets not dense");
+        assert!(
+            log.iter().enumerate().all(|(i, (o, _))| *o == i as u64),
+            "node {id}: offsets not dense"
+        );
     }
 }
 
 fn assert_digests_equal(digests: &[pb::StateDigestResponse]) {
     let first = &digests[0];
     for d in digests {
-        assert_eq!((d.applied_index, &d.sha256), (first.applied_index, &first.sha256), "replicas differ: {digests:?}");
+        assert_eq!(
+            (d.applied_index, &d.sha256),
+            (first.applied_index, &first.sha256),
+            "replicas differ: {digests:?}"
+        );
     }
     assert!(first.keys > 0);
 }
@@ -54,7 +71,10 @@ async fn leader_is_elected_and_writes_reach_every_node() {
     let client = cluster.client_of(follower);
     client.create_topic("events", 1).await.unwrap();
     let acked = produce_values(&client, "events", 0, "v", 200).await;
-    assert_eq!(acked.iter().map(|(o, _)| *o).collect::<Vec<_>>(), (0..200).collect::<Vec<_>>());
+    assert_eq!(
+        acked.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+        (0..200).collect::<Vec<_>>()
+    );
 
     let digests = cluster.wait_converged(&[1, 2, 3]).await;
     assert_digests_equal(&digests);
@@ -106,10 +126,14 @@ async fn a_node_behind_the_purged_log_catches_up_through_a_snapshot() {
     acked.extend(produce_values(&client, "ledger", 0, "b", 400).await);
     let lagging_last = 20 + 5; // at most what it had; the leader purges far past it
     let purged = cluster
-        .wait_for("the leader to purge its log", Duration::from_secs(30), || async {
-            let s = cluster.status(leader).await?;
-            (s.purged_index > lagging_last + 100).then_some(s.purged_index)
-        })
+        .wait_for(
+            "the leader to purge its log",
+            Duration::from_secs(30),
+            || async {
+                let s = cluster.status(leader).await?;
+                (s.purged_index > lagging_last + 100).then_some(s.purged_index)
+            },
+        )
         .await;
     assert!(purged > 0);
 
@@ -148,24 +172,54 @@ async fn a_fourth_node_joins_as_learner_becomes_voter_and_is_removed() {
                 .with_leader(|a| {
                     let req = req.clone();
                     let client = client.clone();
-                    async move { client.cluster_at(&a).unwrap().add_learner(req).await.map(|r| r.into_inner()) }
+                    async move {
+                        client
+                            .cluster_at(&a)
+                            .unwrap()
+                            .add_learner(req)
+                            .await
+                            .map(|r| r.into_inner())
+                    }
                 })
                 .await
         }
     };
-    let membership = add(pb::AddLearnerRequest { member: Some(pb::Member { node_id: new_id, addr }), blocking: true })
-        .await
-        .unwrap();
-    assert!(membership.learners.iter().any(|m| m.node_id == new_id), "{membership:?}");
+    let membership = add(pb::AddLearnerRequest {
+        member: Some(pb::Member {
+            node_id: new_id,
+            addr,
+        }),
+        blocking: true,
+    })
+    .await
+    .unwrap();
+    assert!(
+        membership.learners.iter().any(|m| m.node_id == new_id),
+        "{membership:?}"
+    );
 
     let promoted = client
         .with_leader(|a| {
             let client = client.clone();
-            async move { client.cluster_at(&a).unwrap().promote_voter(pb::NodeRequest { node_id: new_id }).await.map(|r| r.into_inner()) }
+            async move {
+                client
+                    .cluster_at(&a)
+                    .unwrap()
+                    .promote_voter(pb::NodeRequest { node_id: new_id })
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
         .unwrap();
-    assert_eq!(promoted.voters.iter().map(|m| m.node_id).collect::<Vec<_>>(), vec![1, 2, 3, new_id]);
+    assert_eq!(
+        promoted
+            .voters
+            .iter()
+            .map(|m| m.node_id)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, new_id]
+    );
     acked.extend(produce_values(&client, "members", 0, "y", 50).await);
     let digests = cluster.wait_converged(&[1, 2, 3, new_id]).await;
     assert_digests_equal(&digests);
@@ -174,11 +228,21 @@ async fn a_fourth_node_joins_as_learner_becomes_voter_and_is_removed() {
     let removed = client
         .with_leader(|a| {
             let client = client.clone();
-            async move { client.cluster_at(&a).unwrap().remove_node(pb::NodeRequest { node_id: new_id }).await.map(|r| r.into_inner()) }
+            async move {
+                client
+                    .cluster_at(&a)
+                    .unwrap()
+                    .remove_node(pb::NodeRequest { node_id: new_id })
+                    .await
+                    .map(|r| r.into_inner())
+            }
         })
         .await
         .unwrap();
-    assert_eq!(removed.voters.iter().map(|m| m.node_id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        removed.voters.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert!(removed.learners.is_empty());
     cluster.kill9(new_id);
     acked.extend(produce_values(&client, "members", 0, "z", 20).await);

@@ -17,4 +17,5 @@ pub mod raft {
 }
 
 /// Encoded `FileDescriptorSet` of all raftlog protos, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/raftlog_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/raftlog_descriptor.bin"));

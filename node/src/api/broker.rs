@@ -34,7 +34,10 @@ impl BrokerService {
                 name.len()
             )));
         }
-        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
             return Err(ApiError::InvalidArgument(format!(
                 "topic name '{}' may contain only ASCII letters, digits, '.', '_' and '-'",
                 name.escape_debug()
@@ -47,7 +50,9 @@ impl BrokerService {
         let limits = &self.ctx.config.limits;
         self.validate_topic_name(&req.topic)?;
         if req.records.is_empty() {
-            return Err(ApiError::InvalidArgument("a produce request needs at least one record".into()));
+            return Err(ApiError::InvalidArgument(
+                "a produce request needs at least one record".into(),
+            ));
         }
         if req.records.len() > limits.batch_records_max {
             return Err(ApiError::InvalidArgument(format!(
@@ -74,8 +79,15 @@ impl BrokerService {
                 limits.batch_bytes_max
             )));
         }
-        let proposed_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        Ok(Command::Append { topic: req.topic.clone(), partition: req.partition, records, proposed_at_ms })
+        let proposed_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        Ok(Command::Append {
+            topic: req.topic.clone(),
+            partition: req.partition,
+            records,
+            proposed_at_ms,
+        })
     }
 }
 
@@ -85,7 +97,10 @@ fn unexpected(response: CommandResponse) -> Status {
 
 #[tonic::async_trait]
 impl Broker for BrokerService {
-    async fn create_topic(&self, request: Request<CreateTopicRequest>) -> Result<Response<TopicInfo>, Status> {
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<TopicInfo>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         self.validate_topic_name(&req.name)?;
@@ -108,7 +123,11 @@ impl Broker for BrokerService {
         };
         match self.ctx.write(command).await {
             Ok(CommandResponse::TopicCreated { .. }) => {
-                let topic = self.ctx.view.topic(&req.name).ok_or_else(|| ApiError::Internal("created topic not applied".into()))?;
+                let topic = self
+                    .ctx
+                    .view
+                    .topic(&req.name)
+                    .ok_or_else(|| ApiError::Internal("created topic not applied".into()))?;
                 Ok(Response::new(topic_to_pb(topic, self.ctx.id)))
             }
             Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
@@ -124,13 +143,25 @@ impl Broker for BrokerService {
         }
     }
 
-    async fn list_topics(&self, _: Request<ListTopicsRequest>) -> Result<Response<ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        _: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
         let leader = self.leader_id();
-        let topics = self.ctx.view.topics().into_iter().map(|t| topic_to_pb(t, leader)).collect();
+        let topics = self
+            .ctx
+            .view
+            .topics()
+            .into_iter()
+            .map(|t| topic_to_pb(t, leader))
+            .collect();
         Ok(Response::new(ListTopicsResponse { topics }))
     }
 
-    async fn describe_topic(&self, request: Request<DescribeTopicRequest>) -> Result<Response<TopicInfo>, Status> {
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<TopicInfo>, Status> {
         let name = request.into_inner().name;
         let topic = self
             .ctx
@@ -140,14 +171,22 @@ impl Broker for BrokerService {
         Ok(Response::new(topic_to_pb(topic, self.leader_id())))
     }
 
-    async fn produce(&self, request: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let command = self.produce_command(&req)?;
         match self.ctx.write(command).await {
-            Ok(CommandResponse::Appended { base_offset, record_count }) => {
-                Ok(Response::new(ProduceResponse { partition: req.partition, base_offset, record_count }))
-            }
+            Ok(CommandResponse::Appended {
+                base_offset,
+                record_count,
+            }) => Ok(Response::new(ProduceResponse {
+                partition: req.partition,
+                base_offset,
+                record_count,
+            })),
             Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
             Ok(other) => Err(unexpected(other)),
             Err(WriteError::NotLeader(leader)) => {
@@ -163,7 +202,10 @@ impl Broker for BrokerService {
         }
     }
 
-    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
         let req = request.into_inner();
         self.validate_topic_name(&req.topic)?;
         let limits = &self.ctx.config.limits;
@@ -178,10 +220,20 @@ impl Broker for BrokerService {
         let result = self
             .ctx
             .view
-            .read(&req.topic, req.partition, req.offset, max_records, max_bytes)
+            .read(
+                &req.topic,
+                req.partition,
+                req.offset,
+                max_records,
+                max_bytes,
+            )
             .map_err(ApiError::from)?;
         Ok(Response::new(FetchResponse {
-            records: result.records.into_iter().map(|(offset, r)| record_to_pb(offset, r)).collect(),
+            records: result
+                .records
+                .into_iter()
+                .map(|(offset, r)| record_to_pb(offset, r))
+                .collect(),
             end_offset: result.end_offset,
             start_offset: result.start_offset,
         }))

@@ -23,9 +23,15 @@ fn members(metrics: &RaftMetrics) -> (Vec<Member>, Vec<Member>) {
     let membership = metrics.membership_config.membership();
     let member = |id: NodeId| Member {
         node_id: id,
-        addr: membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default(),
+        addr: membership
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+            .unwrap_or_default(),
     };
-    (membership.voter_ids().map(member).collect(), membership.learner_ids().map(member).collect())
+    (
+        membership.voter_ids().map(member).collect(),
+        membership.learner_ids().map(member).collect(),
+    )
 }
 
 /// How a membership change ended on this node.
@@ -42,7 +48,11 @@ impl ClusterService {
     fn membership_response(&self, log_index: u64) -> MembershipResponse {
         let metrics = self.ctx.raft.metrics().borrow().clone();
         let (voters, learners) = members(&metrics);
-        MembershipResponse { log_index, voters, learners }
+        MembershipResponse {
+            log_index,
+            voters,
+            learners,
+        }
     }
 
     fn outcome(
@@ -50,20 +60,28 @@ impl ClusterService {
     ) -> Result<ChangeOutcome, ApiError> {
         match result {
             Ok(response) => Ok(ChangeOutcome::Done(response)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Ok(ChangeOutcome::NotLeader(
-                match (f.leader_id, f.leader_node) {
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Ok(
+                ChangeOutcome::NotLeader(match (f.leader_id, f.leader_node) {
                     (Some(id), Some(node)) => Some((id, node.addr)),
                     _ => None,
-                },
-            )),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(ApiError::FailedPrecondition(format!("{e}; check `raftlog cluster status`")))
-            }
-            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable { message: e.to_string(), leader: None, not_applied: false }),
+                }),
+            ),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
+                ApiError::FailedPrecondition(format!("{e}; check `raftlog cluster status`")),
+            ),
+            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable {
+                message: e.to_string(),
+                leader: None,
+                not_applied: false,
+            }),
         }
     }
 
-    fn client(&self, forwarded: bool, leader: Option<(NodeId, String)>) -> Result<(ClusterClient<tonic::transport::Channel>, (NodeId, String)), Status> {
+    fn client(
+        &self,
+        forwarded: bool,
+        leader: Option<(NodeId, String)>,
+    ) -> Result<(ClusterClient<tonic::transport::Channel>, (NodeId, String)), Status> {
         let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
         Ok((ClusterClient::new(channel), leader))
     }
@@ -71,15 +89,23 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    async fn initialize(&self, request: Request<InitializeRequest>) -> Result<Response<InitializeResponse>, Status> {
+    async fn initialize(
+        &self,
+        request: Request<InitializeRequest>,
+    ) -> Result<Response<InitializeResponse>, Status> {
         let req = request.into_inner();
         if req.members.is_empty() {
-            return Err(ApiError::InvalidArgument("initialize needs at least one member".into()).into());
+            return Err(
+                ApiError::InvalidArgument("initialize needs at least one member".into()).into(),
+            );
         }
         let mut nodes = BTreeMap::new();
         for m in req.members {
             if m.node_id == 0 || m.addr.is_empty() {
-                return Err(ApiError::InvalidArgument("every member needs a positive node_id and an addr".into()).into());
+                return Err(ApiError::InvalidArgument(
+                    "every member needs a positive node_id and an addr".into(),
+                )
+                .into());
             }
             nodes.insert(m.node_id, Node { addr: m.addr });
         }
@@ -92,32 +118,58 @@ impl Cluster for ClusterService {
         }
         match self.ctx.raft.initialize(nodes).await {
             Ok(()) => Ok(Response::new(InitializeResponse {})),
-            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                Err(ApiError::AlreadyExists(format!("the cluster is already initialized ({e})")).into())
+            Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(
+                ApiError::AlreadyExists(format!("the cluster is already initialized ({e})")).into(),
+            ),
+            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => {
+                Err(ApiError::InvalidArgument(e.to_string()).into())
             }
-            Err(RaftError::APIError(InitializeError::NotInMembers(e))) => Err(ApiError::InvalidArgument(e.to_string()).into()),
-            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable { message: e.to_string(), leader: None, not_applied: false }.into()),
+            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable {
+                message: e.to_string(),
+                leader: None,
+                not_applied: false,
+            }
+            .into()),
         }
     }
 
-    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipResponse>, Status> {
+    async fn add_learner(
+        &self,
+        request: Request<AddLearnerRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let member = req.member.clone().ok_or_else(|| ApiError::InvalidArgument("member is required".into()))?;
+        let member = req
+            .member
+            .clone()
+            .ok_or_else(|| ApiError::InvalidArgument("member is required".into()))?;
         if member.node_id == 0 || member.addr.is_empty() {
-            return Err(ApiError::InvalidArgument("member needs a positive node_id and an addr".into()).into());
+            return Err(ApiError::InvalidArgument(
+                "member needs a positive node_id and an addr".into(),
+            )
+            .into());
         }
-        let result = self.ctx.raft.add_learner(member.node_id, Node { addr: member.addr }, req.blocking).await;
+        let result = self
+            .ctx
+            .raft
+            .add_learner(member.node_id, Node { addr: member.addr }, req.blocking)
+            .await;
         match Self::outcome(result)? {
             ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
-                client.add_learner(Forwarder::forwarded(req, None)).await.map_err(|s| leader_unreachable(s, leader))
+                client
+                    .add_learner(Forwarder::forwarded(req, None))
+                    .await
+                    .map_err(|s| leader_unreachable(s, leader))
             }
         }
     }
 
-    async fn promote_voter(&self, request: Request<NodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+    async fn promote_voter(
+        &self,
+        request: Request<NodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]));
@@ -125,12 +177,18 @@ impl Cluster for ClusterService {
             ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
-                client.promote_voter(Forwarder::forwarded(req, None)).await.map_err(|s| leader_unreachable(s, leader))
+                client
+                    .promote_voter(Forwarder::forwarded(req, None))
+                    .await
+                    .map_err(|s| leader_unreachable(s, leader))
             }
         }
     }
 
-    async fn remove_node(&self, request: Request<NodeRequest>) -> Result<Response<MembershipResponse>, Status> {
+    async fn remove_node(
+        &self,
+        request: Request<NodeRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let metrics = self.ctx.raft.metrics().borrow().clone();
@@ -146,41 +204,75 @@ impl Cluster for ClusterService {
             ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
-                client.remove_node(Forwarder::forwarded(req, None)).await.map_err(|s| leader_unreachable(s, leader))
+                client
+                    .remove_node(Forwarder::forwarded(req, None))
+                    .await
+                    .map_err(|s| leader_unreachable(s, leader))
             }
         }
     }
 
-    async fn transfer_leader(&self, request: Request<NodeRequest>) -> Result<Response<TransferLeaderResponse>, Status> {
+    async fn transfer_leader(
+        &self,
+        request: Request<NodeRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let target = request.into_inner().node_id;
         if target == self.ctx.id {
             // openraft 0.9 has no leader-transfer message: the target starts an election at once.
             // With a log at least as up to date as the others' it wins, and the old leader steps
             // down on seeing the higher term.
-            self.ctx.raft.trigger().elect().await.map_err(|e| ApiError::Unavailable { message: e.to_string(), leader: None, not_applied: false })?;
+            self.ctx
+                .raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| ApiError::Unavailable {
+                    message: e.to_string(),
+                    leader: None,
+                    not_applied: false,
+                })?;
             return Ok(Response::new(TransferLeaderResponse {}));
         }
         if forwarded {
-            return Err(ApiError::FailedPrecondition(format!("node {} is not node {target}", self.ctx.id)).into());
+            return Err(ApiError::FailedPrecondition(format!(
+                "node {} is not node {target}",
+                self.ctx.id
+            ))
+            .into());
         }
         let addr = {
             let metrics = self.ctx.raft.metrics().borrow().clone();
             let membership = metrics.membership_config.membership();
             if !membership.voter_ids().any(|id| id == target) {
-                return Err(ApiError::FailedPrecondition(format!("node {target} is not a voter; only voters can lead")).into());
+                return Err(ApiError::FailedPrecondition(format!(
+                    "node {target} is not a voter; only voters can lead"
+                ))
+                .into());
             }
-            membership.get_node(&target).map(|n| n.addr.clone()).unwrap_or_default()
+            membership
+                .get_node(&target)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default()
         };
         let channel = self.ctx.forwarder.channel(&addr)?;
         ClusterClient::new(channel)
-            .transfer_leader(Forwarder::forwarded(NodeRequest { node_id: target }, Some(Duration::from_secs(5))))
+            .transfer_leader(Forwarder::forwarded(
+                NodeRequest { node_id: target },
+                Some(Duration::from_secs(5)),
+            ))
             .await
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
         let metrics = self.ctx.raft.metrics().borrow().clone();
-        let committed = self.ctx.raft.with_raft_state(|s| s.committed.map(|l| l.index)).await.ok().flatten();
+        let committed = self
+            .ctx
+            .raft
+            .with_raft_state(|s| s.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten();
         let (voters, learners) = members(&metrics);
         let role = match metrics.state {
             ServerState::Leader => Role::Leader,
@@ -193,7 +285,11 @@ impl Cluster for ClusterService {
         let replication = metrics
             .replication
             .as_ref()
-            .map(|r| r.iter().map(|(id, log)| (*id, log.map_or(0, |l| l.index))).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Response::new(NodeStatus {
             node_id: self.ctx.id,
@@ -215,21 +311,51 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn trigger_snapshot(&self, _: Request<TriggerSnapshotRequest>) -> Result<Response<TriggerSnapshotResponse>, Status> {
-        let applied = self.ctx.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        self.ctx.raft.trigger().snapshot().await.map_err(|e| ApiError::Unavailable { message: e.to_string(), leader: None, not_applied: false })?;
+    async fn trigger_snapshot(
+        &self,
+        _: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotResponse>, Status> {
+        let applied = self
+            .ctx
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        self.ctx
+            .raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                message: e.to_string(),
+                leader: None,
+                not_applied: false,
+            })?;
         let metrics = self
             .ctx
             .raft
             .wait(Some(Duration::from_secs(60)))
-            .metrics(|m| m.snapshot.map_or(0, |s| s.index) >= applied, "snapshot built")
+            .metrics(
+                |m| m.snapshot.map_or(0, |s| s.index) >= applied,
+                "snapshot built",
+            )
             .await
             .map_err(|e| ApiError::Internal(format!("snapshot not built in time: {e}")))?;
-        Ok(Response::new(TriggerSnapshotResponse { snapshot_index: metrics.snapshot.map_or(0, |s| s.index) }))
+        Ok(Response::new(TriggerSnapshotResponse {
+            snapshot_index: metrics.snapshot.map_or(0, |s| s.index),
+        }))
     }
 
-    async fn state_digest(&self, _: Request<StateDigestRequest>) -> Result<Response<StateDigestResponse>, Status> {
+    async fn state_digest(
+        &self,
+        _: Request<StateDigestRequest>,
+    ) -> Result<Response<StateDigestResponse>, Status> {
         let (applied_index, sha256, keys) = self.ctx.view.digest().map_err(ApiError::from)?;
-        Ok(Response::new(StateDigestResponse { applied_index, sha256, keys }))
+        Ok(Response::new(StateDigestResponse {
+            applied_index,
+            sha256,
+            keys,
+        }))
     }
 }

@@ -18,7 +18,11 @@ pub fn record_to_pb(offset: u64, r: Record) -> pb::Record {
     pb::Record {
         key: r.key,
         value: r.value,
-        headers: r.headers.into_iter().map(|(key, value)| pb::Header { key, value }).collect(),
+        headers: r
+            .headers
+            .into_iter()
+            .map(|(key, value)| pb::Header { key, value })
+            .collect(),
         timestamp_ms: r.timestamp_ms,
         offset,
     }
@@ -28,7 +32,9 @@ pub fn topic_to_pb(topic: TopicState, leader_id: u64) -> pb::TopicInfo {
     pb::TopicInfo {
         name: topic.name,
         topic_id: topic.id,
-        config: Some(pb::TopicConfig { partitions: topic.settings.partitions }),
+        config: Some(pb::TopicConfig {
+            partitions: topic.settings.partitions,
+        }),
         partitions: topic
             .partitions
             .iter()

@@ -31,7 +31,11 @@ pub enum ApiError {
     /// Retryable: no leader, no quorum, or this node cannot reach the leader. `not_applied` says
     /// the request certainly had no effect (else its outcome is unknown).
     #[error("{message}")]
-    Unavailable { message: String, leader: Option<(u64, String)>, not_applied: bool },
+    Unavailable {
+        message: String,
+        leader: Option<(u64, String)>,
+        not_applied: bool,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -39,7 +43,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn no_leader() -> Self {
         ApiError::Unavailable {
-            message: "no Raft leader is known yet (election in progress or no quorum); retry shortly".into(),
+            message:
+                "no Raft leader is known yet (election in progress or no quorum); retry shortly"
+                    .into(),
             leader: None,
             not_applied: true,
         }
@@ -50,8 +56,12 @@ impl From<Rejection> for ApiError {
     fn from(rejection: Rejection) -> Self {
         let message = rejection.to_string();
         match rejection {
-            Rejection::TopicExists(_) => ApiError::AlreadyExists(format!("{message}; choose another name or use it")),
-            Rejection::UnknownTopic(_) => ApiError::NotFound(format!("{message}; create it first (raftlog topic create)")),
+            Rejection::TopicExists(_) => {
+                ApiError::AlreadyExists(format!("{message}; choose another name or use it"))
+            }
+            Rejection::UnknownTopic(_) => {
+                ApiError::NotFound(format!("{message}; create it first (raftlog topic create)"))
+            }
             Rejection::UnknownPartition { .. } => ApiError::InvalidArgument(message),
             Rejection::TooManyTopics(_) => {
                 ApiError::ResourceExhausted(format!("{message}; delete topics or raise the limit"))
@@ -83,16 +93,24 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted(_) => Status::new(Code::ResourceExhausted, message),
             ApiError::OutOfRange(_) => Status::new(Code::OutOfRange, message),
             ApiError::Internal(_) => Status::new(Code::Internal, message),
-            ApiError::Unavailable { leader, not_applied, .. } => {
+            ApiError::Unavailable {
+                leader,
+                not_applied,
+                ..
+            } => {
                 let mut status = Status::new(Code::Unavailable, message);
                 if not_applied {
-                    status.metadata_mut().insert(NOT_APPLIED_HEADER, MetadataValue::from_static("1"));
+                    status
+                        .metadata_mut()
+                        .insert(NOT_APPLIED_HEADER, MetadataValue::from_static("1"));
                 }
                 if let Some((id, addr)) = leader {
                     if let Ok(v) = MetadataValue::try_from(addr.as_str()) {
                         status.metadata_mut().insert(LEADER_ADDR_HEADER, v);
                     }
-                    status.metadata_mut().insert(LEADER_ID_HEADER, MetadataValue::from(id));
+                    status
+                        .metadata_mut()
+                        .insert(LEADER_ID_HEADER, MetadataValue::from(id));
                 }
                 status
             }

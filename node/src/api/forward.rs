@@ -26,7 +26,12 @@ impl Forwarder {
     pub fn leader(raft: &Raft) -> Option<(NodeId, String)> {
         let metrics = raft.metrics().borrow().clone();
         let leader = metrics.current_leader?;
-        let addr = metrics.membership_config.membership().get_node(&leader)?.addr.clone();
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .clone();
         Some((leader, addr))
     }
 
@@ -53,10 +58,14 @@ impl Forwarder {
         leader: Option<(NodeId, String)>,
         self_id: NodeId,
     ) -> Result<(Channel, (NodeId, String)), ApiError> {
-        let Some((leader_id, addr)) = leader else { return Err(ApiError::no_leader()) };
+        let Some((leader_id, addr)) = leader else {
+            return Err(ApiError::no_leader());
+        };
         if leader_id == self_id || forwarded {
             return Err(ApiError::Unavailable {
-                message: format!("node {self_id} is not the leader; send writes to node {leader_id} at {addr}"),
+                message: format!(
+                    "node {self_id} is not the leader; send writes to node {leader_id} at {addr}"
+                ),
                 leader: Some((leader_id, addr)),
                 not_applied: true,
             });
@@ -67,7 +76,10 @@ impl Forwarder {
     /// Wraps a message for forwarding, marked so it is not forwarded again.
     pub fn forwarded<T>(message: T, timeout: Option<Duration>) -> Request<T> {
         let mut request = Request::new(message);
-        request.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+        request.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
@@ -83,9 +95,18 @@ pub fn is_forwarded<T>(request: &Request<T>) -> bool {
 /// Turns a transport failure on the way to the leader into a retryable UNAVAILABLE.
 pub fn leader_unreachable(status: tonic::Status, leader: (NodeId, String)) -> tonic::Status {
     match status.code() {
-        tonic::Code::Unavailable | tonic::Code::Unknown if !status.metadata().contains_key(super::error::LEADER_ADDR_HEADER) => {
+        tonic::Code::Unavailable | tonic::Code::Unknown
+            if !status
+                .metadata()
+                .contains_key(super::error::LEADER_ADDR_HEADER) =>
+        {
             ApiError::Unavailable {
-                message: format!("could not reach leader {} at {}: {}; retry", leader.0, leader.1, status.message()),
+                message: format!(
+                    "could not reach leader {} at {}: {}; retry",
+                    leader.0,
+                    leader.1,
+                    status.message()
+                ),
                 leader: Some(leader),
                 not_applied: false,
             }

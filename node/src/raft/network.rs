@@ -33,7 +33,11 @@ pub struct PeerNetworkFactory {
 
 impl PeerNetworkFactory {
     pub fn new(group: GroupId, connect_timeout: Duration) -> Self {
-        Self { group, connect_timeout, channels: Arc::default() }
+        Self {
+            group,
+            connect_timeout,
+            channels: Arc::default(),
+        }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -57,7 +61,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
         let channel = self.channel(&node.addr);
-        PeerClient { target, group: self.group, addr: node.addr.clone(), channel }
+        PeerClient {
+            target,
+            group: self.group,
+            addr: node.addr.clone(),
+            channel,
+        }
     }
 }
 
@@ -85,11 +94,20 @@ enum Rpc {
 
 impl PeerClient {
     fn error(&self, message: impl std::fmt::Display) -> PeerError {
-        PeerError { target: self.target, addr: self.addr.clone(), message: message.to_string() }
+        PeerError {
+            target: self.target,
+            addr: self.addr.clone(),
+            message: message.to_string(),
+        }
     }
 
     /// Sends one request and decodes the peer's `Result<Resp, RaftError<E>>`.
-    async fn call<Req, Resp, E>(&mut self, rpc: Rpc, request: &Req, ttl: Duration) -> Result<Resp, RpcError<E>>
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        request: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, RpcError<E>>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -102,7 +120,10 @@ impl PeerClient {
         let mut client = RaftClient::new(channel)
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let mut req = tonic::Request::new(RaftEnvelope { group_id: self.group, payload: encode(request).into() });
+        let mut req = tonic::Request::new(RaftEnvelope {
+            group_id: self.group,
+            payload: encode(request).into(),
+        });
         req.set_timeout(ttl);
         let reply = match rpc {
             Rpc::Vote => client.vote(req).await,
@@ -115,13 +136,15 @@ impl PeerClient {
                 let err = self.error(format!("{}: {}", status.code(), status.message()));
                 return Err(match status.code() {
                     // Nothing reached the peer's Raft: back off before retrying this peer.
-                    tonic::Code::Unavailable | tonic::Code::Unknown => RpcError::Unreachable(Unreachable::new(&err)),
+                    tonic::Code::Unavailable | tonic::Code::Unknown => {
+                        RpcError::Unreachable(Unreachable::new(&err))
+                    }
                     _ => RpcError::Network(NetworkError::new(&err)),
                 });
             }
         };
-        let result: Result<Resp, RaftError<E>> =
-            decode(&reply.payload).map_err(|e| RpcError::Network(NetworkError::new(&self.error(e))))?;
+        let result: Result<Resp, RaftError<E>> = decode(&reply.payload)
+            .map_err(|e| RpcError::Network(NetworkError::new(&self.error(e))))?;
         result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
@@ -140,10 +163,15 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
-        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl()).await
+        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
+            .await
     }
 
-    async fn vote(&mut self, rpc: VoteRequest, option: RPCOption) -> Result<VoteResponse, RpcError> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
         self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
     }
 

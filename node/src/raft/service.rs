@@ -31,12 +31,18 @@ impl PeerService {
                 envelope.group_id, self.group
             )));
         }
-        decode(&envelope.payload)
-            .map_err(|e| Status::invalid_argument(format!("undecodable Raft message (peer of another version?): {e}")))
+        decode(&envelope.payload).map_err(|e| {
+            Status::invalid_argument(format!(
+                "undecodable Raft message (peer of another version?): {e}"
+            ))
+        })
     }
 
     fn reply<T: Serialize>(&self, result: &T) -> Response<RaftEnvelope> {
-        Response::new(RaftEnvelope { group_id: self.group, payload: encode(result).into() })
+        Response::new(RaftEnvelope {
+            group_id: self.group,
+            payload: encode(result).into(),
+        })
     }
 }
 
@@ -47,12 +53,18 @@ impl RaftService for PeerService {
         Ok(self.reply(&self.raft.vote(rpc).await))
     }
 
-    async fn append_entries(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftEnvelope>, Status> {
         let rpc: AppendEntriesRequest = self.open(request)?;
         Ok(self.reply(&self.raft.append_entries(rpc).await))
     }
 
-    async fn install_snapshot(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftEnvelope>, Status> {
         let rpc: InstallSnapshotRequest = self.open(request)?;
         Ok(self.reply(&self.raft.install_snapshot(rpc).await))
     }

@@ -35,7 +35,8 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type StorageIOError = openraft::StorageIOError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
 pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
-pub type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, Node, RaftError<E>>;
+pub type RpcError<E = openraft::error::Infallible> =
+    openraft::error::RPCError<NodeId, Node, RaftError<E>>;
 pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, Node>;
 pub type ClientWriteResponse = openraft::raft::ClientWriteResponse<TypeConfig>;
 pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;

@@ -16,7 +16,12 @@ pub fn log_entry(group: GroupId, index: u64) -> [u8; 16] {
 
 /// The log index of a `raft_log` key. Panics on a key of another shape: that is corruption.
 pub fn log_index_of(key: &[u8]) -> u64 {
-    assert_eq!(key.len(), 16, "raft_log key of unexpected length {}", key.len());
+    assert_eq!(
+        key.len(),
+        16,
+        "raft_log key of unexpected length {}",
+        key.len()
+    );
     u64::from_be_bytes(key[8..].try_into().expect("8 bytes"))
 }
 

@@ -45,31 +45,58 @@ impl LogStore {
     }
 
     fn cf_log(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_RAFT_LOG).expect("raft_log column family is created at open")
+        self.db
+            .cf_handle(CF_RAFT_LOG)
+            .expect("raft_log column family is created at open")
     }
 
     fn cf_meta(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_RAFT_META).expect("raft_meta column family is created at open")
+        self.db
+            .cf_handle(CF_RAFT_META)
+            .expect("raft_meta column family is created at open")
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, which: MetaKey) -> Result<Option<T>, StorageError> {
-        match self.db.get_cf(self.cf_meta(), keys::meta(self.group, which)).map_err(read_err)? {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        which: MetaKey,
+    ) -> Result<Option<T>, StorageError> {
+        match self
+            .db
+            .get_cf(self.cf_meta(), keys::meta(self.group, which))
+            .map_err(read_err)?
+        {
             None => Ok(None),
             Some(bytes) => Ok(Some(decode(&bytes).map_err(read_err)?)),
         }
     }
 
-    fn put_meta<T: serde::Serialize>(&self, which: MetaKey, value: &T, sync: bool) -> Result<(), StorageError> {
-        let opts = if sync { sync_write() } else { WriteOptions::default() };
+    fn put_meta<T: serde::Serialize>(
+        &self,
+        which: MetaKey,
+        value: &T,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let opts = if sync {
+            sync_write()
+        } else {
+            WriteOptions::default()
+        };
         self.db
-            .put_cf_opt(self.cf_meta(), keys::meta(self.group, which), encode(value), &opts)
+            .put_cf_opt(
+                self.cf_meta(),
+                keys::meta(self.group, which),
+                encode(value),
+                &opts,
+            )
             .map_err(write_err)
     }
 
     /// The last entry present in the log, if any.
     fn last_entry_log_id(&self) -> Result<Option<LogId>, StorageError> {
         let end = keys::log_entry(self.group, u64::MAX);
-        let mut iter = self.db.iterator_cf(self.cf_log(), IteratorMode::From(&end, Direction::Reverse));
+        let mut iter = self
+            .db
+            .iterator_cf(self.cf_log(), IteratorMode::From(&end, Direction::Reverse));
         match iter.next() {
             None => Ok(None),
             Some(item) => {
@@ -95,7 +122,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let start_key = keys::log_entry(self.group, start);
-        let iter = self.db.iterator_cf(self.cf_log(), IteratorMode::From(&start_key, Direction::Forward));
+        let iter = self.db.iterator_cf(
+            self.cf_log(),
+            IteratorMode::From(&start_key, Direction::Forward),
+        );
         let mut entries = Vec::new();
         for item in iter {
             let (key, value) = item.map_err(read_err)?;
@@ -108,7 +138,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
             let entry: Entry = decode(&value).map_err(read_err)?;
             // The index in the key must be the index in the entry: anything else is corruption.
-            assert_eq!(entry.log_id.index, index, "raft_log key and entry disagree on the index");
+            assert_eq!(
+                entry.log_id.index, index,
+                "raft_log key and entry disagree on the index"
+            );
             entries.push(entry);
         }
         Ok(entries)
@@ -121,7 +154,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.get_meta(MetaKey::LastPurged)?;
         let last = self.last_entry_log_id()?.or(last_purged);
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -131,7 +167,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         // fsynced: a vote granted and then forgotten lets two leaders share a term.
         self.put_meta(MetaKey::Vote, vote, true)
-            
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -145,10 +180,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>(MetaKey::Committed)?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId>>(MetaKey::Committed)?
+            .flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -156,11 +197,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // One write batch and one fsync for the whole run of entries.
         let mut batch = WriteBatch::default();
         for entry in entries {
-            batch.put_cf(self.cf_log(), keys::log_entry(self.group, entry.log_id.index), encode(&entry));
+            batch.put_cf(
+                self.cf_log(),
+                keys::log_entry(self.group, entry.log_id.index),
+                encode(&entry),
+            );
         }
         let result = self.db.write_opt(batch, &sync_write());
         // Only now, after the fsync, may openraft treat these entries as persisted.
-        callback.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string())));
+        callback.log_io_completed(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| std::io::Error::other(e.to_string())),
+        );
         result.map_err(write_err)
     }
 
@@ -177,11 +227,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The state machine is written without WAL. Before dropping log entries it could need to
         // re-apply after a crash, make sure its memtable (which covers every applied entry, and
         // openraft purges only applied entries) is on disk.
-        let cf_sm = self.db.cf_handle(CF_STATE_MACHINE).expect("state_machine column family");
+        let cf_sm = self
+            .db
+            .cf_handle(CF_STATE_MACHINE)
+            .expect("state_machine column family");
         self.db.flush_cf(cf_sm).map_err(write_err)?;
 
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf_meta(), keys::meta(self.group, MetaKey::LastPurged), encode(&log_id));
+        batch.put_cf(
+            self.cf_meta(),
+            keys::meta(self.group, MetaKey::LastPurged),
+            encode(&log_id),
+        );
         batch.delete_range_cf(
             self.cf_log(),
             keys::log_entry(self.group, 0),

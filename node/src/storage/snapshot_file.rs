@@ -13,8 +13,14 @@ use std::path::Path;
 const MAGIC: &[u8; 8] = b"RLSNAP1\n";
 const END_MARKER: u32 = u32::MAX;
 
+/// One state-machine row: (key without the group prefix, value).
+pub type Row = (Box<[u8]>, Box<[u8]>);
+
 /// Writes a snapshot file and fsyncs it before returning.
-pub fn write<'a>(path: &Path, rows: impl Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + 'a) -> io::Result<u64> {
+pub fn write<'a>(
+    path: &Path,
+    rows: impl Iterator<Item = io::Result<(Box<[u8]>, Box<[u8]>)>> + 'a,
+) -> io::Result<u64> {
     let file = File::create(path)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     out.write_all(MAGIC)?;
@@ -41,7 +47,10 @@ pub fn read(path: &Path, mut visit: impl FnMut(Vec<u8>, Vec<u8>)) -> io::Result<
     let mut magic = [0u8; 8];
     input.read_exact(&mut magic)?;
     if &magic != MAGIC {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a raftlog snapshot file"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a raftlog snapshot file",
+        ));
     }
     let mut count = 0u64;
     loop {
@@ -50,7 +59,10 @@ pub fn read(path: &Path, mut visit: impl FnMut(Vec<u8>, Vec<u8>)) -> io::Result<
             let mut expected = [0u8; 8];
             input.read_exact(&mut expected)?;
             if u64::from_be_bytes(expected) != count {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "snapshot record count mismatch"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "snapshot record count mismatch",
+                ));
             }
             return Ok(count);
         }
@@ -82,15 +94,23 @@ mod tests {
     fn round_trip_and_truncation_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.snap");
-        let rows: Vec<(Box<[u8]>, Box<[u8]>)> =
-            vec![(b"a".to_vec().into(), b"1".to_vec().into()), (b"bb".to_vec().into(), Vec::new().into())];
+        let rows: Vec<Row> = vec![
+            (b"a".to_vec().into(), b"1".to_vec().into()),
+            (b"bb".to_vec().into(), Vec::new().into()),
+        ];
         assert_eq!(write(&path, rows.clone().into_iter().map(Ok)).unwrap(), 2);
         let mut seen = Vec::new();
         read(&path, |k, v| seen.push((k, v))).unwrap();
-        assert_eq!(seen, vec![(b"a".to_vec(), b"1".to_vec()), (b"bb".to_vec(), vec![])]);
+        assert_eq!(
+            seen,
+            vec![(b"a".to_vec(), b"1".to_vec()), (b"bb".to_vec(), vec![])]
+        );
 
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
-        assert!(read(&path, |_, _| {}).is_err(), "a truncated snapshot must be rejected");
+        assert!(
+            read(&path, |_, _| {}).is_err(),
+            "a truncated snapshot must be rejected"
+        );
     }
 }

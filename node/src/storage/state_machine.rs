@@ -25,7 +25,8 @@ use super::keys::{self, sm_tag};
 use super::{decode, encode, snapshot_file, CF_STATE_MACHINE};
 use crate::command::{Command, CommandResponse, Record, Rejection, TopicSettings};
 use crate::raft::types::{
-    Entry, GroupId, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, TypeConfig,
+    Entry, GroupId, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+    TypeConfig,
 };
 
 /// A partition's offsets. `end_offset` is the next offset to be written.
@@ -49,8 +50,14 @@ pub struct TopicState {
 pub enum ReadError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    #[error("offset {offset} is out of range: the partition holds offsets {start_offset}..{end_offset}")]
-    OffsetOutOfRange { offset: u64, start_offset: u64, end_offset: u64 },
+    #[error(
+        "offset {offset} is out of range: the partition holds offsets {start_offset}..{end_offset}"
+    )]
+    OffsetOutOfRange {
+        offset: u64,
+        start_offset: u64,
+        end_offset: u64,
+    },
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -75,7 +82,9 @@ pub struct StateView {
 
 impl StateView {
     fn cf(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_STATE_MACHINE).expect("state_machine column family is created at open")
+        self.db
+            .cf_handle(CF_STATE_MACHINE)
+            .expect("state_machine column family is created at open")
     }
 
     pub fn group(&self) -> GroupId {
@@ -88,11 +97,20 @@ impl StateView {
     }
 
     pub fn topics(&self) -> Vec<TopicState> {
-        self.topics.read().expect("topic table lock").values().cloned().collect()
+        self.topics
+            .read()
+            .expect("topic table lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn topic(&self, name: &str) -> Option<TopicState> {
-        self.topics.read().expect("topic table lock").get(name).cloned()
+        self.topics
+            .read()
+            .expect("topic table lock")
+            .get(name)
+            .cloned()
     }
 
     pub fn topic_count(&self) -> usize {
@@ -110,24 +128,38 @@ impl StateView {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<ReadResult, ReadError> {
-        let state = self.topic(topic).ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
-        let part = state.partitions.get(partition as usize).ok_or_else(|| Rejection::UnknownPartition {
-            topic: topic.to_string(),
-            partition,
-            partitions: state.settings.partitions,
+        let state = self
+            .topic(topic)
+            .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
+        let part = state.partitions.get(partition as usize).ok_or_else(|| {
+            Rejection::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                partitions: state.settings.partitions,
+            }
         })?;
         let (start_offset, end_offset) = (part.start_offset, part.end_offset);
         if offset < start_offset || offset > end_offset {
-            return Err(ReadError::OffsetOutOfRange { offset, start_offset, end_offset });
+            return Err(ReadError::OffsetOutOfRange {
+                offset,
+                start_offset,
+                end_offset,
+            });
         }
-        let mut result = ReadResult { records: Vec::new(), start_offset, end_offset };
+        let mut result = ReadResult {
+            records: Vec::new(),
+            start_offset,
+            end_offset,
+        };
         if offset == end_offset || max_records == 0 {
             return Ok(result);
         }
         // Seek to the batch that holds `offset`: the last batch whose base offset is <= offset.
         let seek = keys::sm_batch(self.group, state.id, partition, offset);
         let first_base = {
-            let mut back = self.db.iterator_cf(self.cf(), IteratorMode::From(&seek, Direction::Reverse));
+            let mut back = self
+                .db
+                .iterator_cf(self.cf(), IteratorMode::From(&seek, Direction::Reverse));
             match back.next() {
                 Some(Ok((key, _))) => match keys::parse_batch(&key) {
                     Some((t, p, base)) if t == state.id && p == partition => base,
@@ -139,13 +171,19 @@ impl StateView {
         };
         let from = keys::sm_batch(self.group, state.id, partition, first_base);
         let mut bytes = 0usize;
-        'batches: for item in self.db.iterator_cf(self.cf(), IteratorMode::From(&from, Direction::Forward)) {
+        'batches: for item in self
+            .db
+            .iterator_cf(self.cf(), IteratorMode::From(&from, Direction::Forward))
+        {
             let (key, value) = item.map_err(|e| ReadError::Storage(e.to_string()))?;
-            let Some((t, p, base)) = keys::parse_batch(&key) else { break };
+            let Some((t, p, base)) = keys::parse_batch(&key) else {
+                break;
+            };
             if t != state.id || p != partition || base >= end_offset {
                 break;
             }
-            let records: Vec<Record> = decode(&value).map_err(|e| ReadError::Storage(e.to_string()))?;
+            let records: Vec<Record> =
+                decode(&value).map_err(|e| ReadError::Storage(e.to_string()))?;
             for (i, record) in records.into_iter().enumerate() {
                 let record_offset = base + i as u64;
                 if record_offset < offset {
@@ -175,10 +213,15 @@ impl StateView {
         let mut hasher = Sha256::new();
         let mut rows = 0u64;
         let mut applied_index = 0;
-        for item in snapshot.iterator_cf_opt(self.cf(), opts, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in snapshot.iterator_cf_opt(
+            self.cf(),
+            opts,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
             let (key, value) = item.map_err(|e| ReadError::Storage(e.to_string()))?;
             if *key == *applied_key {
-                let applied: Option<LogId> = decode(&value).map_err(|e| ReadError::Storage(e.to_string()))?;
+                let applied: Option<LogId> =
+                    decode(&value).map_err(|e| ReadError::Storage(e.to_string()))?;
                 applied_index = applied.map_or(0, |id| id.index);
             }
             hasher.update((key.len() as u64).to_be_bytes());
@@ -245,7 +288,10 @@ impl SnapshotStore {
         // its open file handle keeps the data readable after the unlink.
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             if name.starts_with("snap-") && path != final_data {
                 let _ = std::fs::remove_file(&path);
             }
@@ -267,7 +313,12 @@ impl StateMachine {
     pub fn open(db: Arc<DB>, group: GroupId, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(snap_err)?;
         let (applied_tx, _) = watch::channel(None);
-        let view = Arc::new(StateView { db, group, topics: RwLock::new(BTreeMap::new()), applied: applied_tx });
+        let view = Arc::new(StateView {
+            db,
+            group,
+            topics: RwLock::new(BTreeMap::new()),
+            applied: applied_tx,
+        });
         let mut sm = Self {
             view,
             last_applied: None,
@@ -284,8 +335,14 @@ impl StateMachine {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let read_err = |e: String| StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)));
-        match self.view.db.get_cf(self.view.cf(), key).map_err(|e| read_err(e.to_string()))? {
+        let read_err =
+            |e: String| StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)));
+        match self
+            .view
+            .db
+            .get_cf(self.view.cf(), key)
+            .map_err(|e| read_err(e.to_string()))?
+        {
             None => Ok(None),
             Some(bytes) => Ok(Some(decode(&bytes).map_err(|e| read_err(e.to_string()))?)),
         }
@@ -294,12 +351,21 @@ impl StateMachine {
     /// (Re)loads everything cached in memory from RocksDB: at open and after installing a snapshot.
     fn load(&mut self) -> Result<(), StorageError> {
         let group = self.view.group;
-        self.last_applied = self.get::<Option<LogId>>(&keys::sm_singleton(group, sm_tag::APPLIED))?.flatten();
-        self.membership = self.get(&keys::sm_singleton(group, sm_tag::MEMBERSHIP))?.unwrap_or_default();
-        self.next_topic_id = self.get(&keys::sm_singleton(group, sm_tag::NEXT_TOPIC_ID))?.unwrap_or(1);
+        self.last_applied = self
+            .get::<Option<LogId>>(&keys::sm_singleton(group, sm_tag::APPLIED))?
+            .flatten();
+        self.membership = self
+            .get(&keys::sm_singleton(group, sm_tag::MEMBERSHIP))?
+            .unwrap_or_default();
+        self.next_topic_id = self
+            .get(&keys::sm_singleton(group, sm_tag::NEXT_TOPIC_ID))?
+            .unwrap_or(1);
         let prefix = keys::sm_topic_prefix(group);
         let mut topics = BTreeMap::new();
-        for item in self.view.db.iterator_cf(self.view.cf(), IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in self.view.db.iterator_cf(
+            self.view.cf(),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
             let (key, value) = item.map_err(sm_err)?;
             if !key.starts_with(&prefix) {
                 break;
@@ -322,7 +388,11 @@ impl StateMachine {
         let group = self.view.group;
         let cf = self.view.cf();
         match command {
-            Command::CreateTopic { name, settings, topics_max } => {
+            Command::CreateTopic {
+                name,
+                settings,
+                topics_max,
+            } => {
                 if topics.contains_key(&name) {
                     return CommandResponse::Rejected(Rejection::TopicExists(name));
                 }
@@ -331,20 +401,38 @@ impl StateMachine {
                 }
                 let id = self.next_topic_id;
                 self.next_topic_id += 1;
-                batch.put_cf(cf, keys::sm_singleton(group, sm_tag::NEXT_TOPIC_ID), encode(&self.next_topic_id));
+                batch.put_cf(
+                    cf,
+                    keys::sm_singleton(group, sm_tag::NEXT_TOPIC_ID),
+                    encode(&self.next_topic_id),
+                );
                 let partitions = vec![PartitionState::default(); settings.partitions as usize];
-                let topic = TopicState { id, name: name.clone(), settings, partitions };
+                let topic = TopicState {
+                    id,
+                    name: name.clone(),
+                    settings,
+                    partitions,
+                };
                 batch.put_cf(cf, keys::sm_topic(group, &name), encode(&topic));
                 topics.insert(name, topic);
                 CommandResponse::TopicCreated { topic_id: id }
             }
-            Command::Append { topic, partition, mut records, proposed_at_ms } => {
+            Command::Append {
+                topic,
+                partition,
+                mut records,
+                proposed_at_ms,
+            } => {
                 let Some(state) = topics.get_mut(&topic) else {
                     return CommandResponse::Rejected(Rejection::UnknownTopic(topic));
                 };
                 let partitions = state.settings.partitions;
                 let Some(part) = state.partitions.get_mut(partition as usize) else {
-                    return CommandResponse::Rejected(Rejection::UnknownPartition { topic, partition, partitions });
+                    return CommandResponse::Rejected(Rejection::UnknownPartition {
+                        topic,
+                        partition,
+                        partitions,
+                    });
                 };
                 for record in &mut records {
                     if record.timestamp_ms == 0 {
@@ -354,9 +442,16 @@ impl StateMachine {
                 let base_offset = part.end_offset;
                 let record_count = records.len() as u32;
                 part.end_offset += records.len() as u64;
-                batch.put_cf(cf, keys::sm_batch(group, state.id, partition, base_offset), encode(&records));
+                batch.put_cf(
+                    cf,
+                    keys::sm_batch(group, state.id, partition, base_offset),
+                    encode(&records),
+                );
                 batch.put_cf(cf, keys::sm_topic(group, &topic), encode(&*state));
-                CommandResponse::Appended { base_offset, record_count }
+                CommandResponse::Appended {
+                    base_offset,
+                    record_count,
+                }
             }
         }
     }
@@ -382,16 +477,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::None,
-                EntryPayload::Normal(command) => self.apply_command(command, &mut topics, &mut batch),
+                EntryPayload::Normal(command) => {
+                    self.apply_command(command, &mut topics, &mut batch)
+                }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    batch.put_cf(self.view.cf(), keys::sm_singleton(group, sm_tag::MEMBERSHIP), encode(&self.membership));
+                    batch.put_cf(
+                        self.view.cf(),
+                        keys::sm_singleton(group, sm_tag::MEMBERSHIP),
+                        encode(&self.membership),
+                    );
                     CommandResponse::None
                 }
             };
             responses.push(response);
         }
-        batch.put_cf(self.view.cf(), keys::sm_singleton(group, sm_tag::APPLIED), encode(&self.last_applied));
+        batch.put_cf(
+            self.view.cf(),
+            keys::sm_singleton(group, sm_tag::APPLIED),
+            encode(&self.last_applied),
+        );
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
         self.view.db.write_opt(batch, &opts).map_err(sm_err)?;
@@ -401,7 +506,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { view: self.view.clone(), snapshots: self.snapshots.clone() }
+        SnapshotBuilder {
+            view: self.view.clone(),
+            snapshots: self.snapshots.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
@@ -417,11 +525,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(file))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<tokio::fs::File>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
         // Read from the handle we are given (openraft may hand us any snapshot file), after every
         // write to it has completed; keep our own fsynced copy as the new current snapshot.
         let mut source = snapshot.into_std().await;
-        let received = self.snapshots.dir.join(format!("installing-{}.snap", meta.snapshot_id));
+        let received = self
+            .snapshots
+            .dir
+            .join(format!("installing-{}.snap", meta.snapshot_id));
         {
             use std::io::{Seek, SeekFrom};
             source.seek(SeekFrom::Start(0)).map_err(snap_err)?;
@@ -462,9 +577,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 impl SnapshotStore {
     async fn open_current(&self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(meta) = self.current_meta().map_err(snap_err)? else { return Ok(None) };
-        let file = tokio::fs::File::open(self.data_path(&meta.snapshot_id)).await.map_err(snap_err)?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(file) }))
+        let Some(meta) = self.current_meta().map_err(snap_err)? else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(self.data_path(&meta.snapshot_id))
+            .await
+            .map_err(snap_err)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
     }
 }
 
@@ -482,27 +604,42 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let db_snapshot = view.db.snapshot();
             let group = view.group;
             let read = |key: &[u8]| db_snapshot.get_cf(view.cf(), key).map_err(sm_err);
-            let last_applied: Option<LogId> = match read(&keys::sm_singleton(group, sm_tag::APPLIED))? {
-                Some(bytes) => decode(&bytes).map_err(sm_err)?,
-                None => None,
-            };
-            let membership: StoredMembership = match read(&keys::sm_singleton(group, sm_tag::MEMBERSHIP))? {
-                Some(bytes) => decode(&bytes).map_err(sm_err)?,
-                None => StoredMembership::default(),
-            };
+            let last_applied: Option<LogId> =
+                match read(&keys::sm_singleton(group, sm_tag::APPLIED))? {
+                    Some(bytes) => decode(&bytes).map_err(sm_err)?,
+                    None => None,
+                };
+            let membership: StoredMembership =
+                match read(&keys::sm_singleton(group, sm_tag::MEMBERSHIP))? {
+                    Some(bytes) => decode(&bytes).map_err(sm_err)?,
+                    None => StoredMembership::default(),
+                };
             // Unique even when two snapshots cover the same log id (e.g. one built, one received).
             let nonce: u32 = rand::random();
             let snapshot_id = match last_applied {
-                Some(id) => format!("{}-{}-{}-{nonce:08x}", id.leader_id.term, id.leader_id.node_id, id.index),
+                Some(id) => format!(
+                    "{}-{}-{}-{nonce:08x}",
+                    id.leader_id.term, id.leader_id.node_id, id.index
+                ),
                 None => format!("0-0-0-{nonce:08x}"),
             };
-            let meta = SnapshotMeta { last_log_id: last_applied, last_membership: membership, snapshot_id };
-            let tmp = snapshots.dir.join(format!("building-{}.snap", meta.snapshot_id));
+            let meta = SnapshotMeta {
+                last_log_id: last_applied,
+                last_membership: membership,
+                snapshot_id,
+            };
+            let tmp = snapshots
+                .dir
+                .join(format!("building-{}.snap", meta.snapshot_id));
             let mut opts = ReadOptions::default();
             opts.set_iterate_upper_bound(keys::sm_prefix_end(group).to_vec());
             let prefix = keys::sm_prefix(group);
             let rows = db_snapshot
-                .iterator_cf_opt(view.cf(), opts, IteratorMode::From(&prefix, Direction::Forward))
+                .iterator_cf_opt(
+                    view.cf(),
+                    opts,
+                    IteratorMode::From(&prefix, Direction::Forward),
+                )
                 .map(|item| {
                     item.map(|(k, v)| (k[prefix.len()..].to_vec().into_boxed_slice(), v))
                         .map_err(std::io::Error::other)
@@ -513,8 +650,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok(meta)
         })
         .await
-        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, AnyError::error(e.to_string()))))??;
-        let file = tokio::fs::File::open(self.snapshots.data_path(&meta.snapshot_id)).await.map_err(snap_err)?;
-        Ok(Snapshot { meta, snapshot: Box::new(file) })
+        .map_err(|e| {
+            StorageError::from(StorageIOError::write_snapshot(
+                None,
+                AnyError::error(e.to_string()),
+            ))
+        })??;
+        let file = tokio::fs::File::open(self.snapshots.data_path(&meta.snapshot_id))
+            .await
+            .map_err(snap_err)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
     }
 }

@@ -34,7 +34,11 @@ pub struct TestCluster {
 
 fn free_port() -> u16 {
     // Bind port 0 to have the OS pick a free port, then release it for the node to bind.
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestCluster {
@@ -51,8 +55,16 @@ impl TestCluster {
                 initial_cluster: None,
             })
             .collect();
-        let initial = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect::<Vec<_>>().join(",");
-        let mut cluster = Self { nodes, options, _dir: dir };
+        let initial = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            nodes,
+            options,
+            _dir: dir,
+        };
         for node in &mut cluster.nodes {
             node.initial_cluster = Some(initial.clone());
         }
@@ -86,7 +98,11 @@ impl TestCluster {
         let node = &mut self.nodes[(id - 1) as usize];
         assert!(node.child.is_none(), "node {id} is already running");
         std::fs::create_dir_all(&node.data_dir).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(node.data_dir.join("node.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.join("node.log"))
+            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftlog-node"));
         cmd.arg("--node-id")
             .arg(id.to_string())
@@ -122,7 +138,13 @@ impl TestCluster {
 
     /// A client that knows every running node.
     pub fn client(&self) -> Client {
-        Client::new(self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.grpc.clone())).unwrap()
+        Client::new(
+            self.nodes
+                .iter()
+                .filter(|n| n.child.is_some())
+                .map(|n| n.grpc.clone()),
+        )
+        .unwrap()
     }
 
     pub fn client_of(&self, id: u64) -> Client {
@@ -132,13 +154,21 @@ impl TestCluster {
     pub async fn status(&self, id: u64) -> Option<pb::NodeStatus> {
         let client = self.client_of(id);
         let mut cluster = client.cluster_at(&self.node(id).grpc).ok()?;
-        cluster.status(pb::StatusRequest {}).await.ok().map(|r| r.into_inner())
+        cluster
+            .status(pb::StatusRequest {})
+            .await
+            .ok()
+            .map(|r| r.into_inner())
     }
 
     pub async fn digest(&self, id: u64) -> pb::StateDigestResponse {
         let client = self.client_of(id);
         let mut cluster = client.cluster_at(&self.node(id).grpc).unwrap();
-        cluster.state_digest(pb::StateDigestRequest {}).await.unwrap().into_inner()
+        cluster
+            .state_digest(pb::StateDigestRequest {})
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     /// Polls `probe` until it returns Some, or panics with `what` after `timeout`.
@@ -162,19 +192,23 @@ impl TestCluster {
 
     /// Waits until the running nodes agree on one leader; returns its id.
     pub async fn wait_for_leader(&self) -> u64 {
-        self.wait_for("a leader all running nodes agree on", Duration::from_secs(30), || async {
-            let mut leader = None;
-            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-                let status = self.status(node.id).await?;
-                if !status.has_leader || leader.is_some_and(|l| l != status.leader_id) {
-                    return None;
+        self.wait_for(
+            "a leader all running nodes agree on",
+            Duration::from_secs(30),
+            || async {
+                let mut leader = None;
+                for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                    let status = self.status(node.id).await?;
+                    if !status.has_leader || leader.is_some_and(|l| l != status.leader_id) {
+                        return None;
+                    }
+                    leader = Some(status.leader_id);
                 }
-                leader = Some(status.leader_id);
-            }
-            let leader = leader?;
-            let status = self.status(leader).await?;
-            (status.role == pb::Role::Leader as i32).then_some(leader)
-        })
+                let leader = leader?;
+                let status = self.status(leader).await?;
+                (status.role == pb::Role::Leader as i32).then_some(leader)
+            },
+        )
         .await
     }
 
@@ -184,21 +218,32 @@ impl TestCluster {
         let leader = self.wait_for_leader().await;
         let target = self.status(leader).await.unwrap().committed_index;
         for &id in ids {
-            self.wait_for(&format!("node {id} to apply index {target}"), Duration::from_secs(60), || async move {
-                let s = self.status(id).await?;
-                (s.applied_index >= target).then_some(())
-            })
+            self.wait_for(
+                &format!("node {id} to apply index {target}"),
+                Duration::from_secs(60),
+                || async move {
+                    let s = self.status(id).await?;
+                    (s.applied_index >= target).then_some(())
+                },
+            )
             .await;
         }
         // Applied indices may still differ by entries committed since; compare at equal indices.
-        self.wait_for("equal applied indices and digests", Duration::from_secs(30), || async {
-            let mut digests = Vec::new();
-            for &id in ids {
-                digests.push(self.digest(id).await);
-            }
-            let first = &digests[0];
-            digests.iter().all(|d| d.applied_index == first.applied_index).then_some(digests)
-        })
+        self.wait_for(
+            "equal applied indices and digests",
+            Duration::from_secs(30),
+            || async {
+                let mut digests = Vec::new();
+                for &id in ids {
+                    digests.push(self.digest(id).await);
+                }
+                let first = &digests[0];
+                digests
+                    .iter()
+                    .all(|d| d.applied_index == first.applied_index)
+                    .then_some(digests)
+            },
+        )
         .await
     }
 
@@ -227,12 +272,22 @@ impl Drop for TestCluster {
 }
 
 /// Produces `count` single-record batches with values `{prefix}-{i}`; returns (offset, value).
-pub async fn produce_values(client: &Client, topic: &str, partition: u32, prefix: &str, count: usize) -> Vec<(u64, String)> {
+pub async fn produce_values(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    prefix: &str,
+    count: usize,
+) -> Vec<(u64, String)> {
     let mut acked = Vec::with_capacity(count);
     for i in 0..count {
         let value = format!("{prefix}-{i}");
         let ack = client
-            .produce(topic, partition, vec![raftlog_client::record(value.clone().into_bytes())])
+            .produce(
+                topic,
+                partition,
+                vec![raftlog_client::record(value.clone().into_bytes())],
+            )
             .await
             .unwrap_or_else(|e| panic!("produce {value}: {e}"));
         acked.push((ack.base_offset, value));
@@ -241,13 +296,27 @@ pub async fn produce_values(client: &Client, topic: &str, partition: u32, prefix
 }
 
 /// Reads the whole partition from one node.
-pub async fn read_all(cluster: &TestCluster, id: u64, topic: &str, partition: u32) -> Vec<(u64, String)> {
+pub async fn read_all(
+    cluster: &TestCluster,
+    id: u64,
+    topic: &str,
+    partition: u32,
+) -> Vec<(u64, String)> {
     let client = cluster.client_of(id);
     let mut out = Vec::new();
     let mut offset = 0;
     loop {
-        let request = pb::FetchRequest { topic: topic.into(), partition, offset, max_records: 1000, max_bytes: 0 };
-        let response = client.fetch_from(&cluster.node(id).grpc, request).await.unwrap();
+        let request = pb::FetchRequest {
+            topic: topic.into(),
+            partition,
+            offset,
+            max_records: 1000,
+            max_bytes: 0,
+        };
+        let response = client
+            .fetch_from(&cluster.node(id).grpc, request)
+            .await
+            .unwrap();
         if response.records.is_empty() {
             return out;
         }
