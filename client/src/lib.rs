@@ -242,9 +242,11 @@ impl Client {
                 Err(s) => return Err(Error::Status(s)),
             }
         }
-        Err(Error::Status(last.unwrap_or_else(|| {
-            Status::unavailable("no endpoint answered")
-        })))
+        let detail = last.map_or_else(String::new, |s| format!(": {}", s.message()));
+        Err(Error::Status(Status::unavailable(format!(
+            "no node answered ({}){detail}; is the cluster up and are --endpoints / RAFTLOG_ENDPOINTS right?",
+            self.endpoints.join(",")
+        ))))
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<pb::TopicInfo, Error> {
