@@ -9,6 +9,8 @@ use comfy_table::Table;
 use raftlog_client::{pb, Client};
 use serde_json::json;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "raftlog", version, about = "raftlog command-line client")]
 struct Cli {
@@ -49,6 +51,9 @@ enum Command {
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
     },
+    /// Load generators; print one JSON line of results.
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Read records of one partition.
     Consume {
         topic: String,
@@ -69,6 +74,26 @@ enum Command {
         /// Read from this node only (default: the first that answers).
         #[arg(long)]
         node: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Closed-loop produce load: CONCURRENCY requests in flight, each waiting for its ack.
+    Produce {
+        #[arg(long, default_value = "bench")]
+        topic: String,
+        /// Create the topic with this many partitions if it does not exist.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        #[arg(long, default_value_t = 100_000)]
+        count: u64,
+        #[arg(long, short, default_value_t = 64)]
+        concurrency: u64,
+        #[arg(long, default_value_t = 1024)]
+        record_bytes: usize,
+        #[arg(long, default_value_t = 1)]
+        records_per_request: usize,
     },
 }
 
@@ -163,6 +188,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cluster(cmd) => cluster(&client, cmd, cli.json).await,
         Command::Topic(cmd) => topic(&client, cmd, cli.json).await,
+        Command::Bench(BenchCmd::Produce {
+            topic,
+            partitions,
+            count,
+            concurrency,
+            record_bytes,
+            records_per_request,
+        }) => {
+            match client.create_topic(&topic, partitions).await {
+                Ok(_) => {}
+                Err(e) if e.code() == tonic::Code::AlreadyExists => {}
+                Err(e) => return Err(e.into()),
+            }
+            let spec = bench::ProduceBench {
+                topic,
+                partitions,
+                count,
+                concurrency,
+                record_bytes,
+                records_per_request,
+            };
+            bench::produce(&client, spec, cli.json).await
+        }
         Command::Produce {
             topic,
             values,

@@ -11,7 +11,6 @@ use raftlog_proto::raft::v1::raft_server::RaftServer;
 use raftlog_proto::v1::broker_server::BrokerServer;
 use raftlog_proto::v1::cluster_server::ClusterServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::admin_http;
 use crate::api::broker::BrokerService;
@@ -119,9 +118,13 @@ pub async fn run(
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = grpc_stop.wait_for(|stop| *stop).await;
-        });
+        .serve_with_incoming_shutdown(
+            // Every reply is small and latency-bound: no Nagle (it adds ~40 ms with delayed ACKs).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = grpc_stop.wait_for(|stop| *stop).await;
+            },
+        );
     let grpc = tokio::spawn(grpc);
     let admin = tokio::spawn(admin_http::serve(admin_listener, ctx.clone(), stop_rx));
 
