@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building raftlog needs from the system, on Debian: a C++ toolchain and libclang
-# (RocksDB's Rust bindings are generated with bindgen), plus curl for health checks. Idempotent.
+# (RocksDB's Rust bindings are generated with bindgen), curl for health checks, and iproute2 +
+# iptables for the partition nemeses of the fault-injection harness. Idempotent.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 need=()
-for pkg in clang libclang-dev g++ make curl; do
+for pkg in clang libclang-dev g++ make curl iptables iproute2; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -8,5 +8,8 @@
 //! workloads live in sibling modules of this crate.
 
 pub mod checker;
+pub mod cluster;
 pub mod history;
+pub mod nemesis;
 pub mod report;
+pub mod workload;

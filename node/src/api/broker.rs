@@ -91,6 +91,23 @@ impl BrokerService {
     }
 }
 
+#[cfg(feature = "unsafe-early-ack")]
+impl BrokerService {
+    /// TEST-ONLY SAFETY BUG, compiled only with the `unsafe-early-ack` feature, to prove the
+    /// fault-injection harness catches it: the leader proposes the batch without waiting for it
+    /// to commit and acknowledges at the offset it guesses from its applied state. Acks can then
+    /// name offsets that other batches take, or records a crash loses.
+    async fn unsafe_early_ack(&self, req: &ProduceRequest, command: &Command) -> Option<ProduceResponse> {
+        if self.ctx.raft.current_leader().await != Some(self.ctx.id) {
+            return None;
+        }
+        let topic = self.ctx.view.topic(&req.topic)?;
+        let end_offset = topic.partitions.get(req.partition as usize)?.end_offset;
+        self.ctx.raft.client_write_ff(command.clone()).await.ok()?;
+        Some(ProduceResponse { partition: req.partition, base_offset: end_offset, record_count: req.records.len() as u32 })
+    }
+}
+
 fn unexpected(response: CommandResponse) -> Status {
     ApiError::Internal(format!("unexpected state machine response {response:?}")).into()
 }
@@ -178,6 +195,10 @@ impl Broker for BrokerService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let command = self.produce_command(&req)?;
+        #[cfg(feature = "unsafe-early-ack")]
+        if let Some(ack) = self.unsafe_early_ack(&req, &command).await {
+            return Ok(Response::new(ack));
+        }
         match self.ctx.write(command).await {
             Ok(CommandResponse::Appended {
                 base_offset,

@@ -1,0 +1,168 @@
+//! The workload: producers append unique values to the partitions of one topic and record what
+//! was acknowledged; consumers, each bound to one node, read every partition forward and record
+//! what they saw. Both record into one history.
+//!
+//! Outcomes: a produce error the client knows had no effect ([`raftlog_client::Error::is_definite`])
+//! is `fail`; any other error is `info` (unknown), after which the producer continues as a new
+//! process, as in Jepsen. Reads have no effect, so a failed read is `fail`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use raftlog_client::{pb, Client, RetryPolicy};
+
+use crate::history::{OpKind, OpValue, Recorder};
+
+pub const TOPIC: &str = "jepsen";
+
+#[derive(Clone)]
+pub struct Workload {
+    pub endpoints: Vec<String>,
+    pub partitions: u32,
+    pub recorder: Recorder,
+    pub deadline: Instant,
+}
+
+fn client(endpoints: &[String]) -> anyhow::Result<Client> {
+    // Short deadlines keep operations flowing through faults; an op that outlives them is `info`.
+    Ok(Client::new(endpoints.to_vec())?.with_retry(RetryPolicy {
+        deadline: Duration::from_secs(3),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        request_timeout: Duration::from_secs(2),
+    }))
+}
+
+/// Creates the topic, retrying until the cluster accepts it.
+pub async fn create_topic(endpoints: &[String], partitions: u32) -> anyhow::Result<()> {
+    let client = client(endpoints)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match client.create_topic(TOPIC, partitions).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == tonic::Code::AlreadyExists => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// One producer: sends unique values until the deadline.
+pub async fn produce(w: Workload, values: Arc<AtomicU64>, seed: u64) -> anyhow::Result<()> {
+    let client = client(&w.endpoints)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut process = w.recorder.new_process();
+    while Instant::now() < w.deadline {
+        let partition = rng.random_range(0..w.partitions);
+        let value = values.fetch_add(1, Ordering::Relaxed);
+        w.recorder.invoke(process, OpValue::send(partition, value));
+        let record = raftlog_client::record(value.to_string().into_bytes());
+        match client.produce(TOPIC, partition, vec![record]).await {
+            Ok(ack) => {
+                w.recorder.complete(process, OpKind::Ok, OpValue::send_ok(partition, value, ack.base_offset));
+            }
+            Err(e) if e.is_definite() => {
+                w.recorder.complete(process, OpKind::Fail, OpValue::send(partition, value));
+            }
+            Err(_) => {
+                w.recorder.complete(process, OpKind::Info, OpValue::send(partition, value));
+                process = w.recorder.new_process();
+            }
+        }
+    }
+    Ok(())
+}
+
+fn parse_records(records: &[pb::Record]) -> Vec<(u64, u64)> {
+    records
+        .iter()
+        .map(|r| {
+            // A value that is not one of ours shows up as u64::MAX: the checker reports it as
+            // unexpected.
+            let v = std::str::from_utf8(&r.value).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+            (r.offset, v)
+        })
+        .collect()
+}
+
+/// One consumer bound to `node`: polls every partition forward until the deadline.
+pub async fn consume(w: Workload, node: usize) -> anyhow::Result<()> {
+    let client = client(&w.endpoints)?;
+    let addr = w.endpoints[node].clone();
+    let process = w.recorder.new_process();
+    let mut next = vec![0u64; w.partitions as usize];
+    while Instant::now() < w.deadline {
+        let mut got_any = false;
+        for partition in 0..w.partitions {
+            w.recorder.invoke(process, OpValue::poll(partition));
+            let mut request = tonic::Request::new(pb::FetchRequest {
+                topic: TOPIC.into(),
+                partition,
+                offset: next[partition as usize],
+                max_records: 200,
+                max_bytes: 0,
+            });
+            request.set_timeout(Duration::from_secs(1));
+            let result = match client.broker_at(&addr) {
+                Ok(mut broker) => broker.fetch(request).await.map(|r| r.into_inner()),
+                Err(e) => Err(tonic::Status::internal(e.to_string())),
+            };
+            match result {
+                Ok(response) => {
+                    let records = parse_records(&response.records);
+                    if let Some((last, _)) = records.last() {
+                        next[partition as usize] = last + 1;
+                        got_any = true;
+                    }
+                    w.recorder.complete(process, OpKind::Ok, OpValue::poll_ok(partition, records));
+                }
+                Err(_) => {
+                    w.recorder.complete(process, OpKind::Fail, OpValue::poll(partition));
+                }
+            }
+        }
+        if !got_any {
+            // Nothing new anywhere: pace the loop rather than spin on a 2-core machine.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+/// After healing: every partition, read in full from every node.
+pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
+    let client = client(&w.endpoints)?;
+    for (node, addr) in w.endpoints.iter().enumerate() {
+        for partition in 0..w.partitions {
+            let process = w.recorder.new_process();
+            w.recorder.invoke(process, OpValue::final_read(node as u64 + 1, partition));
+            let mut records = Vec::new();
+            let mut offset = 0;
+            let outcome = loop {
+                let request = pb::FetchRequest { topic: TOPIC.into(), partition, offset, max_records: 5000, max_bytes: 0 };
+                match client.fetch_from(addr, request).await {
+                    Ok(r) if r.records.is_empty() => break Ok(()),
+                    Ok(r) => {
+                        let batch = parse_records(&r.records);
+                        offset = batch.last().map_or(offset, |(o, _)| o + 1);
+                        records.extend(batch);
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    w.recorder.complete(process, OpKind::Ok, OpValue::final_read_ok(node as u64 + 1, partition, records))
+                }
+                Err(e) => {
+                    w.recorder.complete(process, OpKind::Fail, OpValue::final_read(node as u64 + 1, partition));
+                    anyhow::bail!("final read of partition {partition} from node {} failed: {e}", node + 1);
+                }
+            };
+        }
+    }
+    Ok(())
+}
