@@ -37,14 +37,22 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// Sends a signal with the system's `kill` (the workspace forbids unsafe code, so no libc call).
 fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
-    let status = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status()?;
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
     anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
     Ok(())
 }
 
 impl Cluster {
     /// Starts `n` nodes bootstrapped from a static member list, in `data_root`.
-    pub fn start(n: usize, node_bin: PathBuf, data_root: PathBuf, net: Option<Network>) -> anyhow::Result<Self> {
+    pub fn start(
+        n: usize,
+        node_bin: PathBuf,
+        data_root: PathBuf,
+        net: Option<Network>,
+    ) -> anyhow::Result<Self> {
         let mut nodes = Vec::new();
         for i in 0..n {
             let id = i as u64 + 1;
@@ -52,10 +60,25 @@ impl Cluster {
                 Some(net) => format!("{}:50051", net.node_ip(i)),
                 None => format!("127.0.0.1:{}", free_port()?),
             };
-            nodes.push(NodeProcess { id, grpc, data_dir: data_root.join(format!("node-{id}")), child: None, paused: false });
+            nodes.push(NodeProcess {
+                id,
+                grpc,
+                data_dir: data_root.join(format!("node-{id}")),
+                child: None,
+                paused: false,
+            });
         }
-        let initial_cluster = nodes.iter().map(|n| format!("{}={}", n.id, n.grpc)).collect::<Vec<_>>().join(",");
-        let mut cluster = Self { nodes, node_bin, initial_cluster, net };
+        let initial_cluster = nodes
+            .iter()
+            .map(|n| format!("{}={}", n.id, n.grpc))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Self {
+            nodes,
+            node_bin,
+            initial_cluster,
+            net,
+        };
         for i in 0..n {
             cluster.start_node(i)?;
         }
@@ -89,7 +112,10 @@ impl Cluster {
             return Ok(());
         }
         std::fs::create_dir_all(&node.data_dir)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(node.data_dir.join("node.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(node.data_dir.join("node.log"))?;
         let mut cmd = match &self.net {
             Some(net) => net.command(i, &self.node_bin),
             None => Command::new(&self.node_bin),
@@ -113,7 +139,10 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        node.child = Some(cmd.spawn().with_context(|| format!("starting node {}", node.id))?);
+        node.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("starting node {}", node.id))?,
+        );
         node.paused = false;
         Ok(())
     }
@@ -191,7 +220,10 @@ impl Cluster {
                     let mut all = true;
                     for i in 0..self.nodes.len() {
                         match self.status(i).await {
-                            Some(s) if s.has_leader && s.leader_id == ls.node_id && s.applied_index >= ls.committed_index => {}
+                            Some(s)
+                                if s.has_leader
+                                    && s.leader_id == ls.node_id
+                                    && s.applied_index >= ls.committed_index => {}
                             _ => all = false,
                         }
                     }
@@ -200,7 +232,10 @@ impl Cluster {
                     }
                 }
             }
-            anyhow::ensure!(Instant::now() < deadline, "cluster did not recover within {timeout:?}");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "cluster did not recover within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -11,5 +11,6 @@ pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod net;
 pub mod report;
 pub mod workload;

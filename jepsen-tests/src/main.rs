@@ -17,7 +17,10 @@ use raftlog_jepsen::workload::{self, Workload};
 use raftlog_jepsen::{checker, report};
 
 #[derive(Parser)]
-#[command(name = "raftlog-jepsen", about = "Fault-injection test of a raftlog cluster (the method of Jepsen)")]
+#[command(
+    name = "raftlog-jepsen",
+    about = "Fault-injection test of a raftlog cluster (the method of Jepsen)"
+)]
 struct Args {
     /// Cluster size (3 or 5).
     #[arg(long, default_value_t = 3)]
@@ -55,7 +58,10 @@ struct Args {
 
 fn parse_range(s: &str) -> Result<(u64, u64), String> {
     let (a, b) = s.split_once(',').ok_or("expected min,max")?;
-    let (a, b) = (a.parse().map_err(|_| "bad min")?, b.parse().map_err(|_| "bad max")?);
+    let (a, b) = (
+        a.parse().map_err(|_| "bad min")?,
+        b.parse().map_err(|_| "bad max")?,
+    );
     if a > b {
         return Err("min > max".into());
     }
@@ -64,9 +70,11 @@ fn parse_range(s: &str) -> Result<(u64, u64), String> {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
     match run(Args::parse()).await {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::from(1),
@@ -83,7 +91,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         Some(p) => p,
         None => std::env::current_exe()?.with_file_name("raftlog-node"),
     };
-    anyhow::ensure!(node_bin.exists(), "node binary {} not found (build it, or pass --node-bin)", node_bin.display());
+    anyhow::ensure!(
+        node_bin.exists(),
+        "node binary {} not found (build it, or pass --node-bin)",
+        node_bin.display()
+    );
     let mut faults = Fault::parse_list(&args.nemesis)?;
     let net = if faults.iter().any(|f| f.needs_network()) {
         match Network::check_supported() {
@@ -109,22 +121,38 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     );
 
     let mut cluster = Cluster::start(args.nodes, node_bin, out.join("data"), net)?;
-    cluster.wait_recovered(Duration::from_secs(60)).await.context("initial cluster")?;
+    cluster
+        .wait_recovered(Duration::from_secs(60))
+        .await
+        .context("initial cluster")?;
     let endpoints = cluster.endpoints();
     workload::create_topic(&endpoints, args.partitions).await?;
 
     let recorder = Recorder::new();
     let deadline = Instant::now() + Duration::from_secs(args.time);
-    let w = Workload { endpoints: endpoints.clone(), partitions: args.partitions, recorder: recorder.clone(), deadline };
+    let w = Workload {
+        endpoints: endpoints.clone(),
+        partitions: args.partitions,
+        recorder: recorder.clone(),
+        deadline,
+    };
     let values = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for p in 0..args.producers {
-        tasks.push(tokio::spawn(workload::produce(w.clone(), values.clone(), args.seed * 1000 + p as u64)));
+        tasks.push(tokio::spawn(workload::produce(
+            w.clone(),
+            values.clone(),
+            args.seed * 1000 + p as u64,
+        )));
     }
     for c in 0..args.consumers {
         tasks.push(tokio::spawn(workload::consume(w.clone(), c % args.nodes)));
     }
-    let schedule = Schedule { faults, fault_secs: args.fault_secs, quiet_secs: args.quiet_secs };
+    let schedule = Schedule {
+        faults,
+        fault_secs: args.fault_secs,
+        quiet_secs: args.quiet_secs,
+    };
     let mut nemesis = Nemesis::new(args.seed, recorder.clone());
     let nemesis_result = nemesis.run(&mut cluster, &schedule, deadline).await;
     for t in tasks {
@@ -134,7 +162,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     tracing::info!("healing and waiting for recovery");
     cluster.heal_all()?;
-    cluster.wait_recovered(Duration::from_secs(120)).await.context("recovery after healing")?;
+    cluster
+        .wait_recovered(Duration::from_secs(120))
+        .await
+        .context("recovery after healing")?;
     workload::final_reads(&w).await?;
 
     let history = recorder.history();
@@ -149,9 +180,17 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         })
     );
     if result.valid {
-        eprintln!("raftlog-jepsen: no anomalies in {} ops; report: {}", history.len(), out.join("report.html").display());
+        eprintln!(
+            "raftlog-jepsen: no anomalies in {} ops; report: {}",
+            history.len(),
+            out.join("report.html").display()
+        );
     } else {
-        eprintln!("raftlog-jepsen: ANOMALIES {:?}; report: {}", result.anomaly_types, out.join("report.html").display());
+        eprintln!(
+            "raftlog-jepsen: ANOMALIES {:?}; report: {}",
+            result.anomaly_types,
+            out.join("report.html").display()
+        );
     }
     Ok(result.valid)
 }

@@ -122,7 +122,11 @@ pub struct Nemesis {
 
 impl Nemesis {
     pub fn new(seed: u64, recorder: Recorder) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed), recorder, intervals: Vec::new() }
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            recorder,
+            intervals: Vec::new(),
+        }
     }
 
     fn random_node(&mut self, n: usize) -> usize {
@@ -168,7 +172,10 @@ impl Nemesis {
                 for &i in &nodes {
                     cluster.kill(i)?;
                 }
-                format!("killed nodes {:?}", nodes.iter().map(|i| i + 1).collect::<Vec<_>>())
+                format!(
+                    "killed nodes {:?}",
+                    nodes.iter().map(|i| i + 1).collect::<Vec<_>>()
+                )
             }
             Fault::PauseRandom => {
                 let i = self.random_node(n);
@@ -185,7 +192,10 @@ impl Nemesis {
                 for &i in &nodes {
                     cluster.pause(i)?;
                 }
-                format!("paused nodes {:?}", nodes.iter().map(|i| i + 1).collect::<Vec<_>>())
+                format!(
+                    "paused nodes {:?}",
+                    nodes.iter().map(|i| i + 1).collect::<Vec<_>>()
+                )
             }
             Fault::PauseThenKill => {
                 let i = self.leader_or_random(cluster).await;
@@ -197,29 +207,44 @@ impl Nemesis {
             Fault::PartitionIsolateLeader => {
                 let i = self.leader_or_random(cluster).await;
                 let groups = crate::net::isolate(n, i);
-                cluster.network().expect("partition faults need the network").partition(&groups)?;
+                cluster
+                    .network()
+                    .expect("partition faults need the network")
+                    .partition(&groups)?;
                 format!("isolated leader node {}", i + 1)
             }
             Fault::PartitionHalves => {
                 let order = self.shuffled(n);
                 let groups = crate::net::halves(n, &order);
-                cluster.network().expect("partition faults need the network").partition(&groups)?;
+                cluster
+                    .network()
+                    .expect("partition faults need the network")
+                    .partition(&groups)?;
                 format!("partitioned into {groups:?} (0-based)")
             }
             Fault::PartitionMajorityRing => {
                 let cut = crate::net::majority_ring(n);
-                cluster.network().expect("partition faults need the network").cut_links(&cut)?;
+                cluster
+                    .network()
+                    .expect("partition faults need the network")
+                    .cut_links(&cut)?;
                 "majority ring".to_string()
             }
             Fault::PartitionBridge => {
                 let cut = crate::net::bridge(n);
-                cluster.network().expect("partition faults need the network").cut_links(&cut)?;
+                cluster
+                    .network()
+                    .expect("partition faults need the network")
+                    .cut_links(&cut)?;
                 "bridge".to_string()
             }
             Fault::PartitionThenKill => {
                 let order = self.shuffled(n);
                 let groups = crate::net::halves(n, &order);
-                cluster.network().expect("partition faults need the network").partition(&groups)?;
+                cluster
+                    .network()
+                    .expect("partition faults need the network")
+                    .partition(&groups)?;
                 tokio::time::sleep(Duration::from_millis(self.rng.random_range(500..3000))).await;
                 let i = self.leader_or_random(cluster).await;
                 cluster.kill(i)?;
@@ -229,13 +254,21 @@ impl Nemesis {
     }
 
     /// Runs faults until `deadline`: a quiet stretch, a fault for a while, heal, repeat.
-    pub async fn run(&mut self, cluster: &mut Cluster, schedule: &Schedule, deadline: Instant) -> anyhow::Result<()> {
+    pub async fn run(
+        &mut self,
+        cluster: &mut Cluster,
+        schedule: &Schedule,
+        deadline: Instant,
+    ) -> anyhow::Result<()> {
         if schedule.faults.is_empty() {
             tokio::time::sleep_until(deadline.into()).await;
             return Ok(());
         }
         while Instant::now() < deadline {
-            let quiet = Duration::from_secs(self.rng.random_range(schedule.quiet_secs.0..=schedule.quiet_secs.1));
+            let quiet = Duration::from_secs(
+                self.rng
+                    .random_range(schedule.quiet_secs.0..=schedule.quiet_secs.1),
+            );
             tokio::time::sleep_until((Instant::now() + quiet).min(deadline).into()).await;
             if Instant::now() >= deadline {
                 break;
@@ -244,10 +277,17 @@ impl Nemesis {
             let start_ns = self.recorder.elapsed_ns();
             let what = self.inject(cluster, fault).await?;
             tracing::info!(fault = fault.name(), "{what}");
-            let hold = Duration::from_secs(self.rng.random_range(schedule.fault_secs.0..=schedule.fault_secs.1));
+            let hold = Duration::from_secs(
+                self.rng
+                    .random_range(schedule.fault_secs.0..=schedule.fault_secs.1),
+            );
             tokio::time::sleep_until((Instant::now() + hold).min(deadline).into()).await;
             cluster.heal_all()?;
-            self.intervals.push(NemesisInterval { name: fault.name().into(), start_ns, end_ns: self.recorder.elapsed_ns() });
+            self.intervals.push(NemesisInterval {
+                name: fault.name().into(),
+                start_ns,
+                end_ns: self.recorder.elapsed_ns(),
+            });
             tracing::info!(fault = fault.name(), "healed");
         }
         Ok(())

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raftlog_client::{pb, Client, RetryPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use raftlog_client::{pb, Client, RetryPolicy};
 
 use crate::history::{OpKind, OpValue, Recorder};
 
@@ -62,13 +62,19 @@ pub async fn produce(w: Workload, values: Arc<AtomicU64>, seed: u64) -> anyhow::
         let record = raftlog_client::record(value.to_string().into_bytes());
         match client.produce(TOPIC, partition, vec![record]).await {
             Ok(ack) => {
-                w.recorder.complete(process, OpKind::Ok, OpValue::send_ok(partition, value, ack.base_offset));
+                w.recorder.complete(
+                    process,
+                    OpKind::Ok,
+                    OpValue::send_ok(partition, value, ack.base_offset),
+                );
             }
             Err(e) if e.is_definite() => {
-                w.recorder.complete(process, OpKind::Fail, OpValue::send(partition, value));
+                w.recorder
+                    .complete(process, OpKind::Fail, OpValue::send(partition, value));
             }
             Err(_) => {
-                w.recorder.complete(process, OpKind::Info, OpValue::send(partition, value));
+                w.recorder
+                    .complete(process, OpKind::Info, OpValue::send(partition, value));
                 process = w.recorder.new_process();
             }
         }
@@ -82,7 +88,10 @@ fn parse_records(records: &[pb::Record]) -> Vec<(u64, u64)> {
         .map(|r| {
             // A value that is not one of ours shows up as u64::MAX: the checker reports it as
             // unexpected.
-            let v = std::str::from_utf8(&r.value).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+            let v = std::str::from_utf8(&r.value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
             (r.offset, v)
         })
         .collect()
@@ -117,10 +126,12 @@ pub async fn consume(w: Workload, node: usize) -> anyhow::Result<()> {
                         next[partition as usize] = last + 1;
                         got_any = true;
                     }
-                    w.recorder.complete(process, OpKind::Ok, OpValue::poll_ok(partition, records));
+                    w.recorder
+                        .complete(process, OpKind::Ok, OpValue::poll_ok(partition, records));
                 }
                 Err(_) => {
-                    w.recorder.complete(process, OpKind::Fail, OpValue::poll(partition));
+                    w.recorder
+                        .complete(process, OpKind::Fail, OpValue::poll(partition));
                 }
             }
         }
@@ -138,11 +149,18 @@ pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
     for (node, addr) in w.endpoints.iter().enumerate() {
         for partition in 0..w.partitions {
             let process = w.recorder.new_process();
-            w.recorder.invoke(process, OpValue::final_read(node as u64 + 1, partition));
+            w.recorder
+                .invoke(process, OpValue::final_read(node as u64 + 1, partition));
             let mut records = Vec::new();
             let mut offset = 0;
             let outcome = loop {
-                let request = pb::FetchRequest { topic: TOPIC.into(), partition, offset, max_records: 5000, max_bytes: 0 };
+                let request = pb::FetchRequest {
+                    topic: TOPIC.into(),
+                    partition,
+                    offset,
+                    max_records: 5000,
+                    max_bytes: 0,
+                };
                 match client.fetch_from(addr, request).await {
                     Ok(r) if r.records.is_empty() => break Ok(()),
                     Ok(r) => {
@@ -154,12 +172,21 @@ pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
                 }
             };
             match outcome {
-                Ok(()) => {
-                    w.recorder.complete(process, OpKind::Ok, OpValue::final_read_ok(node as u64 + 1, partition, records))
-                }
+                Ok(()) => w.recorder.complete(
+                    process,
+                    OpKind::Ok,
+                    OpValue::final_read_ok(node as u64 + 1, partition, records),
+                ),
                 Err(e) => {
-                    w.recorder.complete(process, OpKind::Fail, OpValue::final_read(node as u64 + 1, partition));
-                    anyhow::bail!("final read of partition {partition} from node {} failed: {e}", node + 1);
+                    w.recorder.complete(
+                        process,
+                        OpKind::Fail,
+                        OpValue::final_read(node as u64 + 1, partition),
+                    );
+                    anyhow::bail!(
+                        "final read of partition {partition} from node {} failed: {e}",
+                        node + 1
+                    );
                 }
             };
         }

@@ -97,14 +97,22 @@ impl BrokerService {
     /// fault-injection harness catches it: the leader proposes the batch without waiting for it
     /// to commit and acknowledges at the offset it guesses from its applied state. Acks can then
     /// name offsets that other batches take, or records a crash loses.
-    async fn unsafe_early_ack(&self, req: &ProduceRequest, command: &Command) -> Option<ProduceResponse> {
+    async fn unsafe_early_ack(
+        &self,
+        req: &ProduceRequest,
+        command: &Command,
+    ) -> Option<ProduceResponse> {
         if self.ctx.raft.current_leader().await != Some(self.ctx.id) {
             return None;
         }
         let topic = self.ctx.view.topic(&req.topic)?;
         let end_offset = topic.partitions.get(req.partition as usize)?.end_offset;
         self.ctx.raft.client_write_ff(command.clone()).await.ok()?;
-        Some(ProduceResponse { partition: req.partition, base_offset: end_offset, record_count: req.records.len() as u32 })
+        Some(ProduceResponse {
+            partition: req.partition,
+            base_offset: end_offset,
+            record_count: req.records.len() as u32,
+        })
     }
 }
 
