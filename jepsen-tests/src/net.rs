@@ -61,9 +61,9 @@ impl Network {
         if uid.as_deref() != Some("0") {
             return Err("network partitions need root (network namespaces and iptables)".into());
         }
-        for tool in ["ip", "iptables"] {
+        for (tool, version_flag) in [("ip", "-V"), ("iptables", "--version")] {
             let found = Command::new(tool)
-                .arg("--version")
+                .arg(version_flag)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
