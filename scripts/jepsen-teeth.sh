@@ -19,7 +19,7 @@ set +e
 rc=$?
 set -e
 if [ $rc -eq 1 ]; then
-  log "the checker caught the unsafe node: $(grep -o '"anomaly_types":\[[^]]*\]' "$out/results.json" || true)"
+  log "the checker caught the unsafe node; anomalies in $out/results.json"
   exit 0
 fi
 log "the checker did NOT catch the unsafe node (exit $rc); see $out"

@@ -20,5 +20,24 @@ trap 'rm -f "$out"' EXIT
 cargo test --release --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$out"
 passed=$(grep -Eo '[0-9]+ passed' "$out" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$out" | awk '{s+=$1} END {print s+0}')
+
+# Fault injection: a short run with kill, pause and partition faults must find no anomaly, and the
+# harness must catch a node with a deliberate safety bug.
+jepsen_out="$(mktemp -d /tmp/raftlog-ci-jepsen.XXXXXX)"
+log "fault injection: 60 s of kill + pause + partition faults (output in $jepsen_out)"
+if "$ROOT/scripts/jepsen.sh" --time 60 --nemesis kill,pause,partition --fault-secs 2,5 --quiet-secs 2,4 \
+    --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/run"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); log "FAILED: fault-injection run found anomalies or did not complete"
+fi
+log "fault injection: the harness must catch a node that acknowledges before commit"
+if "$ROOT/scripts/jepsen-teeth.sh" "$jepsen_out/teeth"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); log "FAILED: the harness did not catch the unsafe node"
+fi
+
 log "finished in $((SECONDS - start)) s"
 echo "${passed} passed, ${failed} failed"
+[ "$failed" -eq 0 ]
