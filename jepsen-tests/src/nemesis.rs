@@ -12,6 +12,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
+use raftlog_client::{pb, Client, RetryPolicy};
+
 use crate::cluster::Cluster;
 use crate::history::Recorder;
 use crate::report::NemesisInterval;
@@ -30,6 +32,8 @@ pub enum Fault {
     PartitionBridge,
     PauseThenKill,
     PartitionThenKill,
+    /// Remove a voter from the membership; healing adds it back as a learner and promotes it.
+    MembershipRemoveAdd,
 }
 
 impl Fault {
@@ -47,6 +51,7 @@ impl Fault {
             Fault::PartitionBridge => "partition-bridge",
             Fault::PauseThenKill => "pause-then-kill",
             Fault::PartitionThenKill => "partition-then-kill",
+            Fault::MembershipRemoveAdd => "membership-remove-add",
         }
     }
 
@@ -73,14 +78,15 @@ impl Fault {
                 "pause" => &[PauseRandom, PauseLeader, PauseMajority],
                 "partition" => &[PartitionIsolateLeader, PartitionHalves, PartitionMajorityRing, PartitionBridge],
                 "combo" => &[PauseThenKill, PartitionThenKill],
+                "membership" => &[MembershipRemoveAdd],
                 "all" => &[
                     KillRandom, KillLeader, KillMajority, PauseRandom, PauseLeader, PauseMajority,
                     PartitionIsolateLeader, PartitionHalves, PartitionMajorityRing, PartitionBridge,
-                    PauseThenKill, PartitionThenKill,
+                    PauseThenKill, PartitionThenKill, MembershipRemoveAdd,
                 ],
                 name => match ALL.iter().find(|f| f.name() == name) {
                     Some(f) => std::slice::from_ref(f),
-                    None => anyhow::bail!("unknown nemesis '{name}' (groups: kill, pause, partition, combo, all, none)"),
+                    None => anyhow::bail!("unknown nemesis '{name}' (groups: kill, pause, partition, combo, membership, all, none)"),
                 },
             };
             for f in group {
@@ -93,7 +99,7 @@ impl Fault {
     }
 }
 
-const ALL: [Fault; 12] = [
+const ALL: [Fault; 13] = [
     Fault::KillRandom,
     Fault::KillLeader,
     Fault::KillMajority,
@@ -106,6 +112,7 @@ const ALL: [Fault; 12] = [
     Fault::PartitionBridge,
     Fault::PauseThenKill,
     Fault::PartitionThenKill,
+    Fault::MembershipRemoveAdd,
 ];
 
 pub struct Schedule {
@@ -118,6 +125,8 @@ pub struct Nemesis {
     rng: StdRng,
     recorder: Recorder,
     pub intervals: Vec<NemesisInterval>,
+    /// A node removed from the membership, to be added back when the fault heals.
+    removed: Option<usize>,
 }
 
 impl Nemesis {
@@ -126,6 +135,7 @@ impl Nemesis {
             rng: StdRng::seed_from_u64(seed),
             recorder,
             intervals: Vec::new(),
+            removed: None,
         }
     }
 
@@ -223,7 +233,8 @@ impl Nemesis {
                 format!("partitioned into {groups:?} (0-based)")
             }
             Fault::PartitionMajorityRing => {
-                let cut = crate::net::majority_ring(n);
+                let order = self.shuffled(n);
+                let cut = crate::net::permute_links(&crate::net::majority_ring(n), &order);
                 cluster
                     .network()
                     .expect("partition faults need the network")
@@ -231,12 +242,32 @@ impl Nemesis {
                 "majority ring".to_string()
             }
             Fault::PartitionBridge => {
-                let cut = crate::net::bridge(n);
+                let order = self.shuffled(n);
+                let cut = crate::net::permute_links(&crate::net::bridge(n), &order);
                 cluster
                     .network()
                     .expect("partition faults need the network")
                     .cut_links(&cut)?;
                 "bridge".to_string()
+            }
+            Fault::MembershipRemoveAdd => {
+                let i = self.random_node(n);
+                let id = cluster.nodes[i].id;
+                let client = admin_client(cluster)?;
+                client
+                    .with_leader(|addr| {
+                        let client = client.clone();
+                        async move {
+                            client
+                                .cluster_at(&addr)
+                                .map_err(internal)?
+                                .remove_node(pb::NodeRequest { node_id: id })
+                                .await
+                        }
+                    })
+                    .await?;
+                self.removed = Some(i);
+                format!("removed node {id} from the membership")
             }
             Fault::PartitionThenKill => {
                 let order = self.shuffled(n);
@@ -251,6 +282,44 @@ impl Nemesis {
                 format!("partitioned {groups:?} then killed node {}", i + 1)
             }
         })
+    }
+
+    /// Adds a removed node back: as a learner (it catches up), then as a voter. Retries through
+    /// elections; a membership change that cannot be made within a minute fails the run.
+    pub async fn restore_membership(&mut self, cluster: &Cluster) -> anyhow::Result<()> {
+        let Some(i) = self.removed else { return Ok(()) };
+        let (id, addr) = (cluster.nodes[i].id, cluster.nodes[i].grpc.clone());
+        let client = admin_client(cluster)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let add = pb::AddLearnerRequest {
+                member: Some(pb::Member {
+                    node_id: id,
+                    addr: addr.clone(),
+                }),
+                blocking: true,
+            };
+            let result = client
+                .with_leader(|a| {
+                    let (client, add) = (client.clone(), add.clone());
+                    async move {
+                        let mut c = client.cluster_at(&a).map_err(internal)?;
+                        c.add_learner(add).await?;
+                        c.promote_voter(pb::NodeRequest { node_id: id }).await
+                    }
+                })
+                .await;
+            match result {
+                Ok(_) => break,
+                Err(e) if Instant::now() > deadline => {
+                    anyhow::bail!("could not add node {id} back: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        self.removed = None;
+        tracing::info!("added node {id} back as a voter");
+        Ok(())
     }
 
     /// Runs faults until `deadline`: a quiet stretch, a fault for a while, heal, repeat.
@@ -283,6 +352,7 @@ impl Nemesis {
             );
             tokio::time::sleep_until((Instant::now() + hold).min(deadline).into()).await;
             cluster.heal_all()?;
+            self.restore_membership(cluster).await?;
             self.intervals.push(NemesisInterval {
                 name: fault.name().into(),
                 start_ns,
@@ -292,4 +362,15 @@ impl Nemesis {
         }
         Ok(())
     }
+}
+
+fn admin_client(cluster: &Cluster) -> anyhow::Result<Client> {
+    Ok(Client::new(cluster.endpoints())?.with_retry(RetryPolicy {
+        deadline: Duration::from_secs(20),
+        ..RetryPolicy::default()
+    }))
+}
+
+fn internal(e: raftlog_client::Error) -> tonic::Status {
+    tonic::Status::internal(e.to_string())
 }
