@@ -345,6 +345,35 @@ impl Client {
         .await
     }
 
+    /// Subscribes to `topic`/`partition` from `offset` on one node: committed records are pushed as
+    /// they arrive, until the returned stream is dropped.
+    pub async fn subscribe(
+        &self,
+        addr: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<tonic::Streaming<pb::SubscribeResponse>, Error> {
+        let request = pb::SubscribeRequest {
+            topic: topic.to_string(),
+            partition,
+            offset,
+            max_records: 0,
+        };
+        // A subscription lives as long as the caller wants: no request timeout on this channel.
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|_| Error::Endpoint(addr.to_string()))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let mut broker = BrokerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX);
+        broker
+            .subscribe(request)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(Error::Status)
+    }
+
     /// Status of every endpoint, in endpoint order (an error for a node that does not answer).
     pub async fn cluster_status(&self) -> Vec<(String, Result<pb::NodeStatus, Error>)> {
         let mut out = Vec::new();

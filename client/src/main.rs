@@ -1,7 +1,6 @@
 //! `raftlog`: the command-line tool. Tables for people, `--json` for programs.
 
 use std::io::BufRead;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -293,6 +292,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     offset: next,
                     max_records: want,
                     max_bytes: 0,
+                    // Following: long-poll, so new records arrive as soon as they commit.
+                    max_wait_ms: if follow { 5_000 } else { 0 },
                 };
                 let response = match &node {
                     Some(addr) => client.fetch_from(addr, request).await?,
@@ -315,12 +316,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if max.is_some_and(|m| seen >= m) {
                     break;
                 }
-                if response.records.is_empty() {
-                    if !follow {
-                        break;
-                    }
-                    // Long-poll arrives with the Subscribe/Fetch wait of the broker API; poll for now.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                if response.records.is_empty() && !follow {
+                    break;
                 }
             }
             Ok(())

@@ -113,6 +113,7 @@ pub async fn consume(w: Workload, node: usize) -> anyhow::Result<()> {
                 offset: next[partition as usize],
                 max_records: 200,
                 max_bytes: 0,
+                max_wait_ms: 0,
             });
             request.set_timeout(Duration::from_secs(1));
             let result = match client.broker_at(&addr) {
@@ -160,6 +161,7 @@ pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
                     offset,
                     max_records: 5000,
                     max_bytes: 0,
+                    max_wait_ms: 0,
                 };
                 match client.fetch_from(addr, request).await {
                     Ok(r) if r.records.is_empty() => break Ok(()),

@@ -62,6 +62,10 @@ pub struct Limits {
     pub topics_max: u32,
     pub fetch_records_max: usize,
     pub fetch_bytes_max: usize,
+    /// Longest a Fetch may wait for records (long poll).
+    pub fetch_wait_ms_max: u64,
+    /// Messages buffered per Subscribe stream before the server waits for the client.
+    pub subscribe_buffer_messages: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -103,6 +107,8 @@ impl Default for Limits {
             topics_max: 10_000,
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
+            fetch_wait_ms_max: 30_000,
+            subscribe_buffer_messages: 4,
         }
     }
 }

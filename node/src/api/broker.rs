@@ -231,6 +231,66 @@ impl Broker for BrokerService {
         }
     }
 
+    type SubscribeStream =
+        tokio_stream::wrappers::ReceiverStream<Result<SubscribeResponse, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = request.into_inner();
+        self.validate_topic_name(&req.topic)?;
+        let limits = &self.ctx.config.limits;
+        let max_records = match req.max_records as usize {
+            0 => 1000,
+            n => n.min(limits.fetch_records_max),
+        };
+        let (max_bytes, view) = (limits.fetch_bytes_max, self.ctx.view.clone());
+        // Fail fast on a bad topic, partition or offset, before the stream starts.
+        view.read(&req.topic, req.partition, req.offset, 0, max_bytes)
+            .map_err(ApiError::from)?;
+        // The bounded channel is the flow control: when the client reads slowly, `send` waits and
+        // this task stops reading the log; at most `subscribe_buffer_messages` are held.
+        let (tx, rx) = tokio::sync::mpsc::channel(limits.subscribe_buffer_messages.max(1));
+        tokio::spawn(async move {
+            let mut applied = view.applied();
+            let mut offset = req.offset;
+            loop {
+                match view.read(&req.topic, req.partition, offset, max_records, max_bytes) {
+                    Ok(result) if !result.records.is_empty() => {
+                        offset = result.records.last().map_or(offset, |(o, _)| o + 1);
+                        let records = result
+                            .records
+                            .into_iter()
+                            .map(|(o, r)| record_to_pb(o, r))
+                            .collect();
+                        let message = SubscribeResponse {
+                            records,
+                            end_offset: result.end_offset,
+                        };
+                        if tx.send(Ok(message)).await.is_err() {
+                            return; // the client went away
+                        }
+                    }
+                    Ok(_) => {
+                        // Caught up: sleep until the next apply, or until the client goes away.
+                        tokio::select! {
+                            changed = applied.changed() => if changed.is_err() { return },
+                            _ = tx.closed() => return,
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(ApiError::from(e).into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
+    }
+
     async fn fetch(
         &self,
         request: Request<FetchRequest>,
@@ -246,17 +306,32 @@ impl Broker for BrokerService {
             0 => limits.fetch_bytes_max,
             n => n.min(limits.fetch_bytes_max),
         };
-        let result = self
-            .ctx
-            .view
-            .read(
-                &req.topic,
-                req.partition,
-                req.offset,
-                max_records,
-                max_bytes,
-            )
-            .map_err(ApiError::from)?;
+        let wait = std::time::Duration::from_millis(
+            (req.max_wait_ms as u64).min(limits.fetch_wait_ms_max),
+        );
+        let deadline = tokio::time::Instant::now() + wait;
+        // Subscribe before reading, so an apply between the read and the wait is not missed.
+        let mut applied = self.ctx.view.applied();
+        let result = loop {
+            let result = self
+                .ctx
+                .view
+                .read(
+                    &req.topic,
+                    req.partition,
+                    req.offset,
+                    max_records,
+                    max_bytes,
+                )
+                .map_err(ApiError::from)?;
+            if !result.records.is_empty() || wait.is_zero() {
+                break result;
+            }
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => break result,
+            }
+        };
         Ok(Response::new(FetchResponse {
             records: result
                 .records

@@ -312,6 +312,7 @@ pub async fn read_all(
             offset,
             max_records: 1000,
             max_bytes: 0,
+            max_wait_ms: 0,
         };
         let response = client
             .fetch_from(&cluster.node(id).grpc, request)
