@@ -374,6 +374,59 @@ impl Client {
             .map_err(Error::Status)
     }
 
+    /// Adds a node as a learner (on the leader); `blocking` waits until it has caught up.
+    pub async fn add_learner(
+        &self,
+        node_id: u64,
+        addr: &str,
+        blocking: bool,
+    ) -> Result<pb::MembershipResponse, Error> {
+        let request = pb::AddLearnerRequest {
+            member: Some(pb::Member {
+                node_id,
+                addr: addr.to_string(),
+            }),
+            blocking,
+        };
+        self.with_leader(|a| {
+            let request = request.clone();
+            async move {
+                self.cluster_at(&a)
+                    .map_err(to_status)?
+                    .add_learner(request)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Makes a learner a voter (on the leader).
+    pub async fn promote_voter(&self, node_id: u64) -> Result<pb::MembershipResponse, Error> {
+        self.with_leader(|a| async move {
+            let request = pb::NodeRequest { node_id };
+            self.cluster_at(&a)
+                .map_err(to_status)?
+                .promote_voter(request)
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Removes a node, voter or learner, from the membership (on the leader).
+    pub async fn remove_node(&self, node_id: u64) -> Result<pb::MembershipResponse, Error> {
+        self.with_leader(|a| async move {
+            let request = pb::NodeRequest { node_id };
+            self.cluster_at(&a)
+                .map_err(to_status)?
+                .remove_node(request)
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
     /// Status of every endpoint, in endpoint order (an error for a node that does not answer).
     pub async fn cluster_status(&self) -> Vec<(String, Result<pb::NodeStatus, Error>)> {
         let mut out = Vec::new();

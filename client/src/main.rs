@@ -411,52 +411,15 @@ async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Res
             Ok(())
         }
         ClusterCmd::AddLearner { node_id, addr } => {
-            let request = pb::AddLearnerRequest {
-                member: Some(pb::Member { node_id, addr }),
-                blocking: true,
-            };
-            let r = client
-                .with_leader(|a| {
-                    let request = request.clone();
-                    async move {
-                        client
-                            .cluster_at(&a)
-                            .map_err(|e| tonic::Status::internal(e.to_string()))?
-                            .add_learner(request)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
-                })
-                .await?;
-            print_membership(&r, as_json);
+            print_membership(&client.add_learner(node_id, &addr, true).await?, as_json);
             Ok(())
         }
         ClusterCmd::Promote { node_id } => {
-            let r = client
-                .with_leader(|a| async move {
-                    client
-                        .cluster_at(&a)
-                        .map_err(|e| tonic::Status::internal(e.to_string()))?
-                        .promote_voter(pb::NodeRequest { node_id })
-                        .await
-                        .map(|r| r.into_inner())
-                })
-                .await?;
-            print_membership(&r, as_json);
+            print_membership(&client.promote_voter(node_id).await?, as_json);
             Ok(())
         }
         ClusterCmd::Remove { node_id } => {
-            let r = client
-                .with_leader(|a| async move {
-                    client
-                        .cluster_at(&a)
-                        .map_err(|e| tonic::Status::internal(e.to_string()))?
-                        .remove_node(pb::NodeRequest { node_id })
-                        .await
-                        .map(|r| r.into_inner())
-                })
-                .await?;
-            print_membership(&r, as_json);
+            print_membership(&client.remove_node(node_id).await?, as_json);
             Ok(())
         }
         ClusterCmd::TransferLeader { node_id } => {

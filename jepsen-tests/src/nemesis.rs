@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use raftlog_client::{pb, Client, RetryPolicy};
+use raftlog_client::{Client, RetryPolicy};
 
 use crate::cluster::Cluster;
 use crate::history::Recorder;
@@ -253,19 +253,7 @@ impl Nemesis {
             Fault::MembershipRemoveAdd => {
                 let i = self.random_node(n);
                 let id = cluster.nodes[i].id;
-                let client = admin_client(cluster)?;
-                client
-                    .with_leader(|addr| {
-                        let client = client.clone();
-                        async move {
-                            client
-                                .cluster_at(&addr)
-                                .map_err(internal)?
-                                .remove_node(pb::NodeRequest { node_id: id })
-                                .await
-                        }
-                    })
-                    .await?;
+                admin_client(cluster)?.remove_node(id).await?;
                 self.removed = Some(i);
                 format!("removed node {id} from the membership")
             }
@@ -292,23 +280,10 @@ impl Nemesis {
         let client = admin_client(cluster)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let add = pb::AddLearnerRequest {
-                member: Some(pb::Member {
-                    node_id: id,
-                    addr: addr.clone(),
-                }),
-                blocking: true,
+            let result = match client.add_learner(id, &addr, true).await {
+                Ok(_) => client.promote_voter(id).await,
+                Err(e) => Err(e),
             };
-            let result = client
-                .with_leader(|a| {
-                    let (client, add) = (client.clone(), add.clone());
-                    async move {
-                        let mut c = client.cluster_at(&a).map_err(internal)?;
-                        c.add_learner(add).await?;
-                        c.promote_voter(pb::NodeRequest { node_id: id }).await
-                    }
-                })
-                .await;
             match result {
                 Ok(_) => break,
                 Err(e) if Instant::now() > deadline => {
@@ -369,8 +344,4 @@ fn admin_client(cluster: &Cluster) -> anyhow::Result<Client> {
         deadline: Duration::from_secs(20),
         ..RetryPolicy::default()
     }))
-}
-
-fn internal(e: raftlog_client::Error) -> tonic::Status {
-    tonic::Status::internal(e.to_string())
 }

@@ -165,53 +165,13 @@ async fn a_fourth_node_joins_as_learner_becomes_voter_and_is_removed() {
 
     let new_id = cluster.add_node_process();
     let addr = cluster.node(new_id).grpc.clone();
-    let add = |req: pb::AddLearnerRequest| {
-        let client = client.clone();
-        async move {
-            client
-                .with_leader(|a| {
-                    let req = req.clone();
-                    let client = client.clone();
-                    async move {
-                        client
-                            .cluster_at(&a)
-                            .unwrap()
-                            .add_learner(req)
-                            .await
-                            .map(|r| r.into_inner())
-                    }
-                })
-                .await
-        }
-    };
-    let membership = add(pb::AddLearnerRequest {
-        member: Some(pb::Member {
-            node_id: new_id,
-            addr,
-        }),
-        blocking: true,
-    })
-    .await
-    .unwrap();
+    let membership = client.add_learner(new_id, &addr, true).await.unwrap();
     assert!(
         membership.learners.iter().any(|m| m.node_id == new_id),
         "{membership:?}"
     );
 
-    let promoted = client
-        .with_leader(|a| {
-            let client = client.clone();
-            async move {
-                client
-                    .cluster_at(&a)
-                    .unwrap()
-                    .promote_voter(pb::NodeRequest { node_id: new_id })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
-        .unwrap();
+    let promoted = client.promote_voter(new_id).await.unwrap();
     assert_eq!(
         promoted
             .voters
@@ -225,20 +185,7 @@ async fn a_fourth_node_joins_as_learner_becomes_voter_and_is_removed() {
     assert_digests_equal(&digests);
     assert_all_nodes_hold(&cluster, &[1, 2, 3, new_id], "members", &acked).await;
 
-    let removed = client
-        .with_leader(|a| {
-            let client = client.clone();
-            async move {
-                client
-                    .cluster_at(&a)
-                    .unwrap()
-                    .remove_node(pb::NodeRequest { node_id: new_id })
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await
-        .unwrap();
+    let removed = client.remove_node(new_id).await.unwrap();
     assert_eq!(
         removed.voters.iter().map(|m| m.node_id).collect::<Vec<_>>(),
         vec![1, 2, 3]
