@@ -21,6 +21,25 @@ cargo test --release --workspace --lib --bins --tests -- --test-threads=2 2>&1 |
 passed=$(grep -Eo '[0-9]+ passed' "$out" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$out" | awk '{s+=$1} END {print s+0}')
 
+# The local cluster as the README brings it up, probed by an independent gRPC client (Python
+# grpcio, in a virtualenv under the cache dir): health checking and server reflection.
+log "scripts/cluster.sh up + Python grpcio: gRPC health and reflection"
+venv="${RAFTLOG_CACHE_DIR:-$HOME/.cache/raftlog}/pyenv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" 2>/dev/null || {
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"; }
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking
+cluster_dir="$(mktemp -d /tmp/raftlog-ci-cluster.XXXXXX)"
+if RAFTLOG_DATA_DIR="$cluster_dir" "$ROOT/scripts/cluster.sh" up >/dev/null \
+    && "$venv/bin/python" "$ROOT/scripts/py/check_reflection_health.py" 127.0.0.1:50052; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); log "FAILED: local cluster, health or reflection"
+fi
+RAFTLOG_DATA_DIR="$cluster_dir" "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true
+rm -rf "$cluster_dir"
+
 # Fault injection: a short run with kill, pause and partition faults must find no anomaly, and the
 # harness must catch a node with a deliberate safety bug.
 jepsen_out="$(mktemp -d /tmp/raftlog-ci-jepsen.XXXXXX)"
