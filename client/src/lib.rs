@@ -1,6 +1,11 @@
 //! raftlog's Rust client: connect with a list of endpoints, find and follow the leader for writes,
 //! read from any node, and retry what is safe to retry.
 //!
+//! - [`Client`]: one call per RPC, with leader following and retries.
+//! - [`producer::Producer`]: batches records per partition (linger and size bounds), partitions
+//!   keyed records by the documented key hash, keeps each partition's order.
+//! - [`consumer::Consumer`]: reads a topic's partitions, commits and resumes a group's offsets.
+//!
 //! Retries: a write is retried only when the node said it was definitely not applied (no leader,
 //! not the leader) or the connection was never made. Any other failure of a write is reported as
 //! [`Error::is_definite`] = false: the write may or may not have been applied.
@@ -15,11 +20,14 @@ pub use raftlog_proto::v1::{self as pb};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+pub mod consumer;
+pub mod producer;
+
 /// Metadata keys the nodes use (see node/src/api/error.rs).
 pub const LEADER_ADDR_HEADER: &str = "raftlog-leader";
 pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(Status),
@@ -250,9 +258,24 @@ impl Client {
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32) -> Result<pb::TopicInfo, Error> {
+        self.create_topic_with(
+            name,
+            pb::TopicConfig {
+                partitions,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        config: pb::TopicConfig,
+    ) -> Result<pb::TopicInfo, Error> {
         let request = pb::CreateTopicRequest {
             name: name.to_string(),
-            config: Some(pb::TopicConfig { partitions }),
+            config: Some(config),
         };
         self.with_leader(|addr| {
             let request = request.clone();
@@ -263,6 +286,21 @@ impl Client {
                     .await
                     .map(|r| r.into_inner())
             }
+        })
+        .await
+    }
+
+    /// Deletes a topic, its records and the groups' offsets for it.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
+        self.with_leader(|addr| async move {
+            let request = pb::DeleteTopicRequest {
+                name: name.to_string(),
+            };
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .delete_topic(request)
+                .await
+                .map(|_| ())
         })
         .await
     }
@@ -299,11 +337,21 @@ impl Client {
         partition: u32,
         records: Vec<pb::Record>,
     ) -> Result<pb::ProduceResponse, Error> {
-        let request = pb::ProduceRequest {
+        self.produce_request(pb::ProduceRequest {
             topic: topic.to_string(),
-            partition,
+            partition: Some(partition),
             records,
-        };
+            partitioner: pb::Partitioner::Default as i32,
+        })
+        .await
+    }
+
+    /// Sends one produce request as given (e.g. with no partition, letting the node's
+    /// partitioner choose); returns once the batch is committed.
+    pub async fn produce_request(
+        &self,
+        request: pb::ProduceRequest,
+    ) -> Result<pb::ProduceResponse, Error> {
         self.with_leader(|addr| {
             let request = request.clone();
             async move {
@@ -372,6 +420,86 @@ impl Client {
             .await
             .map(|r| r.into_inner())
             .map_err(Error::Status)
+    }
+
+    /// Stores `group`'s next offsets to read for partitions of `topic`.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: impl IntoIterator<Item = (u32, u64)>,
+    ) -> Result<(), Error> {
+        let request = pb::CommitOffsetsRequest {
+            group: group.to_string(),
+            topic: topic.to_string(),
+            offsets: offsets
+                .into_iter()
+                .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
+                .collect(),
+        };
+        self.with_leader(|addr| {
+            let request = request.clone();
+            async move {
+                self.broker_at(&addr)
+                    .map_err(to_status)?
+                    .commit_offsets(request)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await
+    }
+
+    /// `group`'s committed offsets for `topic`, by partition (partitions without a commit are
+    /// absent).
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> Result<std::collections::BTreeMap<u32, u64>, Error> {
+        self.with_any(|addr| async move {
+            let request = pb::FetchOffsetsRequest {
+                group: group.to_string(),
+                topic: topic.to_string(),
+            };
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .fetch_offsets(request)
+                .await
+                .map(|r| {
+                    r.into_inner()
+                        .offsets
+                        .into_iter()
+                        .map(|o| (o.partition, o.offset))
+                        .collect()
+                })
+        })
+        .await
+    }
+
+    pub async fn list_groups(&self) -> Result<Vec<pb::GroupInfo>, Error> {
+        self.with_any(|addr| async move {
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .list_groups(pb::ListGroupsRequest {})
+                .await
+                .map(|r| r.into_inner().groups)
+        })
+        .await
+    }
+
+    pub async fn describe_group(&self, group: &str) -> Result<pb::GroupInfo, Error> {
+        self.with_any(|addr| async move {
+            let request = pb::DescribeGroupRequest {
+                group: group.to_string(),
+            };
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .describe_group(request)
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
     }
 
     /// Adds a node as a learner (on the leader); `blocking` waits until it has caught up.

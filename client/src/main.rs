@@ -1,10 +1,13 @@
 //! `raftlog`: the command-line tool. Tables for people, `--json` for programs.
 
 use std::io::BufRead;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use comfy_table::Table;
+use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use raftlog_client::producer::{Producer, ProducerConfig};
 use raftlog_client::{pb, Client};
 use serde_json::json;
 
@@ -37,33 +40,44 @@ enum Command {
     /// Topics.
     #[command(subcommand)]
     Topic(TopicCmd),
-    /// Append records: values from arguments, or one per line from stdin.
+    /// Append records: values from arguments, or one per line from stdin. Without --partition,
+    /// keyed records go to the partition of their key's hash, unkeyed ones are spread in batches.
     Produce {
         topic: String,
         values: Vec<String>,
-        #[arg(long, short, default_value_t = 0)]
-        partition: u32,
-        /// Key for every record.
         #[arg(long, short)]
+        partition: Option<u32>,
+        /// Key for every record.
+        #[arg(long, short, conflicts_with = "key_separator")]
         key: Option<String>,
+        /// Split each value at the first SEP into key and value (e.g. "user-1:clicked" with ':').
+        #[arg(long, value_name = "SEP")]
+        key_separator: Option<String>,
         /// Header key=value for every record (repeatable).
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
     },
+    /// Consumer groups: committed offsets and lag.
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// Load generators; print one JSON line of results.
     #[command(subcommand)]
     Bench(BenchCmd),
-    /// Read records of one partition.
+    /// Read records, in offset order per partition, from every partition or one.
     Consume {
         topic: String,
-        #[arg(long, short, default_value_t = 0)]
-        partition: u32,
-        /// Start offset [default: the beginning].
+        /// Read only this partition [default: all].
+        #[arg(long, short)]
+        partition: Option<u32>,
+        /// Start offset in every partition read [default: the beginning, or the group's offsets].
         #[arg(long, short)]
         offset: Option<u64>,
         /// Start at the end (only new records; useful with --follow).
         #[arg(long, conflicts_with = "offset")]
         from_end: bool,
+        /// Consumer group: start from its committed offsets and commit what was printed.
+        #[arg(long, short)]
+        group: Option<String>,
         /// Stop after this many records.
         #[arg(long, short = 'n')]
         max: Option<u64>,
@@ -71,9 +85,17 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
         /// Read from this node only (default: the first that answers).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "group")]
         node: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    /// Every group with its total lag.
+    List,
+    /// Committed offset, end offset and lag of each partition the group has committed.
+    Describe { group: String },
 }
 
 #[derive(Subcommand)]
@@ -128,9 +150,22 @@ enum TopicCmd {
         name: String,
         #[arg(long, default_value_t = 1)]
         partitions: u32,
+        /// Keep records at least this long, in ms [default: forever].
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        /// Keep at most about this many bytes per partition [default: unlimited].
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+        /// Largest record the topic accepts [default: the cluster's record_bytes_max].
+        #[arg(long)]
+        max_record_bytes: Option<u32>,
     },
     List,
     Describe {
+        name: String,
+    },
+    /// Delete a topic, its records and the groups' offsets for it.
+    Delete {
         name: String,
     },
 }
@@ -162,8 +197,11 @@ fn parse_member(s: &str) -> anyhow::Result<pb::Member> {
 }
 
 fn topic_json(t: &pb::TopicInfo) -> serde_json::Value {
+    let config = t.config.unwrap_or_default();
     json!({
         "name": t.name, "topic_id": t.topic_id,
+        "config": {"partitions": config.partitions, "retention_ms": config.retention_ms,
+                   "retention_bytes": config.retention_bytes, "max_record_bytes": config.max_record_bytes},
         "partitions": t.partitions.iter().map(|p| json!({
             "partition": p.partition, "start_offset": p.start_offset, "end_offset": p.end_offset, "leader_id": p.leader_id,
         })).collect::<Vec<_>>(),
@@ -215,6 +253,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             values,
             partition,
             key,
+            key_separator,
             headers,
         } => {
             let headers = headers
@@ -238,91 +277,201 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if values.is_empty() {
                 bail!("nothing to produce: give values as arguments or lines on stdin");
             }
-            let records = values
-                .into_iter()
-                .map(|v| pb::Record {
-                    key: key.as_ref().map(|k| k.as_bytes().to_vec().into()),
+            let records = values.into_iter().map(|line| {
+                let (k, v) = match (&key, &key_separator) {
+                    (Some(k), _) => (Some(k.clone()), line),
+                    (None, Some(sep)) => match line.split_once(sep.as_str()) {
+                        Some((k, v)) => (Some(k.to_string()), v.to_string()),
+                        None => (None, line),
+                    },
+                    (None, None) => (None, line),
+                };
+                pb::Record {
+                    key: k.map(|k| k.into_bytes().into()),
                     value: v.into_bytes().into(),
                     headers: headers.clone(),
                     ..Default::default()
-                })
-                .collect();
-            let ack = client.produce(&topic, partition, records).await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({"partition": ack.partition, "base_offset": ack.base_offset, "record_count": ack.record_count})
-                );
-            } else {
-                println!(
-                    "produced {} record(s) to {topic}/{} at offsets {}..{}",
-                    ack.record_count,
-                    ack.partition,
-                    ack.base_offset,
-                    ack.base_offset + ack.record_count as u64
-                );
-            }
-            Ok(())
+                }
+            });
+            produce(&client, &topic, partition, records, cli.json).await
         }
+        Command::Group(cmd) => group(&client, cmd, cli.json).await,
         Command::Consume {
             topic,
             partition,
             offset,
             from_end,
+            group,
             max,
             follow,
             node,
         } => {
-            let mut next = match (offset, from_end) {
-                (Some(o), _) => o,
-                (None, true) => {
-                    let info = client.describe_topic(&topic).await?;
-                    info.partitions
-                        .get(partition as usize)
-                        .map_or(0, |p| p.end_offset)
-                }
-                (None, false) => 0,
+            let client = match node {
+                Some(addr) => Client::new([addr])?,
+                None => client,
             };
+            let start = match (offset, from_end) {
+                (Some(o), _) => StartFrom::Offset(o),
+                (None, true) => StartFrom::End,
+                (None, false) => StartFrom::Beginning,
+            };
+            let mut config = ConsumerConfig::new(&topic).start(start);
+            config.group = group.clone();
+            config.partitions = partition.map(|p| vec![p]);
+            if let Some(m) = max {
+                config.max_records = m.min(1000) as u32;
+            }
+            let mut consumer = Consumer::new(client, config).await?;
             let mut seen = 0u64;
-            loop {
-                let want = max.map_or(1000, |m| (m - seen).min(1000)) as u32;
-                let request = pb::FetchRequest {
-                    topic: topic.clone(),
-                    partition,
-                    offset: next,
-                    max_records: want,
-                    max_bytes: 0,
-                    // Following: long-poll, so new records arrive as soon as they commit.
-                    max_wait_ms: if follow { 5_000 } else { 0 },
+            'poll: loop {
+                let wait = if follow {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::ZERO
                 };
-                let response = match &node {
-                    Some(addr) => client.fetch_from(addr, request).await?,
-                    None => client.fetch(request).await?,
-                };
-                for r in &response.records {
-                    let value = String::from_utf8_lossy(&r.value);
-                    if cli.json {
-                        println!(
-                            "{}",
-                            json!({"offset": r.offset, "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).to_string()),
-                                   "value": value, "timestamp_ms": r.timestamp_ms})
-                        );
-                    } else {
-                        println!("{}\t{}", r.offset, value);
+                let records = consumer.poll(wait).await?;
+                if records.is_empty() && !follow {
+                    break;
+                }
+                for r in &records {
+                    if max.is_some_and(|m| seen >= m) {
+                        // Do not commit past what was printed.
+                        consumer.seek(r.partition, r.record.offset);
+                        continue;
                     }
-                    next = r.offset + 1;
+                    print_record(r.partition, &r.record, cli.json);
                     seen += 1;
                 }
-                if max.is_some_and(|m| seen >= m) {
-                    break;
+                if group.is_some() {
+                    consumer.commit().await?;
                 }
-                if response.records.is_empty() && !follow {
-                    break;
+                if max.is_some_and(|m| seen >= m) {
+                    break 'poll;
                 }
             }
             Ok(())
         }
     }
+}
+
+fn print_record(partition: u32, r: &pb::Record, as_json: bool) {
+    let value = String::from_utf8_lossy(&r.value);
+    let key = r
+        .key
+        .as_ref()
+        .map(|k| String::from_utf8_lossy(k).to_string());
+    if as_json {
+        let headers: serde_json::Map<_, _> = r
+            .headers
+            .iter()
+            .map(|h| (h.key.clone(), json!(String::from_utf8_lossy(&h.value))))
+            .collect();
+        println!(
+            "{}",
+            json!({"partition": partition, "offset": r.offset, "key": key,
+                   "value": value, "headers": headers, "timestamp_ms": r.timestamp_ms})
+        );
+    } else {
+        match key {
+            Some(k) => println!("{partition}\t{}\t{k}\t{value}", r.offset),
+            None => println!("{partition}\t{}\t\t{value}", r.offset),
+        }
+    }
+}
+
+/// Produces through the batching producer: one request per partition for small inputs, batches
+/// of many records for stdin streams. Prints one line per partition written.
+async fn produce(
+    client: &Client,
+    topic: &str,
+    partition: Option<u32>,
+    records: impl Iterator<Item = pb::Record>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for record in records {
+        deliveries.push(match partition {
+            Some(p) => producer.send_to(topic, p, record).await?,
+            None => producer.send(topic, record).await?,
+        });
+    }
+    producer.flush().await;
+    // partition -> (first offset, last offset, count)
+    let mut written: std::collections::BTreeMap<u32, (u64, u64, u64)> = Default::default();
+    let mut failed = None;
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(d) => {
+                let e = written
+                    .entry(d.partition)
+                    .or_insert((d.offset, d.offset, 0));
+                e.0 = e.0.min(d.offset);
+                e.1 = e.1.max(d.offset);
+                e.2 += 1;
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    for (p, (first, last, count)) in &written {
+        if as_json {
+            println!(
+                "{}",
+                json!({"topic": topic, "partition": p, "first_offset": first, "last_offset": last, "record_count": count})
+            );
+        } else {
+            println!("produced {count} record(s) to {topic}/{p} at offsets {first}..={last}");
+        }
+    }
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+async fn group(client: &Client, cmd: GroupCmd, as_json: bool) -> anyhow::Result<()> {
+    let groups = match cmd {
+        GroupCmd::List => client.list_groups().await?,
+        GroupCmd::Describe { group } => vec![client.describe_group(&group).await?],
+    };
+    if as_json {
+        let v: Vec<_> = groups
+            .iter()
+            .map(|g| {
+                json!({"group": g.group, "total_lag": g.total_lag,
+                       "partitions": g.partitions.iter().map(|p| json!({
+                           "topic": p.topic, "partition": p.partition, "committed_offset": p.committed_offset,
+                           "end_offset": p.end_offset, "lag": p.lag, "committed_at_ms": p.committed_at_ms,
+                       })).collect::<Vec<_>>()})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header(["group", "topic", "partition", "committed", "end", "lag"]);
+    for g in &groups {
+        for p in &g.partitions {
+            table.add_row([
+                g.group.clone(),
+                p.topic.clone(),
+                p.partition.to_string(),
+                p.committed_offset.to_string(),
+                p.end_offset.to_string(),
+                p.lag.to_string(),
+            ]);
+        }
+        table.add_row([
+            g.group.clone(),
+            "(total)".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            g.total_lag.to_string(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
 }
 
 async fn cluster(client: &Client, cmd: ClusterCmd, as_json: bool) -> anyhow::Result<()> {
@@ -515,8 +664,29 @@ fn print_membership(r: &pb::MembershipResponse, as_json: bool) {
 
 async fn topic(client: &Client, cmd: TopicCmd, as_json: bool) -> anyhow::Result<()> {
     let topics = match cmd {
-        TopicCmd::Create { name, partitions } => {
-            vec![client.create_topic(&name, partitions).await?]
+        TopicCmd::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            max_record_bytes,
+        } => {
+            let config = pb::TopicConfig {
+                partitions,
+                retention_ms: retention_ms.unwrap_or(0),
+                retention_bytes: retention_bytes.unwrap_or(0),
+                max_record_bytes: max_record_bytes.unwrap_or(0),
+            };
+            vec![client.create_topic_with(&name, config).await?]
+        }
+        TopicCmd::Delete { name } => {
+            client.delete_topic(&name).await?;
+            if as_json {
+                println!("{}", json!({"deleted": name}));
+            } else {
+                println!("deleted topic {name}");
+            }
+            return Ok(());
         }
         TopicCmd::List => client.list_topics().await?,
         TopicCmd::Describe { name } => vec![client.describe_topic(&name).await?],

@@ -30,9 +30,15 @@ impl Record {
 }
 
 /// Settings of a topic fixed or changed through the log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicSettings {
     pub partitions: u32,
+    /// Retention by age in milliseconds; 0 keeps records forever.
+    pub retention_ms: u64,
+    /// Retention by size per partition in bytes; 0 means no size limit.
+    pub retention_bytes: u64,
+    /// Largest record this topic accepts; never above the cluster's `record_bytes_max`.
+    pub max_record_bytes: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +61,20 @@ pub enum Command {
         /// so every node stamps the same value (apply never reads the clock).
         proposed_at_ms: i64,
     },
+    /// Delete a topic, its stored batches and every group's offsets for it.
+    DeleteTopic { name: String },
+    /// Store a consumer group's committed offsets for partitions of one topic. Each offset must
+    /// be at most the partition's end offset when the command applies.
+    CommitOffsets {
+        group: String,
+        topic: String,
+        /// (partition, next offset to read), partitions distinct.
+        offsets: Vec<(u32, u64)>,
+        /// Leader's wall clock when it proposed the commit.
+        committed_at_ms: i64,
+        /// Group count limit at the time of the request (see `topics_max`).
+        groups_max: u32,
+    },
 }
 
 impl std::fmt::Display for Command {
@@ -63,6 +83,17 @@ impl std::fmt::Display for Command {
             Command::CreateTopic { name, settings, .. } => {
                 write!(f, "CreateTopic({name}, partitions={})", settings.partitions)
             }
+            Command::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
+            Command::CommitOffsets {
+                group,
+                topic,
+                offsets,
+                ..
+            } => write!(
+                f,
+                "CommitOffsets({group}, {topic}, {} partitions)",
+                offsets.len()
+            ),
             Command::Append {
                 topic,
                 partition,
@@ -89,6 +120,8 @@ pub enum CommandResponse {
         record_count: u32,
     },
     Rejected(Rejection),
+    TopicDeleted,
+    OffsetsCommitted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -105,4 +138,17 @@ pub enum Rejection {
     },
     #[error("the cluster already holds {0} topics, the configured maximum (topics_max)")]
     TooManyTopics(u32),
+    #[error("the cluster already holds {0} consumer groups, the configured maximum (groups_max)")]
+    TooManyGroups(u32),
+    #[error("consumer group '{0}' does not exist (it has committed no offsets)")]
+    UnknownGroup(String),
+    #[error(
+        "cannot commit offset {offset} for {topic}/{partition}: the partition ends at {end_offset}"
+    )]
+    CommitBeyondEnd {
+        topic: String,
+        partition: u32,
+        offset: u64,
+        end_offset: u64,
+    },
 }

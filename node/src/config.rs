@@ -60,6 +60,7 @@ pub struct Limits {
     pub topic_name_bytes_max: usize,
     pub partitions_per_topic_max: u32,
     pub topics_max: u32,
+    pub groups_max: u32,
     pub fetch_records_max: usize,
     pub fetch_bytes_max: usize,
     /// Longest a Fetch may wait for records (long poll).
@@ -105,6 +106,7 @@ impl Default for Limits {
             topic_name_bytes_max: 249,
             partitions_per_topic_max: 1024,
             topics_max: 10_000,
+            groups_max: 10_000,
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
             fetch_wait_ms_max: 30_000,
@@ -176,6 +178,9 @@ pub struct Args {
     /// Most topics in the cluster [default: 10000].
     #[arg(long, env = "RAFTLOG_TOPICS_MAX")]
     pub topics_max: Option<u32>,
+    /// Most consumer groups in the cluster [default: 10000].
+    #[arg(long, env = "RAFTLOG_GROUPS_MAX")]
+    pub groups_max: Option<u32>,
     /// Log output format [default: text]. The level comes from RUST_LOG (default info).
     #[arg(long, env = "RAFTLOG_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -265,6 +270,7 @@ impl Args {
                 partitions_per_topic_max: pick!(partitions_per_topic_max)
                     .unwrap_or(limits_default.partitions_per_topic_max),
                 topics_max: pick!(topics_max).unwrap_or(limits_default.topics_max),
+                groups_max: pick!(groups_max).unwrap_or(limits_default.groups_max),
                 ..limits_default
             },
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),

@@ -1,21 +1,48 @@
-//! Generated gRPC code for raftlog's protocols, and nothing else: conversions to domain types live
-//! at the boundaries in `node` and `client`.
+//! Generated gRPC code for raftlog's protocols, plus the one piece of behaviour that is part of
+//! the wire contract: the key partitioner, which the node and every client must compute alike.
+//! Conversions to domain types live at the boundaries in `node` and `client`.
 //!
 //! - [`v1`]: the client API (`Broker`) and the operator API (`Cluster`).
 //! - [`raft::v1`]: the peer-only Raft transport.
+//! - `PARTITIONER_KEY_HASH` is [`partition_for_key`].
 
-#![allow(clippy::all, missing_docs)]
-
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("raftlog.v1");
 }
 
+#[allow(clippy::all, missing_docs)]
 pub mod raft {
     pub mod v1 {
         tonic::include_proto!("raftlog.raft.v1");
     }
 }
 
+/// The partition `PARTITIONER_KEY_HASH` assigns to `key` in a topic of `partitions` partitions:
+/// xxh3-64 with seed 0 over the key bytes, modulo the partition count. Stable across versions and
+/// platforms (it is documented in broker.proto); changing it would move keys between partitions.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    assert!(partitions > 0, "a topic has at least one partition");
+    (xxhash_rust::xxh3::xxh3_64(key) % u64::from(partitions)) as u32
+}
+
 /// Encoded `FileDescriptorSet` of all raftlog protos, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/raftlog_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use super::partition_for_key;
+
+    #[test]
+    fn key_hash_is_stable() {
+        // Pinned values (Python's `xxhash.xxh3_64_intdigest(b"user-42")` agrees): if these
+        // change, keys move between partitions for every user.
+        assert_eq!(
+            xxhash_rust::xxh3::xxh3_64(b"user-42"),
+            0x50fe_4b21_cf7b_09cd
+        );
+        assert_eq!(partition_for_key(b"user-42", 8), 5);
+        assert_eq!(partition_for_key(b"anything", 1), 0);
+    }
+}

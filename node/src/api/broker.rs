@@ -1,25 +1,123 @@
-//! `raftlog.v1.Broker`: topics, produce and fetch.
+//! `raftlog.v1.Broker`: topics, produce, fetch, subscribe and consumer groups.
+//!
+//! Reads are served from this node's applied state. Writes become [`Command`]s proposed through
+//! Raft here when this node leads, or are forwarded once to the leader ([`super::forward`]).
 
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::broker_server::Broker;
 use raftlog_proto::v1::*;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::convert::{record_from_pb, record_to_pb, topic_to_pb};
+use super::convert::{group_to_pb, record_from_pb, record_to_pb, topic_to_pb};
 use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, Forwarder};
-use crate::command::{Command, CommandResponse, TopicSettings};
+use crate::command::{Command, CommandResponse, Rejection, TopicSettings};
 use crate::node::{NodeContext, WriteError};
+use crate::storage::state_machine::TopicState;
 
 pub struct BrokerService {
     ctx: NodeContext,
+    /// Next partition for round-robin produce; per node, so not a global rotation, but each node
+    /// spreads its own traffic evenly.
+    round_robin: AtomicU32,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl BrokerService {
     pub fn new(ctx: NodeContext) -> Self {
-        Self { ctx }
+        Self {
+            ctx,
+            round_robin: AtomicU32::new(0),
+        }
+    }
+
+    /// Proposes `command` through Raft when this node leads and maps the applied outcome with
+    /// `applied`; otherwise sends the request on to the leader with `forward`, once.
+    async fn write_or_forward<T, Fut>(
+        &self,
+        forwarded: bool,
+        command: Command,
+        applied: impl FnOnce(CommandResponse) -> Result<T, ApiError>,
+        forward: impl FnOnce(BrokerClient<Channel>) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        match self.ctx.write(command).await {
+            Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
+            Ok(response) => Ok(Response::new(applied(response)?)),
+            Err(WriteError::NotLeader(leader)) => {
+                let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+                let client = BrokerClient::new(channel)
+                    .max_decoding_message_size(64 * 1024 * 1024)
+                    .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX);
+                forward(client)
+                    .await
+                    .map_err(|s| leader_unreachable(s, leader))
+            }
+            Err(WriteError::Failed(e)) => Err(e.into()),
+        }
+    }
+
+    /// The partition a produce request without an explicit one goes to (see `Partitioner` in
+    /// broker.proto).
+    fn choose_partition(&self, req: &ProduceRequest, topic: &TopicState) -> Result<u32, ApiError> {
+        let partitions = topic.settings.partitions;
+        let by_key = |key: &[u8]| raftlog_proto::partition_for_key(key, partitions);
+        let first_key = req.records.first().and_then(|r| r.key.as_deref());
+        let partitioner = Partitioner::try_from(req.partitioner).map_err(|_| {
+            ApiError::InvalidArgument(format!(
+                "unknown partitioner {}; use DEFAULT, KEY_HASH or ROUND_ROBIN",
+                req.partitioner
+            ))
+        })?;
+        let use_key = match partitioner {
+            Partitioner::KeyHash => true,
+            Partitioner::RoundRobin => false,
+            Partitioner::Default => first_key.is_some(),
+        };
+        if !use_key {
+            return Ok(self.round_robin.fetch_add(1, Ordering::Relaxed) % partitions);
+        }
+        let Some(first_key) = first_key else {
+            return Err(ApiError::InvalidArgument(
+                "PARTITIONER_KEY_HASH needs a key on every record".into(),
+            ));
+        };
+        let partition = by_key(first_key);
+        for (i, record) in req.records.iter().enumerate() {
+            match record.key.as_deref() {
+                Some(key) if by_key(key) == partition => {}
+                Some(_) => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "record {i}'s key maps to another partition than record 0's; send one \
+                         batch per partition (the client library's producer does this)"
+                    )))
+                }
+                None if partitioner == Partitioner::KeyHash => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "record {i} has no key; PARTITIONER_KEY_HASH needs a key on every record"
+                    )))
+                }
+                None => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "record {i} has no key but record 0 has one; keyed and unkeyed records \
+                         go in separate batches"
+                    )))
+                }
+            }
+        }
+        Ok(partition)
     }
 
     fn leader_id(&self) -> u64 {
@@ -27,10 +125,15 @@ impl BrokerService {
     }
 
     fn validate_topic_name(&self, name: &str) -> Result<(), ApiError> {
+        self.validate_name("topic", name)
+    }
+
+    /// Topic and group names: 1 to `topic_name_bytes_max` bytes of `[A-Za-z0-9._-]`.
+    fn validate_name(&self, what: &str, name: &str) -> Result<(), ApiError> {
         let max = self.ctx.config.limits.topic_name_bytes_max;
         if name.is_empty() || name.len() > max {
             return Err(ApiError::InvalidArgument(format!(
-                "topic name must be 1 to {max} bytes long (got {} bytes)",
+                "{what} name must be 1 to {max} bytes long (got {} bytes)",
                 name.len()
             )));
         }
@@ -39,14 +142,15 @@ impl BrokerService {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
         {
             return Err(ApiError::InvalidArgument(format!(
-                "topic name '{}' may contain only ASCII letters, digits, '.', '_' and '-'",
+                "{what} name '{}' may contain only ASCII letters, digits, '.', '_' and '-'",
                 name.escape_debug()
             )));
         }
         Ok(())
     }
 
-    fn produce_command(&self, req: &ProduceRequest) -> Result<Command, ApiError> {
+    /// Checks a produce request against the limits that need no state: name, batch shape.
+    fn validate_produce(&self, req: &ProduceRequest) -> Result<(), ApiError> {
         let limits = &self.ctx.config.limits;
         self.validate_topic_name(&req.topic)?;
         if req.records.is_empty() {
@@ -61,10 +165,9 @@ impl BrokerService {
                 limits.batch_records_max
             )));
         }
-        let records: Vec<_> = req.records.iter().cloned().map(record_from_pb).collect();
         let mut batch_bytes = 0;
-        for (i, record) in records.iter().enumerate() {
-            let size = record.size_bytes();
+        for (i, record) in req.records.iter().enumerate() {
+            let size = pb_record_size(record);
             if size > limits.record_bytes_max {
                 return Err(ApiError::InvalidArgument(format!(
                     "record {i} is {size} bytes, over record_bytes_max ({})",
@@ -79,17 +182,44 @@ impl BrokerService {
                 limits.batch_bytes_max
             )));
         }
-        let proposed_at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        Ok(Command::Append {
-            topic: req.topic.clone(),
-            partition: req.partition,
-            records,
-            proposed_at_ms,
-        })
+        Ok(())
+    }
+
+    /// The topic's own record size limit, when this node knows the topic. (The leader's apply does
+    /// not re-check it: a topic's limit never changes after creation in this version.)
+    fn check_topic_record_limit(&self, req: &ProduceRequest) -> Result<(), ApiError> {
+        let Some(topic) = self.ctx.view.topic(&req.topic) else {
+            return Ok(());
+        };
+        let max = topic.settings.max_record_bytes as usize;
+        if max == 0 {
+            return Ok(());
+        }
+        for (i, record) in req.records.iter().enumerate() {
+            let size = pb_record_size(record);
+            if size > max {
+                return Err(ApiError::InvalidArgument(format!(
+                    "record {i} is {size} bytes, over topic '{}''s max_record_bytes ({max})",
+                    req.topic
+                )));
+            }
+        }
+        Ok(())
     }
 }
+
+/// Bytes a wire record counts against size limits (key, value and headers), as
+/// [`crate::command::Record::size_bytes`] counts them.
+fn pb_record_size(r: &Record) -> usize {
+    r.key.as_ref().map_or(0, |k| k.len())
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
+}
+
+impl BrokerService {}
 
 #[cfg(feature = "unsafe-early-ack")]
 impl BrokerService {
@@ -99,6 +229,7 @@ impl BrokerService {
     /// name offsets that other batches take, or records a crash loses.
     async fn unsafe_early_ack(
         &self,
+        partition: u32,
         req: &ProduceRequest,
         command: &Command,
     ) -> Option<ProduceResponse> {
@@ -106,18 +237,14 @@ impl BrokerService {
             return None;
         }
         let topic = self.ctx.view.topic(&req.topic)?;
-        let end_offset = topic.partitions.get(req.partition as usize)?.end_offset;
+        let end_offset = topic.partitions.get(partition as usize)?.end_offset;
         self.ctx.raft.client_write_ff(command.clone()).await.ok()?;
         Some(ProduceResponse {
-            partition: req.partition,
+            partition,
             base_offset: end_offset,
             record_count: req.records.len() as u32,
         })
     }
-}
-
-fn unexpected(response: CommandResponse) -> Status {
-    ApiError::Internal(format!("unexpected state machine response {response:?}")).into()
 }
 
 #[tonic::async_trait]
@@ -130,7 +257,8 @@ impl Broker for BrokerService {
         let req = request.into_inner();
         self.validate_topic_name(&req.name)?;
         let limits = &self.ctx.config.limits;
-        let partitions = match req.config.as_ref().map_or(0, |c| c.partitions) {
+        let config = req.config.unwrap_or_default();
+        let partitions = match config.partitions {
             0 => 1,
             n if n > limits.partitions_per_topic_max => {
                 return Err(ApiError::InvalidArgument(format!(
@@ -141,31 +269,36 @@ impl Broker for BrokerService {
             }
             n => n,
         };
+        let record_limit = limits.record_bytes_max.min(u32::MAX as usize) as u32;
+        let max_record_bytes = match config.max_record_bytes {
+            0 => record_limit,
+            n => n.min(record_limit),
+        };
         let command = Command::CreateTopic {
             name: req.name.clone(),
-            settings: TopicSettings { partitions },
+            settings: TopicSettings {
+                partitions,
+                retention_ms: config.retention_ms,
+                retention_bytes: config.retention_bytes,
+                max_record_bytes,
+            },
             topics_max: limits.topics_max,
         };
-        match self.ctx.write(command).await {
-            Ok(CommandResponse::TopicCreated { .. }) => {
-                let topic = self
-                    .ctx
-                    .view
-                    .topic(&req.name)
-                    .ok_or_else(|| ApiError::Internal("created topic not applied".into()))?;
-                Ok(Response::new(topic_to_pb(topic, self.ctx.id)))
-            }
-            Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
-            Ok(other) => Err(unexpected(other)),
-            Err(WriteError::NotLeader(leader)) => {
-                let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
-                BrokerClient::new(channel)
-                    .create_topic(Forwarder::forwarded(req, None))
-                    .await
-                    .map_err(|s| leader_unreachable(s, leader))
-            }
-            Err(WriteError::Failed(e)) => Err(e.into()),
-        }
+        let (view, leader) = (self.ctx.view.clone(), self.ctx.id);
+        let name = req.name.clone();
+        self.write_or_forward(
+            forwarded,
+            command,
+            |response| match response {
+                CommandResponse::TopicCreated { .. } => view
+                    .topic(&name)
+                    .map(|t| topic_to_pb(t, leader))
+                    .ok_or_else(|| ApiError::Internal("created topic not applied".into())),
+                other => Err(unexpected(other)),
+            },
+            |mut client| async move { client.create_topic(Forwarder::forwarded(req, None)).await },
+        )
+        .await
     }
 
     async fn list_topics(
@@ -188,12 +321,35 @@ impl Broker for BrokerService {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicInfo>, Status> {
         let name = request.into_inner().name;
+        self.validate_topic_name(&name)?;
         let topic = self
             .ctx
             .view
             .topic(&name)
-            .ok_or_else(|| ApiError::from(crate::command::Rejection::UnknownTopic(name)))?;
+            .ok_or_else(|| ApiError::from(Rejection::UnknownTopic(name)))?;
         Ok(Response::new(topic_to_pb(topic, self.leader_id())))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        self.validate_topic_name(&req.name)?;
+        let command = Command::DeleteTopic {
+            name: req.name.clone(),
+        };
+        self.write_or_forward(
+            forwarded,
+            command,
+            |response| match response {
+                CommandResponse::TopicDeleted => Ok(DeleteTopicResponse {}),
+                other => Err(unexpected(other)),
+            },
+            |mut client| async move { client.delete_topic(Forwarder::forwarded(req, None)).await },
+        )
+        .await
     }
 
     async fn produce(
@@ -201,34 +357,70 @@ impl Broker for BrokerService {
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let command = self.produce_command(&req)?;
+        let mut req = request.into_inner();
+        self.validate_produce(&req)?;
+        self.check_topic_record_limit(&req)?;
+        let partition = match req.partition {
+            Some(p) => {
+                if req.partitioner != Partitioner::Default as i32 {
+                    return Err(ApiError::InvalidArgument(
+                        "give either an explicit partition or a partitioner, not both".into(),
+                    )
+                    .into());
+                }
+                Some(p)
+            }
+            None => match self.ctx.view.topic(&req.topic) {
+                Some(topic) => Some(self.choose_partition(&req, &topic)?),
+                // Not applied here yet (just created?): the leader chooses, unless we lead.
+                None if !forwarded
+                    && self.ctx.leader().is_some_and(|(id, _)| id != self.ctx.id) =>
+                {
+                    None
+                }
+                None => return Err(ApiError::from(Rejection::UnknownTopic(req.topic)).into()),
+            },
+        };
+        let Some(partition) = partition else {
+            let (channel, leader) =
+                self.ctx
+                    .forwarder
+                    .route(forwarded, self.ctx.leader(), self.ctx.id)?;
+            return BrokerClient::new(channel)
+                .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
+                .produce(Forwarder::forwarded(req, None))
+                .await
+                .map_err(|s| leader_unreachable(s, leader));
+        };
+        req.partition = Some(partition);
+        req.partitioner = Partitioner::Default as i32;
+        let command = Command::Append {
+            topic: req.topic.clone(),
+            partition,
+            records: req.records.iter().cloned().map(record_from_pb).collect(),
+            proposed_at_ms: now_ms(),
+        };
         #[cfg(feature = "unsafe-early-ack")]
-        if let Some(ack) = self.unsafe_early_ack(&req, &command).await {
+        if let Some(ack) = self.unsafe_early_ack(partition, &req, &command).await {
             return Ok(Response::new(ack));
         }
-        match self.ctx.write(command).await {
-            Ok(CommandResponse::Appended {
-                base_offset,
-                record_count,
-            }) => Ok(Response::new(ProduceResponse {
-                partition: req.partition,
-                base_offset,
-                record_count,
-            })),
-            Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
-            Ok(other) => Err(unexpected(other)),
-            Err(WriteError::NotLeader(leader)) => {
-                let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
-                BrokerClient::new(channel)
-                    .max_decoding_message_size(64 * 1024 * 1024)
-                    .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
-                    .produce(Forwarder::forwarded(req, None))
-                    .await
-                    .map_err(|s| leader_unreachable(s, leader))
-            }
-            Err(WriteError::Failed(e)) => Err(e.into()),
-        }
+        self.write_or_forward(
+            forwarded,
+            command,
+            |response| match response {
+                CommandResponse::Appended {
+                    base_offset,
+                    record_count,
+                } => Ok(ProduceResponse {
+                    partition,
+                    base_offset,
+                    record_count,
+                }),
+                other => Err(unexpected(other)),
+            },
+            |mut client| async move { client.produce(Forwarder::forwarded(req, None)).await },
+        )
+        .await
     }
 
     type SubscribeStream =
@@ -342,4 +534,128 @@ impl Broker for BrokerService {
             start_offset: result.start_offset,
         }))
     }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        self.validate_name("group", &req.group)?;
+        self.validate_topic_name(&req.topic)?;
+        if req.offsets.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "a commit needs at least one partition offset".into(),
+            )
+            .into());
+        }
+        let partitions_max = self.ctx.config.limits.partitions_per_topic_max as usize;
+        if req.offsets.len() > partitions_max {
+            return Err(ApiError::InvalidArgument(format!(
+                "{} offsets in one commit; a topic has at most {partitions_max} partitions",
+                req.offsets.len()
+            ))
+            .into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for o in &req.offsets {
+            if !seen.insert(o.partition) {
+                return Err(ApiError::InvalidArgument(format!(
+                    "partition {} appears twice in one commit",
+                    o.partition
+                ))
+                .into());
+            }
+        }
+        let command = Command::CommitOffsets {
+            group: req.group.clone(),
+            topic: req.topic.clone(),
+            offsets: req
+                .offsets
+                .iter()
+                .map(|o| (o.partition, o.offset))
+                .collect(),
+            committed_at_ms: now_ms(),
+            groups_max: self.ctx.config.limits.groups_max,
+        };
+        self.write_or_forward(
+            forwarded,
+            command,
+            |response| match response {
+                CommandResponse::OffsetsCommitted => Ok(CommitOffsetsResponse {}),
+                other => Err(unexpected(other)),
+            },
+            |mut client| async move {
+                client
+                    .commit_offsets(Forwarder::forwarded(req, None))
+                    .await
+            },
+        )
+        .await
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        self.validate_name("group", &req.group)?;
+        self.validate_topic_name(&req.topic)?;
+        let topic = self
+            .ctx
+            .view
+            .topic(&req.topic)
+            .ok_or_else(|| ApiError::from(Rejection::UnknownTopic(req.topic.clone())))?;
+        // A group with no commit yet is not an error here: a new consumer asks exactly this.
+        let offsets = self
+            .ctx
+            .view
+            .group_offsets(&req.group)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|((topic_id, _), _)| *topic_id == topic.id)
+            .map(|((_, partition), o)| PartitionOffset {
+                partition,
+                offset: o.offset,
+            })
+            .collect();
+        Ok(Response::new(FetchOffsetsResponse { offsets }))
+    }
+
+    async fn list_groups(
+        &self,
+        _: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let topics = self.ctx.view.topics();
+        let groups = self
+            .ctx
+            .view
+            .groups()
+            .into_iter()
+            .map(|(name, offsets)| group_to_pb(name, &offsets, &topics))
+            .collect();
+        Ok(Response::new(ListGroupsResponse { groups }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<GroupInfo>, Status> {
+        let name = request.into_inner().group;
+        self.validate_name("group", &name)?;
+        let offsets = self
+            .ctx
+            .view
+            .group_offsets(&name)
+            .ok_or_else(|| ApiError::from(Rejection::UnknownGroup(name.clone())))?;
+        Ok(Response::new(group_to_pb(
+            name,
+            &offsets,
+            &self.ctx.view.topics(),
+        )))
+    }
+}
+
+fn unexpected(response: CommandResponse) -> ApiError {
+    ApiError::Internal(format!("unexpected state machine response {response:?}"))
 }

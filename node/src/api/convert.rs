@@ -3,7 +3,7 @@
 use raftlog_proto::v1 as pb;
 
 use crate::command::Record;
-use crate::storage::state_machine::TopicState;
+use crate::storage::state_machine::{GroupOffsets, TopicState};
 
 pub fn record_from_pb(r: pb::Record) -> Record {
     Record {
@@ -34,6 +34,9 @@ pub fn topic_to_pb(topic: TopicState, leader_id: u64) -> pb::TopicInfo {
         topic_id: topic.id,
         config: Some(pb::TopicConfig {
             partitions: topic.settings.partitions,
+            retention_ms: topic.settings.retention_ms,
+            retention_bytes: topic.settings.retention_bytes,
+            max_record_bytes: topic.settings.max_record_bytes,
         }),
         partitions: topic
             .partitions
@@ -46,5 +49,32 @@ pub fn topic_to_pb(topic: TopicState, leader_id: u64) -> pb::TopicInfo {
                 leader_id,
             })
             .collect(),
+    }
+}
+
+/// A group's offsets with lag against this node's committed end offsets. Offsets of topics that
+/// no longer exist are not listed (deleting a topic deletes them in the same command).
+pub fn group_to_pb(name: String, offsets: &GroupOffsets, topics: &[TopicState]) -> pb::GroupInfo {
+    let by_id: std::collections::HashMap<u64, &TopicState> =
+        topics.iter().map(|t| (t.id, t)).collect();
+    let partitions: Vec<pb::GroupPartition> = offsets
+        .iter()
+        .filter_map(|(&(topic_id, partition), committed)| {
+            let topic = by_id.get(&topic_id)?;
+            let end_offset = topic.partitions.get(partition as usize)?.end_offset;
+            Some(pb::GroupPartition {
+                topic: topic.name.clone(),
+                partition,
+                committed_offset: committed.offset,
+                end_offset,
+                lag: end_offset.saturating_sub(committed.offset),
+                committed_at_ms: committed.committed_at_ms,
+            })
+        })
+        .collect();
+    pb::GroupInfo {
+        group: name,
+        total_lag: partitions.iter().map(|p| p.lag).sum(),
+        partitions,
     }
 }

@@ -66,6 +66,15 @@ impl From<Rejection> for ApiError {
             Rejection::TooManyTopics(_) => {
                 ApiError::ResourceExhausted(format!("{message}; delete topics or raise the limit"))
             }
+            Rejection::TooManyGroups(_) => ApiError::ResourceExhausted(format!(
+                "{message}; reuse an existing group, delete topics, or raise the limit"
+            )),
+            Rejection::UnknownGroup(_) => ApiError::NotFound(format!(
+                "{message}; commit an offset first (raftlog group list shows existing groups)"
+            )),
+            Rejection::CommitBeyondEnd { .. } => ApiError::OutOfRange(format!(
+                "{message}; commit at most the end offset (the next offset to read)"
+            )),
         }
     }
 }

@@ -50,6 +50,8 @@ pub mod sm_tag {
     pub const TOPIC: u8 = 0x10;
     /// tag · topic id · partition · base offset → a stored batch.
     pub const BATCH: u8 = 0x20;
+    /// tag · group name · 0x00 · topic id · partition → a committed group offset.
+    pub const GROUP_OFFSET: u8 = 0x30;
 }
 
 pub fn sm_prefix(group: GroupId) -> [u8; 8] {
@@ -87,6 +89,46 @@ pub fn sm_batch(group: GroupId, topic_id: u64, partition: u32, base_offset: u64)
     key
 }
 
+/// The first key after every batch of `topic_id`: deleting `[sm_batch(.., topic_id, 0, 0),
+/// sm_topic_batches_end(..))` deletes the topic's records.
+pub fn sm_topic_batches_end(group: GroupId, topic_id: u64) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::BATCH);
+    key.extend_from_slice(&(topic_id + 1).to_be_bytes());
+    key
+}
+
+/// Group names never contain 0x00 (they follow the topic name rules), so the terminator keeps
+/// one group's keys apart from a longer name's.
+pub fn sm_group_offset(group: GroupId, name: &str, topic_id: u64, partition: u32) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::GROUP_OFFSET);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&topic_id.to_be_bytes());
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+pub fn sm_group_offset_prefix(group: GroupId) -> Vec<u8> {
+    sm_singleton(group, sm_tag::GROUP_OFFSET)
+}
+
+/// Splits a group offset key into (group name, topic id, partition).
+pub fn parse_group_offset(key: &[u8]) -> Option<(String, u64, u32)> {
+    if key.len() < 9 + 1 + 12 || key[8] != sm_tag::GROUP_OFFSET {
+        return None;
+    }
+    let rest = &key[9..];
+    let (name, ids) = rest.split_at(rest.len() - 13);
+    if ids[0] != 0 {
+        return None;
+    }
+    Some((
+        String::from_utf8(name.to_vec()).ok()?,
+        u64::from_be_bytes(ids[1..9].try_into().ok()?),
+        u32::from_be_bytes(ids[9..13].try_into().ok()?),
+    ))
+}
+
 /// Splits a batch key into (topic id, partition, base offset).
 pub fn parse_batch(key: &[u8]) -> Option<(u64, u32, u64)> {
     if key.len() != 29 || key[8] != sm_tag::BATCH {
@@ -116,5 +158,15 @@ mod tests {
         let key = sm_batch(7, 3, 2, 1_000_000);
         assert_eq!(parse_batch(&key), Some((3, 2, 1_000_000)));
         assert_eq!(log_index_of(&log_entry(7, 42)), 42);
+    }
+
+    #[test]
+    fn group_offset_key_round_trips_and_keeps_topics_apart() {
+        let key = sm_group_offset(7, "billing", 3, 2);
+        assert_eq!(parse_group_offset(&key), Some(("billing".into(), 3, 2)));
+        assert!(sm_batch(7, 3, u32::MAX, u64::MAX) < sm_topic_batches_end(7, 3));
+        assert!(sm_topic_batches_end(7, 3) <= sm_batch(7, 4, 0, 0));
+        // "a" sorts before "a-b": the 0x00 terminator is below every allowed name byte.
+        assert!(sm_group_offset(7, "a", u64::MAX, u32::MAX) < sm_group_offset(7, "a-b", 0, 0));
     }
 }

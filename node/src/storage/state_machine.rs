@@ -1,5 +1,6 @@
-//! The replicated state machine on RocksDB: topics, their partitions' offsets and the stored
-//! record batches of one Raft group, plus the snapshots that capture them.
+//! The replicated state machine on RocksDB: topics, their partitions' offsets, the stored record
+//! batches and the consumer groups' committed offsets of one Raft group, plus the snapshots that
+//! capture them.
 //!
 //! Invariants:
 //! - Applying is deterministic: no clock, no randomness, no I/O but this node's RocksDB. Every
@@ -7,8 +8,8 @@
 //! - One apply call is one RocksDB write batch that also records the last applied log id, written
 //!   without WAL (the Raft log is the WAL; see the `storage` module doc). After a crash the
 //!   state machine is at some earlier applied id and openraft re-applies from there.
-//! - The in-memory topic table is updated only after the write batch is in RocksDB, so a reader
-//!   that sees an end offset finds every batch below it.
+//! - The in-memory topic and group tables are updated only after the write batch is in RocksDB,
+//!   so a reader that sees an end offset finds every batch below it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,17 @@ pub struct TopicState {
     pub partitions: Vec<PartitionState>,
 }
 
+/// One committed offset of a consumer group, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffset {
+    /// The next offset the group reads.
+    pub offset: u64,
+    pub committed_at_ms: i64,
+}
+
+/// A group's committed offsets by (topic id, partition).
+pub type GroupOffsets = BTreeMap<(u64, u32), GroupOffset>;
+
 /// Why a read could not be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -77,6 +89,7 @@ pub struct StateView {
     db: Arc<DB>,
     group: GroupId,
     topics: RwLock<BTreeMap<String, TopicState>>,
+    groups: RwLock<BTreeMap<String, GroupOffsets>>,
     applied: watch::Sender<Option<LogId>>,
 }
 
@@ -115,6 +128,19 @@ impl StateView {
 
     pub fn topic_count(&self) -> usize {
         self.topics.read().expect("topic table lock").len()
+    }
+
+    /// Every group with its committed offsets, by name.
+    pub fn groups(&self) -> BTreeMap<String, GroupOffsets> {
+        self.groups.read().expect("group table lock").clone()
+    }
+
+    pub fn group_offsets(&self, name: &str) -> Option<GroupOffsets> {
+        self.groups
+            .read()
+            .expect("group table lock")
+            .get(name)
+            .cloned()
     }
 
     /// Reads committed records of `topic`/`partition` from `offset`, at most `max_records` records
@@ -317,6 +343,7 @@ impl StateMachine {
             db,
             group,
             topics: RwLock::new(BTreeMap::new()),
+            groups: RwLock::new(BTreeMap::new()),
             applied: applied_tx,
         });
         let mut sm = Self {
@@ -373,16 +400,40 @@ impl StateMachine {
             let topic: TopicState = decode(&value).map_err(sm_err)?;
             topics.insert(topic.name.clone(), topic);
         }
+        let prefix = keys::sm_group_offset_prefix(group);
+        let mut groups: BTreeMap<String, GroupOffsets> = BTreeMap::new();
+        for item in self.view.db.iterator_cf(
+            self.view.cf(),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(sm_err)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let (name, topic_id, partition) = keys::parse_group_offset(&key).ok_or_else(|| {
+                sm_err(std::io::Error::other(
+                    "malformed group offset key in state machine",
+                ))
+            })?;
+            let offset: GroupOffset = decode(&value).map_err(sm_err)?;
+            groups
+                .entry(name)
+                .or_default()
+                .insert((topic_id, partition), offset);
+        }
         *self.view.topics.write().expect("topic table lock") = topics;
+        *self.view.groups.write().expect("group table lock") = groups;
         self.view.applied.send_replace(self.last_applied);
         Ok(())
     }
 
-    /// Applies one command to the working copy of the topic table, adding its rows to `batch`.
+    /// Applies one command to the working copies of the topic and group tables, adding its rows
+    /// to `batch`.
     fn apply_command(
         &mut self,
         command: Command,
         topics: &mut BTreeMap<String, TopicState>,
+        groups: &mut GroupChanges<'_>,
         batch: &mut WriteBatch,
     ) -> CommandResponse {
         let group = self.view.group;
@@ -453,7 +504,130 @@ impl StateMachine {
                     record_count,
                 }
             }
+            Command::DeleteTopic { name } => {
+                let Some(state) = topics.remove(&name) else {
+                    return CommandResponse::Rejected(Rejection::UnknownTopic(name));
+                };
+                batch.delete_cf(cf, keys::sm_topic(group, &name));
+                batch.delete_range_cf(
+                    cf,
+                    keys::sm_batch(group, state.id, 0, 0),
+                    keys::sm_topic_batches_end(group, state.id),
+                );
+                for (group_name, offsets) in groups.touch_all() {
+                    offsets.retain(|&(topic_id, partition), _| {
+                        if topic_id == state.id {
+                            batch.delete_cf(
+                                cf,
+                                keys::sm_group_offset(group, group_name, topic_id, partition),
+                            );
+                        }
+                        topic_id != state.id
+                    });
+                }
+                CommandResponse::TopicDeleted
+            }
+            Command::CommitOffsets {
+                group: group_name,
+                topic,
+                offsets,
+                committed_at_ms,
+                groups_max,
+            } => {
+                let Some(state) = topics.get(&topic) else {
+                    return CommandResponse::Rejected(Rejection::UnknownTopic(topic));
+                };
+                for &(partition, offset) in &offsets {
+                    let Some(part) = state.partitions.get(partition as usize) else {
+                        return CommandResponse::Rejected(Rejection::UnknownPartition {
+                            topic,
+                            partition,
+                            partitions: state.settings.partitions,
+                        });
+                    };
+                    if offset > part.end_offset {
+                        return CommandResponse::Rejected(Rejection::CommitBeyondEnd {
+                            topic,
+                            partition,
+                            offset,
+                            end_offset: part.end_offset,
+                        });
+                    }
+                }
+                if !groups.exists(&group_name) && groups.count() >= groups_max as usize {
+                    return CommandResponse::Rejected(Rejection::TooManyGroups(groups_max));
+                }
+                let entry = groups.touch(&group_name);
+                for (partition, offset) in offsets {
+                    let value = GroupOffset {
+                        offset,
+                        committed_at_ms,
+                    };
+                    batch.put_cf(
+                        cf,
+                        keys::sm_group_offset(group, &group_name, state.id, partition),
+                        encode(&value),
+                    );
+                    entry.insert((state.id, partition), value);
+                }
+                CommandResponse::OffsetsCommitted
+            }
         }
+    }
+}
+
+/// The groups one apply call changes: copies of the touched groups' offsets, published to the
+/// shared table only after the write batch is in RocksDB. A group whose copy ends up empty is
+/// gone. Counting is exact (not an estimate), so limits apply identically on every node however
+/// openraft splits entries into apply calls.
+struct GroupChanges<'a> {
+    live: &'a BTreeMap<String, GroupOffsets>,
+    touched: BTreeMap<String, GroupOffsets>,
+}
+
+impl<'a> GroupChanges<'a> {
+    fn new(live: &'a BTreeMap<String, GroupOffsets>) -> Self {
+        Self {
+            live,
+            touched: BTreeMap::new(),
+        }
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        match self.touched.get(name) {
+            Some(offsets) => !offsets.is_empty(),
+            None => self.live.contains_key(name),
+        }
+    }
+
+    fn count(&self) -> usize {
+        let mut count = self.live.len();
+        for (name, offsets) in &self.touched {
+            match (self.live.contains_key(name), offsets.is_empty()) {
+                (false, false) => count += 1,
+                (true, true) => count -= 1,
+                _ => {}
+            }
+        }
+        count
+    }
+
+    fn touch(&mut self, name: &str) -> &mut GroupOffsets {
+        if !self.touched.contains_key(name) {
+            let copy = self.live.get(name).cloned().unwrap_or_default();
+            self.touched.insert(name.to_string(), copy);
+        }
+        self.touched.get_mut(name).expect("inserted above")
+    }
+
+    /// Every existing group, touched.
+    fn touch_all(&mut self) -> impl Iterator<Item = (&String, &mut GroupOffsets)> {
+        for (name, offsets) in self.live {
+            if !self.touched.contains_key(name) {
+                self.touched.insert(name.clone(), offsets.clone());
+            }
+        }
+        self.touched.iter_mut()
     }
 }
 
@@ -471,6 +645,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let group = self.view.group;
         let mut topics = self.view.topics.read().expect("topic table lock").clone();
+        let view = self.view.clone();
+        let live_groups = view.groups.read().expect("group table lock");
+        let mut groups = GroupChanges::new(&live_groups);
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
         for entry in entries {
@@ -478,7 +655,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::None,
                 EntryPayload::Normal(command) => {
-                    self.apply_command(command, &mut topics, &mut batch)
+                    self.apply_command(command, &mut topics, &mut groups, &mut batch)
                 }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -500,6 +677,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
         self.view.db.write_opt(batch, &opts).map_err(sm_err)?;
+        let changed_groups = groups.touched;
+        drop(live_groups);
+        let mut live_groups = self.view.groups.write().expect("group table lock");
+        for (name, offsets) in changed_groups {
+            if offsets.is_empty() {
+                live_groups.remove(&name);
+            } else {
+                live_groups.insert(name, offsets);
+            }
+        }
+        drop(live_groups);
         *self.view.topics.write().expect("topic table lock") = topics;
         self.view.applied.send_replace(self.last_applied);
         Ok(responses)

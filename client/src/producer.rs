@@ -1,0 +1,416 @@
+//! The batching producer: records are gathered per partition into batches, the way an OS merges
+//! disk writes or TCP fills a packet, and each batch becomes one produce request.
+//!
+//! - A batch is sent when it reaches `batch_bytes` or `batch_records`, or when its first record
+//!   has waited `linger`.
+//! - Partitions: an explicit partition is kept; a keyed record goes to
+//!   [`raftlog_proto::partition_for_key`] (the node's `PARTITIONER_KEY_HASH`, so the CLI, this
+//!   producer and a Python client all agree); an unkeyed record goes to the topic's current
+//!   "sticky" partition, which moves on each time a batch is sent, so unkeyed load fills large
+//!   batches and still spreads over the partitions.
+//! - Order: each partition has one sender task with at most one request in flight, so records of
+//!   one partition are acknowledged at offsets in the order they were sent.
+//! - Backpressure: at most `buffer_records` records wait in the producer; `send` waits beyond.
+//! - Retries: the client's leader-following retries (only what was certainly not applied). A
+//!   batch whose outcome is unknown fails every record in it; the caller decides. (Idempotent
+//!   retries arrive with producer ids.)
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::{pb, Client, Error};
+
+/// Batching bounds of a [`Producer`].
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    /// Longest time a record waits for its batch to fill.
+    pub linger: Duration,
+    /// A batch is sent once it holds this many bytes (keys, values and headers). Keep it below
+    /// the nodes' `batch_bytes_max`.
+    pub batch_bytes: usize,
+    /// A batch is sent once it holds this many records. Keep it at most `batch_records_max`.
+    pub batch_records: usize,
+    /// Records that may wait in the producer before [`Producer::send`] waits too.
+    pub buffer_records: usize,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        Self {
+            linger: Duration::from_millis(5),
+            batch_bytes: 1024 * 1024,
+            batch_records: 5_000,
+            buffer_records: 100_000,
+        }
+    }
+}
+
+/// Where a record was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: u32,
+    pub offset: u64,
+}
+
+/// Resolves when the record's batch is committed (or failed).
+pub struct DeliveryFuture(oneshot::Receiver<Result<Delivery, Error>>);
+
+impl std::future::Future for DeliveryFuture {
+    type Output = Result<Delivery, Error>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(Error::Status(tonic::Status::cancelled(
+                    "the producer stopped before this record was sent",
+                )))
+            })
+        })
+    }
+}
+
+type Reply = oneshot::Sender<Result<Delivery, Error>>;
+
+enum Message {
+    Record {
+        topic: String,
+        partitions: u32,
+        partition: Option<u32>,
+        record: pb::Record,
+        reply: Reply,
+    },
+    /// Send everything buffered and answer once all of it is acknowledged.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A batching producer over a [`Client`]. Cheap to clone; clones share the batches.
+#[derive(Clone)]
+pub struct Producer {
+    client: Client,
+    tx: mpsc::Sender<Message>,
+    partition_counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Producer {
+    pub fn new(client: Client, config: ProducerConfig) -> Self {
+        let (tx, rx) = mpsc::channel(config.buffer_records.max(1));
+        tokio::spawn(Accumulator::new(client.clone(), config).run(rx));
+        Self {
+            client,
+            tx,
+            partition_counts: Arc::default(),
+        }
+    }
+
+    /// Queues `record` for `topic`, partitioned by key (or sticky when it has none).
+    pub async fn send(&self, topic: &str, record: pb::Record) -> Result<DeliveryFuture, Error> {
+        let partitions = self.partition_count(topic).await?;
+        let partition = record
+            .key
+            .as_deref()
+            .map(|key| raftlog_proto::partition_for_key(key, partitions));
+        self.enqueue(topic, partitions, partition, record).await
+    }
+
+    /// Queues `record` for one explicit partition of `topic`.
+    pub async fn send_to(
+        &self,
+        topic: &str,
+        partition: u32,
+        record: pb::Record,
+    ) -> Result<DeliveryFuture, Error> {
+        let partitions = self.partition_count(topic).await?;
+        if partition >= partitions {
+            return Err(Error::Status(tonic::Status::invalid_argument(format!(
+                "topic '{topic}' has {partitions} partitions; partition {partition} does not exist"
+            ))));
+        }
+        self.enqueue(topic, partitions, Some(partition), record)
+            .await
+    }
+
+    /// Sends every buffered record and waits until all of them are acknowledged or failed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Message::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        topic: &str,
+        partitions: u32,
+        partition: Option<u32>,
+        record: pb::Record,
+    ) -> Result<DeliveryFuture, Error> {
+        let (reply, rx) = oneshot::channel();
+        let message = Message::Record {
+            topic: topic.to_string(),
+            partitions,
+            partition,
+            record,
+            reply,
+        };
+        self.tx
+            .send(message)
+            .await
+            .map_err(|_| Error::Status(tonic::Status::cancelled("the producer has stopped")))?;
+        Ok(DeliveryFuture(rx))
+    }
+
+    /// The topic's partition count, asked once and then cached (it never changes).
+    async fn partition_count(&self, topic: &str) -> Result<u32, Error> {
+        if let Some(&n) = self
+            .partition_counts
+            .lock()
+            .expect("partition count cache lock")
+            .get(topic)
+        {
+            return Ok(n);
+        }
+        let info = self.client.describe_topic(topic).await?;
+        let n = info.partitions.len().max(1) as u32;
+        self.partition_counts
+            .lock()
+            .expect("partition count cache lock")
+            .insert(topic.to_string(), n);
+        Ok(n)
+    }
+}
+
+/// A batch being filled or sent.
+struct Batch {
+    records: Vec<pb::Record>,
+    replies: Vec<Reply>,
+    bytes: usize,
+    /// When the batch must be sent even if not full.
+    deadline: Instant,
+}
+
+type PartitionKey = (String, u32);
+
+enum Work {
+    Batch(Batch),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The producer's background task: owns the open batches and one sender per partition.
+struct Accumulator {
+    client: Client,
+    config: ProducerConfig,
+    open: HashMap<PartitionKey, Batch>,
+    senders: HashMap<PartitionKey, mpsc::Sender<Work>>,
+    sticky: HashMap<String, u32>,
+}
+
+fn record_bytes(r: &pb::Record) -> usize {
+    r.key.as_ref().map_or(0, |k| k.len())
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
+}
+
+impl Accumulator {
+    fn new(client: Client, config: ProducerConfig) -> Self {
+        Self {
+            client,
+            config,
+            open: HashMap::new(),
+            senders: HashMap::new(),
+            sticky: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        loop {
+            let next_deadline = self.open.values().map(|b| b.deadline).min();
+            let linger_expired = async {
+                match next_deadline {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = rx.recv() => match message {
+                    Some(Message::Record { topic, partitions, partition, record, reply }) => {
+                        self.add(topic, partitions, partition, record, reply).await;
+                    }
+                    Some(Message::Flush(done)) => self.flush(done).await,
+                    None => {
+                        // Every handle is gone: send what is left; the senders finish their queues.
+                        let keys: Vec<_> = self.open.keys().cloned().collect();
+                        for key in keys {
+                            self.dispatch(&key).await;
+                        }
+                        return;
+                    }
+                },
+                _ = linger_expired => {
+                    let now = Instant::now();
+                    let due: Vec<_> = self
+                        .open
+                        .iter()
+                        .filter(|(_, b)| b.deadline <= now)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in due {
+                        self.dispatch(&key).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn add(
+        &mut self,
+        topic: String,
+        partitions: u32,
+        partition: Option<u32>,
+        record: pb::Record,
+        reply: Reply,
+    ) {
+        let partition = match partition {
+            Some(p) => p,
+            None => *self
+                .sticky
+                .entry(topic.clone())
+                .or_insert_with(|| rand::random::<u32>() % partitions),
+        };
+        let key = (topic, partition);
+        let size = record_bytes(&record);
+        if self
+            .open
+            .get(&key)
+            .is_some_and(|b| b.bytes + size > self.config.batch_bytes)
+        {
+            self.dispatch(&key).await;
+        }
+        let linger = self.config.linger;
+        let batch = self.open.entry(key.clone()).or_insert_with(|| Batch {
+            records: Vec::new(),
+            replies: Vec::new(),
+            bytes: 0,
+            deadline: Instant::now() + linger,
+        });
+        batch.records.push(record);
+        batch.replies.push(reply);
+        batch.bytes += size;
+        if batch.records.len() >= self.config.batch_records
+            || batch.bytes >= self.config.batch_bytes
+        {
+            self.dispatch(&key).await;
+        }
+        // Unkeyed records move on to the next partition once their batch has gone.
+        if !self.open.contains_key(&key) {
+            if let Some(p) = self.sticky.get_mut(&key.0) {
+                if *p == key.1 {
+                    *p = (*p + 1) % partitions;
+                }
+            }
+        }
+    }
+
+    /// Hands the open batch of `key` to its partition's sender (waiting when that sender is
+    /// already holding batches: this is the producer's backpressure).
+    async fn dispatch(&mut self, key: &PartitionKey) {
+        let Some(batch) = self.open.remove(key) else {
+            return;
+        };
+        let sender = self.sender(key);
+        if let Err(mpsc::error::SendError(Work::Batch(batch))) =
+            sender.send(Work::Batch(batch)).await
+        {
+            fail_batch(
+                batch,
+                Error::Status(tonic::Status::internal("partition sender stopped")),
+            );
+        }
+    }
+
+    fn sender(&mut self, key: &PartitionKey) -> mpsc::Sender<Work> {
+        self.senders
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(2);
+                tokio::spawn(send_partition(
+                    self.client.clone(),
+                    key.0.clone(),
+                    key.1,
+                    rx,
+                ));
+                tx
+            })
+            .clone()
+    }
+
+    async fn flush(&mut self, done: oneshot::Sender<()>) {
+        let keys: Vec<_> = self.open.keys().cloned().collect();
+        for key in keys {
+            self.dispatch(&key).await;
+        }
+        // Each sender answers after every batch queued before the marker.
+        let mut acks = Vec::new();
+        for sender in self.senders.values() {
+            let (tx, rx) = oneshot::channel();
+            if sender.send(Work::Flush(tx)).await.is_ok() {
+                acks.push(rx);
+            }
+        }
+        tokio::spawn(async move {
+            for ack in acks {
+                let _ = ack.await;
+            }
+            let _ = done.send(());
+        });
+    }
+}
+
+fn fail_batch(batch: Batch, error: Error) {
+    for reply in batch.replies {
+        let _ = reply.send(Err(error.clone()));
+    }
+}
+
+/// Sends one partition's batches, one request at a time, in order.
+async fn send_partition(
+    client: Client,
+    topic: String,
+    partition: u32,
+    mut rx: mpsc::Receiver<Work>,
+) {
+    while let Some(work) = rx.recv().await {
+        let batch = match work {
+            Work::Batch(batch) => batch,
+            Work::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let records = batch.records;
+        match client.produce(&topic, partition, records).await {
+            Ok(ack) => {
+                for (i, reply) in batch.replies.into_iter().enumerate() {
+                    let _ = reply.send(Ok(Delivery {
+                        partition: ack.partition,
+                        offset: ack.base_offset + i as u64,
+                    }));
+                }
+            }
+            Err(e) => {
+                for reply in batch.replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
