@@ -333,10 +333,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if records.is_empty() && !follow {
                     break;
                 }
+                let mut rewound = std::collections::HashSet::new();
                 for r in &records {
                     if max.is_some_and(|m| seen >= m) {
-                        // Do not commit past what was printed.
-                        consumer.seek(r.partition, r.record.offset);
+                        // Not printed: rewind to the first such record of each partition, so a
+                        // commit never covers records nobody saw.
+                        if rewound.insert(r.partition) {
+                            consumer.seek(r.partition, r.record.offset);
+                        }
                         continue;
                     }
                     print_record(r.partition, &r.record, cli.json);
