@@ -93,9 +93,15 @@ pub async fn run(
     health_reporter
         .set_serving::<ClusterServer<ClusterService>>()
         .await;
+    // Reflection advertises the services users call; the peer-only raftlog.raft.v1.Raft is
+    // served on the same port but is not listed (its payloads are not protobuf anyway).
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(raftlog_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("raftlog.v1.Broker")
+        .with_service_name("raftlog.v1.Cluster")
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
         .build_v1()
         .context("building gRPC reflection service")?;
 

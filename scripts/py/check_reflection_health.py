@@ -39,6 +39,7 @@ def main(addr):
     names = {s.name for s in listed.list_services_response.service}
     missing = EXPECTED - names
     assert not missing, f"reflection does not list {missing}; it lists {sorted(names)}"
+    assert "raftlog.raft.v1.Raft" not in names, "reflection lists the peer-only Raft service"
 
     described = reflection_request(
         stub, reflection_pb2.ServerReflectionRequest(file_containing_symbol="raftlog.v1.Broker")
@@ -49,7 +50,9 @@ def main(addr):
         for service in fd.service:
             if service.name == "Broker":
                 methods = {m.name for m in service.method}
-    assert {"Produce", "Fetch", "Subscribe", "CreateTopic"} <= methods, f"Broker methods: {methods}"
+    wanted = {"Produce", "Fetch", "Subscribe", "CreateTopic", "DeleteTopic", "CommitOffsets",
+              "FetchOffsets", "ListGroups", "DescribeGroup"}
+    assert wanted <= methods, f"Broker methods: {methods}"
     print(f"ok: health SERVING; reflection lists {sorted(names)}; Broker has {sorted(methods)}")
 
 
