@@ -451,13 +451,13 @@ impl Client {
     }
 
     /// `group`'s committed offsets for `topic`, by partition (partitions without a commit are
-    /// absent).
+    /// absent). Linearizable: asked of the leader, it reflects every acknowledged commit.
     pub async fn fetch_offsets(
         &self,
         group: &str,
         topic: &str,
     ) -> Result<std::collections::BTreeMap<u32, u64>, Error> {
-        self.with_any(|addr| async move {
+        self.with_leader(|addr| async move {
             let request = pb::FetchOffsetsRequest {
                 group: group.to_string(),
                 topic: topic.to_string(),

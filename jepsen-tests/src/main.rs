@@ -146,7 +146,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         )));
     }
     for c in 0..args.consumers {
-        tasks.push(tokio::spawn(workload::consume(w.clone(), c % args.nodes)));
+        tasks.push(tokio::spawn(workload::consume(
+            w.clone(),
+            c % args.nodes,
+            c,
+        )));
     }
     let schedule = Schedule {
         faults,

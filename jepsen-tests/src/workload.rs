@@ -1,6 +1,7 @@
 //! The workload: producers append unique values to the partitions of one topic and record what
 //! was acknowledged; consumers, each bound to one node, read every partition forward and record
-//! what they saw. Both record into one history.
+//! what they saw, and every few rounds commit their position to their own consumer group and read
+//! the committed offset back. All of it is recorded into one history.
 //!
 //! Outcomes: a produce error the client knows had no effect ([`raftlog_client::Error::is_definite`])
 //! is `fail`; any other error is `info` (unknown), after which the producer continues as a new
@@ -97,13 +98,30 @@ fn parse_records(records: &[pb::Record]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// One consumer bound to `node`: polls every partition forward until the deadline.
-pub async fn consume(w: Workload, node: usize) -> anyhow::Result<()> {
+/// One consumer bound to `node`: polls every partition forward until the deadline, committing
+/// its positions to group `consumer-<index>` (each group has one committer, so its committed
+/// offsets only ever grow) and fetching them back.
+pub async fn consume(w: Workload, node: usize, index: usize) -> anyhow::Result<()> {
     let client = client(&w.endpoints)?;
     let addr = w.endpoints[node].clone();
-    let process = w.recorder.new_process();
+    let mut process = w.recorder.new_process();
     let mut next = vec![0u64; w.partitions as usize];
+    let group = format!("consumer-{index}");
+    let mut round = 0u64;
     while Instant::now() < w.deadline {
+        round += 1;
+        if round.is_multiple_of(10) {
+            let partition = (round / 10 % w.partitions as u64) as u32;
+            process = commit_and_fetch(
+                &w,
+                &client,
+                process,
+                &group,
+                partition,
+                next[partition as usize],
+            )
+            .await;
+        }
         let mut got_any = false;
         for partition in 0..w.partitions {
             w.recorder.invoke(process, OpValue::poll(partition));
@@ -142,6 +160,51 @@ pub async fn consume(w: Workload, node: usize) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Commits `offset` for `group`/`partition`, then reads the committed offset back. Returns the
+/// process to continue as (a new one after an `info`).
+async fn commit_and_fetch(
+    w: &Workload,
+    client: &Client,
+    mut process: u64,
+    group: &str,
+    partition: u32,
+    offset: u64,
+) -> u64 {
+    let commit = OpValue::commit_offset(group, partition, offset);
+    w.recorder.invoke(process, commit.clone());
+    match client
+        .commit_offsets(group, TOPIC, [(partition, offset)])
+        .await
+    {
+        Ok(()) => {
+            w.recorder.complete(process, OpKind::Ok, commit);
+        }
+        Err(e) if e.is_definite() => {
+            w.recorder.complete(process, OpKind::Fail, commit);
+        }
+        Err(_) => {
+            w.recorder.complete(process, OpKind::Info, commit);
+            process = w.recorder.new_process();
+        }
+    }
+    w.recorder
+        .invoke(process, OpValue::fetch_committed(group, partition));
+    match client.fetch_offsets(group, TOPIC).await {
+        Ok(offsets) => w.recorder.complete(
+            process,
+            OpKind::Ok,
+            OpValue::fetch_committed_ok(group, partition, offsets.get(&partition).copied()),
+        ),
+        // A read has no effect: a failed one is `fail` whatever the error.
+        Err(_) => w.recorder.complete(
+            process,
+            OpKind::Fail,
+            OpValue::fetch_committed(group, partition),
+        ),
+    };
+    process
 }
 
 /// After healing: every partition, read in full from every node.

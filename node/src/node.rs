@@ -7,7 +7,7 @@ use crate::api::error::ApiError;
 use crate::api::forward::Forwarder;
 use crate::command::{Command, CommandResponse};
 use crate::config::NodeConfig;
-use crate::raft::types::{ClientWriteError, NodeId, Raft, RaftError};
+use crate::raft::types::{CheckIsLeaderError, ClientWriteError, NodeId, Raft, RaftError};
 use crate::storage::state_machine::StateView;
 
 /// Everything a request handler needs. Cheap to clone.
@@ -50,6 +50,34 @@ impl NodeContext {
                 ),
                 leader: None,
                 not_applied: false,
+            })),
+        }
+    }
+
+    /// Waits until this node may serve a linearizable read: it confirms with a quorum that it is
+    /// still the leader and applies everything committed before the call. A read served after
+    /// this sees every write acknowledged before the read began.
+    pub async fn read_barrier(&self) -> Result<(), WriteError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                let leader = match (f.leader_id, f.leader_node) {
+                    (Some(id), Some(node)) => Some((id, node.addr)),
+                    _ => None,
+                };
+                Err(WriteError::NotLeader(leader))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(WriteError::Failed(ApiError::Unavailable {
+                    message: format!("leader {} cannot reach a quorum ({e}); retry", self.id),
+                    leader: None,
+                    not_applied: true,
+                }))
+            }
+            Err(RaftError::Fatal(e)) => Err(WriteError::Failed(ApiError::Unavailable {
+                message: format!("node {} cannot serve reads: {e}; use another node", self.id),
+                leader: None,
+                not_applied: true,
             })),
         }
     }

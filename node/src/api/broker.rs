@@ -594,13 +594,28 @@ impl Broker for BrokerService {
         .await
     }
 
+    /// Linearizable: served by the leader after a read barrier, so a consumer that resumes right
+    /// after a commit (on any node) sees that commit, and committed offsets never appear to go
+    /// backwards.
     async fn fetch_offsets(
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         self.validate_name("group", &req.group)?;
         self.validate_topic_name(&req.topic)?;
+        match self.ctx.read_barrier().await {
+            Ok(()) => {}
+            Err(WriteError::NotLeader(leader)) => {
+                let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+                return BrokerClient::new(channel)
+                    .fetch_offsets(Forwarder::forwarded(req, None))
+                    .await
+                    .map_err(|s| leader_unreachable(s, leader));
+            }
+            Err(WriteError::Failed(e)) => return Err(e.into()),
+        }
         let topic = self
             .ctx
             .view

@@ -38,6 +38,7 @@ pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError
 pub type RpcError<E = openraft::error::Infallible> =
     openraft::error::RPCError<NodeId, Node, RaftError<E>>;
 pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, Node>;
+pub type CheckIsLeaderError = openraft::error::CheckIsLeaderError<NodeId, Node>;
 pub type ClientWriteResponse = openraft::raft::ClientWriteResponse<TypeConfig>;
 pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
 pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;
