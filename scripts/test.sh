@@ -37,6 +37,14 @@ if RAFTLOG_DATA_DIR="$cluster_dir" "$ROOT/scripts/cluster.sh" up >/dev/null \
 else
   failed=$((failed + 1)); log "FAILED: local cluster, health or reflection"
 fi
+# The Python example of docs/api.md (a client generated with grpcio-tools) through node 2, a
+# follower most likely, so its writes also go through forwarding to the leader.
+log "docs/api.md Python example (grpcio-tools stubs): produce and consume through 127.0.0.1:50052"
+if "$ROOT/scripts/api-example.sh" 127.0.0.1:50052; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); log "FAILED: the docs/api.md Python example"
+fi
 RAFTLOG_DATA_DIR="$cluster_dir" "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true
 rm -rf "$cluster_dir"
 
