@@ -105,7 +105,15 @@ impl Consumer {
                 (Some(&offset), _) => offset,
                 (None, StartFrom::Beginning) => p.start_offset,
                 (None, StartFrom::End) => p.end_offset,
-                (None, StartFrom::Offset(offset)) => offset,
+                (None, StartFrom::Offset(offset)) => {
+                    if offset < p.start_offset || offset > p.end_offset {
+                        return Err(Error::Status(tonic::Status::out_of_range(format!(
+                            "offset {offset} is out of range: {}/{partition} holds offsets {}..{}",
+                            config.topic, p.start_offset, p.end_offset
+                        ))));
+                    }
+                    offset
+                }
             };
             positions.insert(partition, start);
         }

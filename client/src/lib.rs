@@ -26,6 +26,8 @@ pub mod producer;
 /// Metadata keys the nodes use (see node/src/api/error.rs).
 pub const LEADER_ADDR_HEADER: &str = "raftlog-leader";
 pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
+pub const END_OFFSET_HEADER: &str = "raftlog-end-offset";
+pub const START_OFFSET_HEADER: &str = "raftlog-start-offset";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -54,6 +56,27 @@ impl Error {
             Error::Status(s) | Error::Exhausted { last: s, .. } => Some(s),
             Error::Endpoint(_) => None,
         }
+    }
+
+    /// The partition's actual end offset, attached to a conditional append's FAILED_PRECONDITION
+    /// and to OUT_OF_RANGE fetches.
+    pub fn end_offset(&self) -> Option<u64> {
+        self.metadata_u64(END_OFFSET_HEADER)
+    }
+
+    /// The partition's start offset, attached to OUT_OF_RANGE fetches.
+    pub fn start_offset(&self) -> Option<u64> {
+        self.metadata_u64(START_OFFSET_HEADER)
+    }
+
+    fn metadata_u64(&self, key: &str) -> Option<u64> {
+        self.status()?
+            .metadata()
+            .get(key)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
     }
 
     /// True when a failed write certainly did not happen.
@@ -290,6 +313,40 @@ impl Client {
         .await
     }
 
+    /// Changes a topic's retention (`None` keeps a setting; `Some(0)` removes the limit).
+    pub async fn alter_topic(
+        &self,
+        name: &str,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> Result<pb::TopicInfo, Error> {
+        self.with_leader(|addr| async move {
+            let request = pb::AlterTopicRequest {
+                name: name.to_string(),
+                retention_ms,
+                retention_bytes,
+            };
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .alter_topic(request)
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// A new producer id for idempotent produce (granted through Raft).
+    pub async fn init_producer(&self) -> Result<u64, Error> {
+        self.with_leader(|addr| async move {
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .init_producer(pb::InitProducerRequest {})
+                .await
+                .map(|r| r.into_inner().producer_id)
+        })
+        .await
+    }
+
     /// Deletes a topic, its records and the groups' offsets for it.
     pub async fn delete_topic(&self, name: &str) -> Result<(), Error> {
         self.with_leader(|addr| async move {
@@ -341,7 +398,7 @@ impl Client {
             topic: topic.to_string(),
             partition: Some(partition),
             records,
-            partitioner: pb::Partitioner::Default as i32,
+            ..Default::default()
         })
         .await
     }

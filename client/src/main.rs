@@ -56,6 +56,10 @@ enum Command {
         /// Header key=value for every record (repeatable).
         #[arg(long = "header", short = 'H')]
         headers: Vec<String>,
+        /// Conditional append: write all values as one batch only if the partition's end offset
+        /// is N (needs --partition). On a mismatch, fails and prints the actual end offset.
+        #[arg(long, value_name = "N", requires = "partition")]
+        expect_offset: Option<u64>,
     },
     /// Consumer groups: committed offsets and lag.
     #[command(subcommand)]
@@ -168,6 +172,14 @@ enum TopicCmd {
     Delete {
         name: String,
     },
+    /// Change a topic's retention (0 removes a limit).
+    Alter {
+        name: String,
+        #[arg(long)]
+        retention_ms: Option<u64>,
+        #[arg(long)]
+        retention_bytes: Option<u64>,
+    },
 }
 
 fn role_name(role: i32) -> &'static str {
@@ -255,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             key_separator,
             headers,
+            expect_offset,
         } => {
             let headers = headers
                 .iter()
@@ -293,7 +306,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Default::default()
                 }
             });
-            produce(&client, &topic, partition, records, cli.json).await
+            match (expect_offset, partition) {
+                (Some(expected), Some(partition)) => {
+                    produce_conditional(&client, &topic, partition, expected, records, cli.json)
+                        .await
+                }
+                _ => produce(&client, &topic, partition, records, cli.json).await,
+            }
         }
         Command::Group(cmd) => group(&client, cmd, cli.json).await,
         Command::Consume {
@@ -379,6 +398,51 @@ fn print_record(partition: u32, r: &pb::Record, as_json: bool) {
         match key {
             Some(k) => println!("{partition}\t{}\t{k}\t{value}", r.offset),
             None => println!("{partition}\t{}\t\t{value}", r.offset),
+        }
+    }
+}
+
+/// One batch, appended only if the partition ends at `expected`.
+async fn produce_conditional(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    expected: u64,
+    records: impl Iterator<Item = pb::Record>,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    let request = pb::ProduceRequest {
+        topic: topic.to_string(),
+        partition: Some(partition),
+        records: records.collect(),
+        expected_end_offset: Some(expected),
+        ..Default::default()
+    };
+    match client.produce_request(request).await {
+        Ok(ack) => {
+            let last = ack.base_offset + u64::from(ack.record_count) - 1;
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"topic": topic, "partition": partition, "first_offset": ack.base_offset,
+                           "last_offset": last, "record_count": ack.record_count})
+                );
+            } else {
+                println!(
+                    "produced {} record(s) to {topic}/{partition} at offsets {}..={last}",
+                    ack.record_count, ack.base_offset
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if let (true, Some(actual)) = (as_json, e.end_offset()) {
+                println!(
+                    "{}",
+                    json!({"error": "end_offset_mismatch", "expected": expected, "actual": actual})
+                );
+            }
+            Err(e.into())
         }
     }
 }
@@ -683,6 +747,15 @@ async fn topic(client: &Client, cmd: TopicCmd, as_json: bool) -> anyhow::Result<
             };
             vec![client.create_topic_with(&name, config).await?]
         }
+        TopicCmd::Alter {
+            name,
+            retention_ms,
+            retention_bytes,
+        } => vec![
+            client
+                .alter_topic(&name, retention_ms, retention_bytes)
+                .await?,
+        ],
         TopicCmd::Delete { name } => {
             client.delete_topic(&name).await?;
             if as_json {

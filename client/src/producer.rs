@@ -11,9 +11,13 @@
 //! - Order: each partition has one sender task with at most one request in flight, so records of
 //!   one partition are acknowledged at offsets in the order they were sent.
 //! - Backpressure: at most `buffer_records` records wait in the producer; `send` waits beyond.
-//! - Retries: the client's leader-following retries (only what was certainly not applied). A
-//!   batch whose outcome is unknown fails every record in it; the caller decides. (Idempotent
-//!   retries arrive with producer ids.)
+//! - Idempotence (on by default): each partition's sender obtains a producer id and numbers its
+//!   records; a batch whose outcome is unknown (timeout, lost connection, leader killed) is sent
+//!   again with the same sequence until `delivery_timeout`, and the node answers a batch it
+//!   already holds with the original offsets. Every record is therefore stored exactly once, in
+//!   order. A sender that gives up on a batch starts over with a new producer id, so a batch
+//!   that was lost cannot leave a sequence gap. With `idempotent: false`, only what was certainly
+//!   not applied is retried and an unknown outcome fails the batch's records.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+
+use tonic::Code;
 
 use crate::{pb, Client, Error};
 
@@ -36,6 +42,10 @@ pub struct ProducerConfig {
     pub batch_records: usize,
     /// Records that may wait in the producer before [`Producer::send`] waits too.
     pub buffer_records: usize,
+    /// Retry batches with unknown outcome safely (producer id + sequence numbers).
+    pub idempotent: bool,
+    /// How long an idempotent batch is retried before its records fail.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -45,6 +55,8 @@ impl Default for ProducerConfig {
             batch_bytes: 1024 * 1024,
             batch_records: 5_000,
             buffer_records: 100_000,
+            idempotent: true,
+            delivery_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -342,12 +354,15 @@ impl Accumulator {
             .entry(key.clone())
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(2);
-                tokio::spawn(send_partition(
-                    self.client.clone(),
-                    key.0.clone(),
-                    key.1,
-                    rx,
-                ));
+                let sender = PartitionSender {
+                    client: self.client.clone(),
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    idempotent: self.config.idempotent,
+                    delivery_timeout: self.config.delivery_timeout,
+                    identity: None,
+                };
+                tokio::spawn(sender.run(rx));
                 tx
             })
             .clone()
@@ -382,33 +397,115 @@ fn fail_batch(batch: Batch, error: Error) {
 }
 
 /// Sends one partition's batches, one request at a time, in order.
-async fn send_partition(
+struct PartitionSender {
     client: Client,
     topic: String,
     partition: u32,
-    mut rx: mpsc::Receiver<Work>,
-) {
-    while let Some(work) = rx.recv().await {
-        let batch = match work {
-            Work::Batch(batch) => batch,
-            Work::Flush(done) => {
-                let _ = done.send(());
-                continue;
-            }
-        };
-        let records = batch.records;
-        match client.produce(&topic, partition, records).await {
-            Ok(ack) => {
-                for (i, reply) in batch.replies.into_iter().enumerate() {
-                    let _ = reply.send(Ok(Delivery {
-                        partition: ack.partition,
-                        offset: ack.base_offset + i as u64,
-                    }));
+    idempotent: bool,
+    delivery_timeout: Duration,
+    /// (producer id, next sequence) once obtained.
+    identity: Option<(u64, u64)>,
+}
+
+/// Errors after which an idempotent batch may have been appended or not: safe to resend.
+fn outcome_unknown(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
+    )
+}
+
+impl PartitionSender {
+    async fn run(mut self, mut rx: mpsc::Receiver<Work>) {
+        while let Some(work) = rx.recv().await {
+            let batch = match work {
+                Work::Batch(batch) => batch,
+                Work::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            let result = if self.idempotent {
+                self.send_idempotent(batch.records).await
+            } else {
+                self.client
+                    .produce(&self.topic, self.partition, batch.records)
+                    .await
+            };
+            match result {
+                Ok(ack) => {
+                    for (i, reply) in batch.replies.into_iter().enumerate() {
+                        let _ = reply.send(Ok(Delivery {
+                            partition: ack.partition,
+                            offset: ack.base_offset + i as u64,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    for reply in batch.replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
                 }
             }
-            Err(e) => {
-                for reply in batch.replies {
-                    let _ = reply.send(Err(e.clone()));
+        }
+    }
+
+    async fn send_idempotent(
+        &mut self,
+        records: Vec<pb::Record>,
+    ) -> Result<pb::ProduceResponse, Error> {
+        let deadline = Instant::now() + self.delivery_timeout;
+        let mut backoff = Duration::from_millis(50);
+        let count = records.len() as u64;
+        loop {
+            let result = match self.identity {
+                None => self.client.init_producer().await.map(|id| {
+                    self.identity = Some((id, 0));
+                    None
+                }),
+                Some((producer_id, sequence)) => {
+                    let request = pb::ProduceRequest {
+                        topic: self.topic.clone(),
+                        partition: Some(self.partition),
+                        records: records.clone(),
+                        producer_id,
+                        sequence,
+                        ..Default::default()
+                    };
+                    self.client.produce_request(request).await.map(Some)
+                }
+            };
+            match result {
+                Ok(None) => continue, // got a producer id: send the batch
+                Ok(Some(ack)) => {
+                    if let Some((id, sequence)) = self.identity {
+                        self.identity = Some((id, sequence + count));
+                    }
+                    return Ok(ack);
+                }
+                Err(e)
+                    if e.code() == Code::FailedPrecondition
+                        && e.status()
+                            .is_some_and(|s| s.message().contains("unknown or has expired")) =>
+                {
+                    // The id expired (idle too long); the batch was not appended under it.
+                    self.identity = None;
+                }
+                Err(e) if outcome_unknown(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    if !e.is_definite() || e.code() == Code::FailedPrecondition {
+                        // The batch may be stored or lost: continuing this sequence could leave a
+                        // gap, so the next batch starts over under a new producer id.
+                        self.identity = None;
+                    }
+                    return Err(e);
                 }
             }
         }

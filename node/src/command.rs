@@ -60,6 +60,10 @@ pub enum Command {
         /// Leader's wall clock when it proposed the batch, used for records with no timestamp,
         /// so every node stamps the same value (apply never reads the clock).
         proposed_at_ms: i64,
+        /// Idempotent produce: the producer and the sequence of the batch's first record.
+        producer: Option<ProducerSequence>,
+        /// Conditional append: the partition's end offset must equal this.
+        expected_end_offset: Option<u64>,
     },
     /// Delete a topic, its stored batches and every group's offsets for it.
     DeleteTopic { name: String },
@@ -75,6 +79,25 @@ pub enum Command {
         /// Group count limit at the time of the request (see `topics_max`).
         groups_max: u32,
     },
+    /// Change a topic's retention; `None` keeps the current value.
+    AlterTopic {
+        name: String,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    },
+    /// Grant a new producer id.
+    InitProducer { now_ms: i64, producers_max: u32 },
+    /// The leader's periodic housekeeping, deterministic from its arguments: delete batches that
+    /// fall out of their topic's retention (moving start offsets) and forget producers idle for
+    /// longer than `producer_idle_ms` at `now_ms`.
+    Maintenance { now_ms: i64, producer_idle_ms: u64 },
+}
+
+/// Identifies an idempotent batch: the producer and the sequence number of its first record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerSequence {
+    pub producer_id: u64,
+    pub sequence: u64,
 }
 
 impl std::fmt::Display for Command {
@@ -94,6 +117,9 @@ impl std::fmt::Display for Command {
                 "CommitOffsets({group}, {topic}, {} partitions)",
                 offsets.len()
             ),
+            Command::AlterTopic { name, .. } => write!(f, "AlterTopic({name})"),
+            Command::InitProducer { .. } => write!(f, "InitProducer"),
+            Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
             Command::Append {
                 topic,
                 partition,
@@ -118,10 +144,17 @@ pub enum CommandResponse {
     Appended {
         base_offset: u64,
         record_count: u32,
+        /// The batch had been appended before (an idempotent retry); these are its offsets.
+        duplicate: bool,
     },
     Rejected(Rejection),
     TopicDeleted,
     OffsetsCommitted,
+    TopicAltered,
+    ProducerInitialized {
+        producer_id: u64,
+    },
+    MaintenanceDone,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -151,4 +184,25 @@ pub enum Rejection {
         offset: u64,
         end_offset: u64,
     },
+    #[error("the cluster already tracks {0} producers, the configured maximum (producers_max)")]
+    TooManyProducers(u32),
+    #[error("producer id {0} is unknown or has expired (idle longer than producer_idle_ms)")]
+    UnknownProducer(u64),
+    #[error("sequence gap for producer {producer_id}: expected sequence {expected}, got {got}")]
+    SequenceGap {
+        producer_id: u64,
+        expected: u64,
+        got: u64,
+    },
+    #[error(
+        "producer {producer_id} sent sequence {got} again, but it is older than the batches \
+         remembered for deduplication (next expected: {expected}) or its record count differs"
+    )]
+    SequenceStale {
+        producer_id: u64,
+        expected: u64,
+        got: u64,
+    },
+    #[error("expected end offset {expected} but the partition ends at {actual}")]
+    EndOffsetMismatch { expected: u64, actual: u64 },
 }

@@ -27,7 +27,26 @@ pub struct NodeConfig {
     pub raft: RaftTimings,
     pub snapshot: SnapshotPolicy,
     pub limits: Limits,
+    pub housekeeping: Housekeeping,
     pub log_format: LogFormat,
+}
+
+/// The leader's periodic replicated housekeeping (`Command::Maintenance`).
+#[derive(Debug, Clone)]
+pub struct Housekeeping {
+    /// How often the leader proposes a retention and producer-expiry pass.
+    pub retention_check_ms: u64,
+    /// Idempotent producers idle this long are forgotten.
+    pub producer_idle_ms: u64,
+}
+
+impl Default for Housekeeping {
+    fn default() -> Self {
+        Self {
+            retention_check_ms: 60_000,
+            producer_idle_ms: 24 * 3600 * 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +80,7 @@ pub struct Limits {
     pub partitions_per_topic_max: u32,
     pub topics_max: u32,
     pub groups_max: u32,
+    pub producers_max: u32,
     pub fetch_records_max: usize,
     pub fetch_bytes_max: usize,
     /// Longest a Fetch may wait for records (long poll).
@@ -107,6 +127,7 @@ impl Default for Limits {
             partitions_per_topic_max: 1024,
             topics_max: 10_000,
             groups_max: 10_000,
+            producers_max: 100_000,
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
             fetch_wait_ms_max: 30_000,
@@ -181,6 +202,15 @@ pub struct Args {
     /// Most consumer groups in the cluster [default: 10000].
     #[arg(long, env = "RAFTLOG_GROUPS_MAX")]
     pub groups_max: Option<u32>,
+    /// Most idempotent producer ids tracked at once [default: 100000].
+    #[arg(long, env = "RAFTLOG_PRODUCERS_MAX")]
+    pub producers_max: Option<u32>,
+    /// Forget an idempotent producer after this long without produce [default: 86400000 (1 day)].
+    #[arg(long, env = "RAFTLOG_PRODUCER_IDLE_MS")]
+    pub producer_idle_ms: Option<u64>,
+    /// How often the leader runs retention and producer expiry [default: 60000].
+    #[arg(long, env = "RAFTLOG_RETENTION_CHECK_MS")]
+    pub retention_check_ms: Option<u64>,
     /// Log output format [default: text]. The level comes from RUST_LOG (default info).
     #[arg(long, env = "RAFTLOG_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -271,7 +301,14 @@ impl Args {
                     .unwrap_or(limits_default.partitions_per_topic_max),
                 topics_max: pick!(topics_max).unwrap_or(limits_default.topics_max),
                 groups_max: pick!(groups_max).unwrap_or(limits_default.groups_max),
+                producers_max: pick!(producers_max).unwrap_or(limits_default.producers_max),
                 ..limits_default
+            },
+            housekeeping: Housekeeping {
+                retention_check_ms: pick!(retention_check_ms)
+                    .unwrap_or(Housekeeping::default().retention_check_ms),
+                producer_idle_ms: pick!(producer_idle_ms)
+                    .unwrap_or(Housekeeping::default().producer_idle_ms),
             },
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),
         };

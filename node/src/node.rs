@@ -10,6 +10,14 @@ use crate::config::NodeConfig;
 use crate::raft::types::{CheckIsLeaderError, ClientWriteError, NodeId, Raft, RaftError};
 use crate::storage::state_machine::StateView;
 
+/// This node's wall clock in ms since the Unix epoch: the leader stamps it into commands (apply
+/// never reads a clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Everything a request handler needs. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeContext {

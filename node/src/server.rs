@@ -16,8 +16,9 @@ use crate::admin_http;
 use crate::api::broker::BrokerService;
 use crate::api::cluster::ClusterService;
 use crate::api::forward::Forwarder;
+use crate::command::Command;
 use crate::config::NodeConfig;
-use crate::node::NodeContext;
+use crate::node::{NodeContext, WriteError};
 use crate::raft::network::{PeerNetworkFactory, PEER_MESSAGE_BYTES_MAX};
 use crate::raft::service::PeerService;
 use crate::raft::types::{Node, Raft, METADATA_GROUP};
@@ -94,16 +95,24 @@ pub async fn run(
         .set_serving::<ClusterServer<ClusterService>>()
         .await;
     // Reflection advertises the services users call; the peer-only raftlog.raft.v1.Raft is
-    // served on the same port but is not listed (its payloads are not protobuf anyway).
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(raftlog_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("raftlog.v1.Broker")
-        .with_service_name("raftlog.v1.Cluster")
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
+    // served on the same port but is not listed (its payloads are not protobuf anyway). Both the
+    // v1 and the older v1alpha protocol are served: grpcurl before 1.9 speaks only v1alpha.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(raftlog_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("raftlog.v1.Broker")
+            .with_service_name("raftlog.v1.Cluster")
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .context("building gRPC reflection service")?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building gRPC reflection service (v1alpha)")?;
 
     // A produce request may carry a full batch plus protobuf framing.
     let client_message_bytes_max = config.limits.batch_bytes_max + 1024 * 1024;
@@ -124,6 +133,7 @@ pub async fn run(
         .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
             // Every reply is small and latency-bound: no Nagle (it adds ~40 ms with delayed ACKs).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -132,13 +142,19 @@ pub async fn run(
             },
         );
     let grpc = tokio::spawn(grpc);
-    let admin = tokio::spawn(admin_http::serve(admin_listener, ctx.clone(), stop_rx));
+    let admin = tokio::spawn(admin_http::serve(
+        admin_listener,
+        ctx.clone(),
+        stop_rx.clone(),
+    ));
+    let housekeeping = tokio::spawn(housekeeping(ctx.clone(), stop_rx));
 
     shutdown.await;
     tracing::info!(node_id = config.node_id, "shutting down");
     let _ = stop_tx.send(true);
     let _ = grpc.await;
     let _ = admin.await;
+    let _ = housekeeping.await;
     if let Err(e) = raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");
     }
@@ -148,6 +164,32 @@ pub async fn run(
     }
     tracing::info!(node_id = config.node_id, "stopped");
     Ok(())
+}
+
+/// While this node leads, proposes `Command::Maintenance` every `retention_check_ms`: retention
+/// and producer expiry run as replicated, deterministic commands stamped with the leader's clock,
+/// so every node deletes exactly the same batches.
+async fn housekeeping(ctx: NodeContext, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = Duration::from_millis(ctx.config.housekeeping.retention_check_ms.max(10));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        if ctx.leader().map(|(id, _)| id) != Some(ctx.id) {
+            continue;
+        }
+        let command = Command::Maintenance {
+            now_ms: crate::node::now_ms(),
+            producer_idle_ms: ctx.config.housekeeping.producer_idle_ms,
+        };
+        // A lost leadership or a failed round is fine: the next leader's next tick catches up.
+        if let Err(WriteError::Failed(e)) = ctx.write(command).await {
+            tracing::warn!("housekeeping round failed: {e}");
+        }
+    }
 }
 
 /// Static bootstrap: the member with the smallest id initializes the cluster if nothing has been

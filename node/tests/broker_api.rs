@@ -347,6 +347,7 @@ async fn bad_requests_get_precise_errors_and_change_nothing() {
         partition: Some(0),
         records: vec![record(b"x".to_vec())],
         partitioner: pb::Partitioner::RoundRobin as i32,
+        ..Default::default()
     };
     assert_eq!(
         code(client.produce_request(both).await),
@@ -368,6 +369,7 @@ async fn bad_requests_get_precise_errors_and_change_nothing() {
         partition: None,
         records: vec![keyed(&k1), keyed(&k2)],
         partitioner: pb::Partitioner::KeyHash as i32,
+        ..Default::default()
     };
     assert_eq!(
         code(client.produce_request(apart).await),
@@ -378,6 +380,7 @@ async fn bad_requests_get_precise_errors_and_change_nothing() {
         partition: None,
         records: vec![record(b"v".to_vec())],
         partitioner: pb::Partitioner::KeyHash as i32,
+        ..Default::default()
     };
     assert_eq!(
         code(client.produce_request(unkeyed).await),
@@ -388,6 +391,7 @@ async fn bad_requests_get_precise_errors_and_change_nothing() {
         partition: None,
         records: vec![record(b"v".to_vec())],
         partitioner: 99,
+        ..Default::default()
     };
     assert_eq!(
         code(client.produce_request(unknown_partitioner).await),

@@ -5,7 +5,6 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::broker_server::Broker;
@@ -16,8 +15,8 @@ use tonic::{Request, Response, Status};
 use super::convert::{group_to_pb, record_from_pb, record_to_pb, topic_to_pb};
 use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, Forwarder};
-use crate::command::{Command, CommandResponse, Rejection, TopicSettings};
-use crate::node::{NodeContext, WriteError};
+use crate::command::{Command, CommandResponse, ProducerSequence, Rejection, TopicSettings};
+use crate::node::{now_ms, NodeContext, WriteError};
 use crate::storage::state_machine::TopicState;
 
 pub struct BrokerService {
@@ -25,12 +24,6 @@ pub struct BrokerService {
     /// Next partition for round-robin produce; per node, so not a global rotation, but each node
     /// spreads its own traffic evenly.
     round_robin: AtomicU32,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl BrokerService {
@@ -243,6 +236,7 @@ impl BrokerService {
             partition,
             base_offset: end_offset,
             record_count: req.records.len() as u32,
+            duplicate: false,
         })
     }
 }
@@ -370,6 +364,12 @@ impl Broker for BrokerService {
                 }
                 Some(p)
             }
+            None if req.producer_id != 0 || req.expected_end_offset.is_some() => {
+                return Err(ApiError::InvalidArgument(
+                    "idempotent and conditional produce need an explicit partition".into(),
+                )
+                .into())
+            }
             None => match self.ctx.view.topic(&req.topic) {
                 Some(topic) => Some(self.choose_partition(&req, &topic)?),
                 // Not applied here yet (just created?): the leader chooses, unless we lead.
@@ -394,11 +394,17 @@ impl Broker for BrokerService {
         };
         req.partition = Some(partition);
         req.partitioner = Partitioner::Default as i32;
+        let producer = (req.producer_id != 0).then_some(ProducerSequence {
+            producer_id: req.producer_id,
+            sequence: req.sequence,
+        });
         let command = Command::Append {
             topic: req.topic.clone(),
             partition,
             records: req.records.iter().cloned().map(record_from_pb).collect(),
             proposed_at_ms: now_ms(),
+            producer,
+            expected_end_offset: req.expected_end_offset,
         };
         #[cfg(feature = "unsafe-early-ack")]
         if let Some(ack) = self.unsafe_early_ack(partition, &req, &command).await {
@@ -411,14 +417,74 @@ impl Broker for BrokerService {
                 CommandResponse::Appended {
                     base_offset,
                     record_count,
+                    duplicate,
                 } => Ok(ProduceResponse {
                     partition,
                     base_offset,
                     record_count,
+                    duplicate,
                 }),
                 other => Err(unexpected(other)),
             },
             |mut client| async move { client.produce(Forwarder::forwarded(req, None)).await },
+        )
+        .await
+    }
+
+    async fn alter_topic(
+        &self,
+        request: Request<AlterTopicRequest>,
+    ) -> Result<Response<TopicInfo>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        self.validate_topic_name(&req.name)?;
+        if req.retention_ms.is_none() && req.retention_bytes.is_none() {
+            return Err(ApiError::InvalidArgument(
+                "nothing to change: set retention_ms and/or retention_bytes".into(),
+            )
+            .into());
+        }
+        let command = Command::AlterTopic {
+            name: req.name.clone(),
+            retention_ms: req.retention_ms,
+            retention_bytes: req.retention_bytes,
+        };
+        let (view, leader, name) = (self.ctx.view.clone(), self.ctx.id, req.name.clone());
+        self.write_or_forward(
+            forwarded,
+            command,
+            |response| match response {
+                CommandResponse::TopicAltered => view
+                    .topic(&name)
+                    .map(|t| topic_to_pb(t, leader))
+                    .ok_or_else(|| ApiError::Internal("altered topic not applied".into())),
+                other => Err(unexpected(other)),
+            },
+            |mut client| async move { client.alter_topic(Forwarder::forwarded(req, None)).await },
+        )
+        .await
+    }
+
+    async fn init_producer(
+        &self,
+        request: Request<InitProducerRequest>,
+    ) -> Result<Response<InitProducerResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        let command = Command::InitProducer {
+            now_ms: now_ms(),
+            producers_max: self.ctx.config.limits.producers_max,
+        };
+        self.write_or_forward(
+            forwarded,
+            command,
+            |response| match response {
+                CommandResponse::ProducerInitialized { producer_id } => {
+                    Ok(InitProducerResponse { producer_id })
+                }
+                other => Err(unexpected(other)),
+            },
+            |mut client| async move { client.init_producer(Forwarder::forwarded(req, None)).await },
         )
         .await
     }

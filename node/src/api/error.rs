@@ -13,6 +13,11 @@ pub const LEADER_ID_HEADER: &str = "raftlog-leader-id";
 /// Metadata key set on UNAVAILABLE answers when the request was certainly not applied, so the
 /// client may retry it elsewhere without risking a duplicate.
 pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
+/// Metadata key with the partition's actual end offset, on a conditional append's
+/// FAILED_PRECONDITION and on OUT_OF_RANGE fetches.
+pub const END_OFFSET_HEADER: &str = "raftlog-end-offset";
+/// Metadata key with the partition's start offset on OUT_OF_RANGE fetches.
+pub const START_OFFSET_HEADER: &str = "raftlog-start-offset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -28,6 +33,15 @@ pub enum ApiError {
     ResourceExhausted(String),
     #[error("{0}")]
     OutOfRange(String),
+    /// FAILED_PRECONDITION / OUT_OF_RANGE with the partition's offsets attached as metadata, so
+    /// a program can act on them without parsing the message.
+    #[error("{message}")]
+    WithOffsets {
+        code: Code,
+        message: String,
+        start_offset: Option<u64>,
+        end_offset: Option<u64>,
+    },
     /// Retryable: no leader, no quorum, or this node cannot reach the leader. `not_applied` says
     /// the request certainly had no effect (else its outcome is unknown).
     #[error("{message}")]
@@ -75,6 +89,29 @@ impl From<Rejection> for ApiError {
             Rejection::CommitBeyondEnd { .. } => ApiError::OutOfRange(format!(
                 "{message}; commit at most the end offset (the next offset to read)"
             )),
+            Rejection::TooManyProducers(_) => ApiError::ResourceExhausted(format!(
+                "{message}; reuse producer ids, lower producer_idle_ms or raise the limit"
+            )),
+            Rejection::UnknownProducer(_) => ApiError::FailedPrecondition(format!(
+                "{message}; obtain a new one with InitProducer and restart sequences at 0"
+            )),
+            Rejection::SequenceGap { .. } => ApiError::FailedPrecondition(format!(
+                "{message}; batches in between were lost: resend them in order, or start over \
+                 with a new producer id"
+            )),
+            Rejection::SequenceStale { .. } => ApiError::FailedPrecondition(format!(
+                "{message}; the outcome of that batch cannot be told any more: read the partition \
+                 to find out, and continue with a new producer id"
+            )),
+            Rejection::EndOffsetMismatch { actual, .. } => ApiError::WithOffsets {
+                code: Code::FailedPrecondition,
+                message: format!(
+                    "{message}; someone else appended first: read from your last offset, \
+                     re-validate, and retry with expected_end_offset = {actual}"
+                ),
+                start_offset: None,
+                end_offset: Some(actual),
+            },
         }
     }
 }
@@ -83,9 +120,16 @@ impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         match e {
             ReadError::Rejected(r) => r.into(),
-            ReadError::OffsetOutOfRange { .. } => {
-                ApiError::OutOfRange(format!("{e}; fetch from an offset in that range"))
-            }
+            ReadError::OffsetOutOfRange {
+                start_offset,
+                end_offset,
+                ..
+            } => ApiError::WithOffsets {
+                code: Code::OutOfRange,
+                message: format!("{e}; fetch from an offset in that range"),
+                start_offset: Some(start_offset),
+                end_offset: Some(end_offset),
+            },
             ReadError::Storage(m) => ApiError::Internal(m),
         }
     }
@@ -102,6 +146,25 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted(_) => Status::new(Code::ResourceExhausted, message),
             ApiError::OutOfRange(_) => Status::new(Code::OutOfRange, message),
             ApiError::Internal(_) => Status::new(Code::Internal, message),
+            ApiError::WithOffsets {
+                code,
+                start_offset,
+                end_offset,
+                ..
+            } => {
+                let mut status = Status::new(code, message);
+                if let Some(offset) = start_offset {
+                    status
+                        .metadata_mut()
+                        .insert(START_OFFSET_HEADER, MetadataValue::from(offset));
+                }
+                if let Some(offset) = end_offset {
+                    status
+                        .metadata_mut()
+                        .insert(END_OFFSET_HEADER, MetadataValue::from(offset));
+                }
+                status
+            }
             ApiError::Unavailable {
                 leader,
                 not_applied,

@@ -100,15 +100,20 @@ pub fn leader_unreachable(status: tonic::Status, leader: (NodeId, String)) -> to
                 .metadata()
                 .contains_key(super::error::LEADER_ADDR_HEADER) =>
         {
+            // No connection means the request never left this node: certainly not applied, so
+            // the client may retry it anywhere (this is the common case right after the leader
+            // died, until a new one is elected).
+            let message = status.message();
+            let never_sent = message.contains("tcp connect error")
+                || message.contains("error trying to connect")
+                || message.contains("Connection refused");
             ApiError::Unavailable {
                 message: format!(
-                    "could not reach leader {} at {}: {}; retry",
-                    leader.0,
-                    leader.1,
-                    status.message()
+                    "could not reach leader {} at {}: {message}; retry",
+                    leader.0, leader.1
                 ),
                 leader: Some(leader),
-                not_applied: false,
+                not_applied: never_sent,
             }
             .into()
         }

@@ -46,12 +46,15 @@ pub mod sm_tag {
     pub const APPLIED: u8 = 0x01;
     pub const MEMBERSHIP: u8 = 0x02;
     pub const NEXT_TOPIC_ID: u8 = 0x03;
+    pub const NEXT_PRODUCER_ID: u8 = 0x04;
     /// tag · topic name → topic row.
     pub const TOPIC: u8 = 0x10;
     /// tag · topic id · partition · base offset → a stored batch.
     pub const BATCH: u8 = 0x20;
     /// tag · group name · 0x00 · topic id · partition → a committed group offset.
     pub const GROUP_OFFSET: u8 = 0x30;
+    /// tag · producer id → the producer's idempotence state.
+    pub const PRODUCER: u8 = 0x40;
 }
 
 pub fn sm_prefix(group: GroupId) -> [u8; 8] {
@@ -127,6 +130,19 @@ pub fn parse_group_offset(key: &[u8]) -> Option<(String, u64, u32)> {
         u64::from_be_bytes(ids[1..9].try_into().ok()?),
         u32::from_be_bytes(ids[9..13].try_into().ok()?),
     ))
+}
+
+pub fn sm_producer(group: GroupId, producer_id: u64) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::PRODUCER);
+    key.extend_from_slice(&producer_id.to_be_bytes());
+    key
+}
+
+pub fn parse_producer(key: &[u8]) -> Option<u64> {
+    if key.len() != 17 || key[8] != sm_tag::PRODUCER {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[9..17].try_into().ok()?))
 }
 
 /// Splits a batch key into (topic id, partition, base offset).

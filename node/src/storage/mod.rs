@@ -15,6 +15,7 @@ pub mod keys;
 pub mod log_store;
 pub mod snapshot_file;
 pub mod state_machine;
+pub mod stored_batch;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -23,8 +23,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::keys::{self, sm_tag};
+use super::stored_batch::{self, BatchHeader};
 use super::{decode, encode, snapshot_file, CF_STATE_MACHINE};
-use crate::command::{Command, CommandResponse, Record, Rejection, TopicSettings};
+use crate::command::{
+    Command, CommandResponse, ProducerSequence, Record, Rejection, TopicSettings,
+};
 use crate::raft::types::{
     Entry, GroupId, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
     TypeConfig,
@@ -35,6 +38,29 @@ use crate::raft::types::{
 pub struct PartitionState {
     pub start_offset: u64,
     pub end_offset: u64,
+    /// Record bytes held in `start_offset..end_offset` (what size-based retention bounds).
+    pub bytes: u64,
+}
+
+/// How many of a producer's latest batches per partition are remembered for deduplication (as
+/// Kafka does: a client keeps at most this many requests in flight per partition).
+pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
+
+/// Idempotence state of one producer id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    /// Leader time of its grant or latest append; it expires `producer_idle_ms` after this.
+    pub last_seen_ms: i64,
+    /// Per (topic id, partition).
+    pub partitions: BTreeMap<(u64, u32), ProducerPartition>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerPartition {
+    /// Sequence the next batch must start at.
+    pub next_sequence: u64,
+    /// (first sequence, record count, base offset) of the latest batches, oldest first.
+    pub recent: Vec<(u64, u32, u64)>,
 }
 
 /// A topic row, as stored and as cached in memory.
@@ -208,8 +234,8 @@ impl StateView {
             if t != state.id || p != partition || base >= end_offset {
                 break;
             }
-            let records: Vec<Record> =
-                decode(&value).map_err(|e| ReadError::Storage(e.to_string()))?;
+            let records =
+                stored_batch::records(&value).map_err(|e| ReadError::Storage(e.to_string()))?;
             for (i, record) in records.into_iter().enumerate() {
                 let record_offset = base + i as u64;
                 if record_offset < offset {
@@ -266,6 +292,9 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     next_topic_id: u64,
+    next_producer_id: u64,
+    /// Only apply reads and writes this (no API read needs it), so it is not in the view.
+    producers: BTreeMap<u64, ProducerState>,
     snapshots: SnapshotStore,
 }
 
@@ -351,6 +380,8 @@ impl StateMachine {
             last_applied: None,
             membership: StoredMembership::default(),
             next_topic_id: 1,
+            next_producer_id: 1,
+            producers: BTreeMap::new(),
             snapshots: SnapshotStore { dir: snapshot_dir },
         };
         sm.load()?;
@@ -399,6 +430,26 @@ impl StateMachine {
             }
             let topic: TopicState = decode(&value).map_err(sm_err)?;
             topics.insert(topic.name.clone(), topic);
+        }
+        self.next_producer_id = self
+            .get(&keys::sm_singleton(group, sm_tag::NEXT_PRODUCER_ID))?
+            .unwrap_or(1);
+        let prefix = keys::sm_singleton(group, sm_tag::PRODUCER);
+        self.producers.clear();
+        for item in self.view.db.iterator_cf(
+            self.view.cf(),
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (key, value) = item.map_err(sm_err)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let id = keys::parse_producer(&key).ok_or_else(|| {
+                sm_err(std::io::Error::other(
+                    "malformed producer key in state machine",
+                ))
+            })?;
+            self.producers.insert(id, decode(&value).map_err(sm_err)?);
         }
         let prefix = keys::sm_group_offset_prefix(group);
         let mut groups: BTreeMap<String, GroupOffsets> = BTreeMap::new();
@@ -473,11 +524,13 @@ impl StateMachine {
                 partition,
                 mut records,
                 proposed_at_ms,
+                producer,
+                expected_end_offset,
             } => {
                 let Some(state) = topics.get_mut(&topic) else {
                     return CommandResponse::Rejected(Rejection::UnknownTopic(topic));
                 };
-                let partitions = state.settings.partitions;
+                let (topic_id, partitions) = (state.id, state.settings.partitions);
                 let Some(part) = state.partitions.get_mut(partition as usize) else {
                     return CommandResponse::Rejected(Rejection::UnknownPartition {
                         topic,
@@ -485,24 +538,118 @@ impl StateMachine {
                         partitions,
                     });
                 };
+                let record_count = records.len() as u32;
+                // Deduplication comes first: a retried conditional append that succeeded must get
+                // its original offsets, not a mismatch against the offsets it moved itself.
+                if let Some(seq) = producer {
+                    match check_sequence(&self.producers, seq, (topic_id, partition), record_count)
+                    {
+                        Ok(None) => {}
+                        Ok(Some(base_offset)) => {
+                            return CommandResponse::Appended {
+                                base_offset,
+                                record_count,
+                                duplicate: true,
+                            }
+                        }
+                        Err(rejection) => return CommandResponse::Rejected(rejection),
+                    }
+                }
+                if let Some(expected) = expected_end_offset {
+                    if expected != part.end_offset {
+                        return CommandResponse::Rejected(Rejection::EndOffsetMismatch {
+                            expected,
+                            actual: part.end_offset,
+                        });
+                    }
+                }
                 for record in &mut records {
                     if record.timestamp_ms == 0 {
                         record.timestamp_ms = proposed_at_ms;
                     }
                 }
                 let base_offset = part.end_offset;
-                let record_count = records.len() as u32;
+                let bytes = records.iter().map(|r| r.size_bytes() as u64).sum();
                 part.end_offset += records.len() as u64;
+                part.bytes += bytes;
+                let header = BatchHeader {
+                    appended_at_ms: proposed_at_ms,
+                    bytes,
+                };
                 batch.put_cf(
                     cf,
-                    keys::sm_batch(group, state.id, partition, base_offset),
-                    encode(&records),
+                    keys::sm_batch(group, topic_id, partition, base_offset),
+                    stored_batch::encode_batch(header, &records),
                 );
                 batch.put_cf(cf, keys::sm_topic(group, &topic), encode(&*state));
+                if let Some(seq) = producer {
+                    let producer = self
+                        .producers
+                        .get_mut(&seq.producer_id)
+                        .expect("check_sequence found the producer");
+                    producer.last_seen_ms = proposed_at_ms;
+                    let p = producer
+                        .partitions
+                        .entry((topic_id, partition))
+                        .or_default();
+                    p.next_sequence = seq.sequence + u64::from(record_count);
+                    p.recent.push((seq.sequence, record_count, base_offset));
+                    if p.recent.len() > PRODUCER_BATCHES_REMEMBERED {
+                        p.recent.remove(0);
+                    }
+                    batch.put_cf(
+                        cf,
+                        keys::sm_producer(group, seq.producer_id),
+                        encode(&*producer),
+                    );
+                }
                 CommandResponse::Appended {
                     base_offset,
                     record_count,
+                    duplicate: false,
                 }
+            }
+            Command::AlterTopic {
+                name,
+                retention_ms,
+                retention_bytes,
+            } => {
+                let Some(state) = topics.get_mut(&name) else {
+                    return CommandResponse::Rejected(Rejection::UnknownTopic(name));
+                };
+                if let Some(ms) = retention_ms {
+                    state.settings.retention_ms = ms;
+                }
+                if let Some(bytes) = retention_bytes {
+                    state.settings.retention_bytes = bytes;
+                }
+                batch.put_cf(cf, keys::sm_topic(group, &name), encode(&*state));
+                CommandResponse::TopicAltered
+            }
+            Command::InitProducer {
+                now_ms,
+                producers_max,
+            } => {
+                if self.producers.len() >= producers_max as usize {
+                    return CommandResponse::Rejected(Rejection::TooManyProducers(producers_max));
+                }
+                let producer_id = self.next_producer_id;
+                self.next_producer_id += 1;
+                batch.put_cf(
+                    cf,
+                    keys::sm_singleton(group, sm_tag::NEXT_PRODUCER_ID),
+                    encode(&self.next_producer_id),
+                );
+                let producer = ProducerState {
+                    last_seen_ms: now_ms,
+                    partitions: BTreeMap::new(),
+                };
+                batch.put_cf(cf, keys::sm_producer(group, producer_id), encode(&producer));
+                self.producers.insert(producer_id, producer);
+                CommandResponse::ProducerInitialized { producer_id }
+            }
+            Command::Maintenance { .. } => {
+                unreachable!("apply() runs Maintenance itself, against flushed state")
             }
             Command::DeleteTopic { name } => {
                 let Some(state) = topics.remove(&name) else {
@@ -574,6 +721,141 @@ impl StateMachine {
             }
         }
     }
+}
+
+impl StateMachine {
+    /// Writes `batch` with `applied` as the last applied log id (no WAL; see the module doc).
+    fn write_applied(
+        &self,
+        mut batch: WriteBatch,
+        applied: Option<LogId>,
+    ) -> Result<(), StorageError> {
+        batch.put_cf(
+            self.view.cf(),
+            keys::sm_singleton(self.view.group, sm_tag::APPLIED),
+            encode(&applied),
+        );
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.view.db.write_opt(batch, &opts).map_err(sm_err)
+    }
+
+    /// `Command::Maintenance`: expires idle producers and applies retention. Reads batch headers
+    /// from RocksDB, so the caller must have written every earlier entry's rows first.
+    fn maintain(
+        &mut self,
+        now_ms: i64,
+        producer_idle_ms: u64,
+        topics: &mut BTreeMap<String, TopicState>,
+        batch: &mut WriteBatch,
+    ) -> Result<CommandResponse, StorageError> {
+        let group = self.view.group;
+        let cf = self.view.cf();
+        let idle = i64::try_from(producer_idle_ms).unwrap_or(i64::MAX);
+        let expired: Vec<u64> = self
+            .producers
+            .iter()
+            .filter(|(_, p)| p.last_seen_ms.saturating_add(idle) < now_ms)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            self.producers.remove(&id);
+            batch.delete_cf(cf, keys::sm_producer(group, id));
+        }
+        for state in topics.values_mut() {
+            let (retention_ms, retention_bytes) =
+                (state.settings.retention_ms, state.settings.retention_bytes);
+            if retention_ms == 0 && retention_bytes == 0 {
+                continue;
+            }
+            let max_age = i64::try_from(retention_ms).unwrap_or(i64::MAX);
+            let mut changed = false;
+            for (partition, part) in state.partitions.iter_mut().enumerate() {
+                let partition = partition as u32;
+                let from = keys::sm_batch(group, state.id, partition, part.start_offset);
+                let mut new_start = part.start_offset;
+                let mut bytes = part.bytes;
+                for item in self
+                    .view
+                    .db
+                    .iterator_cf(cf, IteratorMode::From(&from, Direction::Forward))
+                {
+                    let (key, value) = item.map_err(sm_err)?;
+                    let Some((t, p, base)) = keys::parse_batch(&key) else {
+                        break;
+                    };
+                    if t != state.id || p != partition || base >= part.end_offset {
+                        break;
+                    }
+                    let header = stored_batch::header(&value).map_err(sm_err)?;
+                    let too_old =
+                        retention_ms > 0 && header.appended_at_ms.saturating_add(max_age) < now_ms;
+                    let too_big = retention_bytes > 0 && bytes > retention_bytes;
+                    if !(too_old || too_big) {
+                        new_start = base;
+                        break;
+                    }
+                    bytes -= header.bytes.min(bytes);
+                    // Until a batch that stays is found, everything up to the end goes.
+                    new_start = part.end_offset;
+                }
+                if new_start != part.start_offset {
+                    batch.delete_range_cf(
+                        cf,
+                        from,
+                        keys::sm_batch(group, state.id, partition, new_start),
+                    );
+                    part.start_offset = new_start;
+                    part.bytes = bytes;
+                    changed = true;
+                }
+            }
+            if changed {
+                batch.put_cf(cf, keys::sm_topic(group, &state.name), encode(&*state));
+            }
+        }
+        Ok(CommandResponse::MaintenanceDone)
+    }
+}
+
+/// Judges an idempotent batch against what its producer already appended to `at` (topic id,
+/// partition): `Ok(None)` to append it, `Ok(Some(base_offset))` when it is a retry of a remembered
+/// batch, or the rejection.
+fn check_sequence(
+    producers: &BTreeMap<u64, ProducerState>,
+    seq: ProducerSequence,
+    at: (u64, u32),
+    record_count: u32,
+) -> Result<Option<u64>, Rejection> {
+    let producer = producers
+        .get(&seq.producer_id)
+        .ok_or(Rejection::UnknownProducer(seq.producer_id))?;
+    let partition = producer.partitions.get(&at);
+    let expected = partition.map_or(0, |p| p.next_sequence);
+    if seq.sequence == expected {
+        return Ok(None);
+    }
+    let remembered =
+        partition.and_then(|p| p.recent.iter().find(|(first, ..)| *first == seq.sequence));
+    if let Some(&(_, count, base_offset)) = remembered {
+        if count == record_count {
+            return Ok(Some(base_offset));
+        }
+    }
+    let (producer_id, got) = (seq.producer_id, seq.sequence);
+    Err(if got > expected {
+        Rejection::SequenceGap {
+            producer_id,
+            expected,
+            got,
+        }
+    } else {
+        Rejection::SequenceStale {
+            producer_id,
+            expected,
+            got,
+        }
+    })
 }
 
 /// The groups one apply call changes: copies of the touched groups' offsets, published to the
@@ -651,9 +933,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = WriteBatch::default();
         let mut responses = Vec::new();
         for entry in entries {
+            let previous = self.last_applied;
             self.last_applied = Some(entry.log_id);
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::None,
+                EntryPayload::Normal(Command::Maintenance {
+                    now_ms,
+                    producer_idle_ms,
+                }) => {
+                    // Maintenance reads RocksDB: first write what the entries before it changed,
+                    // as the state after `previous`, so that every node sees the same rows
+                    // however openraft splits entries into apply calls.
+                    if !batch.is_empty() {
+                        self.write_applied(std::mem::take(&mut batch), previous)?;
+                    }
+                    self.maintain(now_ms, producer_idle_ms, &mut topics, &mut batch)?
+                }
                 EntryPayload::Normal(command) => {
                     self.apply_command(command, &mut topics, &mut groups, &mut batch)
                 }
@@ -669,14 +964,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responses.push(response);
         }
-        batch.put_cf(
-            self.view.cf(),
-            keys::sm_singleton(group, sm_tag::APPLIED),
-            encode(&self.last_applied),
-        );
-        let mut opts = WriteOptions::default();
-        opts.disable_wal(true);
-        self.view.db.write_opt(batch, &opts).map_err(sm_err)?;
+        self.write_applied(batch, self.last_applied)?;
         let changed_groups = groups.touched;
         drop(live_groups);
         let mut live_groups = self.view.groups.write().expect("group table lock");
