@@ -45,6 +45,13 @@ if "$ROOT/scripts/api-example.sh" 127.0.0.1:50052; then
 else
   failed=$((failed + 1)); log "FAILED: the docs/api.md Python example"
 fi
+# The event-sourcing example of docs/event-sourcing.md: concurrent tellers with conditional appends.
+log "docs/event-sourcing.md example: bank account with optimistic concurrency"
+if "$PROFILE_DIR/examples/bank_account" 127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); log "FAILED: the event-sourcing example"
+fi
 RAFTLOG_DATA_DIR="$cluster_dir" "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true
 rm -rf "$cluster_dir"
 
