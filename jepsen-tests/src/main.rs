@@ -34,6 +34,11 @@ struct Args {
     /// Concurrent producers.
     #[arg(long, default_value_t = 4)]
     producers: usize,
+    /// Producer flavour: `plain` (one request per record, unknown outcomes reported as info) or
+    /// `idempotent` (the client's idempotent Producer, which resends unknown outcomes: any
+    /// duplicate it let through shows up as a `duplicate` anomaly).
+    #[arg(long, value_enum, default_value_t = workload::ProducerKind::Plain)]
+    workload: workload::ProducerKind,
     /// Concurrent consumers (consumer k reads from node k mod nodes).
     #[arg(long, default_value_t = 3)]
     consumers: usize,
@@ -141,6 +146,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     for p in 0..args.producers {
         tasks.push(tokio::spawn(workload::produce(
             w.clone(),
+            args.workload,
             values.clone(),
             args.seed * 1000 + p as u64,
         )));

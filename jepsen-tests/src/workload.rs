@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raftlog_client::producer::{Producer, ProducerConfig};
 use raftlog_client::{pb, Client, RetryPolicy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -51,9 +52,33 @@ pub async fn create_topic(endpoints: &[String], partitions: u32) -> anyhow::Resu
     }
 }
 
-/// One producer: sends unique values until the deadline.
-pub async fn produce(w: Workload, values: Arc<AtomicU64>, seed: u64) -> anyhow::Result<()> {
+/// How producers write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProducerKind {
+    /// One produce request per record; an unknown outcome is recorded as `info`.
+    Plain,
+    /// The client's idempotent batching `Producer`: it resends batches whose outcome is unknown,
+    /// relying on the node's deduplication.
+    Idempotent,
+}
+
+/// One producer: sends unique values until the deadline, one at a time (closed loop).
+pub async fn produce(
+    w: Workload,
+    kind: ProducerKind,
+    values: Arc<AtomicU64>,
+    seed: u64,
+) -> anyhow::Result<()> {
     let client = client(&w.endpoints)?;
+    let producer = (kind == ProducerKind::Idempotent).then(|| {
+        let config = ProducerConfig {
+            linger: Duration::ZERO,
+            // Long enough to ride out an election, short enough to keep ops flowing.
+            delivery_timeout: Duration::from_secs(10),
+            ..ProducerConfig::default()
+        };
+        Producer::new(client.clone(), config)
+    });
     let mut rng = StdRng::seed_from_u64(seed);
     let mut process = w.recorder.new_process();
     while Instant::now() < w.deadline {
@@ -61,12 +86,22 @@ pub async fn produce(w: Workload, values: Arc<AtomicU64>, seed: u64) -> anyhow::
         let value = values.fetch_add(1, Ordering::Relaxed);
         w.recorder.invoke(process, OpValue::send(partition, value));
         let record = raftlog_client::record(value.to_string().into_bytes());
-        match client.produce(TOPIC, partition, vec![record]).await {
-            Ok(ack) => {
+        let result = match &producer {
+            None => client
+                .produce(TOPIC, partition, vec![record])
+                .await
+                .map(|ack| ack.base_offset),
+            Some(producer) => match producer.send_to(TOPIC, partition, record).await {
+                Ok(delivery) => delivery.await.map(|d| d.offset),
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(offset) => {
                 w.recorder.complete(
                     process,
                     OpKind::Ok,
-                    OpValue::send_ok(partition, value, ack.base_offset),
+                    OpValue::send_ok(partition, value, offset),
                 );
             }
             Err(e) if e.is_definite() => {
