@@ -65,6 +65,13 @@ if "$ROOT/scripts/jepsen.sh" --time 60 --nemesis kill,pause,partition --fault-se
 else
   failed=$((failed + 1)); log "FAILED: fault-injection run found anomalies or did not complete"
 fi
+log "fault injection: 30 s of kill + partition faults with the idempotent producer"
+if "$ROOT/scripts/jepsen.sh" --time 30 --nemesis kill,partition --fault-secs 2,5 --quiet-secs 2,4 \
+    --workload idempotent --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/idempotent"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); log "FAILED: fault-injection run with the idempotent producer"
+fi
 log "fault injection: the harness must catch a node that acknowledges before commit"
 if "$ROOT/scripts/jepsen-teeth.sh" "$jepsen_out/teeth"; then
   passed=$((passed + 1))
