@@ -29,7 +29,15 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" 2>/dev/null || {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"; }
 fi
-"$venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking
+"$venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-reflection grpcio-health-checking pyyaml
+# Deployment files that cannot run here (no Docker, no Kubernetes) must at least parse and say
+# what a raftlog cluster needs.
+log "deployment files: Dockerfile, docker-compose, Kubernetes StatefulSet, systemd unit"
+if "$venv/bin/python" "$ROOT/scripts/py/check_deploy_files.py" "$ROOT"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); log "FAILED: deployment files"
+fi
 cluster_dir="$(mktemp -d /tmp/raftlog-ci-cluster.XXXXXX)"
 if RAFTLOG_DATA_DIR="$cluster_dir" "$ROOT/scripts/cluster.sh" up >/dev/null \
     && "$venv/bin/python" "$ROOT/scripts/py/check_reflection_health.py" 127.0.0.1:50052; then
