@@ -1,5 +1,6 @@
 //! The admin HTTP server: `/healthz` (the process is alive), `/readyz` (knows a leader and has
-//! applied everything it knows committed) and `/status` (Raft metrics as JSON).
+//! applied everything it knows committed), `/status` (Raft metrics as JSON) and `/metrics`
+//! (Prometheus text format, see [`crate::metrics`]).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -15,6 +16,7 @@ pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Rec
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(ctx);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -48,4 +50,16 @@ async fn readyz(State(ctx): State<NodeContext>) -> (StatusCode, String) {
 async fn status(State(ctx): State<NodeContext>) -> Json<serde_json::Value> {
     let metrics = ctx.raft.metrics().borrow().clone();
     Json(serde_json::to_value(&metrics).unwrap_or_default())
+}
+
+async fn metrics(
+    State(ctx): State<NodeContext>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(&ctx).await,
+    )
 }

@@ -6,12 +6,13 @@
 //! [`storage::state_machine`], whose answer becomes the client's ack.
 //! Read path: [`api`] serves fetches from this node's applied state ([`storage::state_machine::StateView`]).
 //! [`server`] assembles the parts; [`config`] resolves the configuration; [`admin_http`] serves
-//! health and status.
+//! health, status and [`metrics`].
 
 pub mod admin_http;
 pub mod api;
 pub mod command;
 pub mod config;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod server;

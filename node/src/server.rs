@@ -31,6 +31,7 @@ pub async fn run(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    crate::metrics::install();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
@@ -149,10 +150,21 @@ pub async fn run(
     ));
     let housekeeping = tokio::spawn(housekeeping(ctx.clone(), stop_rx));
 
+    let raft_events = tokio::spawn(log_raft_changes(ctx.clone()));
+
     shutdown.await;
-    tracing::info!(node_id = config.node_id, "shutting down");
+    // Graceful stop: stop accepting and let in-flight requests finish (bounded: a Subscribe
+    // stream or a long poll may never end on its own), then stop Raft and flush. No leadership
+    // handover: openraft 0.9 followers refuse votes while the leader's lease (election_timeout_max)
+    // runs, so a successor can only be elected once the lease expires (docs/decisions.md).
+    tracing::info!(node_id = config.node_id, "shutting down: draining requests");
     let _ = stop_tx.send(true);
-    let _ = grpc.await;
+    let grpc_abort = grpc.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(5), grpc).await.is_err() {
+        tracing::warn!("requests still open after 5 s; closing them");
+        grpc_abort.abort();
+    }
+    raft_events.abort();
     let _ = admin.await;
     let _ = housekeeping.await;
     if let Err(e) = raft.shutdown().await {
@@ -164,6 +176,42 @@ pub async fn run(
     }
     tracing::info!(node_id = config.node_id, "stopped");
     Ok(())
+}
+
+/// One log line per leader change and per membership change, with the ids that matter.
+async fn log_raft_changes(ctx: NodeContext) {
+    let mut metrics = ctx.raft.metrics();
+    let (mut leader, mut membership) = (None, None);
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.current_leader != leader {
+                tracing::info!(
+                    node_id = ctx.id,
+                    term = m.current_term,
+                    leader = ?m.current_leader,
+                    previous = ?leader,
+                    "leader changed"
+                );
+                leader = m.current_leader;
+            }
+            let current = m.membership_config.log_id().map(|l| l.index);
+            if current != membership {
+                let config = m.membership_config.membership();
+                tracing::info!(
+                    node_id = ctx.id,
+                    log_index = ?current,
+                    voters = ?config.voter_ids().collect::<Vec<_>>(),
+                    learners = ?config.learner_ids().collect::<Vec<_>>(),
+                    "membership changed"
+                );
+                membership = current;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// While this node leads, proposes `Command::Maintenance` every `retention_check_ms`: retention

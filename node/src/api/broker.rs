@@ -201,6 +201,18 @@ impl BrokerService {
     }
 }
 
+/// Records and bytes served to consumers (Fetch and Subscribe), per topic.
+fn count_out(topic: &str, records: &[(u64, crate::command::Record)]) {
+    if records.is_empty() {
+        return;
+    }
+    let bytes: usize = records.iter().map(|(_, r)| r.size_bytes()).sum();
+    metrics::counter!(crate::metrics::RECORDS_OUT, "topic" => topic.to_string())
+        .increment(records.len() as u64);
+    metrics::counter!(crate::metrics::BYTES_OUT, "topic" => topic.to_string())
+        .increment(bytes as u64);
+}
+
 /// Bytes a wire record counts against size limits (key, value and headers), as
 /// [`crate::command::Record::size_bytes`] counts them.
 fn pb_record_size(r: &Record) -> usize {
@@ -247,40 +259,41 @@ impl Broker for BrokerService {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<TopicInfo>, Status> {
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        self.validate_topic_name(&req.name)?;
-        let limits = &self.ctx.config.limits;
-        let config = req.config.unwrap_or_default();
-        let partitions = match config.partitions {
-            0 => 1,
-            n if n > limits.partitions_per_topic_max => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "{n} partitions exceeds partitions_per_topic_max ({})",
-                    limits.partitions_per_topic_max
-                ))
-                .into())
-            }
-            n => n,
-        };
-        let record_limit = limits.record_bytes_max.min(u32::MAX as usize) as u32;
-        let max_record_bytes = match config.max_record_bytes {
-            0 => record_limit,
-            n => n.min(record_limit),
-        };
-        let command = Command::CreateTopic {
-            name: req.name.clone(),
-            settings: TopicSettings {
-                partitions,
-                retention_ms: config.retention_ms,
-                retention_bytes: config.retention_bytes,
-                max_record_bytes,
-            },
-            topics_max: limits.topics_max,
-        };
-        let (view, leader) = (self.ctx.view.clone(), self.ctx.id);
-        let name = req.name.clone();
-        self.write_or_forward(
+        crate::metrics::observe("CreateTopic", async move {
+            let forwarded = is_forwarded(&request);
+            let req = request.into_inner();
+            self.validate_topic_name(&req.name)?;
+            let limits = &self.ctx.config.limits;
+            let config = req.config.unwrap_or_default();
+            let partitions = match config.partitions {
+                0 => 1,
+                n if n > limits.partitions_per_topic_max => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "{n} partitions exceeds partitions_per_topic_max ({})",
+                        limits.partitions_per_topic_max
+                    ))
+                    .into())
+                }
+                n => n,
+            };
+            let record_limit = limits.record_bytes_max.min(u32::MAX as usize) as u32;
+            let max_record_bytes = match config.max_record_bytes {
+                0 => record_limit,
+                n => n.min(record_limit),
+            };
+            let command = Command::CreateTopic {
+                name: req.name.clone(),
+                settings: TopicSettings {
+                    partitions,
+                    retention_ms: config.retention_ms,
+                    retention_bytes: config.retention_bytes,
+                    max_record_bytes,
+                },
+                topics_max: limits.topics_max,
+            };
+            let (view, leader) = (self.ctx.view.clone(), self.ctx.id);
+            let name = req.name.clone();
+            self.write_or_forward(
             forwarded,
             command,
             |response| match response {
@@ -293,48 +306,57 @@ impl Broker for BrokerService {
             |mut client| async move { client.create_topic(Forwarder::forwarded(req, None)).await },
         )
         .await
+        })
+        .await
     }
 
     async fn list_topics(
         &self,
         _: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
-        let leader = self.leader_id();
-        let topics = self
-            .ctx
-            .view
-            .topics()
-            .into_iter()
-            .map(|t| topic_to_pb(t, leader))
-            .collect();
-        Ok(Response::new(ListTopicsResponse { topics }))
+        crate::metrics::observe("ListTopics", async move {
+            let leader = self.leader_id();
+            let topics = self
+                .ctx
+                .view
+                .topics()
+                .into_iter()
+                .map(|t| topic_to_pb(t, leader))
+                .collect();
+            Ok(Response::new(ListTopicsResponse { topics }))
+        })
+        .await
     }
 
     async fn describe_topic(
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<TopicInfo>, Status> {
-        let name = request.into_inner().name;
-        self.validate_topic_name(&name)?;
-        let topic = self
-            .ctx
-            .view
-            .topic(&name)
-            .ok_or_else(|| ApiError::from(Rejection::UnknownTopic(name)))?;
-        Ok(Response::new(topic_to_pb(topic, self.leader_id())))
+        crate::metrics::observe("DescribeTopic", async move {
+            let name = request.into_inner().name;
+            self.validate_topic_name(&name)?;
+            let topic = self
+                .ctx
+                .view
+                .topic(&name)
+                .ok_or_else(|| ApiError::from(Rejection::UnknownTopic(name)))?;
+            Ok(Response::new(topic_to_pb(topic, self.leader_id())))
+        })
+        .await
     }
 
     async fn delete_topic(
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        self.validate_topic_name(&req.name)?;
-        let command = Command::DeleteTopic {
-            name: req.name.clone(),
-        };
-        self.write_or_forward(
+        crate::metrics::observe("DeleteTopic", async move {
+            let forwarded = is_forwarded(&request);
+            let req = request.into_inner();
+            self.validate_topic_name(&req.name)?;
+            let command = Command::DeleteTopic {
+                name: req.name.clone(),
+            };
+            self.write_or_forward(
             forwarded,
             command,
             |response| match response {
@@ -344,90 +366,108 @@ impl Broker for BrokerService {
             |mut client| async move { client.delete_topic(Forwarder::forwarded(req, None)).await },
         )
         .await
+        })
+        .await
     }
 
     async fn produce(
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        let mut req = request.into_inner();
-        self.validate_produce(&req)?;
-        self.check_topic_record_limit(&req)?;
-        let partition = match req.partition {
-            Some(p) => {
-                if req.partitioner != Partitioner::Default as i32 {
+        crate::metrics::observe("Produce", async move {
+            let forwarded = is_forwarded(&request);
+            let mut req = request.into_inner();
+            self.validate_produce(&req)?;
+            self.check_topic_record_limit(&req)?;
+            let partition = match req.partition {
+                Some(p) => {
+                    if req.partitioner != Partitioner::Default as i32 {
+                        return Err(ApiError::InvalidArgument(
+                            "give either an explicit partition or a partitioner, not both".into(),
+                        )
+                        .into());
+                    }
+                    Some(p)
+                }
+                None if req.producer_id != 0 || req.expected_end_offset.is_some() => {
                     return Err(ApiError::InvalidArgument(
-                        "give either an explicit partition or a partitioner, not both".into(),
+                        "idempotent and conditional produce need an explicit partition".into(),
                     )
-                    .into());
+                    .into())
                 }
-                Some(p)
+                None => match self.ctx.view.topic(&req.topic) {
+                    Some(topic) => Some(self.choose_partition(&req, &topic)?),
+                    // Not applied here yet (just created?): the leader chooses, unless we lead.
+                    None if !forwarded
+                        && self.ctx.leader().is_some_and(|(id, _)| id != self.ctx.id) =>
+                    {
+                        None
+                    }
+                    None => return Err(ApiError::from(Rejection::UnknownTopic(req.topic)).into()),
+                },
+            };
+            let Some(partition) = partition else {
+                let (channel, leader) =
+                    self.ctx
+                        .forwarder
+                        .route(forwarded, self.ctx.leader(), self.ctx.id)?;
+                return BrokerClient::new(channel)
+                    .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
+                    .produce(Forwarder::forwarded(req, None))
+                    .await
+                    .map_err(|s| leader_unreachable(s, leader));
+            };
+            req.partition = Some(partition);
+            req.partitioner = Partitioner::Default as i32;
+            let producer = (req.producer_id != 0).then_some(ProducerSequence {
+                producer_id: req.producer_id,
+                sequence: req.sequence,
+            });
+            let command = Command::Append {
+                topic: req.topic.clone(),
+                partition,
+                records: req.records.iter().cloned().map(record_from_pb).collect(),
+                proposed_at_ms: now_ms(),
+                producer,
+                expected_end_offset: req.expected_end_offset,
+            };
+            #[cfg(feature = "unsafe-early-ack")]
+            if let Some(ack) = self.unsafe_early_ack(partition, &req, &command).await {
+                return Ok(Response::new(ack));
             }
-            None if req.producer_id != 0 || req.expected_end_offset.is_some() => {
-                return Err(ApiError::InvalidArgument(
-                    "idempotent and conditional produce need an explicit partition".into(),
-                )
-                .into())
-            }
-            None => match self.ctx.view.topic(&req.topic) {
-                Some(topic) => Some(self.choose_partition(&req, &topic)?),
-                // Not applied here yet (just created?): the leader chooses, unless we lead.
-                None if !forwarded
-                    && self.ctx.leader().is_some_and(|(id, _)| id != self.ctx.id) =>
-                {
-                    None
-                }
-                None => return Err(ApiError::from(Rejection::UnknownTopic(req.topic)).into()),
-            },
-        };
-        let Some(partition) = partition else {
-            let (channel, leader) =
-                self.ctx
-                    .forwarder
-                    .route(forwarded, self.ctx.leader(), self.ctx.id)?;
-            return BrokerClient::new(channel)
-                .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
-                .produce(Forwarder::forwarded(req, None))
-                .await
-                .map_err(|s| leader_unreachable(s, leader));
-        };
-        req.partition = Some(partition);
-        req.partitioner = Partitioner::Default as i32;
-        let producer = (req.producer_id != 0).then_some(ProducerSequence {
-            producer_id: req.producer_id,
-            sequence: req.sequence,
-        });
-        let command = Command::Append {
-            topic: req.topic.clone(),
-            partition,
-            records: req.records.iter().cloned().map(record_from_pb).collect(),
-            proposed_at_ms: now_ms(),
-            producer,
-            expected_end_offset: req.expected_end_offset,
-        };
-        #[cfg(feature = "unsafe-early-ack")]
-        if let Some(ack) = self.unsafe_early_ack(partition, &req, &command).await {
-            return Ok(Response::new(ack));
-        }
-        self.write_or_forward(
-            forwarded,
-            command,
-            |response| match response {
-                CommandResponse::Appended {
-                    base_offset,
-                    record_count,
-                    duplicate,
-                } => Ok(ProduceResponse {
-                    partition,
-                    base_offset,
-                    record_count,
-                    duplicate,
-                }),
-                other => Err(unexpected(other)),
-            },
-            |mut client| async move { client.produce(Forwarder::forwarded(req, None)).await },
-        )
+            let (topic, bytes) = (
+                req.topic.clone(),
+                req.records.iter().map(pb_record_size).sum::<usize>() as u64,
+            );
+            self.write_or_forward(
+                forwarded,
+                command,
+                |response| match response {
+                    CommandResponse::Appended {
+                        base_offset,
+                        record_count,
+                        duplicate,
+                    } => {
+                        // Counted where the batch is appended (the leader), once.
+                        if !duplicate {
+                            metrics::counter!(crate::metrics::RECORDS_IN, "topic" => topic.clone())
+                                .increment(u64::from(record_count));
+                            metrics::counter!(crate::metrics::BYTES_IN, "topic" => topic)
+                                .increment(bytes);
+                        }
+                        Ok(ProduceResponse {
+                            partition,
+                            base_offset,
+                            record_count,
+                            duplicate,
+                        })
+                    }
+                    other => Err(unexpected(other)),
+                },
+                |mut client| async move { client.produce(Forwarder::forwarded(req, None)).await },
+            )
+            .await
+        })
         .await
     }
 
@@ -435,22 +475,23 @@ impl Broker for BrokerService {
         &self,
         request: Request<AlterTopicRequest>,
     ) -> Result<Response<TopicInfo>, Status> {
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        self.validate_topic_name(&req.name)?;
-        if req.retention_ms.is_none() && req.retention_bytes.is_none() {
-            return Err(ApiError::InvalidArgument(
-                "nothing to change: set retention_ms and/or retention_bytes".into(),
-            )
-            .into());
-        }
-        let command = Command::AlterTopic {
-            name: req.name.clone(),
-            retention_ms: req.retention_ms,
-            retention_bytes: req.retention_bytes,
-        };
-        let (view, leader, name) = (self.ctx.view.clone(), self.ctx.id, req.name.clone());
-        self.write_or_forward(
+        crate::metrics::observe("AlterTopic", async move {
+            let forwarded = is_forwarded(&request);
+            let req = request.into_inner();
+            self.validate_topic_name(&req.name)?;
+            if req.retention_ms.is_none() && req.retention_bytes.is_none() {
+                return Err(ApiError::InvalidArgument(
+                    "nothing to change: set retention_ms and/or retention_bytes".into(),
+                )
+                .into());
+            }
+            let command = Command::AlterTopic {
+                name: req.name.clone(),
+                retention_ms: req.retention_ms,
+                retention_bytes: req.retention_bytes,
+            };
+            let (view, leader, name) = (self.ctx.view.clone(), self.ctx.id, req.name.clone());
+            self.write_or_forward(
             forwarded,
             command,
             |response| match response {
@@ -463,19 +504,22 @@ impl Broker for BrokerService {
             |mut client| async move { client.alter_topic(Forwarder::forwarded(req, None)).await },
         )
         .await
+        })
+        .await
     }
 
     async fn init_producer(
         &self,
         request: Request<InitProducerRequest>,
     ) -> Result<Response<InitProducerResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        let command = Command::InitProducer {
-            now_ms: now_ms(),
-            producers_max: self.ctx.config.limits.producers_max,
-        };
-        self.write_or_forward(
+        crate::metrics::observe("InitProducer", async move {
+            let forwarded = is_forwarded(&request);
+            let req = request.into_inner();
+            let command = Command::InitProducer {
+                now_ms: now_ms(),
+                producers_max: self.ctx.config.limits.producers_max,
+            };
+            self.write_or_forward(
             forwarded,
             command,
             |response| match response {
@@ -486,6 +530,8 @@ impl Broker for BrokerService {
             },
             |mut client| async move { client.init_producer(Forwarder::forwarded(req, None)).await },
         )
+        .await
+        })
         .await
     }
 
@@ -517,6 +563,7 @@ impl Broker for BrokerService {
                 match view.read(&req.topic, req.partition, offset, max_records, max_bytes) {
                     Ok(result) if !result.records.is_empty() => {
                         offset = result.records.last().map_or(offset, |(o, _)| o + 1);
+                        count_out(&req.topic, &result.records);
                         let records = result
                             .records
                             .into_iter()
@@ -553,98 +600,103 @@ impl Broker for BrokerService {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
-        let req = request.into_inner();
-        self.validate_topic_name(&req.topic)?;
-        let limits = &self.ctx.config.limits;
-        let max_records = match req.max_records as usize {
-            0 => limits.fetch_records_max,
-            n => n.min(limits.fetch_records_max),
-        };
-        let max_bytes = match req.max_bytes as usize {
-            0 => limits.fetch_bytes_max,
-            n => n.min(limits.fetch_bytes_max),
-        };
-        let wait = std::time::Duration::from_millis(
-            (req.max_wait_ms as u64).min(limits.fetch_wait_ms_max),
-        );
-        let deadline = tokio::time::Instant::now() + wait;
-        // Subscribe before reading, so an apply between the read and the wait is not missed.
-        let mut applied = self.ctx.view.applied();
-        let result = loop {
-            let result = self
-                .ctx
-                .view
-                .read(
-                    &req.topic,
-                    req.partition,
-                    req.offset,
-                    max_records,
-                    max_bytes,
-                )
-                .map_err(ApiError::from)?;
-            if !result.records.is_empty() || wait.is_zero() {
-                break result;
-            }
-            match tokio::time::timeout_at(deadline, applied.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => break result,
-            }
-        };
-        Ok(Response::new(FetchResponse {
-            records: result
-                .records
-                .into_iter()
-                .map(|(offset, r)| record_to_pb(offset, r))
-                .collect(),
-            end_offset: result.end_offset,
-            start_offset: result.start_offset,
-        }))
+        crate::metrics::observe("Fetch", async move {
+            let req = request.into_inner();
+            self.validate_topic_name(&req.topic)?;
+            let limits = &self.ctx.config.limits;
+            let max_records = match req.max_records as usize {
+                0 => limits.fetch_records_max,
+                n => n.min(limits.fetch_records_max),
+            };
+            let max_bytes = match req.max_bytes as usize {
+                0 => limits.fetch_bytes_max,
+                n => n.min(limits.fetch_bytes_max),
+            };
+            let wait = std::time::Duration::from_millis(
+                (req.max_wait_ms as u64).min(limits.fetch_wait_ms_max),
+            );
+            let deadline = tokio::time::Instant::now() + wait;
+            // Subscribe before reading, so an apply between the read and the wait is not missed.
+            let mut applied = self.ctx.view.applied();
+            let result = loop {
+                let result = self
+                    .ctx
+                    .view
+                    .read(
+                        &req.topic,
+                        req.partition,
+                        req.offset,
+                        max_records,
+                        max_bytes,
+                    )
+                    .map_err(ApiError::from)?;
+                if !result.records.is_empty() || wait.is_zero() {
+                    break result;
+                }
+                match tokio::time::timeout_at(deadline, applied.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => break result,
+                }
+            };
+            count_out(&req.topic, &result.records);
+            Ok(Response::new(FetchResponse {
+                records: result
+                    .records
+                    .into_iter()
+                    .map(|(offset, r)| record_to_pb(offset, r))
+                    .collect(),
+                end_offset: result.end_offset,
+                start_offset: result.start_offset,
+            }))
+        })
+        .await
     }
 
     async fn commit_offsets(
         &self,
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        self.validate_name("group", &req.group)?;
-        self.validate_topic_name(&req.topic)?;
-        if req.offsets.is_empty() {
-            return Err(ApiError::InvalidArgument(
-                "a commit needs at least one partition offset".into(),
-            )
-            .into());
-        }
-        let partitions_max = self.ctx.config.limits.partitions_per_topic_max as usize;
-        if req.offsets.len() > partitions_max {
-            return Err(ApiError::InvalidArgument(format!(
-                "{} offsets in one commit; a topic has at most {partitions_max} partitions",
-                req.offsets.len()
-            ))
-            .into());
-        }
-        let mut seen = std::collections::HashSet::new();
-        for o in &req.offsets {
-            if !seen.insert(o.partition) {
+        crate::metrics::observe("CommitOffsets", async move {
+            let forwarded = is_forwarded(&request);
+            let req = request.into_inner();
+            self.validate_name("group", &req.group)?;
+            self.validate_topic_name(&req.topic)?;
+            if req.offsets.is_empty() {
+                return Err(ApiError::InvalidArgument(
+                    "a commit needs at least one partition offset".into(),
+                )
+                .into());
+            }
+            let partitions_max = self.ctx.config.limits.partitions_per_topic_max as usize;
+            if req.offsets.len() > partitions_max {
                 return Err(ApiError::InvalidArgument(format!(
-                    "partition {} appears twice in one commit",
-                    o.partition
+                    "{} offsets in one commit; a topic has at most {partitions_max} partitions",
+                    req.offsets.len()
                 ))
                 .into());
             }
-        }
-        let command = Command::CommitOffsets {
-            group: req.group.clone(),
-            topic: req.topic.clone(),
-            offsets: req
-                .offsets
-                .iter()
-                .map(|o| (o.partition, o.offset))
-                .collect(),
-            committed_at_ms: now_ms(),
-            groups_max: self.ctx.config.limits.groups_max,
-        };
-        self.write_or_forward(
+            let mut seen = std::collections::HashSet::new();
+            for o in &req.offsets {
+                if !seen.insert(o.partition) {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "partition {} appears twice in one commit",
+                        o.partition
+                    ))
+                    .into());
+                }
+            }
+            let command = Command::CommitOffsets {
+                group: req.group.clone(),
+                topic: req.topic.clone(),
+                offsets: req
+                    .offsets
+                    .iter()
+                    .map(|o| (o.partition, o.offset))
+                    .collect(),
+                committed_at_ms: now_ms(),
+                groups_max: self.ctx.config.limits.groups_max,
+            };
+            self.write_or_forward(
             forwarded,
             command,
             |response| match response {
@@ -658,6 +710,8 @@ impl Broker for BrokerService {
             },
         )
         .await
+        })
+        .await
     }
 
     /// Linearizable: served by the leader after a read barrier, so a consumer that resumes right
@@ -667,73 +721,83 @@ impl Broker for BrokerService {
         &self,
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        let req = request.into_inner();
-        self.validate_name("group", &req.group)?;
-        self.validate_topic_name(&req.topic)?;
-        match self.ctx.read_barrier().await {
-            Ok(()) => {}
-            Err(WriteError::NotLeader(leader)) => {
-                let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
-                return BrokerClient::new(channel)
-                    .fetch_offsets(Forwarder::forwarded(req, None))
-                    .await
-                    .map_err(|s| leader_unreachable(s, leader));
+        crate::metrics::observe("FetchOffsets", async move {
+            let forwarded = is_forwarded(&request);
+            let req = request.into_inner();
+            self.validate_name("group", &req.group)?;
+            self.validate_topic_name(&req.topic)?;
+            match self.ctx.read_barrier().await {
+                Ok(()) => {}
+                Err(WriteError::NotLeader(leader)) => {
+                    let (channel, leader) =
+                        self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+                    return BrokerClient::new(channel)
+                        .fetch_offsets(Forwarder::forwarded(req, None))
+                        .await
+                        .map_err(|s| leader_unreachable(s, leader));
+                }
+                Err(WriteError::Failed(e)) => return Err(e.into()),
             }
-            Err(WriteError::Failed(e)) => return Err(e.into()),
-        }
-        let topic = self
-            .ctx
-            .view
-            .topic(&req.topic)
-            .ok_or_else(|| ApiError::from(Rejection::UnknownTopic(req.topic.clone())))?;
-        // A group with no commit yet is not an error here: a new consumer asks exactly this.
-        let offsets = self
-            .ctx
-            .view
-            .group_offsets(&req.group)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|((topic_id, _), _)| *topic_id == topic.id)
-            .map(|((_, partition), o)| PartitionOffset {
-                partition,
-                offset: o.offset,
-            })
-            .collect();
-        Ok(Response::new(FetchOffsetsResponse { offsets }))
+            let topic = self
+                .ctx
+                .view
+                .topic(&req.topic)
+                .ok_or_else(|| ApiError::from(Rejection::UnknownTopic(req.topic.clone())))?;
+            // A group with no commit yet is not an error here: a new consumer asks exactly this.
+            let offsets = self
+                .ctx
+                .view
+                .group_offsets(&req.group)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|((topic_id, _), _)| *topic_id == topic.id)
+                .map(|((_, partition), o)| PartitionOffset {
+                    partition,
+                    offset: o.offset,
+                })
+                .collect();
+            Ok(Response::new(FetchOffsetsResponse { offsets }))
+        })
+        .await
     }
 
     async fn list_groups(
         &self,
         _: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
-        let topics = self.ctx.view.topics();
-        let groups = self
-            .ctx
-            .view
-            .groups()
-            .into_iter()
-            .map(|(name, offsets)| group_to_pb(name, &offsets, &topics))
-            .collect();
-        Ok(Response::new(ListGroupsResponse { groups }))
+        crate::metrics::observe("ListGroups", async move {
+            let topics = self.ctx.view.topics();
+            let groups = self
+                .ctx
+                .view
+                .groups()
+                .into_iter()
+                .map(|(name, offsets)| group_to_pb(name, &offsets, &topics))
+                .collect();
+            Ok(Response::new(ListGroupsResponse { groups }))
+        })
+        .await
     }
 
     async fn describe_group(
         &self,
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<GroupInfo>, Status> {
-        let name = request.into_inner().group;
-        self.validate_name("group", &name)?;
-        let offsets = self
-            .ctx
-            .view
-            .group_offsets(&name)
-            .ok_or_else(|| ApiError::from(Rejection::UnknownGroup(name.clone())))?;
-        Ok(Response::new(group_to_pb(
-            name,
-            &offsets,
-            &self.ctx.view.topics(),
-        )))
+        crate::metrics::observe("DescribeGroup", async move {
+            let name = request.into_inner().group;
+            self.validate_name("group", &name)?;
+            let offsets = self
+                .ctx
+                .view
+                .group_offsets(&name)
+                .ok_or_else(|| ApiError::from(Rejection::UnknownGroup(name.clone())))?;
+            Ok(Response::new(group_to_pb(
+                name,
+                &offsets,
+                &self.ctx.view.topics(),
+            )))
+        })
+        .await
     }
 }
 

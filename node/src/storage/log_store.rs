@@ -203,7 +203,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry),
             );
         }
+        let fsync_started = std::time::Instant::now();
         let result = self.db.write_opt(batch, &sync_write());
+        metrics::histogram!(crate::metrics::FSYNC_SECONDS)
+            .record(fsync_started.elapsed().as_secs_f64());
         // Only now, after the fsync, may openraft treat these entries as persisted.
         callback.log_io_completed(
             result

@@ -1042,6 +1042,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             "installed snapshot's rows disagree with its meta on the last applied log id"
         );
         self.snapshots.publish(meta, &received).map_err(snap_err)?;
+        metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED).increment(1);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
@@ -1076,6 +1077,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let view = self.view.clone();
         let snapshots = self.snapshots.clone();
+        let started = std::time::Instant::now();
         let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, StorageError> {
             let db_snapshot = view.db.snapshot();
             let group = view.group;
@@ -1132,6 +1134,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 AnyError::error(e.to_string()),
             ))
         })??;
+        metrics::counter!(crate::metrics::SNAPSHOTS_BUILT).increment(1);
+        metrics::histogram!(crate::metrics::SNAPSHOT_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         let file = tokio::fs::File::open(self.snapshots.data_path(&meta.snapshot_id))
             .await
             .map_err(snap_err)?;

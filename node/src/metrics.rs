@@ -1,0 +1,221 @@
+//! Prometheus metrics of one node, served at the admin HTTP server's `/metrics`.
+//!
+//! Two kinds:
+//! - Event metrics (counters and histograms: requests by method and code, their latency, fsync
+//!   latency, records and bytes in and out per topic, snapshots) are recorded where they happen
+//!   through the `metrics` facade and kept by the Prometheus recorder installed at start.
+//! - State metrics (Raft role, term, indices, replication lag per follower, partition offsets,
+//!   consumer-group lag) are read from the node at scrape time and rendered directly, so a deleted
+//!   topic or group leaves no stale series behind.
+//!
+//! The names are documented with their meaning in docs/operations.md.
+
+use std::fmt::Write;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tonic::{Response, Status};
+
+use crate::node::NodeContext;
+
+pub const REQUESTS: &str = "raftlog_requests_total";
+pub const REQUEST_SECONDS: &str = "raftlog_request_duration_seconds";
+pub const FSYNC_SECONDS: &str = "raftlog_log_fsync_duration_seconds";
+pub const RECORDS_IN: &str = "raftlog_records_in_total";
+pub const BYTES_IN: &str = "raftlog_bytes_in_total";
+pub const RECORDS_OUT: &str = "raftlog_records_out_total";
+pub const BYTES_OUT: &str = "raftlog_bytes_out_total";
+pub const SNAPSHOTS_BUILT: &str = "raftlog_snapshots_built_total";
+pub const SNAPSHOTS_INSTALLED: &str = "raftlog_snapshots_installed_total";
+pub const SNAPSHOT_SECONDS: &str = "raftlog_snapshot_build_duration_seconds";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once; later calls reuse it).
+pub fn install() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        // Latency buckets from 100 µs (an fsync here) to 10 s (a request through an election).
+        let buckets = [
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&buckets)
+            .expect("non-empty bucket list")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder is installed, e.g. by an embedding program: then its
+        // recorder receives our metrics and /metrics shows only the state metrics.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Records one gRPC call: its count by method and status code, and its latency.
+pub async fn observe<T>(
+    method: &'static str,
+    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let start = Instant::now();
+    let result = call.await;
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    metrics::counter!(REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "method" => method).record(start.elapsed().as_secs_f64());
+    result
+}
+
+/// Everything `/metrics` serves: the recorded metrics, then the node's state.
+pub async fn render(ctx: &NodeContext) -> String {
+    let handle = install();
+    handle.run_upkeep();
+    let mut out = handle.render();
+    render_state(ctx, &mut out).await;
+    out
+}
+
+fn gauge(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+async fn render_state(ctx: &NodeContext, out: &mut String) {
+    let m = ctx.raft.metrics().borrow().clone();
+    let node = ctx.id;
+    let is_leader = m.current_leader == Some(node);
+    gauge(
+        out,
+        "raftlog_raft_is_leader",
+        "1 on the Raft leader, else 0",
+    );
+    let _ = writeln!(
+        out,
+        "raftlog_raft_is_leader{{node=\"{node}\"}} {}",
+        u8::from(is_leader)
+    );
+    gauge(
+        out,
+        "raftlog_raft_has_leader",
+        "1 when this node knows a leader",
+    );
+    let _ = writeln!(
+        out,
+        "raftlog_raft_has_leader{{node=\"{node}\"}} {}",
+        u8::from(m.current_leader.is_some())
+    );
+    gauge(
+        out,
+        "raftlog_raft_leader_id",
+        "node id of the leader this node knows (0: none)",
+    );
+    let _ = writeln!(
+        out,
+        "raftlog_raft_leader_id{{node=\"{node}\"}} {}",
+        m.current_leader.unwrap_or(0)
+    );
+    gauge(out, "raftlog_raft_term", "current Raft term");
+    let _ = writeln!(
+        out,
+        "raftlog_raft_term{{node=\"{node}\"}} {}",
+        m.current_term
+    );
+    let index = |l: Option<crate::raft::types::LogId>| l.map_or(0, |l| l.index);
+    let committed = ctx
+        .raft
+        .with_raft_state(|s| s.committed.map(|l| l.index))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    for (name, help, value) in [
+        (
+            "raftlog_raft_last_log_index",
+            "last log index written here",
+            m.last_log_index.unwrap_or(0),
+        ),
+        (
+            "raftlog_raft_committed_index",
+            "last index known committed",
+            committed,
+        ),
+        (
+            "raftlog_raft_applied_index",
+            "last index applied to the state machine",
+            index(m.last_applied),
+        ),
+        (
+            "raftlog_raft_snapshot_index",
+            "last index covered by the snapshot",
+            index(m.snapshot),
+        ),
+        (
+            "raftlog_raft_purged_index",
+            "last log index purged",
+            index(m.purged),
+        ),
+    ] {
+        gauge(out, name, help);
+        let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
+    }
+    if let Some(replication) = &m.replication {
+        gauge(
+            out,
+            "raftlog_raft_replication_lag_entries",
+            "leader only: entries a follower is behind the leader's last log index",
+        );
+        let last = m.last_log_index.unwrap_or(0);
+        for (follower, matched) in replication.iter().filter(|(id, _)| **id != node) {
+            let lag = last.saturating_sub(index(*matched));
+            let _ = writeln!(
+                out,
+                "raftlog_raft_replication_lag_entries{{node=\"{node}\",follower=\"{follower}\"}} {lag}"
+            );
+        }
+    }
+    let topics = ctx.view.topics();
+    gauge(
+        out,
+        "raftlog_partition_end_offset",
+        "next offset to be written, per partition",
+    );
+    for t in &topics {
+        for (p, part) in t.partitions.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "raftlog_partition_end_offset{{topic=\"{}\",partition=\"{p}\"}} {}",
+                t.name, part.end_offset
+            );
+        }
+    }
+    gauge(
+        out,
+        "raftlog_partition_start_offset",
+        "first retained offset, per partition",
+    );
+    for t in &topics {
+        for (p, part) in t.partitions.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "raftlog_partition_start_offset{{topic=\"{}\",partition=\"{p}\"}} {}",
+                t.name, part.start_offset
+            );
+        }
+    }
+    gauge(
+        out,
+        "raftlog_group_lag",
+        "records committed but not yet consumed by a group: end offset - committed offset",
+    );
+    for (group, offsets) in ctx.view.groups() {
+        let info = crate::api::convert::group_to_pb(group, &offsets, &topics);
+        for p in &info.partitions {
+            let _ = writeln!(
+                out,
+                "raftlog_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {}",
+                info.group, p.topic, p.partition, p.lag
+            );
+        }
+    }
+}
