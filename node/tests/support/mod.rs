@@ -136,6 +136,16 @@ impl TestCluster {
         self.node(id).child.is_some()
     }
 
+    /// The exit status of node `id` if its process has exited on its own (crashed or stopped);
+    /// `None` while it runs or when it was never started or was killed through this harness.
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let node = &mut self.nodes[(id - 1) as usize];
+        node.child
+            .as_mut()?
+            .try_wait()
+            .expect("polling a node process")
+    }
+
     /// A client that knows every running node.
     pub fn client(&self) -> Client {
         Client::new(
