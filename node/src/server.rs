@@ -160,7 +160,10 @@ pub async fn run(
     tracing::info!(node_id = config.node_id, "shutting down: draining requests");
     let _ = stop_tx.send(true);
     let grpc_abort = grpc.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(5), grpc).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), grpc)
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still open after 5 s; closing them");
         grpc_abort.abort();
     }

@@ -132,6 +132,41 @@ impl TestCluster {
         }
     }
 
+    /// SIGTERM, as systemd or Kubernetes stop a node, and wait for the process to exit.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let mut child = node.child.take().expect("node is running");
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        child.wait().expect("wait for the node to exit")
+    }
+
+    /// The node's Prometheus metrics, from its admin HTTP server.
+    pub async fn metrics(&self, id: u64) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A plain HTTP/1.0 GET: enough for one text page, and no HTTP client dependency.
+        let mut stream = tokio::net::TcpStream::connect(&self.node(id).admin)
+            .await
+            .expect("connect to the admin HTTP server");
+        let request = format!(
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.node(id).admin
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        body.to_string()
+    }
+
     pub fn is_running(&self, id: u64) -> bool {
         self.node(id).child.is_some()
     }
@@ -336,4 +371,18 @@ pub async fn read_all(
             out.push((r.offset, String::from_utf8(r.value.to_vec()).unwrap()));
         }
     }
+}
+
+/// The value of the sample `name{labels}` (labels exactly as rendered, "" for none) in a
+/// Prometheus text page, if present.
+pub fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
+    let wanted = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    page.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        (series == wanted).then(|| value.parse().ok())?
+    })
 }

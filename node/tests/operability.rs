@@ -1,0 +1,207 @@
+//! Operability on a 3-node cluster of real processes: `/metrics` reports sane values under load,
+//! and a rolling restart with SIGTERM under continuous produce loses, duplicates and fails
+//! nothing.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use raftlog_client::consumer::{Consumer, ConsumerConfig};
+use raftlog_client::producer::{Delivery, Producer, ProducerConfig};
+use raftlog_client::{record, Client};
+use support::{read_all, sample, NodeOptions, TestCluster};
+
+/// Sends numbered records round-robin to two partitions until `stop`, then flushes and returns
+/// every delivery in send order.
+fn keep_producing(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<Delivery>> {
+    let config = ProducerConfig {
+        linger: Duration::from_millis(2),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config);
+    tokio::spawn(async move {
+        let mut pending = Vec::new();
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let r = record(i.to_string().into_bytes());
+            pending.push(producer.send_to("load", (i % 2) as u32, r).await.unwrap());
+            i += 1;
+            if i.is_multiple_of(50) {
+                // Pace the load so the test machine (2 cores) keeps up with the restarts.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        producer.flush().await;
+        let mut delivered = Vec::new();
+        for (i, d) in pending.into_iter().enumerate() {
+            delivered.push(d.await.unwrap_or_else(|e| panic!("record {i} failed: {e}")));
+        }
+        delivered
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_under_load_show_one_leader_no_lag_and_growing_counters() {
+    let cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("load", 2).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = keep_producing(client.clone(), stop.clone());
+
+    let produced = |page: &str| sample(page, "raftlog_records_in_total", "topic=\"load\"");
+    let first = cluster
+        .wait_for(
+            "records counted on the leader",
+            Duration::from_secs(20),
+            || async { produced(&cluster.metrics(leader).await).filter(|n| *n > 0.0) },
+        )
+        .await;
+    cluster
+        .wait_for(
+            "the counter to grow under load",
+            Duration::from_secs(20),
+            || async { produced(&cluster.metrics(leader).await).filter(|n| *n > first) },
+        )
+        .await;
+    stop.store(true, Ordering::SeqCst);
+    let delivered = load.await.unwrap();
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::new("load").group("dash"))
+        .await
+        .unwrap();
+    consumer.poll(Duration::from_secs(1)).await.unwrap();
+    consumer.commit().await.unwrap();
+    cluster.wait_converged(&[1, 2, 3]).await;
+
+    let pages = [
+        cluster.metrics(1).await,
+        cluster.metrics(2).await,
+        cluster.metrics(3).await,
+    ];
+    let leaders: f64 = pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| sample(p, "raftlog_raft_is_leader", &format!("node=\"{}\"", i + 1)).unwrap())
+        .sum();
+    assert_eq!(leaders, 1.0, "exactly one node reports being leader");
+    let leader_page = &pages[(leader - 1) as usize];
+    assert_eq!(produced(leader_page), Some(delivered.len() as f64));
+    for follower in (1..=3).filter(|id| *id != leader) {
+        let lag = sample(
+            leader_page,
+            "raftlog_raft_replication_lag_entries",
+            &format!("node=\"{leader}\",follower=\"{follower}\""),
+        );
+        assert_eq!(lag, Some(0.0), "follower {follower} caught up");
+    }
+    for (i, page) in pages.iter().enumerate() {
+        let applied = sample(
+            page,
+            "raftlog_raft_applied_index",
+            &format!("node=\"{}\"", i + 1),
+        );
+        let committed = sample(
+            page,
+            "raftlog_raft_committed_index",
+            &format!("node=\"{}\"", i + 1),
+        );
+        assert!(
+            applied.unwrap() > 0.0 && applied == committed,
+            "node {}: {applied:?} {committed:?}",
+            i + 1
+        );
+        assert!(sample(page, "raftlog_log_fsync_duration_seconds_count", "").unwrap() > 0.0);
+        let end: f64 = (0..2)
+            .map(|p| {
+                sample(
+                    page,
+                    "raftlog_partition_end_offset",
+                    &format!("topic=\"load\",partition=\"{p}\""),
+                )
+                .unwrap()
+            })
+            .sum();
+        assert_eq!(end, delivered.len() as f64);
+        // The group consumed some records and committed: its lag is what is left.
+        let lag: f64 = (0..2)
+            .filter_map(|p| {
+                sample(
+                    page,
+                    "raftlog_group_lag",
+                    &format!("group=\"dash\",topic=\"load\",partition=\"{p}\""),
+                )
+            })
+            .sum();
+        let positions: u64 = consumer.positions().values().sum();
+        assert_eq!(lag, (delivered.len() as u64 - positions) as f64);
+    }
+    let ok = sample(
+        leader_page,
+        "raftlog_requests_total",
+        "method=\"Produce\",code=\"Ok\"",
+    );
+    assert!(ok.unwrap() > 0.0);
+    assert!(leader_page.contains("raftlog_request_duration_seconds_bucket{method=\"Produce\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_sigterm_under_load_loses_duplicates_and_fails_nothing() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("load", 2).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = keep_producing(client.clone(), stop.clone());
+
+    for id in 1..=3 {
+        // Let some load through, then stop the node as an operator would, and start it again.
+        let before = cluster
+            .status(cluster.wait_for_leader().await)
+            .await
+            .unwrap()
+            .committed_index;
+        cluster
+            .wait_for(
+                "produce to make progress",
+                Duration::from_secs(30),
+                || async {
+                    let leader = cluster.wait_for_leader().await;
+                    let now = cluster.status(leader).await?.committed_index;
+                    (now > before + 20).then_some(())
+                },
+            )
+            .await;
+        let status = cluster.terminate(id);
+        assert!(
+            status.success(),
+            "node {id} exited with {status} on SIGTERM"
+        );
+        cluster.spawn(id);
+        cluster.wait_converged(&[1, 2, 3]).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let delivered = load.await.unwrap(); // every record acknowledged: none failed
+    cluster.wait_converged(&[1, 2, 3]).await;
+
+    for node in 1..=3 {
+        for partition in 0..2u32 {
+            let values: Vec<u64> = read_all(&cluster, node, "load", partition)
+                .await
+                .into_iter()
+                .map(|(_, v)| v.parse().unwrap())
+                .collect();
+            let expected: Vec<u64> = (0..delivered.len() as u64)
+                .filter(|i| i % 2 == u64::from(partition))
+                .collect();
+            assert_eq!(
+                values, expected,
+                "node {node} partition {partition}: lost, duplicated or reordered"
+            );
+        }
+    }
+    for (i, d) in delivered.iter().enumerate() {
+        assert_eq!((d.partition, d.offset), ((i % 2) as u32, (i / 2) as u64));
+    }
+}
