@@ -445,6 +445,10 @@ async fn bad_requests_get_precise_errors_and_change_nothing() {
         Code::InvalidArgument
     );
     assert_eq!(
+        code(client.create_topic("..", 1).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
         code(client.create_topic(&"x".repeat(300), 1).await),
         Code::InvalidArgument
     );

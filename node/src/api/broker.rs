@@ -123,6 +123,12 @@ impl BrokerService {
 
     /// Topic and group names: 1 to `topic_name_bytes_max` bytes of `[A-Za-z0-9._-]`.
     fn validate_name(&self, what: &str, name: &str) -> Result<(), ApiError> {
+        if name == "." || name == ".." {
+            // As in Kafka: names end up in paths and URLs of tools, where these mean something else.
+            return Err(ApiError::InvalidArgument(format!(
+                "'{name}' is not a valid {what} name"
+            )));
+        }
         let max = self.ctx.config.limits.topic_name_bytes_max;
         if name.is_empty() || name.len() > max {
             return Err(ApiError::InvalidArgument(format!(

@@ -11,7 +11,7 @@ use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::types::*;
-use crate::storage::{decode, encode};
+use crate::storage::encode;
 
 pub struct PeerService {
     raft: Raft,
@@ -31,11 +31,18 @@ impl PeerService {
                 envelope.group_id, self.group
             )));
         }
-        decode(&envelope.payload).map_err(|e| {
+        // Strict: the whole payload must be one message (postcard alone ignores trailing bytes,
+        // so a corrupted or foreign payload could otherwise pass as a shorter valid message).
+        let undecodable = |e: String| {
             Status::invalid_argument(format!(
                 "undecodable Raft message (peer of another version?): {e}"
             ))
-        })
+        };
+        match postcard::take_from_bytes(&envelope.payload) {
+            Ok((message, [])) => Ok(message),
+            Ok((_, rest)) => Err(undecodable(format!("{} trailing bytes", rest.len()))),
+            Err(e) => Err(undecodable(e.to_string())),
+        }
     }
 
     fn reply<T: Serialize>(&self, result: &T) -> Response<RaftEnvelope> {
