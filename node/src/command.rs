@@ -91,6 +91,9 @@ pub enum Command {
     /// fall out of their topic's retention (moving start offsets) and forget producers idle for
     /// longer than `producer_idle_ms` at `now_ms`.
     Maintenance { now_ms: i64, producer_idle_ms: u64 },
+    /// Group commit: several commands (appends only) proposed as one entry, applied in order;
+    /// each gets its own response, as if it had been its own entry.
+    Batch(Vec<Command>),
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -120,6 +123,7 @@ impl std::fmt::Display for Command {
             Command::AlterTopic { name, .. } => write!(f, "AlterTopic({name})"),
             Command::InitProducer { .. } => write!(f, "InitProducer"),
             Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
+            Command::Batch(commands) => write!(f, "Batch({} commands)", commands.len()),
             Command::Append {
                 topic,
                 partition,
@@ -155,6 +159,8 @@ pub enum CommandResponse {
         producer_id: u64,
     },
     MaintenanceDone,
+    /// One response per command of a `Command::Batch`, in order.
+    Batch(Vec<CommandResponse>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

@@ -81,6 +81,8 @@ pub struct Limits {
     pub topics_max: u32,
     pub groups_max: u32,
     pub producers_max: u32,
+    /// Most produce requests coalesced into one Raft entry (group commit); 1 turns it off.
+    pub group_commit_max: usize,
     pub fetch_records_max: usize,
     pub fetch_bytes_max: usize,
     /// Longest a Fetch may wait for records (long poll).
@@ -128,6 +130,7 @@ impl Default for Limits {
             topics_max: 10_000,
             groups_max: 10_000,
             producers_max: 100_000,
+            group_commit_max: 1024,
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
             fetch_wait_ms_max: 30_000,
@@ -202,6 +205,10 @@ pub struct Args {
     /// Most consumer groups in the cluster [default: 10000].
     #[arg(long, env = "RAFTLOG_GROUPS_MAX")]
     pub groups_max: Option<u32>,
+    /// Most produce requests coalesced into one Raft entry (group commit); 1 turns it off
+    /// [default: 1024].
+    #[arg(long, env = "RAFTLOG_GROUP_COMMIT_MAX")]
+    pub group_commit_max: Option<usize>,
     /// Most idempotent producer ids tracked at once [default: 100000].
     #[arg(long, env = "RAFTLOG_PRODUCERS_MAX")]
     pub producers_max: Option<u32>,
@@ -302,6 +309,8 @@ impl Args {
                 topics_max: pick!(topics_max).unwrap_or(limits_default.topics_max),
                 groups_max: pick!(groups_max).unwrap_or(limits_default.groups_max),
                 producers_max: pick!(producers_max).unwrap_or(limits_default.producers_max),
+                group_commit_max: pick!(group_commit_max)
+                    .unwrap_or(limits_default.group_commit_max),
                 ..limits_default
             },
             housekeeping: Housekeeping {

@@ -10,6 +10,7 @@
 
 pub mod admin_http;
 pub mod api;
+pub mod batcher;
 pub mod command;
 pub mod config;
 pub mod metrics;

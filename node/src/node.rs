@@ -26,31 +26,49 @@ pub struct NodeContext {
     pub view: Arc<StateView>,
     pub config: Arc<NodeConfig>,
     pub forwarder: Forwarder,
+    pub batcher: crate::batcher::Batcher,
 }
 
 /// Why a write did not produce a replicated outcome on this node.
+#[derive(Debug, Clone)]
 pub enum WriteError {
     /// This node is not the leader: the write should go to this one (if known).
     NotLeader(Option<(NodeId, String)>),
     Failed(ApiError),
 }
 
+/// Maps openraft's refusal of a write.
+pub fn client_write_error(e: ClientWriteError) -> WriteError {
+    match e {
+        ClientWriteError::ForwardToLeader(f) => {
+            let leader = match (f.leader_id, f.leader_node) {
+                (Some(id), Some(node)) => Some((id, node.addr)),
+                _ => None,
+            };
+            WriteError::NotLeader(leader)
+        }
+        ClientWriteError::ChangeMembershipError(e) => {
+            WriteError::Failed(ApiError::FailedPrecondition(e.to_string()))
+        }
+    }
+}
+
 impl NodeContext {
     /// Proposes `command` through Raft and waits until it is committed (fsynced on a majority)
     /// and applied here; returns what applying it answered.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, WriteError> {
+        // Appends go through group commit; rarer commands (topics, groups, producers,
+        // housekeeping) are proposed on their own.
+        // (group_commit_max = 1 proposes every request directly, as before group commit.)
+        if let Command::Append { records, .. } = &command {
+            if self.config.limits.group_commit_max > 1 {
+                let bytes = records.iter().map(|r| r.size_bytes()).sum();
+                return self.batcher.write(command, bytes).await;
+            }
+        }
         match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let leader = match (f.leader_id, f.leader_node) {
-                    (Some(id), Some(node)) => Some((id, node.addr)),
-                    _ => None,
-                };
-                Err(WriteError::NotLeader(leader))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
-                WriteError::Failed(ApiError::FailedPrecondition(e.to_string())),
-            ),
+            Err(RaftError::APIError(e)) => Err(client_write_error(e)),
             Err(RaftError::Fatal(e)) => Err(WriteError::Failed(ApiError::Unavailable {
                 message: format!(
                     "node {} cannot serve writes: {e}; use another node",

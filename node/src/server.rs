@@ -68,6 +68,11 @@ pub async fn run(
         view,
         config: config.clone(),
         forwarder: Forwarder::default(),
+        batcher: crate::batcher::Batcher::start(
+            raft.clone(),
+            config.limits.group_commit_max,
+            config.limits.batch_bytes_max,
+        ),
     };
 
     if !config.initial_cluster.is_empty() {

@@ -19,7 +19,7 @@ pub const END_OFFSET_HEADER: &str = "raftlog-end-offset";
 /// Metadata key with the partition's start offset on OUT_OF_RANGE fetches.
 pub const START_OFFSET_HEADER: &str = "raftlog-start-offset";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     InvalidArgument(String),

@@ -651,6 +651,18 @@ impl StateMachine {
             Command::Maintenance { .. } => {
                 unreachable!("apply() runs Maintenance itself, against flushed state")
             }
+            Command::Batch(commands) => CommandResponse::Batch(
+                commands
+                    .into_iter()
+                    .map(|command| {
+                        assert!(
+                            !matches!(command, Command::Maintenance { .. } | Command::Batch(_)),
+                            "only appends are batched"
+                        );
+                        self.apply_command(command, topics, groups, batch)
+                    })
+                    .collect(),
+            ),
             Command::DeleteTopic { name } => {
                 let Some(state) = topics.remove(&name) else {
                     return CommandResponse::Rejected(Rejection::UnknownTopic(name));
