@@ -36,7 +36,7 @@ wait_ready() {
   local deadline=$((SECONDS + 60)) n
   for n in "$@"; do
     until curl -fsS "http://127.0.0.1:909$n/readyz" >/dev/null 2>&1; do
-      running "$n" || die "node $n exited; see $(node_dir "$n")/node.log"
+      running "$n" || { tail -n 5 "$(node_dir "$n")/node.log" >&2; die "node $n exited; see $(node_dir "$n")/node.log"; }
       [ $SECONDS -lt $deadline ] || die "node $n not ready after 60 s; see $(node_dir "$n")/node.log"
       sleep 0.2
     done

@@ -7,6 +7,10 @@ source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/install-deps.sh"
 cd "$ROOT"
 start=$SECONDS
+# The local cluster's fixed ports (gRPC 50051-50053, admin 9091-9093) lie in Linux's ephemeral
+# range: keep the kernel from handing them to the test suite's many client sockets, which once made
+# a node fail to bind in CI. Best effort (needs root, as the rest of this script).
+sysctl -qw net.ipv4.ip_local_reserved_ports=50051-50053,9091-9093 2>/dev/null || true
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "building (release profile; the first build compiles RocksDB: ~15 min on 2 cores)"

@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub limits: Limits,
     pub housekeeping: Housekeeping,
     pub log_format: LogFormat,
+    /// tracing filter, e.g. "info,openraft=warn" or "debug"; RUST_LOG overrides it.
+    pub log_level: String,
 }
 
 /// The leader's periodic replicated housekeeping (`Command::Maintenance`).
@@ -218,9 +220,13 @@ pub struct Args {
     /// How often the leader runs retention and producer expiry [default: 60000].
     #[arg(long, env = "RAFTLOG_RETENTION_CHECK_MS")]
     pub retention_check_ms: Option<u64>,
-    /// Log output format [default: text]. The level comes from RUST_LOG (default info).
+    /// Log output format [default: text]; the level comes from log_level (or RUST_LOG).
     #[arg(long, env = "RAFTLOG_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Log level / filter, e.g. "info" or "info,openraft=warn,raftlog_node=debug"; the RUST_LOG
+    /// environment variable overrides it [default: info,openraft=warn].
+    #[arg(long, env = "RAFTLOG_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -320,6 +326,7 @@ impl Args {
                     .unwrap_or(Housekeeping::default().producer_idle_ms),
             },
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),
+            log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
         };
         config.validate()?;
         Ok(config)

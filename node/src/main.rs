@@ -7,8 +7,9 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Args::parse().resolve()?;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log_level))
+        .map_err(|e| anyhow::anyhow!("bad log_level '{}': {e}", config.log_level))?;
     let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
     match config.log_format {
         LogFormat::Json => subscriber.json().init(),

@@ -524,3 +524,49 @@ async fn bad_requests_get_precise_errors_and_change_nothing() {
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].partitions[0].committed_offset, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_writes_are_unavailable_and_certainly_not_applied() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("quorum", 1).await.unwrap();
+    client
+        .produce("quorum", 0, vec![record(b"before".to_vec())])
+        .await
+        .unwrap();
+    cluster.wait_converged(&[1, 2, 3]).await;
+
+    // Kill the leader and one follower: the survivor has no one to reach a majority with.
+    let survivor = (1..=3).find(|id| *id != leader).unwrap();
+    for id in (1..=3).filter(|id| *id != survivor) {
+        cluster.kill9(id);
+    }
+    let lonely = raftlog_client::Client::new([cluster.node(survivor).grpc.clone()])
+        .unwrap()
+        .with_retry(raftlog_client::RetryPolicy {
+            deadline: Duration::from_secs(2),
+            ..Default::default()
+        });
+    let err = lonely
+        .produce("quorum", 0, vec![record(b"lost".to_vec())])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(
+        err.is_definite(),
+        "the node must say the write was not applied: {err}"
+    );
+
+    // Once the others are back, the refused write is nowhere.
+    for id in (1..=3).filter(|id| *id != survivor) {
+        cluster.spawn(id);
+    }
+    cluster.wait_converged(&[1, 2, 3]).await;
+    for node in 1..=3 {
+        assert_eq!(
+            read_all(&cluster, node, "quorum", 0).await,
+            vec![(0, "before".to_string())]
+        );
+    }
+}
