@@ -407,7 +407,10 @@ struct PartitionSender {
     identity: Option<(u64, u64)>,
 }
 
-/// Errors after which an idempotent batch may have been appended or not: safe to resend.
+/// Errors after which an idempotent batch may have been appended or not: safe to resend. This
+/// includes INTERNAL: tonic reports a connection torn down mid-request (e.g. "h2 protocol error"
+/// while a node shuts down) with that code, and resending an idempotent batch is harmless even
+/// when the cause was something else.
 fn outcome_unknown(e: &Error) -> bool {
     matches!(
         e.code(),
@@ -416,6 +419,7 @@ fn outcome_unknown(e: &Error) -> bool {
             | Code::Cancelled
             | Code::Unknown
             | Code::Aborted
+            | Code::Internal
     )
 }
 
