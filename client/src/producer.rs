@@ -407,6 +407,13 @@ struct PartitionSender {
     identity: Option<(u64, u64)>,
 }
 
+/// The error a batch fails with when it may or may not have been stored.
+fn unknown_outcome(last: Error) -> Error {
+    Error::Status(tonic::Status::unknown(format!(
+        "outcome unknown: an attempt of this batch may have been stored; last error: {last}"
+    )))
+}
+
 /// Errors after which an idempotent batch may have been appended or not: safe to resend. This
 /// includes INTERNAL: tonic reports a connection torn down mid-request (e.g. "h2 protocol error"
 /// while a node shuts down) with that code, and resending an idempotent batch is harmless even
@@ -463,6 +470,9 @@ impl PartitionSender {
         records: Vec<pb::Record>,
     ) -> Result<pb::ProduceResponse, Error> {
         let deadline = Instant::now() + self.delivery_timeout;
+        // Set once an attempt ended with an unknown outcome: from then on this batch may be in
+        // the log even if a later attempt is refused.
+        let mut uncertain = false;
         let mut backoff = Duration::from_millis(50);
         let count = records.len() as u64;
         loop {
@@ -496,17 +506,28 @@ impl PartitionSender {
                         && e.status()
                             .is_some_and(|s| s.message().contains("unknown or has expired")) =>
                 {
-                    // The id expired (idle too long); the batch was not appended under it.
+                    // The id expired (idle too long): this batch was not appended under it now,
+                    // but an earlier attempt may have been, so only an untried batch is resent.
                     self.identity = None;
+                    if uncertain {
+                        return Err(unknown_outcome(e));
+                    }
                 }
                 Err(e) if outcome_unknown(&e) && Instant::now() < deadline => {
+                    uncertain = true;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Err(e) => {
-                    if !e.is_definite() || e.code() == Code::FailedPrecondition {
-                        // The batch may be stored or lost: continuing this sequence could leave a
-                        // gap, so the next batch starts over under a new producer id.
+                    if uncertain || !e.is_definite() {
+                        // Some attempt may have been stored (perhaps later, after this error):
+                        // the batch's fate is unknown, and its sequence must never be reused —
+                        // a later batch sent with it would be answered as this one's duplicate.
+                        self.identity = None;
+                        return Err(unknown_outcome(e));
+                    }
+                    if e.code() == Code::FailedPrecondition {
+                        // A sequence the node does not accept: start over under a new id.
                         self.identity = None;
                     }
                     return Err(e);
