@@ -223,15 +223,6 @@ struct Accumulator {
     sticky: HashMap<String, u32>,
 }
 
-fn record_bytes(r: &pb::Record) -> usize {
-    r.key.as_ref().map_or(0, |k| k.len())
-        + r.value.len()
-        + r.headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum::<usize>()
-}
-
 impl Accumulator {
     fn new(client: Client, config: ProducerConfig) -> Self {
         Self {
@@ -299,7 +290,7 @@ impl Accumulator {
                 .or_insert_with(|| rand::random::<u32>() % partitions),
         };
         let key = (topic, partition);
-        let size = record_bytes(&record);
+        let size = raftlog_proto::record_size(&record);
         if self
             .open
             .get(&key)

@@ -4,7 +4,7 @@
 //!
 //! - [`v1`]: the client API (`Broker`) and the operator API (`Cluster`).
 //! - [`raft::v1`]: the peer-only Raft transport.
-//! - `PARTITIONER_KEY_HASH` is [`partition_for_key`].
+//! - `PARTITIONER_KEY_HASH` is [`partition_for_key`]; [`record_size`] is how limits count a record.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
@@ -29,6 +29,17 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 /// Encoded `FileDescriptorSet` of all raftlog protos, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/raftlog_descriptor.bin"));
+
+/// Bytes a record counts against size limits and batch bounds: key, value, and header keys and
+/// values. The node enforces its limits with this count; clients size their batches with it.
+pub fn record_size(r: &v1::Record) -> usize {
+    r.key.as_ref().map_or(0, |k| k.len())
+        + r.value.len()
+        + r.headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
+}
 
 #[cfg(test)]
 mod tests {

@@ -166,7 +166,7 @@ impl BrokerService {
         }
         let mut batch_bytes = 0;
         for (i, record) in req.records.iter().enumerate() {
-            let size = pb_record_size(record);
+            let size = raftlog_proto::record_size(record);
             if size > limits.record_bytes_max {
                 return Err(ApiError::InvalidArgument(format!(
                     "record {i} is {size} bytes, over record_bytes_max ({})",
@@ -195,7 +195,7 @@ impl BrokerService {
             return Ok(());
         }
         for (i, record) in req.records.iter().enumerate() {
-            let size = pb_record_size(record);
+            let size = raftlog_proto::record_size(record);
             if size > max {
                 return Err(ApiError::InvalidArgument(format!(
                     "record {i} is {size} bytes, over topic '{}''s max_record_bytes ({max})",
@@ -218,19 +218,6 @@ fn count_out(topic: &str, records: &[(u64, crate::command::Record)]) {
     metrics::counter!(crate::metrics::BYTES_OUT, "topic" => topic.to_string())
         .increment(bytes as u64);
 }
-
-/// Bytes a wire record counts against size limits (key, value and headers), as
-/// [`crate::command::Record::size_bytes`] counts them.
-fn pb_record_size(r: &Record) -> usize {
-    r.key.as_ref().map_or(0, |k| k.len())
-        + r.value.len()
-        + r.headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum::<usize>()
-}
-
-impl BrokerService {}
 
 #[cfg(feature = "unsafe-early-ack")]
 impl BrokerService {
@@ -443,7 +430,10 @@ impl Broker for BrokerService {
             }
             let (topic, bytes) = (
                 req.topic.clone(),
-                req.records.iter().map(pb_record_size).sum::<usize>() as u64,
+                req.records
+                    .iter()
+                    .map(raftlog_proto::record_size)
+                    .sum::<usize>() as u64,
             );
             self.write_or_forward(
                 forwarded,
