@@ -66,7 +66,7 @@ enum Command {
     Group(GroupCmd),
     /// Load generators; print one JSON line of results.
     #[command(subcommand)]
-    Bench(BenchCmd),
+    Bench(bench::BenchCmd),
     /// Read records, in offset order per partition, from every partition or one.
     Consume {
         topic: String,
@@ -100,26 +100,6 @@ enum GroupCmd {
     List,
     /// Committed offset, end offset and lag of each partition the group has committed.
     Describe { group: String },
-}
-
-#[derive(Subcommand)]
-enum BenchCmd {
-    /// Closed-loop produce load: CONCURRENCY requests in flight, each waiting for its ack.
-    Produce {
-        #[arg(long, default_value = "bench")]
-        topic: String,
-        /// Create the topic with this many partitions if it does not exist.
-        #[arg(long, default_value_t = 1)]
-        partitions: u32,
-        #[arg(long, default_value_t = 100_000)]
-        count: u64,
-        #[arg(long, short, default_value_t = 64)]
-        concurrency: u64,
-        #[arg(long, default_value_t = 1024)]
-        record_bytes: usize,
-        #[arg(long, default_value_t = 1)]
-        records_per_request: usize,
-    },
 }
 
 #[derive(Subcommand)]
@@ -237,29 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Cluster(cmd) => cluster(&client, cmd, cli.json).await,
         Command::Topic(cmd) => topic(&client, cmd, cli.json).await,
-        Command::Bench(BenchCmd::Produce {
-            topic,
-            partitions,
-            count,
-            concurrency,
-            record_bytes,
-            records_per_request,
-        }) => {
-            match client.create_topic(&topic, partitions).await {
-                Ok(_) => {}
-                Err(e) if e.code() == tonic::Code::AlreadyExists => {}
-                Err(e) => return Err(e.into()),
-            }
-            let spec = bench::ProduceBench {
-                topic,
-                partitions,
-                count,
-                concurrency,
-                record_bytes,
-                records_per_request,
-            };
-            bench::produce(&client, spec, cli.json).await
-        }
+        Command::Bench(cmd) => bench::run(&client, cmd, cli.json).await,
         Command::Produce {
             topic,
             values,

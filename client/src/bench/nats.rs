@@ -1,0 +1,68 @@
+//! Produce load against NATS JetStream, for the side-by-side comparison (scripts/bench.sh,
+//! scripts/nats-cluster.sh): the same closed loop as raftlog's, one message per request, each
+//! waiting for its publish ack (which JetStream sends once the stream's Raft group has the
+//! message on a majority of its replicas; whether that means fsynced depends on the servers'
+//! `sync_interval`, see docs/benchmarks.md).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use async_nats::jetstream::{self, stream};
+use serde_json::json;
+
+use super::{ClosedLoopResult, ProduceArgs, System};
+
+pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
+    if args.partitions != 1 || args.records_per_request != 1 {
+        bail!("--system nats publishes one message per request to one stream: --partitions and --records-per-request must be 1");
+    }
+    let servers = args
+        .nats_url
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("--nats-url")?;
+    let client = async_nats::ConnectOptions::new()
+        .name("raftlog-bench")
+        .connect(servers)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", args.nats_url.join(",")))?;
+    let server_version = client.server_info().version;
+    let js = jetstream::new(client);
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: args.topic.clone(),
+            subjects: vec![args.topic.clone()],
+            num_replicas: args.nats_replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating JetStream stream '{}'", args.topic))?;
+    let replicas = stream.cached_info().config.num_replicas;
+    let value = bytes::Bytes::from(vec![b'x'; args.record_bytes]);
+    let subject = Arc::new(args.topic.clone());
+    let op = move |_: u64| {
+        let (js, subject, value) = (js.clone(), subject.clone(), value.clone());
+        async move {
+            // The first await sends; the second waits for the stream's ack.
+            js.publish(subject.as_str().to_string(), value)
+                .await?
+                .await?;
+            Ok(())
+        }
+    };
+    let requests = args.count;
+    let (hist, secs) = super::closed_loop(requests, args.concurrency, op).await?;
+    ClosedLoopResult {
+        system: System::Nats,
+        args: &args,
+        requests,
+        hist,
+        secs,
+        extra: json!({"nats": {"server_version": server_version, "stream_replicas": replicas,
+                               "storage": "file"}}),
+    }
+    .print(as_json);
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Produce load against raftlog: raw produce requests in a closed loop, or the batching producer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use raftlog_client::producer::{DeliveryFuture, Producer, ProducerConfig};
+use raftlog_client::{pb, Client};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{ClosedLoopResult, ProduceArgs, System};
+
+/// Creates the topic with `partitions` partitions unless it exists.
+async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
+    match client.create_topic(topic, partitions).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Closed loop of raw produce requests, `records_per_request` records each, partitions in turn.
+pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
+    ensure_topic(client, &args.topic, args.partitions).await?;
+    let value = bytes::Bytes::from(vec![b'x'; args.record_bytes]);
+    let requests = args.count.div_ceil(args.records_per_request as u64);
+    let (partitions, per_request) = (u64::from(args.partitions.max(1)), args.records_per_request);
+    let (client_op, topic) = (client.clone(), Arc::new(args.topic.clone()));
+    let op = move |i: u64| {
+        let (client, topic, value) = (client_op.clone(), topic.clone(), value.clone());
+        async move {
+            let records = vec![
+                pb::Record {
+                    value,
+                    ..Default::default()
+                };
+                per_request
+            ];
+            client
+                .produce(&topic, (i % partitions) as u32, records)
+                .await?;
+            Ok(())
+        }
+    };
+    let (hist, secs) = super::closed_loop(requests, args.concurrency, op).await?;
+    ClosedLoopResult {
+        system: System::Raftlog,
+        args: &args,
+        requests,
+        hist,
+        secs,
+        extra: json!({}),
+    }
+    .print(as_json);
+    Ok(())
+}
+
+/// `count` unkeyed records through the batching idempotent producer, as fast as it takes them;
+/// measures acknowledged records per second (latency: from `send` to the record's ack, which
+/// includes the wait in the producer's buffer).
+pub async fn produce_batching(
+    client: &Client,
+    args: ProduceArgs,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    ensure_topic(client, &args.topic, args.partitions).await?;
+    let config = ProducerConfig::default();
+    let producer = Producer::new(client.clone(), config.clone());
+    let record = pb::Record {
+        value: bytes::Bytes::from(vec![b'x'; args.record_bytes]),
+        ..Default::default()
+    };
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let progress = super::spawn_progress(acked.clone(), args.count, "records");
+    // Deliveries are awaited by another task, in send order, while this one keeps sending: the
+    // producer's own buffer (`buffer_records`) is what holds the sender back.
+    let (tx, mut rx) = mpsc::channel::<(Instant, DeliveryFuture)>(config.buffer_records);
+    let waiter = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let mut hist = super::new_histogram();
+            while let Some((sent, delivery)) = rx.recv().await {
+                delivery.await.context("a record failed")?;
+                hist.record(sent.elapsed().as_micros() as u64).ok();
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(hist)
+        })
+    };
+    for _ in 0..args.count {
+        let sent = Instant::now();
+        let delivery = producer.send(&args.topic, record.clone()).await?;
+        if tx.send((sent, delivery)).await.is_err() {
+            break; // the waiter stopped at a failed record: its error is reported below
+        }
+    }
+    drop(tx);
+    producer.flush().await;
+    let hist = waiter.await??;
+    progress.abort();
+    let secs = start.elapsed().as_secs_f64();
+    let records = acked.load(Ordering::Relaxed);
+    let result = json!({
+        "system": "raftlog", "mode": "producer", "records": records, "record_bytes": args.record_bytes,
+        "partitions": args.partitions, "seconds": secs, "records_per_s": records as f64 / secs,
+        "mb_per_s": (records as f64 * args.record_bytes as f64) / secs / 1e6,
+        "latency_us": super::latency_json(&hist),
+        "producer": {"linger_ms": config.linger.as_millis() as u64, "batch_bytes": config.batch_bytes,
+                     "batch_records": config.batch_records, "idempotent": config.idempotent},
+    });
+    println!("{result}");
+    if !as_json {
+        eprintln!(
+            "raftlog producer: {records} records in {secs:.1} s: {:.0} records/s, {:.1} MB/s",
+            records as f64 / secs,
+            (records as f64 * args.record_bytes as f64) / secs / 1e6
+        );
+    }
+    Ok(())
+}
