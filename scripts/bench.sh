@@ -1,71 +1,164 @@
 #!/usr/bin/env bash
-# Produce throughput and latency of a local 3-node cluster, with group commit on and off, in ONE
-# run (this machine is noisy: compare the ratios, not absolute figures across runs).
+# Produce throughput and latency of a local 3-node raftlog cluster, side by side with a local
+# 3-node NATS JetStream cluster, in ONE run (this machine is noisy: compare the ratios, not
+# absolute figures across runs).
 #
-#   scripts/bench.sh [--quick]
+#   scripts/bench.sh [--quick] [--no-nats | --nats-only]
 #
-# For each group-commit setting (RAFTLOG_GROUP_COMMIT_MAX=1: every request its own Raft entry,
-# proposed at once as before group commit;
-# 1024: requests that arrive together share one entry) it starts a fresh cluster and runs the
-# closed-loop load of `raftlog bench produce` (C requests in flight, each waiting for its
-# replicated, fsynced ack): 1 KiB and 100 B records, C=1 and C=64, 1 and 8 partitions, and 100
-# records per request (what the batching producer sends). Prints one JSON line per run (with the
-# nodes' peak RSS), then a table of throughput ratios.
-# Not yet here: the NATS JetStream side by side and catch-up consumption (see issue 5's notes).
+# 1. raftlog, group commit off (RAFTLOG_GROUP_COMMIT_MAX=1: every request its own Raft entry,
+#    proposed at once as before group commit), the C=64 rows only; then group commit on (1024:
+#    requests that arrive together share one entry), every row. Each is a fresh cluster running
+#    the closed-loop load of `raftlog bench produce` (C requests in flight, each waiting for its
+#    replicated, fsynced ack): 1 KiB and 100 B records, C=1 and C=64, 1 and 8 partitions, and 100
+#    records per request (what the batching producer sends).
+# 2. On the group-commit cluster, catch-up consumption: 1M 1 KiB records written through the
+#    batching idempotent producer (`bench produce --producer`, its MB/s is printed too), then read
+#    back from node 1 (`bench consume`), every partition in parallel.
+# 3. NATS JetStream (scripts/nats-cluster.sh: stream with 3 replicas, file storage), the same
+#    1KiB-C1, 1KiB-C64 and 100B-C64 loads (`bench produce --system nats`), once per sync mode the
+#    installed nats-server has: "default" (fsync every 2 min) always; "always" (fsync per write)
+#    only with nats-server >= 2.10 (Debian bookworm's 2.9.10 does not have it).
+# Prints one JSON line per run (with the peak RSS of the largest node), then one table.
+# --quick divides every count by 4; --no-nats skips step 3, --nats-only runs only step 3.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ENDPOINTS="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
-[ -x "$NODE_BIN" ] && [ -x "$CLI_BIN" ] || "$ROOT/scripts/build.sh"
-SCALE=1
-[ "${1:-}" = "--quick" ] && SCALE=4
+SCALE=1 NATS=1 RAFTLOG=1
+for arg in "$@"; do
+  case "$arg" in
+    --quick) SCALE=4 ;;
+    --no-nats) NATS=0 ;;
+    --nats-only) RAFTLOG=0 ;;
+    *) die "usage: $0 [--quick] [--no-nats | --nats-only]" ;;
+  esac
+done
+[ -x "$CLI_BIN" ] && { [ "$RAFTLOG" = 0 ] || [ -x "$NODE_BIN" ]; } || "$ROOT/scripts/build.sh"
+[ "$NATS$RAFTLOG" != 00 ] || die "--no-nats and --nats-only leave nothing to run"
 
-export RAFTLOG_DATA_DIR
-results="$(mktemp /tmp/raftlog-bench.XXXXXX.jsonl)"
-cleanup() { "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "${RAFTLOG_DATA_DIR:-/nonexistent}"; }
+export RAFTLOG_DATA_DIR NATS_DATA_DIR
+NATS_DATA_DIR="$(mktemp -d /tmp/raftlog-bench-nats.XXXXXX)"
+results="$(mktemp /tmp/raftlog-bench.XXXXXX.jsonl)" errors="$(mktemp /tmp/raftlog-bench.XXXXXX.err)"
+cleanup() {
+  if [ -n "${RAFTLOG_DATA_DIR:-}" ]; then # only the cluster this script started
+    "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true
+    rm -rf "$RAFTLOG_DATA_DIR"
+  fi
+  [ "$NATS" = 1 ] && "$ROOT/scripts/nats-cluster.sh" down >/dev/null 2>&1 || true
+  rm -rf "$NATS_DATA_DIR"
+  rm -f "$results" "$errors"
+}
 trap cleanup EXIT
 
-# name record_bytes concurrency partitions records_per_request count
+# name record_bytes concurrency partitions records_per_request count group-commit-off-too nats-too
 MATRIX=(
-  "1KiB-C1       1024  1  1   1   2000"
-  "1KiB-C64      1024 64  1   1  40000"
-  "100B-C64       100 64  1   1  40000"
-  "1KiB-C64-p8   1024 64  8   1  40000"
-  "1KiB-batch100 1024  8  1 100 200000"
+  "1KiB-C1       1024  1  1   1   2000 no  yes"
+  "1KiB-C64      1024 64  1   1  40000 yes yes"
+  "100B-C64       100 64  1   1  40000 yes yes"
+  "1KiB-C64-p8   1024 64  8   1  40000 yes no"
+  "1KiB-batch100 1024  8  1 100 200000 no  no"
 )
+CATCHUP_COUNT=$((1000000 / SCALE)) CATCHUP_PARTITIONS=4
 
-peak_rss_mb() { # the largest VmHWM of the three nodes, in MiB
-  local max=0 kb
-  for n in 1 2 3; do
-    kb=$(awk '/VmHWM/ {print $2}' "/proc/$(cat "$RAFTLOG_DATA_DIR/node-$n/pid")/status" 2>/dev/null || echo 0)
-    [ "$kb" -gt "$max" ] && max=$kb
+peak_rss_mb() { # the largest VmHWM of the given pid files, in MiB
+  local max=0 kb f
+  for f in "$@"; do
+    kb=$(awk '/VmHWM/ {print $2}' "/proc/$(cat "$f")/status" 2>/dev/null || echo 0)
+    [ "${kb:-0}" -gt "$max" ] && max=$kb
   done
   echo $((max / 1024))
 }
+raftlog_rss() { peak_rss_mb "$RAFTLOG_DATA_DIR"/node-{1,2,3}/pid; }
+nats_rss() { peak_rss_mb "$NATS_DATA_DIR"/n{1,2,3}/pid; }
+
+# record name system setting rss json-line
+record() {
+  echo "{\"name\":\"$1\",\"system\":\"$2\",\"setting\":\"$3\",\"peak_rss_mb\":$4,\"result\":$5}" | tee -a "$results"
+}
+
+cli() { # one bench run; its JSON line on stdout, its stderr shown only when it fails
+  local out
+  out=$(RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" --json "$@" 2>"$errors") || { tail -n 20 "$errors" >&2; die "raftlog $* failed"; }
+  tail -n 1 <<<"$out"
+}
 
 for gc in 1 1024; do
+  [ "$RAFTLOG" = 1 ] || break
   RAFTLOG_DATA_DIR="$(mktemp -d /tmp/raftlog-bench.XXXXXX)"
   RAFTLOG_GROUP_COMMIT_MAX=$gc "$ROOT/scripts/cluster.sh" up >/dev/null
   for row in "${MATRIX[@]}"; do
-    read -r name bytes conc parts per count <<<"$row"
-    count=$((count / SCALE))
-    line=$(RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" --json bench produce --topic "b-$name" \
-      --partitions "$parts" --count "$count" --concurrency "$conc" --record-bytes "$bytes" \
-      --records-per-request "$per" 2>/dev/null | tail -1)
-    echo "{\"name\":\"$name\",\"group_commit_max\":$gc,\"peak_rss_mb\":$(peak_rss_mb),\"result\":$line}" | tee -a "$results"
+    read -r name bytes conc parts per count gc_off _ <<<"$row"
+    [ "$gc" = 1 ] && [ "$gc_off" != yes ] && continue
+    line=$(cli bench produce --topic "b-$name" --partitions "$parts" --count $((count / SCALE)) \
+      --concurrency "$conc" --record-bytes "$bytes" --records-per-request "$per")
+    record "$name" raftlog "gc$gc" "$(raftlog_rss)" "$line"
   done
+  if [ "$gc" = 1024 ]; then
+    line=$(cli bench produce --producer --topic b-catchup --partitions "$CATCHUP_PARTITIONS" \
+      --count "$CATCHUP_COUNT" --record-bytes 1024)
+    record producer-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line"
+    line=$(cli bench consume --topic b-catchup --count "$CATCHUP_COUNT" --endpoint 127.0.0.1:50051)
+    record consume-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line"
+  fi
   "$ROOT/scripts/cluster.sh" down >/dev/null
   rm -rf "$RAFTLOG_DATA_DIR"
 done
 
+if [ "$NATS" = 1 ]; then
+  syncs=(default)
+  if "$ROOT/scripts/nats-cluster.sh" supports-sync-always; then
+    syncs+=(always)
+  else
+    log "this nats-server has no 'sync_interval: always': NATS runs only with its default sync (see docs/benchmarks.md)"
+  fi
+  for sync in "${syncs[@]}"; do
+    "$ROOT/scripts/nats-cluster.sh" up --sync "$sync"
+    for row in "${MATRIX[@]}"; do
+      read -r name bytes conc parts per count _ nats <<<"$row"
+      [ "$nats" = yes ] || continue
+      line=$(cli bench produce --system nats --topic "b-$name" --count $((count / SCALE)) \
+        --concurrency "$conc" --record-bytes "$bytes")
+      record "$name" nats "$sync" "$(nats_rss)" "$line"
+    done
+    "$ROOT/scripts/nats-cluster.sh" down
+  done
+fi
+
 python3 - "$results" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-by = {(r["name"], r["group_commit_max"]): r["result"] for r in rows}
-print(f"{'run':<15}{'off req/s':>11}{'on req/s':>11}{'ratio':>7}{'on MB/s':>9}{'on p50 ms':>10}{'on p99 ms':>10}")
-for name in dict.fromkeys(r["name"] for r in rows):
-    off, on = by[(name, 1)], by[(name, 1024)]
-    print(f"{name:<15}{off['requests_per_s']:>11.0f}{on['requests_per_s']:>11.0f}"
-          f"{on['requests_per_s'] / off['requests_per_s']:>7.2f}{on['mb_per_s']:>9.1f}"
-          f"{on['latency_us']['p50'] / 1000:>10.2f}{on['latency_us']['p99'] / 1000:>10.2f}")
+by = {(r["name"], r["system"], r["setting"]): r for r in rows}
+def label(r):
+    if r["system"] == "raftlog":
+        return "raftlog, group commit " + ("off" if r["setting"] == "gc1" else "on")
+    sync = "fsync per write" if r["setting"] == "always" else "default sync (no fsync per write)"
+    return f"NATS {r['result']['nats']['server_version']}, {sync}"
+order = {("raftlog", "gc1024"): 0, ("raftlog", "gc1"): 1, ("nats", "default"): 2, ("nats", "always"): 3}
+table = [["run", "system", "req/s", "MB/s", "p50 ms", "p99 ms", "peak RSS MiB", "raftlog on / this"]]
+# Runs in matrix order (the group-commit-on pass runs every row; the off pass came first).
+for name in dict.fromkeys(r["name"] for r in sorted(rows, key=lambda r: r["setting"] != "gc1024")):
+    if name in ("producer-1KiB", "consume-1KiB"):
+        continue
+    base = by.get((name, "raftlog", "gc1024"))
+    for r in sorted((r for r in rows if r["name"] == name), key=lambda r: order[(r["system"], r["setting"])]):
+        x = r["result"]
+        ratio = f"{base['result']['requests_per_s'] / x['requests_per_s']:.2f}" if base and r is not base else ""
+        table.append([name, label(r), f"{x['requests_per_s']:,.0f}", f"{x['mb_per_s']:.1f}",
+                      f"{x['latency_us']['p50'] / 1000:.2f}", f"{x['latency_us']['p99'] / 1000:.2f}",
+                      str(r["peak_rss_mb"]), ratio])
+widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+print()
+print("Closed loop, 1 record per request unless noted; raftlog acks after fsync on a majority; NATS: R3 stream, file storage.")
+print("'raftlog on / this': raftlog with group commit divided by the row (above 1: raftlog is faster).")
+for i, row in enumerate(table):
+    print("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+p, c = by.get(("producer-1KiB", "raftlog", "gc1024")), by.get(("consume-1KiB", "raftlog", "gc1024"))
+if p:
+    p = p["result"]
+    print(f"batching producer, 1 KiB, {p['partitions']} partitions: {p['records']:,} records in "
+          f"{p['seconds']:.1f} s, {p['records_per_s']:,.0f} records/s, {p['mb_per_s']:.1f} MB/s")
+if c:
+    c = c["result"]
+    print(f"catch-up consume from {c['endpoint']} ({c['node_role']}), {c['partitions']} partitions: "
+          f"{c['records']:,} records in {c['seconds']:.2f} s, {c['records_per_s']:,.0f} records/s, "
+          f"{c['mb_per_s']:.1f} MB/s")
 PY
-rm -f "$results"

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use raftlog_client::{pb, Client};
@@ -18,22 +18,39 @@ pub async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -> anyho
         None => client.endpoints()[0].clone(),
     };
     let node = Client::new([endpoint.clone()])?;
-    let info = node
-        .describe_topic(&args.topic)
+    let role = match node
+        .cluster_at(&endpoint)?
+        .status(pb::StatusRequest {})
         .await
-        .with_context(|| format!("describing topic '{}' on {endpoint}", args.topic))?;
-    let available: u64 = info
-        .partitions
-        .iter()
-        .map(|p| p.end_offset - p.start_offset)
-        .sum();
-    if available < args.count {
-        bail!(
-            "topic '{}' holds {available} records on {endpoint}; --count is {}",
-            args.topic,
-            args.count
-        );
-    }
+    {
+        Ok(s) => crate::role_name(s.into_inner().role),
+        Err(_) => "?",
+    };
+    // The topic as this node has it, once it holds `count` records (or the wait is over).
+    let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
+    let info = loop {
+        let info = node
+            .describe_topic(&args.topic)
+            .await
+            .with_context(|| format!("describing topic '{}' on {endpoint}", args.topic))?;
+        let available: u64 = info
+            .partitions
+            .iter()
+            .map(|p| p.end_offset - p.start_offset)
+            .sum();
+        if available >= args.count {
+            break info;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "topic '{}' holds {available} records on {endpoint} ({role}) after waiting {} s; --count is {}",
+                args.topic,
+                args.wait_secs,
+                args.count
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     // Records claimed so far over all partitions: a partition task stops once `count` are in.
     let claimed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -91,14 +108,14 @@ pub async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -> anyho
     progress.abort();
     let secs = start.elapsed().as_secs_f64();
     let result = json!({
-        "system": "raftlog", "mode": "consume", "endpoint": endpoint, "records": records,
+        "system": "raftlog", "mode": "consume", "endpoint": endpoint, "node_role": role, "records": records,
         "payload_bytes": bytes, "partitions": info.partitions.len(), "fetches": fetches,
         "seconds": secs, "records_per_s": records as f64 / secs, "mb_per_s": bytes as f64 / secs / 1e6,
     });
     println!("{result}");
     if !as_json {
         eprintln!(
-            "read {records} records ({:.1} MB of values) from {endpoint} in {secs:.2} s: {:.0} records/s, {:.1} MB/s",
+            "read {records} records ({:.1} MB of values) from {endpoint} ({role}) in {secs:.2} s: {:.0} records/s, {:.1} MB/s",
             bytes as f64 / 1e6,
             records as f64 / secs,
             bytes as f64 / secs / 1e6

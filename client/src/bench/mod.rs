@@ -83,6 +83,12 @@ pub struct ProduceArgs {
     /// batches and pipelines on its own.
     #[arg(long, conflicts_with_all = ["concurrency", "records_per_request"])]
     producer: bool,
+    /// With --producer: the producer's batch_bytes [default: ProducerConfig's, 1 MiB].
+    #[arg(long, requires = "producer")]
+    batch_bytes: Option<usize>,
+    /// With --producer: the producer's linger in ms [default: ProducerConfig's, 5].
+    #[arg(long, requires = "producer")]
+    linger_ms: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +107,10 @@ pub struct ConsumeArgs {
     /// max_records of each fetch (0: the node's fetch_records_max, 10,000 by default).
     #[arg(long, default_value_t = 0)]
     fetch_records: u32,
+    /// Wait up to this long for the node to hold COUNT records (a follower may still be applying
+    /// what was just produced) before the clock starts.
+    #[arg(long, default_value_t = 60)]
+    wait_secs: u64,
 }
 
 pub async fn run(client: &Client, cmd: BenchCmd, as_json: bool) -> anyhow::Result<()> {

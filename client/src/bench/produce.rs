@@ -66,7 +66,13 @@ pub async fn produce_batching(
     as_json: bool,
 ) -> anyhow::Result<()> {
     ensure_topic(client, &args.topic, args.partitions).await?;
-    let config = ProducerConfig::default();
+    let mut config = ProducerConfig::default();
+    if let Some(bytes) = args.batch_bytes {
+        config.batch_bytes = bytes;
+    }
+    if let Some(ms) = args.linger_ms {
+        config.linger = std::time::Duration::from_millis(ms);
+    }
     let producer = Producer::new(client.clone(), config.clone());
     let record = pb::Record {
         value: bytes::Bytes::from(vec![b'x'; args.record_bytes]),
