@@ -22,6 +22,7 @@ use crate::node::NodeContext;
 pub const REQUESTS: &str = "raftlog_requests_total";
 pub const REQUEST_SECONDS: &str = "raftlog_request_duration_seconds";
 pub const FSYNC_SECONDS: &str = "raftlog_log_fsync_duration_seconds";
+pub const APPENDS_PER_FSYNC: &str = "raftlog_log_appends_per_fsync";
 pub const RECORDS_IN: &str = "raftlog_records_in_total";
 pub const BYTES_IN: &str = "raftlog_bytes_in_total";
 pub const RECORDS_OUT: &str = "raftlog_records_out_total";
@@ -40,8 +41,14 @@ pub fn install() -> &'static PrometheusHandle {
             0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
             2.5, 5.0, 10.0,
         ];
+        let per_fsync = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
         let recorder = PrometheusBuilder::new()
             .set_buckets(&buckets)
+            .expect("non-empty bucket list")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(APPENDS_PER_FSYNC.into()),
+                &per_fsync,
+            )
             .expect("non-empty bucket list")
             .build_recorder();
         let handle = recorder.handle();

@@ -1,6 +1,7 @@
 //! One running node: the Raft instance, the applied state it serves reads from, and the write
 //! entry point shared by the API services.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::api::error::ApiError;
@@ -27,6 +28,11 @@ pub struct NodeContext {
     pub config: Arc<NodeConfig>,
     pub forwarder: Forwarder,
     pub batcher: crate::batcher::Batcher,
+    /// Set while the node shuts down: it proposes nothing more (see [`crate::handover`]).
+    pub writes_stopped: Arc<AtomicBool>,
+    /// When this node was last seen becoming leader (term change included); `None` while it
+    /// follows. Kept by the task that logs leader changes.
+    pub leading_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// Why a write did not produce a replicated outcome on this node.
@@ -57,6 +63,17 @@ impl NodeContext {
     /// Proposes `command` through Raft and waits until it is committed (fsynced on a majority)
     /// and applied here; returns what applying it answered.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, WriteError> {
+        if self.writes_stopped.load(Ordering::Acquire) {
+            // Once a successor leads, send the write there; before that, the client retries.
+            if let Some(leader) = self.leader().filter(|(id, _)| *id != self.id) {
+                return Err(WriteError::NotLeader(Some(leader)));
+            }
+            return Err(WriteError::Failed(ApiError::Unavailable {
+                message: format!("node {} is shutting down; retry on another node", self.id),
+                leader: None,
+                not_applied: true,
+            }));
+        }
         // Appends go through group commit; rarer commands (topics, groups, producers,
         // housekeeping) are proposed on their own.
         // (group_commit_max = 1 proposes every request directly, as before group commit.)
@@ -106,6 +123,11 @@ impl NodeContext {
                 not_applied: true,
             })),
         }
+    }
+
+    /// From now on every write is refused as not applied (the node is shutting down).
+    pub fn stop_taking_writes(&self) {
+        self.writes_stopped.store(true, Ordering::Release);
     }
 
     /// The leader as this node currently sees it.

@@ -73,6 +73,8 @@ pub async fn run(
             config.limits.group_commit_max,
             config.limits.batch_bytes_max,
         ),
+        writes_stopped: Default::default(),
+        leading_since: Default::default(),
     };
 
     if !config.initial_cluster.is_empty() {
@@ -158,10 +160,11 @@ pub async fn run(
     let raft_events = tokio::spawn(log_raft_changes(ctx.clone()));
 
     shutdown.await;
-    // Graceful stop: stop accepting and let in-flight requests finish (bounded: a Subscribe
-    // stream or a long poll may never end on its own), then stop Raft and flush. No leadership
-    // handover: openraft 0.9 followers refuse votes while the leader's lease (election_timeout_max)
-    // runs, so a successor can only be elected once the lease expires (docs/decisions.md).
+    // Graceful stop: a leader first hands leadership over (while still serving, so the successor
+    // can reach it for its vote); then stop accepting and let in-flight requests finish (bounded:
+    // a Subscribe stream or a long poll may never end on its own), stop Raft and flush.
+    tracing::info!(node_id = config.node_id, "shutting down");
+    crate::handover::hand_over_leadership(&ctx).await;
     tracing::info!(node_id = config.node_id, "shutting down: draining requests");
     let _ = stop_tx.send(true);
     let grpc_abort = grpc.abort_handle();
@@ -189,10 +192,16 @@ pub async fn run(
 /// One log line per leader change and per membership change, with the ids that matter.
 async fn log_raft_changes(ctx: NodeContext) {
     let mut metrics = ctx.raft.metrics();
-    let (mut leader, mut membership) = (None, None);
+    let (mut leader, mut membership, mut term) = (None, None, 0);
     loop {
         {
             let m = metrics.borrow_and_update();
+            if m.current_leader != leader || m.current_term != term {
+                let leading = m.current_leader == Some(ctx.id);
+                *ctx.leading_since.lock().expect("leading_since lock") =
+                    leading.then(std::time::Instant::now);
+                term = m.current_term;
+            }
             if m.current_leader != leader {
                 tracing::info!(
                     node_id = ctx.id,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use raftlog_client::consumer::{Consumer, ConsumerConfig};
 use raftlog_client::producer::{Delivery, Producer, ProducerConfig};
-use raftlog_client::{record, Client};
-use support::{read_all, sample, NodeOptions, TestCluster};
+use raftlog_client::{pb, record, Client};
+use support::{produce_values, read_all, sample, NodeOptions, TestCluster};
 
 /// Sends numbered records round-robin to two partitions until `stop`, then flushes and returns
 /// every delivery in send order.
@@ -204,4 +204,37 @@ async fn a_rolling_restart_with_sigterm_under_load_loses_duplicates_and_fails_no
     for (i, d) in delivered.iter().enumerate() {
         assert_eq!((d.partition, d.offset), ((i % 2) as u32, (i / 2) as u64));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_leadership_over_before_it_exits() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let old = cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("handover", 1).await.unwrap();
+    let before = produce_values(&client, "handover", 0, "before", 100).await;
+    let old_term = cluster.status(old).await.unwrap().term;
+
+    let status = cluster.terminate(old);
+    assert!(status.success(), "node {old} exited with {status} on SIGTERM");
+
+    // The old leader exits only after it has seen its successor lead. Without the handover no
+    // survivor could lead yet: they would still be waiting out the old leader's lease.
+    let mut leaders = Vec::new();
+    for id in (1..=3).filter(|id| *id != old) {
+        let s = cluster.status(id).await.unwrap();
+        if s.role == pb::Role::Leader as i32 {
+            assert!(s.term > old_term, "a new term for the new leader");
+            leaders.push(id);
+        }
+    }
+    assert_eq!(leaders.len(), 1, "exactly one survivor leads when the old leader has exited");
+
+    // Writes go on at once, and nothing written before is lost.
+    let after = produce_values(&client, "handover", 0, "after", 100).await;
+    assert_eq!(after.first().map(|(offset, _)| *offset), Some(100));
+    cluster.spawn(old);
+    cluster.wait_converged(&[1, 2, 3]).await;
+    let stored = read_all(&cluster, old, "handover", 0).await;
+    assert_eq!(stored, [before, after].concat(), "every acknowledged record, in order");
 }
