@@ -5,6 +5,7 @@
 //! `sync_interval`, see docs/benchmarks.md).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use async_nats::jetstream::{self, stream};
@@ -41,6 +42,23 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("creating JetStream stream '{}'", args.topic))?;
     let replicas = stream.cached_info().config.num_replicas;
     let value = bytes::Bytes::from(vec![b'x'; args.record_bytes]);
+    // A stream just created may answer "no stream found" for a moment (its Raft group is still
+    // electing a leader): one warm-up message, retried for up to 10 s, before the clock starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let warm_up = async {
+            js.publish(args.topic.clone(), value.clone()).await?.await?;
+            anyhow::Ok(())
+        };
+        match warm_up.await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("warm-up publish: {e:#}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.context(format!("publishing to stream '{}'", args.topic))),
+        }
+    }
     let subject = Arc::new(args.topic.clone());
     let op = move |_: u64| {
         let (js, subject, value) = (js.clone(), subject.clone(), value.clone());
