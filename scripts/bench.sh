@@ -75,9 +75,16 @@ record() {
   echo "{\"name\":\"$1\",\"system\":\"$2\",\"setting\":\"$3\",\"peak_rss_mb\":$4,\"result\":$5}" | tee -a "$results"
 }
 
-cli() { # one bench run; its JSON line on stdout, its stderr shown only when it fails
+# One bench run: its JSON line on stdout. A failed run shows its stderr and is left out of the
+# table (the script goes on with the next one, and exits non-zero at the end).
+failures=0
+cli() {
   local out
-  out=$(RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" --json "$@" 2>"$errors") || { tail -n 20 "$errors" >&2; die "raftlog $* failed"; }
+  if ! out=$(RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" --json "$@" 2>"$errors"); then
+    tail -n 20 "$errors" >&2
+    log "FAILED: raftlog $*"
+    return 1
+  fi
   tail -n 1 <<<"$out"
 }
 
@@ -89,15 +96,16 @@ for gc in 1 1024; do
     read -r name bytes conc parts per count gc_off _ <<<"$row"
     [ "$gc" = 1 ] && [ "$gc_off" != yes ] && continue
     line=$(cli bench produce --topic "b-$name" --partitions "$parts" --count $((count / SCALE)) \
-      --concurrency "$conc" --record-bytes "$bytes" --records-per-request "$per")
+      --concurrency "$conc" --record-bytes "$bytes" --records-per-request "$per") || { failures=$((failures + 1)); continue; }
     record "$name" raftlog "gc$gc" "$(raftlog_rss)" "$line"
   done
   if [ "$gc" = 1024 ]; then
     line=$(cli bench produce --producer --topic b-catchup --partitions "$CATCHUP_PARTITIONS" \
-      --count "$CATCHUP_COUNT" --record-bytes 1024)
-    record producer-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line"
-    line=$(cli bench consume --topic b-catchup --count "$CATCHUP_COUNT" --endpoint 127.0.0.1:50051)
-    record consume-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line"
+      --count "$CATCHUP_COUNT" --record-bytes 1024) &&
+      record producer-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line" &&
+      line=$(cli bench consume --topic b-catchup --count "$CATCHUP_COUNT" --endpoint 127.0.0.1:50051) &&
+      record consume-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line" ||
+      failures=$((failures + 1))
   fi
   "$ROOT/scripts/cluster.sh" down >/dev/null
   rm -rf "$RAFTLOG_DATA_DIR"
@@ -116,7 +124,7 @@ if [ "$NATS" = 1 ]; then
       read -r name bytes conc parts per count _ nats <<<"$row"
       [ "$nats" = yes ] || continue
       line=$(cli bench produce --system nats --topic "b-$name" --count $((count / SCALE)) \
-        --concurrency "$conc" --record-bytes "$bytes")
+        --concurrency "$conc" --record-bytes "$bytes") || { failures=$((failures + 1)); continue; }
       record "$name" nats "$sync" "$(nats_rss)" "$line"
     done
     "$ROOT/scripts/nats-cluster.sh" down
@@ -162,3 +170,4 @@ if c:
           f"{c['records']:,} records in {c['seconds']:.2f} s, {c['records_per_s']:,.0f} records/s, "
           f"{c['mb_per_s']:.1f} MB/s")
 PY
+[ "$failures" = 0 ] || die "$failures run(s) failed (see above)"
