@@ -4,6 +4,8 @@
 //! - [`Client`]: one call per RPC, with leader following and retries.
 //! - [`producer::Producer`]: batches records per partition (linger and size bounds), partitions
 //!   keyed records by the documented key hash, keeps each partition's order.
+//! - [`produce_stream::ProduceStream`]: many produce requests in flight on one stream to the
+//!   leader (the pipelined form of [`Client::produce_request`]).
 //! - [`consumer::Consumer`]: reads a topic's partitions, commits and resumes a group's offsets.
 //!
 //! Retries: a write is retried only when the node said it was definitely not applied (no leader,
@@ -21,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub mod consumer;
+pub mod produce_stream;
 pub mod producer;
 
 /// Metadata keys the nodes use (see node/src/api/error.rs).

@@ -50,16 +50,30 @@ impl Batcher {
         command: Command,
         bytes: usize,
     ) -> Result<CommandResponse, WriteError> {
+        self.submit(command, bytes).await.await
+    }
+
+    /// Queues `command` for the next batch and returns its outcome to await. Callers that
+    /// submit one after another (a produce stream) have their commands proposed in that order.
+    pub async fn submit(
+        &self,
+        command: Command,
+        bytes: usize,
+    ) -> impl std::future::Future<Output = Result<CommandResponse, WriteError>> + Send + 'static
+    {
         let (reply, outcome) = oneshot::channel();
         let pending = Pending {
             command,
             bytes,
             reply,
         };
-        if self.tx.send(pending).await.is_err() {
-            return Err(stopped());
+        let queued = self.tx.send(pending).await.is_ok();
+        async move {
+            if !queued {
+                return Err(stopped());
+            }
+            outcome.await.unwrap_or_else(|_| Err(stopped()))
         }
-        outcome.await.unwrap_or_else(|_| Err(stopped()))
     }
 }
 

@@ -53,9 +53,7 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
         tracing::info!(node_id = ctx.id, "no other voter to hand leadership to");
         return None;
     };
-    let Some(addr) = membership.get_node(&successor).map(|n| n.addr.clone()) else {
-        return None;
-    };
+    let addr = membership.get_node(&successor).map(|n| n.addr.clone())?;
     let voters = membership.voter_ids().count();
     if voters > 3 {
         tracing::info!(
@@ -96,12 +94,7 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
         tokio::time::sleep_until((since + lease + LEASE_MARGIN).into()).await;
     }
 
-    let request = Forwarder::forwarded(
-        NodeRequest {
-            node_id: successor,
-        },
-        Some(ELECTION_WAIT),
-    );
+    let request = Forwarder::forwarded(NodeRequest { node_id: successor }, Some(ELECTION_WAIT));
     let elect = async {
         let channel = ctx.forwarder.channel(&addr).map_err(|e| e.to_string())?;
         ClusterClient::new(channel)
@@ -133,7 +126,11 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
             m.current_leader
         }
         Err(e) => {
-            tracing::warn!(node_id = ctx.id, successor, "handover did not complete: {e}");
+            tracing::warn!(
+                node_id = ctx.id,
+                successor,
+                "handover did not complete: {e}"
+            );
             None
         }
     }

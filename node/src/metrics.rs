@@ -75,6 +75,12 @@ pub async fn observe<T>(
     result
 }
 
+/// Records one request that is not its own gRPC call (a message of a produce stream).
+pub fn observed(method: &'static str, code: tonic::Code, start: Instant) {
+    metrics::counter!(REQUESTS, "method" => method, "code" => format!("{code:?}")).increment(1);
+    metrics::histogram!(REQUEST_SECONDS, "method" => method).record(start.elapsed().as_secs_f64());
+}
+
 /// Everything `/metrics` serves: the recorded metrics, then the node's state.
 pub async fn render(ctx: &NodeContext) -> String {
     let handle = install();

@@ -1,6 +1,7 @@
 //! One running node: the Raft instance, the applied state it serves reads from, and the write
 //! entry point shared by the API services.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -63,17 +64,7 @@ impl NodeContext {
     /// Proposes `command` through Raft and waits until it is committed (fsynced on a majority)
     /// and applied here; returns what applying it answered.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, WriteError> {
-        if self.writes_stopped.load(Ordering::Acquire) {
-            // Once a successor leads, send the write there; before that, the client retries.
-            if let Some(leader) = self.leader().filter(|(id, _)| *id != self.id) {
-                return Err(WriteError::NotLeader(Some(leader)));
-            }
-            return Err(WriteError::Failed(ApiError::Unavailable {
-                message: format!("node {} is shutting down; retry on another node", self.id),
-                leader: None,
-                not_applied: true,
-            }));
-        }
+        self.refuse_if_stopped()?;
         // Appends go through group commit; rarer commands (topics, groups, producers,
         // housekeeping) are proposed on their own.
         // (group_commit_max = 1 proposes every request directly, as before group commit.)
@@ -95,6 +86,39 @@ impl NodeContext {
                 not_applied: false,
             })),
         }
+    }
+
+    /// Queues an append for group commit and returns its outcome to await: appends submitted one
+    /// after another are proposed in that order (what a produce stream relies on).
+    pub async fn submit_append(
+        &self,
+        command: Command,
+    ) -> Result<
+        impl Future<Output = Result<CommandResponse, WriteError>> + Send + 'static,
+        WriteError,
+    > {
+        self.refuse_if_stopped()?;
+        let bytes = match &command {
+            Command::Append { records, .. } => records.iter().map(|r| r.size_bytes()).sum(),
+            _ => 0,
+        };
+        Ok(self.batcher.submit(command, bytes).await)
+    }
+
+    /// While the node shuts down it proposes nothing: a write goes to the successor once one
+    /// leads, else the client retries it.
+    fn refuse_if_stopped(&self) -> Result<(), WriteError> {
+        if !self.writes_stopped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(leader) = self.leader().filter(|(id, _)| *id != self.id) {
+            return Err(WriteError::NotLeader(Some(leader)));
+        }
+        Err(WriteError::Failed(ApiError::Unavailable {
+            message: format!("node {} is shutting down; retry on another node", self.id),
+            leader: None,
+            not_applied: true,
+        }))
     }
 
     /// Waits until this node may serve a linearizable read: it confirms with a quorum that it is

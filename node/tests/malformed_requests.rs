@@ -74,9 +74,10 @@ const STRUCTURED: usize = 6000;
 const IN_FLIGHT: usize = 24;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Unary methods that get random bodies. Cluster's Initialize, AddLearner, PromoteVoter,
-/// RemoveNode and TransferLeader are left out: they are operator RPCs whose default (empty)
-/// request is well-formed and may change the membership. Subscribe is streaming.
+/// Methods that get random bodies (ProduceStream as a stream of one message). Cluster's
+/// Initialize, AddLearner, PromoteVoter, RemoveNode and TransferLeader are left out: they are
+/// operator RPCs whose default (empty) request is well-formed and may change the membership.
+/// Subscribe is streaming.
 const CLIENT_METHODS: &[&str] = &[
     "/raftlog.v1.Broker/CreateTopic",
     "/raftlog.v1.Broker/ListTopics",
@@ -85,6 +86,7 @@ const CLIENT_METHODS: &[&str] = &[
     "/raftlog.v1.Broker/AlterTopic",
     "/raftlog.v1.Broker/InitProducer",
     "/raftlog.v1.Broker/Produce",
+    "/raftlog.v1.Broker/ProduceStream",
     "/raftlog.v1.Broker/Fetch",
     "/raftlog.v1.Broker/CommitOffsets",
     "/raftlog.v1.Broker/FetchOffsets",
@@ -382,6 +384,14 @@ fn plausible(rng: &mut StdRng, path: &str) -> Vec<u8> {
             retention_bytes: rng.random_bool(0.5).then(|| any_u64(rng)),
         }
         .encode_to_vec(),
+        "ProduceStream" => pb::ProduceStreamRequest {
+            request_id: any_u64(rng),
+            request: rng.random_bool(0.9).then(|| {
+                pb::ProduceRequest::decode(plausible(rng, "/raftlog.v1.Broker/Produce").as_slice())
+                    .expect("a plausible Produce request decodes")
+            }),
+        }
+        .encode_to_vec(),
         "Produce" => pb::ProduceRequest {
             topic: any_name(rng),
             partition: rng.random_bool(0.5).then(|| any_u32(rng)),
@@ -558,6 +568,8 @@ fn raw_body_is_unsafe(path: &str, body: &[u8]) -> bool {
         // Every well-formed InitProducer request is granted a producer id.
         "InitProducer" => pb::InitProducerRequest::decode(body).is_ok(),
         "Produce" => pb::ProduceRequest::decode(body).is_ok_and(|r| r.topic == TOPIC),
+        "ProduceStream" => pb::ProduceStreamRequest::decode(body)
+            .is_ok_and(|r| r.request.is_some_and(|r| r.topic == TOPIC)),
         "CommitOffsets" => pb::CommitOffsetsRequest::decode(body)
             .is_ok_and(|r| r.topic == TOPIC && valid_name(&r.group)),
         "Fetch" => pb::FetchRequest::decode(body).is_ok_and(|r| r.max_wait_ms > 100),

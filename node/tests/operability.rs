@@ -216,7 +216,10 @@ async fn a_leader_stopped_with_sigterm_hands_leadership_over_before_it_exits() {
     let old_term = cluster.status(old).await.unwrap().term;
 
     let status = cluster.terminate(old);
-    assert!(status.success(), "node {old} exited with {status} on SIGTERM");
+    assert!(
+        status.success(),
+        "node {old} exited with {status} on SIGTERM"
+    );
 
     // The old leader exits only after it has seen its successor lead. Without the handover no
     // survivor could lead yet: they would still be waiting out the old leader's lease.
@@ -228,7 +231,11 @@ async fn a_leader_stopped_with_sigterm_hands_leadership_over_before_it_exits() {
             leaders.push(id);
         }
     }
-    assert_eq!(leaders.len(), 1, "exactly one survivor leads when the old leader has exited");
+    assert_eq!(
+        leaders.len(),
+        1,
+        "exactly one survivor leads when the old leader has exited"
+    );
 
     // Writes go on at once, and nothing written before is lost.
     let after = produce_values(&client, "handover", 0, "after", 100).await;
@@ -236,5 +243,9 @@ async fn a_leader_stopped_with_sigterm_hands_leadership_over_before_it_exits() {
     cluster.spawn(old);
     cluster.wait_converged(&[1, 2, 3]).await;
     let stored = read_all(&cluster, old, "handover", 0).await;
-    assert_eq!(stored, [before, after].concat(), "every acknowledged record, in order");
+    assert_eq!(
+        stored,
+        [before, after].concat(),
+        "every acknowledged record, in order"
+    );
 }

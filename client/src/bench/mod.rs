@@ -78,6 +78,10 @@ pub struct ProduceArgs {
     /// Replicas of the JetStream stream, when this creates it (with --system nats).
     #[arg(long, default_value_t = 3)]
     nats_replicas: usize,
+    /// Send every request as its own unary Produce call instead of on one pipelined
+    /// ProduceStream (raftlog only; the same closed loop either way).
+    #[arg(long)]
+    unary: bool,
     /// Send every record through the batching idempotent producer (raftlog only) instead of
     /// raw produce requests: --concurrency and --records-per-request do not apply; the producer
     /// batches and pipelines on its own.

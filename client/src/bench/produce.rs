@@ -28,19 +28,29 @@ pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyho
     let requests = args.count.div_ceil(args.records_per_request as u64);
     let (partitions, per_request) = (u64::from(args.partitions.max(1)), args.records_per_request);
     let (client_op, topic) = (client.clone(), Arc::new(args.topic.clone()));
+    // One stream shared by every worker (as one Kafka connection carries a producer's requests),
+    // unless --unary.
+    let stream = (!args.unary).then(|| client.produce_stream());
     let op = move |i: u64| {
         let (client, topic, value) = (client_op.clone(), topic.clone(), value.clone());
+        let stream = stream.clone();
         async move {
-            let records = vec![
-                pb::Record {
-                    value,
-                    ..Default::default()
-                };
-                per_request
-            ];
-            client
-                .produce(&topic, (i % partitions) as u32, records)
-                .await?;
+            let request = pb::ProduceRequest {
+                topic: topic.to_string(),
+                partition: Some((i % partitions) as u32),
+                records: vec![
+                    pb::Record {
+                        value,
+                        ..Default::default()
+                    };
+                    per_request
+                ],
+                ..Default::default()
+            };
+            match stream {
+                Some(stream) => stream.send(request).await?,
+                None => client.produce_request(request).await?,
+            };
             Ok(())
         }
     };
@@ -51,7 +61,7 @@ pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyho
         requests,
         hist,
         secs,
-        extra: json!({}),
+        extra: json!({"transport": if args.unary { "unary" } else { "stream" }}),
     }
     .print(as_json);
     Ok(())

@@ -5,6 +5,9 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use futures::FutureExt;
 
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::broker_server::Broker;
@@ -19,19 +22,234 @@ use crate::command::{Command, CommandResponse, ProducerSequence, Rejection, Topi
 use crate::node::{now_ms, NodeContext, WriteError};
 use crate::storage::state_machine::TopicState;
 
+#[derive(Clone)]
 pub struct BrokerService {
     ctx: NodeContext,
     /// Next partition for round-robin produce; per node, so not a global rotation, but each node
     /// spreads its own traffic evenly.
-    round_robin: AtomicU32,
+    round_robin: Arc<AtomicU32>,
+}
+
+/// Requests a produce stream may have proposed and not yet answered; the stream stops reading
+/// while this many wait (backpressure on the client instead of memory on the node).
+const STREAM_IN_FLIGHT_MAX: usize = 1024;
+
+/// A produce request checked and placed on a partition, or one only the leader can place.
+enum PreparedProduce {
+    Append(PreparedAppend),
+    /// The topic is not applied on this node yet (just created?): the leader chooses.
+    ToLeader(ProduceRequest),
+}
+
+struct PreparedAppend {
+    command: Command,
+    /// The request as placed (explicit partition), for forwarding to the leader.
+    request: ProduceRequest,
+    outcome: AppendOutcome,
+}
+
+/// What is needed to answer an append once it has applied.
+struct AppendOutcome {
+    topic: String,
+    partition: u32,
+    bytes: u64,
+}
+
+impl AppendOutcome {
+    fn applied(self, response: CommandResponse) -> Result<ProduceResponse, ApiError> {
+        match response {
+            CommandResponse::Appended {
+                base_offset,
+                record_count,
+                duplicate,
+            } => {
+                // Counted where the batch is appended (the leader), once.
+                if !duplicate {
+                    metrics::counter!(crate::metrics::RECORDS_IN, "topic" => self.topic.clone())
+                        .increment(u64::from(record_count));
+                    metrics::counter!(crate::metrics::BYTES_IN, "topic" => self.topic)
+                        .increment(self.bytes);
+                }
+                Ok(ProduceResponse {
+                    partition: self.partition,
+                    base_offset,
+                    record_count,
+                    duplicate,
+                })
+            }
+            CommandResponse::Rejected(r) => Err(r.into()),
+            other => Err(unexpected(other)),
+        }
+    }
 }
 
 impl BrokerService {
     pub fn new(ctx: NodeContext) -> Self {
         Self {
             ctx,
-            round_robin: AtomicU32::new(0),
+            round_robin: Arc::new(AtomicU32::new(0)),
         }
+    }
+
+    /// Validates a produce request, places it on a partition and builds its command.
+    fn prepare_produce(
+        &self,
+        mut req: ProduceRequest,
+        forwarded: bool,
+    ) -> Result<PreparedProduce, ApiError> {
+        self.validate_produce(&req)?;
+        self.check_topic_record_limit(&req)?;
+        let partition = match req.partition {
+            Some(p) => {
+                if req.partitioner != Partitioner::Default as i32 {
+                    return Err(ApiError::InvalidArgument(
+                        "give either an explicit partition or a partitioner, not both".into(),
+                    ));
+                }
+                p
+            }
+            None if req.producer_id != 0 || req.expected_end_offset.is_some() => {
+                return Err(ApiError::InvalidArgument(
+                    "idempotent and conditional produce need an explicit partition".into(),
+                ))
+            }
+            None => match self.ctx.view.topic(&req.topic) {
+                Some(topic) => self.choose_partition(&req, &topic)?,
+                None if !forwarded
+                    && self.ctx.leader().is_some_and(|(id, _)| id != self.ctx.id) =>
+                {
+                    return Ok(PreparedProduce::ToLeader(req));
+                }
+                None => return Err(Rejection::UnknownTopic(req.topic).into()),
+            },
+        };
+        req.partition = Some(partition);
+        req.partitioner = Partitioner::Default as i32;
+        let producer = (req.producer_id != 0).then_some(ProducerSequence {
+            producer_id: req.producer_id,
+            sequence: req.sequence,
+        });
+        let command = Command::Append {
+            topic: req.topic.clone(),
+            partition,
+            records: req.records.iter().cloned().map(record_from_pb).collect(),
+            proposed_at_ms: now_ms(),
+            producer,
+            expected_end_offset: req.expected_end_offset,
+        };
+        let outcome = AppendOutcome {
+            topic: req.topic.clone(),
+            partition,
+            bytes: req
+                .records
+                .iter()
+                .map(raftlog_proto::record_size)
+                .sum::<usize>() as u64,
+        };
+        Ok(PreparedProduce::Append(PreparedAppend {
+            command,
+            request: req,
+            outcome,
+        }))
+    }
+
+    /// Serves one produce stream: reads requests in order, proposes each as it arrives (so a
+    /// partition's batches keep the stream's order) and answers each when it applies.
+    async fn serve_produce_stream(
+        self,
+        mut inbound: tonic::Streaming<ProduceStreamRequest>,
+        answers: tokio::sync::mpsc::Sender<Result<ProduceStreamResponse, Status>>,
+    ) {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut in_flight = FuturesUnordered::new();
+        let mut reading = true;
+        // Why reading stopped, if not the client's end of stream (an undecodable message).
+        let mut broken: Option<Status> = None;
+        while reading || !in_flight.is_empty() {
+            tokio::select! {
+                next = inbound.next(), if reading && in_flight.len() < STREAM_IN_FLIGHT_MAX => {
+                    let message = match next {
+                        Some(Ok(message)) => message,
+                        // Client done, gone or sending garbage: answer what is in flight, then end.
+                        Some(Err(status)) => {
+                            broken = Some(status);
+                            reading = false;
+                            continue;
+                        }
+                        None => {
+                            reading = false;
+                            continue;
+                        }
+                    };
+                    let request_id = message.request_id;
+                    let started = std::time::Instant::now();
+                    match self.submit_stream_produce(message.request.unwrap_or_default()).await {
+                        Ok(pending) => in_flight.push(async move {
+                            (request_id, started, pending.await)
+                        }.boxed()),
+                        Err(status) => in_flight.push(
+                            std::future::ready((request_id, started, Err(status))).boxed(),
+                        ),
+                    }
+                }
+                Some((request_id, started, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                    crate::metrics::observed(
+                        "ProduceStream",
+                        outcome.as_ref().err().map_or(tonic::Code::Ok, Status::code),
+                        started,
+                    );
+                    let answer = ProduceStreamResponse {
+                        request_id,
+                        outcome: Some(match outcome {
+                            Ok(ok) => produce_stream_response::Outcome::Ok(ok),
+                            Err(status) => produce_stream_response::Outcome::Error(stream_error(&status)),
+                        }),
+                    };
+                    if answers.send(Ok(answer)).await.is_err() {
+                        return; // the client went away; its requests still complete
+                    }
+                }
+            }
+        }
+        if let Some(status) = broken {
+            let _ = answers.send(Err(status)).await;
+        }
+    }
+
+    /// Proposes one request of a produce stream; the returned future answers it.
+    async fn submit_stream_produce(
+        &self,
+        request: ProduceRequest,
+    ) -> Result<impl Future<Output = Result<ProduceResponse, Status>> + Send + 'static, Status>
+    {
+        let append = match self.prepare_produce(request, true)? {
+            PreparedProduce::Append(append) => append,
+            PreparedProduce::ToLeader(_) => unreachable!("forwarded requests are placed here"),
+        };
+        let not_leader = |leader| -> Status {
+            match self.ctx.forwarder.route(true, leader, self.ctx.id) {
+                Ok(_) => unreachable!("route refuses forwarded requests"),
+                Err(e) => e.into(),
+            }
+        };
+        let pending = match self.ctx.submit_append(append.command).await {
+            Ok(pending) => pending,
+            Err(WriteError::NotLeader(leader)) => return Err(not_leader(leader)),
+            Err(WriteError::Failed(e)) => return Err(e.into()),
+        };
+        let ctx = self.ctx.clone();
+        let outcome = append.outcome;
+        Ok(async move {
+            match pending.await {
+                Ok(response) => outcome.applied(response).map_err(Status::from),
+                Err(WriteError::NotLeader(leader)) => Err(ctx
+                    .forwarder
+                    .route(true, leader, ctx.id)
+                    .err()
+                    .map_or_else(|| Status::unavailable("not the leader"), Status::from)),
+                Err(WriteError::Failed(e)) => Err(e.into()),
+            }
+        })
     }
 
     /// Proposes `command` through Raft when this node leads and maps the applied outcome with
@@ -225,22 +443,22 @@ impl BrokerService {
     /// fault-injection harness catches it: the leader proposes the batch without waiting for it
     /// to commit and acknowledges at the offset it guesses from its applied state. Acks can then
     /// name offsets that other batches take, or records a crash loses.
-    async fn unsafe_early_ack(
-        &self,
-        partition: u32,
-        req: &ProduceRequest,
-        command: &Command,
-    ) -> Option<ProduceResponse> {
+    async fn unsafe_early_ack(&self, append: &PreparedAppend) -> Option<ProduceResponse> {
         if self.ctx.raft.current_leader().await != Some(self.ctx.id) {
             return None;
         }
-        let topic = self.ctx.view.topic(&req.topic)?;
+        let partition = append.outcome.partition;
+        let topic = self.ctx.view.topic(&append.request.topic)?;
         let end_offset = topic.partitions.get(partition as usize)?.end_offset;
-        self.ctx.raft.client_write_ff(command.clone()).await.ok()?;
+        self.ctx
+            .raft
+            .client_write_ff(append.command.clone())
+            .await
+            .ok()?;
         Some(ProduceResponse {
             partition,
             base_offset: end_offset,
-            record_count: req.records.len() as u32,
+            record_count: append.request.records.len() as u32,
             duplicate: false,
         })
     }
@@ -369,102 +587,53 @@ impl Broker for BrokerService {
     ) -> Result<Response<ProduceResponse>, Status> {
         crate::metrics::observe("Produce", async move {
             let forwarded = is_forwarded(&request);
-            let mut req = request.into_inner();
-            self.validate_produce(&req)?;
-            self.check_topic_record_limit(&req)?;
-            let partition = match req.partition {
-                Some(p) => {
-                    if req.partitioner != Partitioner::Default as i32 {
-                        return Err(ApiError::InvalidArgument(
-                            "give either an explicit partition or a partitioner, not both".into(),
-                        )
-                        .into());
-                    }
-                    Some(p)
+            let append = match self.prepare_produce(request.into_inner(), forwarded)? {
+                PreparedProduce::Append(append) => append,
+                PreparedProduce::ToLeader(req) => {
+                    let (channel, leader) =
+                        self.ctx
+                            .forwarder
+                            .route(forwarded, self.ctx.leader(), self.ctx.id)?;
+                    return BrokerClient::new(channel)
+                        .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
+                        .produce(Forwarder::forwarded(req, None))
+                        .await
+                        .map_err(|s| leader_unreachable(s, leader));
                 }
-                None if req.producer_id != 0 || req.expected_end_offset.is_some() => {
-                    return Err(ApiError::InvalidArgument(
-                        "idempotent and conditional produce need an explicit partition".into(),
-                    )
-                    .into())
-                }
-                None => match self.ctx.view.topic(&req.topic) {
-                    Some(topic) => Some(self.choose_partition(&req, &topic)?),
-                    // Not applied here yet (just created?): the leader chooses, unless we lead.
-                    None if !forwarded
-                        && self.ctx.leader().is_some_and(|(id, _)| id != self.ctx.id) =>
-                    {
-                        None
-                    }
-                    None => return Err(ApiError::from(Rejection::UnknownTopic(req.topic)).into()),
-                },
-            };
-            let Some(partition) = partition else {
-                let (channel, leader) =
-                    self.ctx
-                        .forwarder
-                        .route(forwarded, self.ctx.leader(), self.ctx.id)?;
-                return BrokerClient::new(channel)
-                    .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
-                    .produce(Forwarder::forwarded(req, None))
-                    .await
-                    .map_err(|s| leader_unreachable(s, leader));
-            };
-            req.partition = Some(partition);
-            req.partitioner = Partitioner::Default as i32;
-            let producer = (req.producer_id != 0).then_some(ProducerSequence {
-                producer_id: req.producer_id,
-                sequence: req.sequence,
-            });
-            let command = Command::Append {
-                topic: req.topic.clone(),
-                partition,
-                records: req.records.iter().cloned().map(record_from_pb).collect(),
-                proposed_at_ms: now_ms(),
-                producer,
-                expected_end_offset: req.expected_end_offset,
             };
             #[cfg(feature = "unsafe-early-ack")]
-            if let Some(ack) = self.unsafe_early_ack(partition, &req, &command).await {
+            if let Some(ack) = self.unsafe_early_ack(&append).await {
                 return Ok(Response::new(ack));
             }
-            let (topic, bytes) = (
-                req.topic.clone(),
-                req.records
-                    .iter()
-                    .map(raftlog_proto::record_size)
-                    .sum::<usize>() as u64,
-            );
+            let PreparedAppend {
+                command,
+                request,
+                outcome,
+            } = append;
             self.write_or_forward(
                 forwarded,
                 command,
-                |response| match response {
-                    CommandResponse::Appended {
-                        base_offset,
-                        record_count,
-                        duplicate,
-                    } => {
-                        // Counted where the batch is appended (the leader), once.
-                        if !duplicate {
-                            metrics::counter!(crate::metrics::RECORDS_IN, "topic" => topic.clone())
-                                .increment(u64::from(record_count));
-                            metrics::counter!(crate::metrics::BYTES_IN, "topic" => topic)
-                                .increment(bytes);
-                        }
-                        Ok(ProduceResponse {
-                            partition,
-                            base_offset,
-                            record_count,
-                            duplicate,
-                        })
-                    }
-                    other => Err(unexpected(other)),
-                },
-                |mut client| async move { client.produce(Forwarder::forwarded(req, None)).await },
+                |response| outcome.applied(response),
+                |mut client| async move { client.produce(Forwarder::forwarded(request, None)).await },
             )
             .await
         })
         .await
+    }
+
+    type ProduceStreamStream =
+        tokio_stream::wrappers::ReceiverStream<Result<ProduceStreamResponse, Status>>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<tonic::Streaming<ProduceStreamRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let inbound = request.into_inner();
+        let (answers, stream) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT_MAX);
+        tokio::spawn(self.clone().serve_produce_stream(inbound, answers));
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            stream,
+        )))
     }
 
     async fn alter_topic(
@@ -794,6 +963,24 @@ impl Broker for BrokerService {
             )))
         })
         .await
+    }
+}
+
+/// A produce stream's form of the status Produce would have answered.
+fn stream_error(status: &Status) -> StreamError {
+    StreamError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        metadata: status
+            .metadata()
+            .iter()
+            .filter_map(|entry| match entry {
+                tonic::metadata::KeyAndValueRef::Ascii(key, value) => {
+                    Some((key.to_string(), value.to_str().ok()?.to_string()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect(),
     }
 }
 
