@@ -10,7 +10,8 @@
 #    requests that arrive together share one entry), every row. Each is a fresh cluster running
 #    the closed-loop load of `raftlog bench produce` (C requests in flight, each waiting for its
 #    replicated, fsynced ack): 1 KiB and 100 B records, C=1 and C=64, 1 and 8 partitions, and 100
-#    records per request (what the batching producer sends).
+#    records per request (what the batching producer sends). Requests go on one pipelined
+#    ProduceStream; the C=64 rows also run with one unary Produce call per request (--unary).
 # 2. On the group-commit cluster, catch-up consumption: 1M 1 KiB records written through the
 #    batching idempotent producer (`bench produce --producer`, its MB/s is printed too), then read
 #    back from node 1 (`bench consume`), every partition in parallel.
@@ -98,6 +99,13 @@ for gc in 1 1024; do
     line=$(cli bench produce --topic "b-$name" --partitions "$parts" --count $((count / SCALE)) \
       --concurrency "$conc" --record-bytes "$bytes" --records-per-request "$per") || { failures=$((failures + 1)); continue; }
     record "$name" raftlog "gc$gc" "$(raftlog_rss)" "$line"
+    # The same load as one unary Produce call per request instead of the pipelined stream.
+    if [ "$gc" = 1024 ] && [ "$gc_off" = yes ]; then
+      line=$(cli bench produce --unary --topic "b-$name-unary" --partitions "$parts" \
+        --count $((count / SCALE)) --concurrency "$conc" --record-bytes "$bytes" \
+        --records-per-request "$per") || { failures=$((failures + 1)); continue; }
+      record "$name" raftlog "gc$gc-unary" "$(raftlog_rss)" "$line"
+    fi
   done
   if [ "$gc" = 1024 ]; then
     line=$(cli bench produce --producer --topic b-catchup --partitions "$CATCHUP_PARTITIONS" \
@@ -137,13 +145,15 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 by = {(r["name"], r["system"], r["setting"]): r for r in rows}
 def label(r):
     if r["system"] == "raftlog":
-        return "raftlog, group commit " + ("off" if r["setting"] == "gc1" else "on")
+        gc = "group commit " + ("off" if r["setting"] == "gc1" else "on")
+        return f"raftlog, {gc}, " + ("unary Produce" if r["setting"].endswith("unary") else "ProduceStream")
     sync = "fsync per write" if r["setting"] == "always" else "default sync (no fsync per write)"
     return f"NATS {r['result']['nats']['server_version']}, {sync}"
-order = {("raftlog", "gc1024"): 0, ("raftlog", "gc1"): 1, ("nats", "default"): 2, ("nats", "always"): 3}
+order = {("raftlog", "gc1024"): 0, ("raftlog", "gc1024-unary"): 1, ("raftlog", "gc1"): 2,
+         ("nats", "default"): 3, ("nats", "always"): 4}
 table = [["run", "system", "req/s", "MB/s", "p50 ms", "p99 ms", "peak RSS MiB", "raftlog on / this"]]
 # Runs in matrix order (the group-commit-on pass runs every row; the off pass came first).
-for name in dict.fromkeys(r["name"] for r in sorted(rows, key=lambda r: r["setting"] != "gc1024")):
+for name in dict.fromkeys(r["name"] for r in sorted(rows, key=lambda r: not r["setting"].startswith("gc1024"))):
     if name in ("producer-1KiB", "consume-1KiB"):
         continue
     base = by.get((name, "raftlog", "gc1024"))

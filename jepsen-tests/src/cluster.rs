@@ -31,8 +31,19 @@ pub struct Cluster {
     net: Option<Network>,
 }
 
+/// A loopback port for a node (when not in network namespaces), below the kernel's ephemeral
+/// range: a port from "bind port 0" may be handed to an outgoing connection before the node (or
+/// a node restarted by a nemesis) binds it. Candidates are checked free with a bind.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(10_000);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        anyhow::ensure!(port < 20_000, "no free port left in 10000..20000");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
 }
 
 /// Sends a signal with the system's `kill` (the workspace forbids unsafe code, so no libc call).

@@ -15,7 +15,12 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => subscriber.json().init(),
         LogFormat::Text => subscriber.init(),
     }
-    raftlog_node::server::run(config, shutdown_signal()).await
+    if let Err(e) = raftlog_node::server::run(config, shutdown_signal()).await {
+        // One line with the whole cause chain (not a backtrace that pushes it out of a log tail).
+        tracing::error!("node failed: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -32,13 +32,27 @@ pub struct TestCluster {
     _dir: tempfile::TempDir,
 }
 
+/// A port for a node to bind, below the kernel's ephemeral range.
+///
+/// Not "bind port 0 and release it": that port comes from the ephemeral range, and between its
+/// release and the node's bind (or a restarted node's re-bind) any outgoing connection of a
+/// parallel test may be given it, and the node fails to start. Ports below the range are never
+/// handed out that way. Each test process walks its own slice of 20000..32000 (by pid), and each
+/// candidate is checked free with a bind.
 fn free_port() -> u16 {
-    // Bind port 0 to have the OS pick a free port, then release it for the node to bind.
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % 48) as u16 * 250;
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(offset < SPAN, "no free port left for test nodes");
+        let port = FIRST + (start + offset) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl TestCluster {
