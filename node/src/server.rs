@@ -68,10 +68,15 @@ pub async fn run(
         view,
         config: config.clone(),
         forwarder: Forwarder::default(),
+        // An entry bigger than what one AppendEntries carries could not be replicated in time
+        // (see APPEND_ENTRIES_BYTES_TARGET): group commit stops adding requests there.
         batcher: crate::batcher::Batcher::start(
             raft.clone(),
             config.limits.group_commit_max,
-            config.limits.batch_bytes_max,
+            config
+                .limits
+                .batch_bytes_max
+                .min(crate::raft::network::APPEND_ENTRIES_BYTES_TARGET),
         ),
         writes_stopped: Default::default(),
         leading_since: Default::default(),

@@ -197,3 +197,30 @@ async fn a_fourth_node_joins_as_learner_becomes_voter_and_is_removed() {
     assert_digests_equal(&digests);
     assert_all_nodes_hold(&cluster, &[1, 2, 3], "members", &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_on_large_entries_catches_up() {
+    // openraft 0.9 gives each AppendEntries one heartbeat interval (150 ms) and sends up to 300
+    // entries at once: a follower 300 entries of ~1 MiB behind once never caught up. The node now
+    // caps each AppendEntries near 1 MiB.
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let client = cluster.client();
+    client.create_topic("large", 1).await.unwrap();
+    cluster.kill9(follower);
+
+    // 120 batches of 1,000 records of 1 KiB (~1 MiB each) while the follower is down.
+    let value = bytes::Bytes::from(vec![b'v'; 1024]);
+    for _ in 0..120 {
+        let records = (0..1000)
+            .map(|_| raftlog_client::record(value.clone()))
+            .collect();
+        client.produce("large", 0, records).await.unwrap();
+    }
+    cluster.spawn(follower);
+    let digests = cluster.wait_converged(&[1, 2, 3]).await;
+    assert_digests_equal(&digests);
+    let end = cluster.status(follower).await.unwrap().applied_index;
+    assert!(end >= 120, "the follower applied the large entries");
+}

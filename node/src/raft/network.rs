@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{NetworkError, RemoteError, Unreachable};
+use openraft::error::{NetworkError, PayloadTooLarge, RemoteError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use raftlog_proto::raft::v1::raft_client::RaftClient;
 use raftlog_proto::raft::v1::RaftEnvelope;
@@ -22,6 +22,16 @@ use crate::storage::{decode, encode};
 
 /// Largest peer message accepted or sent (AppendEntries batches, snapshot chunks).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// Most bytes of entries one AppendEntries carries (unless a single entry is larger).
+///
+/// openraft 0.9 gives every AppendEntries `heartbeat_interval` (150 ms) to complete, send,
+/// follower fsync and answer included, and sends up to 300 entries at once. A follower behind by
+/// 300 entries of ~1 MiB (the batching producer's batches) would get 300 MiB per attempt, time
+/// out every time and never catch up (seen with `raftlog bench produce --producer`). Above this
+/// size the request is not sent: openraft is told `PayloadTooLarge` with a smaller entry count,
+/// and retries at once with that many.
+pub const APPEND_ENTRIES_BYTES_TARGET: usize = 1024 * 1024;
 
 /// Creates one [`PeerClient`] per target node, reusing channels by address.
 #[derive(Clone)]
@@ -113,6 +123,20 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        self.call_encoded(rpc, encode(request), ttl).await
+    }
+
+    /// [`Self::call`] with the request already encoded.
+    async fn call_encoded<Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        payload: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let channel = match &self.channel {
             Ok(channel) => channel.clone(),
             Err(e) => return Err(RpcError::Unreachable(Unreachable::new(&self.error(e)))),
@@ -122,7 +146,7 @@ impl PeerClient {
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
         let mut req = tonic::Request::new(RaftEnvelope {
             group_id: self.group,
-            payload: encode(request).into(),
+            payload: payload.into(),
         });
         req.set_timeout(ttl);
         let reply = match rpc {
@@ -155,7 +179,16 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
-        self.call(Rpc::AppendEntries, &rpc, option.hard_ttl()).await
+        let payload = encode(&rpc);
+        let entries = rpc.entries.len();
+        if payload.len() > APPEND_ENTRIES_BYTES_TARGET && entries > 1 {
+            let fit = entries * APPEND_ENTRIES_BYTES_TARGET / payload.len();
+            return Err(RpcError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit.clamp(1, entries - 1) as u64),
+            ));
+        }
+        self.call_encoded(Rpc::AppendEntries, payload, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
