@@ -2,6 +2,8 @@
 //! entry point shared by the API services.
 
 use std::future::Future;
+
+use futures::FutureExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -98,11 +100,35 @@ impl NodeContext {
         WriteError,
     > {
         self.refuse_if_stopped()?;
+        if self.config.limits.group_commit_max <= 1 {
+            // Group commit off: every request its own entry, proposed at once (in order: the
+            // proposal is queued to Raft before this returns), as a unary Produce would be.
+            let proposed = self.raft.client_write_ff(command).await;
+            return Ok(async move {
+                match proposed {
+                    Ok(outcome) => match outcome.await {
+                        Ok(Ok(response)) => Ok(response.data),
+                        Ok(Err(e)) => Err(client_write_error(e)),
+                        Err(_) => Err(WriteError::Failed(ApiError::Unavailable {
+                            message: "Raft stopped before answering; outcome unknown".into(),
+                            leader: None,
+                            not_applied: false,
+                        })),
+                    },
+                    Err(fatal) => Err(WriteError::Failed(ApiError::Unavailable {
+                        message: format!("Raft has stopped: {fatal}; use another node"),
+                        leader: None,
+                        not_applied: false,
+                    })),
+                }
+            }
+            .boxed());
+        }
         let bytes = match &command {
             Command::Append { records, .. } => records.iter().map(|r| r.size_bytes()).sum(),
             _ => 0,
         };
-        Ok(self.batcher.submit(command, bytes).await)
+        Ok(self.batcher.submit(command, bytes).await.boxed())
     }
 
     /// While the node shuts down it proposes nothing: a write goes to the successor once one
