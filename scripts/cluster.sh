@@ -22,6 +22,14 @@ start_node() {
   dir="$(node_dir "$n")"
   mkdir -p "$dir"
   if running "$n"; then log "node $n already running (pid $(pid_of "$n"))"; return; fi
+  # Another process on our ports (a cluster started with another RAFTLOG_DATA_DIR, say) would
+  # answer the readiness checks in place of this node: refuse instead.
+  local port
+  for port in "5005$n" "909$n"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "port $port is in use: another cluster (other RAFTLOG_DATA_DIR?) or program holds it"
+    fi
+  done
   RAFTLOG_NODE_ID="$n" \
   RAFTLOG_DATA_DIR="$dir" \
   RAFTLOG_LISTEN_ADDR="127.0.0.1:5005$n" \
