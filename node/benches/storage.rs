@@ -1,0 +1,128 @@
+//! Micro-benchmarks of the per-record work on a node's write path, on the real types and a real
+//! RocksDB (`cargo bench -p raftlog-node --bench storage`):
+//! - `entry_codec`: a group-commit entry (64 produce requests of one 1 KiB record) encoded as the
+//!   Raft log and the peer protocol store it (postcard), and decoded back.
+//! - `stored_batch`: one partition batch (64 records of 1 KiB) in its on-disk row form.
+//! - `apply`: the state machine applying such entries into RocksDB (what every node does once
+//!   per committed entry).
+//!
+//! Throughput is reported in record bytes, so the figures compare with the end-to-end MB/s of
+//! `scripts/bench.sh`.
+
+use std::hint::black_box;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use openraft::storage::RaftStateMachine;
+use openraft::{CommittedLeaderId, EntryPayload, LogId};
+use raftlog_node::command::{Command, Record, TopicSettings};
+use raftlog_node::raft::types::{Entry, METADATA_GROUP};
+use raftlog_node::storage::state_machine::StateMachine;
+use raftlog_node::storage::stored_batch::{self, BatchHeader};
+use raftlog_node::storage::{decode, encode, open_db};
+
+const RECORDS: usize = 64;
+const RECORD_BYTES: usize = 1024;
+
+fn record() -> Record {
+    Record {
+        key: None,
+        value: Bytes::from(vec![b'x'; RECORD_BYTES]),
+        headers: Vec::new(),
+        timestamp_ms: 0,
+    }
+}
+
+fn append(records: Vec<Record>) -> Command {
+    Command::Append {
+        topic: "bench".into(),
+        partition: 0,
+        records,
+        proposed_at_ms: 1,
+        producer: None,
+        expected_end_offset: None,
+    }
+}
+
+/// A group-commit entry: `RECORDS` produce requests of one record each.
+fn group_commit_entry() -> Command {
+    Command::Batch((0..RECORDS).map(|_| append(vec![record()])).collect())
+}
+
+fn entry(index: u64, command: Command) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+fn entry_codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("entry_codec");
+    group.throughput(Throughput::Bytes((RECORDS * RECORD_BYTES) as u64));
+    let entry = entry(1, group_commit_entry());
+    group.bench_function("encode", |b| b.iter(|| encode(black_box(&entry))));
+    let encoded = encode(&entry);
+    group.bench_function("decode", |b| {
+        b.iter(|| decode::<Entry>(black_box(&encoded)).expect("decodes"))
+    });
+    group.finish();
+}
+
+fn stored_batch_rows(c: &mut Criterion) {
+    let mut group = c.benchmark_group("stored_batch");
+    group.throughput(Throughput::Bytes((RECORDS * RECORD_BYTES) as u64));
+    let records: Vec<Record> = (0..RECORDS).map(|_| record()).collect();
+    let header = BatchHeader {
+        appended_at_ms: 1,
+        bytes: (RECORDS * RECORD_BYTES) as u64,
+    };
+    group.bench_function("encode", |b| {
+        b.iter(|| stored_batch::encode_batch(header, black_box(&records)))
+    });
+    let row = stored_batch::encode_batch(header, &records);
+    group.bench_function("decode", |b| {
+        b.iter(|| stored_batch::records(black_box(&row)).expect("decodes"))
+    });
+    group.finish();
+}
+
+fn apply(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let db = open_db(&dir.path().join("db")).expect("open RocksDB");
+    let mut sm = StateMachine::open(db, METADATA_GROUP, dir.path().join("snapshots"))
+        .expect("open the state machine");
+    let create = Command::CreateTopic {
+        name: "bench".into(),
+        settings: TopicSettings {
+            partitions: 1,
+            retention_ms: 0,
+            retention_bytes: 0,
+            max_record_bytes: 1024 * 1024,
+        },
+        topics_max: 10,
+    };
+    runtime
+        .block_on(sm.apply([entry(1, create)]))
+        .expect("create the topic");
+
+    let mut group = c.benchmark_group("apply");
+    group.throughput(Throughput::Bytes((RECORDS * RECORD_BYTES) as u64));
+    let mut index = 1;
+    group.bench_function("group_commit_entry", |b| {
+        b.iter_batched(
+            || {
+                index += 1;
+                entry(index, group_commit_entry())
+            },
+            |entry| runtime.block_on(sm.apply([entry])).expect("apply"),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, entry_codec, stored_batch_rows, apply);
+criterion_main!(benches);
