@@ -84,6 +84,13 @@ if "$ROOT/scripts/jepsen.sh" --time 30 --nemesis kill,partition --fault-secs 2,5
 else
   failed=$((failed + 1)); log "FAILED: fault-injection run with the idempotent producer"
 fi
+log "fault injection: 30 s of kill + pause faults with produce streams (ProduceStream)"
+if "$ROOT/scripts/jepsen.sh" --time 30 --nemesis kill,pause --fault-secs 2,5 --quiet-secs 2,4 \
+    --workload stream --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/stream"; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1)); log "FAILED: fault-injection run with produce streams"
+fi
 log "fault injection: the harness must catch a node that acknowledges before commit"
 if "$ROOT/scripts/jepsen-teeth.sh" "$jepsen_out/teeth"; then
   passed=$((passed + 1))

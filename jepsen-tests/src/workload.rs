@@ -60,6 +60,9 @@ pub enum ProducerKind {
     /// The client's idempotent batching `Producer`: it resends batches whose outcome is unknown,
     /// relying on the node's deduplication.
     Idempotent,
+    /// One request per record on a `ProduceStream` (each producer its own stream); outcomes as
+    /// for `plain`: a broken stream leaves its request unknown (`info`).
+    Stream,
 }
 
 /// One producer: sends unique values until the deadline, one at a time (closed loop).
@@ -79,6 +82,7 @@ pub async fn produce(
         };
         Producer::new(client.clone(), config)
     });
+    let stream = (kind == ProducerKind::Stream).then(|| client.produce_stream());
     let mut rng = StdRng::seed_from_u64(seed);
     let mut process = w.recorder.new_process();
     while Instant::now() < w.deadline {
@@ -86,15 +90,24 @@ pub async fn produce(
         let value = values.fetch_add(1, Ordering::Relaxed);
         w.recorder.invoke(process, OpValue::send(partition, value));
         let record = raftlog_client::record(value.to_string().into_bytes());
-        let result = match &producer {
-            None => client
-                .produce(TOPIC, partition, vec![record])
-                .await
-                .map(|ack| ack.base_offset),
-            Some(producer) => match producer.send_to(TOPIC, partition, record).await {
+        let result = match (&producer, &stream) {
+            (Some(producer), _) => match producer.send_to(TOPIC, partition, record).await {
                 Ok(delivery) => delivery.await.map(|d| d.offset),
                 Err(e) => Err(e),
             },
+            (None, Some(stream)) => stream
+                .send(pb::ProduceRequest {
+                    topic: TOPIC.into(),
+                    partition: Some(partition),
+                    records: vec![record],
+                    ..Default::default()
+                })
+                .await
+                .map(|ack| ack.base_offset),
+            (None, None) => client
+                .produce(TOPIC, partition, vec![record])
+                .await
+                .map(|ack| ack.base_offset),
         };
         match result {
             Ok(offset) => {
