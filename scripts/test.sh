@@ -70,27 +70,19 @@ rm -rf "$cluster_dir"
 # Fault injection: a short run with kill, pause and partition faults must find no anomaly, and the
 # harness must catch a node with a deliberate safety bug.
 jepsen_out="$(mktemp -d /tmp/raftlog-ci-jepsen.XXXXXX)"
-log "fault injection: 60 s of kill + pause + partition faults (output in $jepsen_out)"
-if "$ROOT/scripts/jepsen.sh" --time 60 --nemesis kill,pause,partition --fault-secs 2,5 --quiet-secs 2,4 \
-    --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/run"; then
-  passed=$((passed + 1))
-else
-  failed=$((failed + 1)); log "FAILED: fault-injection run found anomalies or did not complete"
-fi
-log "fault injection: 30 s of kill + partition faults with the idempotent producer"
-if "$ROOT/scripts/jepsen.sh" --time 30 --nemesis kill,partition --fault-secs 2,5 --quiet-secs 2,4 \
-    --workload idempotent --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/idempotent"; then
-  passed=$((passed + 1))
-else
-  failed=$((failed + 1)); log "FAILED: fault-injection run with the idempotent producer"
-fi
-log "fault injection: 30 s of kill + pause faults with produce streams (ProduceStream)"
-if "$ROOT/scripts/jepsen.sh" --time 30 --nemesis kill,pause --fault-secs 2,5 --quiet-secs 2,4 \
-    --workload stream --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/stream"; then
-  passed=$((passed + 1))
-else
-  failed=$((failed + 1)); log "FAILED: fault-injection run with produce streams"
-fi
+# jepsen_run NAME SECONDS NEMESES WORKLOAD: one short run that must find no anomaly.
+jepsen_run() {
+  log "fault injection: $2 s of $3 faults, $4 producers (output in $jepsen_out/$1)"
+  if "$ROOT/scripts/jepsen.sh" --time "$2" --nemesis "$3" --fault-secs 2,5 --quiet-secs 2,4 \
+      --workload "$4" --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/$1"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1)); log "FAILED: fault-injection run '$1' found anomalies or did not complete"
+  fi
+}
+jepsen_run run 60 kill,pause,partition plain
+jepsen_run idempotent 30 kill,partition idempotent
+jepsen_run stream 30 kill,pause stream
 log "fault injection: the harness must catch a node that acknowledges before commit"
 if "$ROOT/scripts/jepsen-teeth.sh" "$jepsen_out/teeth"; then
   passed=$((passed + 1))
