@@ -37,7 +37,8 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the batching task: at most `commands_max` requests and `bytes_max` record bytes per
-    /// batch entry (`commands_max` = 1 turns group commit off, for comparison).
+    /// batch entry (`commands_max` = 1 turns group commit off, for comparison: each request is
+    /// then its own entry, proposed at once with no cap on entries in flight).
     pub fn start(raft: Raft, commands_max: usize, bytes_max: usize) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(run(raft, rx, commands_max.max(1), bytes_max));
@@ -97,9 +98,15 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commands_max: usize, b
                 None => return,
             },
         };
-        // Waiting for a free slot is what lets a batch grow: requests queue up meanwhile.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
+        // Waiting for a free slot is what lets a batch grow: requests queue up meanwhile. With
+        // group commit off every request is its own entry, proposed at once (no slot).
+        let slot = if commands_max > 1 {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            Some(slot)
+        } else {
+            None
         };
         let mut bytes = first.bytes;
         let mut batch = vec![first];
@@ -121,8 +128,12 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commands_max: usize, b
 }
 
 /// Proposes `batch` as one entry (a lone command as itself) and answers each request when it
-/// applies. `slot` is released then.
-async fn propose(raft: &Raft, batch: Vec<Pending>, slot: tokio::sync::OwnedSemaphorePermit) {
+/// applies. `slot` (if any) is released then.
+async fn propose(
+    raft: &Raft,
+    batch: Vec<Pending>,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
     let (commands, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let single = commands.len() == 1;

@@ -2,8 +2,6 @@
 //! entry point shared by the API services.
 
 use std::future::Future;
-
-use futures::FutureExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -67,14 +65,12 @@ impl NodeContext {
     /// and applied here; returns what applying it answered.
     pub async fn write(&self, command: Command) -> Result<CommandResponse, WriteError> {
         self.refuse_if_stopped()?;
-        // Appends go through group commit; rarer commands (topics, groups, producers,
+        // Appends go through the batcher (group commit, or with group_commit_max = 1 each
+        // request proposed at once as its own entry); rarer commands (topics, groups, producers,
         // housekeeping) are proposed on their own.
-        // (group_commit_max = 1 proposes every request directly, as before group commit.)
         if let Command::Append { records, .. } = &command {
-            if self.config.limits.group_commit_max > 1 {
-                let bytes = records.iter().map(|r| r.size_bytes()).sum();
-                return self.batcher.write(command, bytes).await;
-            }
+            let bytes = records.iter().map(|r| r.size_bytes()).sum();
+            return self.batcher.write(command, bytes).await;
         }
         match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
@@ -100,35 +96,11 @@ impl NodeContext {
         WriteError,
     > {
         self.refuse_if_stopped()?;
-        if self.config.limits.group_commit_max <= 1 {
-            // Group commit off: every request its own entry, proposed at once (in order: the
-            // proposal is queued to Raft before this returns), as a unary Produce would be.
-            let proposed = self.raft.client_write_ff(command).await;
-            return Ok(async move {
-                match proposed {
-                    Ok(outcome) => match outcome.await {
-                        Ok(Ok(response)) => Ok(response.data),
-                        Ok(Err(e)) => Err(client_write_error(e)),
-                        Err(_) => Err(WriteError::Failed(ApiError::Unavailable {
-                            message: "Raft stopped before answering; outcome unknown".into(),
-                            leader: None,
-                            not_applied: false,
-                        })),
-                    },
-                    Err(fatal) => Err(WriteError::Failed(ApiError::Unavailable {
-                        message: format!("Raft has stopped: {fatal}; use another node"),
-                        leader: None,
-                        not_applied: false,
-                    })),
-                }
-            }
-            .boxed());
-        }
         let bytes = match &command {
             Command::Append { records, .. } => records.iter().map(|r| r.size_bytes()).sum(),
             _ => 0,
         };
-        Ok(self.batcher.submit(command, bytes).await.boxed())
+        Ok(self.batcher.submit(command, bytes).await)
     }
 
     /// While the node shuts down it proposes nothing: a write goes to the successor once one

@@ -226,28 +226,25 @@ impl BrokerService {
             PreparedProduce::Append(append) => append,
             PreparedProduce::ToLeader(_) => unreachable!("forwarded requests are placed here"),
         };
-        let not_leader = |leader| -> Status {
-            match self.ctx.forwarder.route(true, leader, self.ctx.id) {
-                Ok(_) => unreachable!("route refuses forwarded requests"),
-                Err(e) => e.into(),
+        // A stream is served by the leader only: a write this node cannot make names the leader
+        // and is never forwarded.
+        let ctx = self.ctx.clone();
+        let refused = move |e: WriteError| -> Status {
+            match e {
+                WriteError::NotLeader(leader) => ApiError::not_leader(ctx.id, leader).into(),
+                WriteError::Failed(e) => e.into(),
             }
         };
-        let pending = match self.ctx.submit_append(append.command).await {
-            Ok(pending) => pending,
-            Err(WriteError::NotLeader(leader)) => return Err(not_leader(leader)),
-            Err(WriteError::Failed(e)) => return Err(e.into()),
-        };
-        let ctx = self.ctx.clone();
+        let pending = self
+            .ctx
+            .submit_append(append.command)
+            .await
+            .map_err(&refused)?;
         let outcome = append.outcome;
         Ok(async move {
             match pending.await {
                 Ok(response) => outcome.applied(response).map_err(Status::from),
-                Err(WriteError::NotLeader(leader)) => Err(ctx
-                    .forwarder
-                    .route(true, leader, ctx.id)
-                    .err()
-                    .map_or_else(|| Status::unavailable("not the leader"), Status::from)),
-                Err(WriteError::Failed(e)) => Err(e.into()),
+                Err(e) => Err(refused(e)),
             }
         })
     }

@@ -64,6 +64,23 @@ impl ApiError {
             not_applied: true,
         }
     }
+
+    /// This node does not lead: the write was not applied; send it to `leader` (if known).
+    pub fn not_leader(
+        self_id: crate::raft::types::NodeId,
+        leader: Option<(crate::raft::types::NodeId, String)>,
+    ) -> Self {
+        match leader {
+            None => Self::no_leader(),
+            Some((leader_id, addr)) => ApiError::Unavailable {
+                message: format!(
+                    "node {self_id} is not the leader; send writes to node {leader_id} at {addr}"
+                ),
+                leader: Some((leader_id, addr)),
+                not_applied: true,
+            },
+        }
+    }
 }
 
 impl From<Rejection> for ApiError {

@@ -58,19 +58,12 @@ impl Forwarder {
         leader: Option<(NodeId, String)>,
         self_id: NodeId,
     ) -> Result<(Channel, (NodeId, String)), ApiError> {
-        let Some((leader_id, addr)) = leader else {
-            return Err(ApiError::no_leader());
-        };
-        if leader_id == self_id || forwarded {
-            return Err(ApiError::Unavailable {
-                message: format!(
-                    "node {self_id} is not the leader; send writes to node {leader_id} at {addr}"
-                ),
-                leader: Some((leader_id, addr)),
-                not_applied: true,
-            });
+        match leader {
+            Some((leader_id, addr)) if leader_id != self_id && !forwarded => {
+                Ok((self.channel(&addr)?, (leader_id, addr)))
+            }
+            leader => Err(ApiError::not_leader(self_id, leader)),
         }
-        Ok((self.channel(&addr)?, (leader_id, addr)))
     }
 
     /// Wraps a message for forwarding, marked so it is not forwarded again.
