@@ -11,7 +11,7 @@ use std::time::Duration;
 use raftlog_client::consumer::{Consumer, ConsumerConfig};
 use raftlog_client::producer::{Delivery, Producer, ProducerConfig};
 use raftlog_client::{pb, record, Client};
-use support::{produce_values, read_all, sample, NodeOptions, TestCluster};
+use support::{assert_digests_equal, produce_values, read_all, sample, NodeOptions, TestCluster};
 
 /// Sends numbered records round-robin to two partitions until `stop`, then flushes and returns
 /// every delivery in send order.
@@ -280,10 +280,7 @@ async fn a_cluster_restored_from_a_follower_backup_holds_what_the_backup_held() 
         cluster.spawn(id);
     }
     let digests = cluster.wait_converged(&[1, 2, 3]).await;
-    assert!(
-        digests.windows(2).all(|w| w[0].sha256 == w[1].sha256),
-        "restored replicas differ"
-    );
+    assert_digests_equal(&digests);
     for id in 1..=3 {
         assert_eq!(
             read_all(&cluster, id, "ledger", 0).await,

@@ -7,8 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use raftlog_client::pb;
-use support::{produce_values, read_all, NodeOptions, TestCluster};
+use support::{assert_digests_equal, produce_values, read_all, NodeOptions, TestCluster};
 
 /// Snapshot often and keep a short log tail, so tests exercise purging and snapshot transfer.
 fn snapshot_often() -> NodeOptions {
@@ -46,18 +45,6 @@ async fn assert_all_nodes_hold(
             "node {id}: offsets not dense"
         );
     }
-}
-
-fn assert_digests_equal(digests: &[pb::StateDigestResponse]) {
-    let first = &digests[0];
-    for d in digests {
-        assert_eq!(
-            (d.applied_index, &d.sha256),
-            (first.applied_index, &first.sha256),
-            "replicas differ: {digests:?}"
-        );
-    }
-    assert!(first.keys > 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -400,3 +400,16 @@ pub fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
         (series == wanted).then(|| value.parse().ok())?
     })
 }
+
+/// Every replica at the same applied index with the same state digest (and not empty).
+pub fn assert_digests_equal(digests: &[pb::StateDigestResponse]) {
+    let first = &digests[0];
+    for d in digests {
+        assert_eq!(
+            (d.applied_index, &d.sha256),
+            (first.applied_index, &first.sha256),
+            "replicas differ: {digests:?}"
+        );
+    }
+    assert!(first.keys > 0);
+}
