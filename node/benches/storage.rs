@@ -19,7 +19,7 @@ use raftlog_node::command::{Command, Record, TopicSettings};
 use raftlog_node::raft::types::{Entry, METADATA_GROUP};
 use raftlog_node::storage::state_machine::StateMachine;
 use raftlog_node::storage::stored_batch::{self, BatchHeader};
-use raftlog_node::storage::{decode, encode, open_db};
+use raftlog_node::storage::{self, decode, encode};
 
 const RECORDS: usize = 64;
 const RECORD_BYTES: usize = 1024;
@@ -91,8 +91,8 @@ fn apply(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let db = open_db(&dir.path().join("db")).expect("open RocksDB");
-    let mut sm = StateMachine::open(db, METADATA_GROUP, dir.path().join("snapshots"))
+    let dbs = storage::open(dir.path()).expect("open RocksDB");
+    let mut sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))
         .expect("open the state machine");
     let create = Command::CreateTopic {
         name: "bench".into(),

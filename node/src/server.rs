@@ -24,7 +24,7 @@ use crate::raft::service::PeerService;
 use crate::raft::types::{Node, Raft, METADATA_GROUP};
 use crate::storage::log_store::LogStore;
 use crate::storage::state_machine::StateMachine;
-use crate::storage::{open_db, CF_STATE_MACHINE};
+use crate::storage::{self, CF_STATE_MACHINE};
 
 /// Runs a node until `shutdown` resolves, then stops serving, stops Raft and flushes storage.
 pub async fn run(
@@ -34,10 +34,10 @@ pub async fn run(
     crate::metrics::install();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let db = open_db(&config.data_dir.join("db")).context("opening RocksDB")?;
-    let log_store = LogStore::new(db.clone(), METADATA_GROUP);
+    let dbs = storage::open(&config.data_dir).context("opening RocksDB")?;
+    let log_store = LogStore::new(&dbs, METADATA_GROUP);
     let state_machine = StateMachine::open(
-        db.clone(),
+        dbs.state.clone(),
         METADATA_GROUP,
         config.data_dir.join("snapshots"),
     )?;
@@ -187,8 +187,8 @@ pub async fn run(
         tracing::warn!("raft shutdown: {e}");
     }
     // The state machine is written without WAL: flush it so the next start need not re-apply.
-    if let Some(cf) = db.cf_handle(CF_STATE_MACHINE) {
-        db.flush_cf(cf).context("flushing state machine")?;
+    if let Some(cf) = dbs.state.cf_handle(CF_STATE_MACHINE) {
+        dbs.state.flush_cf(cf).context("flushing state machine")?;
     }
     tracing::info!(node_id = config.node_id, "stopped");
     Ok(())

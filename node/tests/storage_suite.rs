@@ -3,8 +3,8 @@
 
 use openraft::testing::{StoreBuilder, Suite};
 use raftlog_node::raft::types::{StorageError, TypeConfig, METADATA_GROUP};
+use raftlog_node::storage;
 use raftlog_node::storage::log_store::LogStore;
-use raftlog_node::storage::open_db;
 use raftlog_node::storage::state_machine::StateMachine;
 
 struct RocksBuilder;
@@ -12,9 +12,9 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let db = open_db(&dir.path().join("db")).expect("open RocksDB");
-        let log = LogStore::new(db.clone(), METADATA_GROUP);
-        let sm = StateMachine::open(db, METADATA_GROUP, dir.path().join("snapshots"))?;
+        let dbs = storage::open(dir.path()).expect("open RocksDB");
+        let log = LogStore::new(&dbs, METADATA_GROUP);
+        let sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))?;
         Ok((dir, log, sm))
     }
 }

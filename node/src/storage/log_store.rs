@@ -9,10 +9,10 @@
 //! - Vote, truncation and purge are written with `sync = true` (the write returns after the fsync).
 //!
 //! A node therefore never answers a peer or acknowledges a client for a log entry or vote that a
-//! power cut could take back. Why the append fsync is on its own thread: it keeps the Raft core
-//! task free while the disk works (the leader replicates to followers during its own fsync instead
-//! of after it), and every append that arrives during one fsync shares the next one (group commit
-//! at the disk, as an OS merges writes).
+//! power cut could take back. Why the append fsync is on its own thread: it keeps the tokio
+//! workers free while the disk works, and every append that arrives during one fsync shares the
+//! next one (group commit at the disk, as an OS merges writes). openraft 0.9's core itself still
+//! waits for each append's flush before it replicates it (docs/decisions.md).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -20,10 +20,10 @@ use std::sync::{mpsc, Arc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, RaftLogReader};
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::keys::{self, MetaKey};
-use super::{decode, encode, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
+use super::{decode, encode, Databases, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
 use crate::raft::types::{Entry, GroupId, LogId, StorageError, StorageIOError, TypeConfig, Vote};
 
 /// The log of one Raft group. Cheap to clone: clones share the database (openraft's log reader is
@@ -31,6 +31,8 @@ use crate::raft::types::{Entry, GroupId, LogId, StorageError, StorageIOError, Ty
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// The state machine's database, flushed before a purge (see [`RaftLogStorage::purge`]).
+    state_db: Arc<DB>,
     group: GroupId,
     flusher: LogFlusher,
 }
@@ -91,9 +93,15 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>, group: GroupId) -> Self {
+    pub fn new(dbs: &Databases, group: GroupId) -> Self {
+        let db = dbs.log.clone();
         let flusher = LogFlusher::start(db.clone());
-        Self { db, group, flusher }
+        Self {
+            db,
+            state_db: dbs.state.clone(),
+            group,
+            flusher,
+        }
     }
 
     fn cf_log(&self) -> &rocksdb::ColumnFamily {
@@ -174,8 +182,19 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let start_key = keys::log_entry(self.group, start);
-        let iter = self.db.iterator_cf(
+        // An upper bound keeps the iterator from reading (and prefetching) past the range.
+        let end = match range.end_bound() {
+            Bound::Included(i) => i.checked_add(1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        let mut opts = ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(keys::log_entry(self.group, end).to_vec());
+        }
+        let iter = self.db.iterator_cf_opt(
             self.cf_log(),
+            opts,
             IteratorMode::From(&start_key, Direction::Forward),
         );
         let mut entries = Vec::new();
@@ -282,10 +301,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // re-apply after a crash, make sure its memtable (which covers every applied entry, and
         // openraft purges only applied entries) is on disk.
         let cf_sm = self
-            .db
+            .state_db
             .cf_handle(CF_STATE_MACHINE)
             .expect("state_machine column family");
-        self.db.flush_cf(cf_sm).map_err(write_err)?;
+        self.state_db.flush_cf(cf_sm).map_err(write_err)?;
 
         let mut batch = WriteBatch::default();
         batch.put_cf(

@@ -1,5 +1,5 @@
-//! Durable storage of one node: a single RocksDB database holding the Raft log ([`log_store`])
-//! and the state machine ([`state_machine`]) in separate column families, plus snapshot files.
+//! Durable storage of one node: two RocksDB databases — one for the Raft log ([`log_store`]), one
+//! for the state machine ([`state_machine`]); see [`Databases`] for why two — plus snapshot files.
 //!
 //! Durability contract (what the rest of the node relies on):
 //! - Log entries and votes are written with `sync = true`: they are fsynced before openraft is told
@@ -20,31 +20,186 @@ pub mod stored_batch;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
 pub const CF_RAFT_META: &str = "raft_meta";
 pub const CF_STATE_MACHINE: &str = "state_machine";
 
-/// Opens (creating if needed) the node's database under `dir`.
-pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+/// Where the two databases live under a node's data dir.
+pub const LOG_DB_DIR: &str = "db";
+pub const STATE_DB_DIR: &str = "state";
+
+/// WAL files the log database keeps for reuse. Overwriting a recycled file's blocks (still in the
+/// page cache) costs a fraction of writing new ones, and its fdatasync has no inode or extent
+/// update to commit (measured here: a 4 KiB append + fdatasync ~150 µs, the same overwrite
+/// ~100 µs; page-cache writes to new pages ~0.8 GB/s, to cached ones ~9 GB/s).
+const LOG_WAL_FILES_RECYCLED: usize = 4;
+
+/// A node's two RocksDB databases.
+///
+/// Two databases, not one, because of the WAL: the log needs it (every append is fsynced through
+/// it) and benefits from recycling its files, while the state machine is written without WAL (the
+/// Raft log is its WAL) — and RocksDB refuses `disableWAL` writes in a database that recycles WAL
+/// files.
+#[derive(Clone)]
+pub struct Databases {
+    /// The Raft log and its metadata (vote, committed, last purged): `raft_log`, `raft_meta`.
+    pub log: Arc<DB>,
+    /// The state machine (`state_machine`), written without WAL.
+    pub state: Arc<DB>,
+}
+
+/// Opens (creating if needed) the node's databases under `data_dir`, first moving a state machine
+/// left in the log database by an older version into its own database.
+pub fn open(data_dir: &Path) -> Result<Databases, rocksdb::Error> {
+    let state = Arc::new(open_state_db(&data_dir.join(STATE_DB_DIR))?);
+    let log_path = data_dir.join(LOG_DB_DIR);
+    migrate_legacy_state_machine(&log_path, &state)?;
+    let log = Arc::new(open_log_db(&log_path)?);
+    Ok(Databases { log, state })
+}
+
+fn base_options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // Background flushes and compactions on both cores of a small machine.
     opts.increase_parallelism(2);
-    let cfs = [CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE]
-        .into_iter()
+    opts
+}
+
+fn open_log_db(path: &Path) -> Result<DB, rocksdb::Error> {
+    let mut opts = base_options();
+    opts.set_recycle_log_file_num(LOG_WAL_FILES_RECYCLED);
+    let cfs = [
+        ColumnFamilyDescriptor::new(CF_RAFT_LOG, Options::default()),
+        ColumnFamilyDescriptor::new(CF_RAFT_META, Options::default()),
+    ];
+    DB::open_cf_descriptors(&opts, path, cfs)
+}
+
+fn open_state_db(path: &Path) -> Result<DB, rocksdb::Error> {
+    let cfs = [ColumnFamilyDescriptor::new(
+        CF_STATE_MACHINE,
+        Options::default(),
+    )];
+    DB::open_cf_descriptors(&base_options(), path, cfs)
+}
+
+/// Data dirs written before the split hold the state machine as a column family of the log
+/// database. Copy its rows into the state database, make them durable, then drop the column
+/// family. A crash part-way leaves the column family in place and the copy is redone (it writes
+/// the same keys), so the move is all or nothing.
+fn migrate_legacy_state_machine(log_path: &Path, state: &DB) -> Result<(), rocksdb::Error> {
+    let Ok(existing) = DB::list_cf(&Options::default(), log_path) else {
+        return Ok(()); // no log database yet: a new node
+    };
+    if !existing.iter().any(|name| name == CF_STATE_MACHINE) {
+        return Ok(());
+    }
+    let mut opts = base_options();
+    opts.set_recycle_log_file_num(0);
+    let cfs = existing
+        .iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-    Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
+    let mut legacy = DB::open_cf_descriptors(&opts, log_path, cfs)?;
+    let rows = copy_rows(&legacy, state)?;
+    legacy.drop_cf(CF_STATE_MACHINE)?;
+    tracing::info!(
+        rows,
+        "moved the state machine out of the log database (format upgrade)"
+    );
+    Ok(())
+}
+
+/// Copies the legacy `state_machine` column family into the state database and flushes it.
+fn copy_rows(legacy: &DB, state: &DB) -> Result<u64, rocksdb::Error> {
+    let from = legacy
+        .cf_handle(CF_STATE_MACHINE)
+        .expect("listed column family is open");
+    let to = state
+        .cf_handle(CF_STATE_MACHINE)
+        .expect("state_machine column family is created at open");
+    let mut no_wal = WriteOptions::default();
+    no_wal.disable_wal(true);
+    let mut batch = WriteBatch::default();
+    let mut rows = 0u64;
+    for item in legacy.iterator_cf(from, IteratorMode::Start) {
+        let (key, value) = item?;
+        batch.put_cf(to, key, value);
+        rows += 1;
+        if batch.size_in_bytes() >= 4 << 20 {
+            state.write_opt(std::mem::take(&mut batch), &no_wal)?;
+        }
+    }
+    state.write_opt(batch, &no_wal)?;
+    state.flush_cf(to)?;
+    Ok(rows)
 }
 
 /// Encodes a value stored in RocksDB (log entries, votes, state-machine rows).
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Serializing our own plain data types into a Vec cannot fail.
-    postcard::to_allocvec(value).expect("postcard encoding of a storage value")
+    // Serializing our own plain data types into a Vec cannot fail. Sized first (a pass that only
+    // counts) so the buffer is allocated once instead of doubling (and copying) its way up to a
+    // megabyte-sized entry.
+    let size =
+        postcard::experimental::serialized_size(value).expect("postcard size of a storage value");
+    postcard::to_extend(value, Vec::with_capacity(size))
+        .expect("postcard encoding of a storage value")
 }
 
 pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
     postcard::from_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data dir of the one-database layout (state machine as a column family of `db/`) opens
+    /// with every row in place: state-machine rows in the state database, the log untouched, the
+    /// old column family gone; opening it again changes nothing.
+    #[test]
+    fn a_one_database_data_dir_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let log_path = dir.path().join(LOG_DB_DIR);
+        {
+            let legacy = DB::open_cf_descriptors(
+                &base_options(),
+                &log_path,
+                [CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE]
+                    .map(|name| ColumnFamilyDescriptor::new(name, Options::default())),
+            )
+            .expect("create a legacy database");
+            let cf = |name| legacy.cf_handle(name).expect("column family");
+            legacy.put_cf(cf(CF_RAFT_LOG), b"entry-1", b"e1").unwrap();
+            legacy.put_cf(cf(CF_RAFT_META), b"vote", b"v").unwrap();
+            for i in 0..10_000u32 {
+                let value = vec![i as u8; 1000];
+                legacy
+                    .put_cf(cf(CF_STATE_MACHINE), i.to_be_bytes(), value)
+                    .unwrap();
+            }
+        }
+        for _ in 0..2 {
+            let dbs = open(dir.path()).expect("open and upgrade");
+            let sm = dbs.state.cf_handle(CF_STATE_MACHINE).unwrap();
+            let rows: Vec<_> = dbs
+                .state
+                .iterator_cf(sm, IteratorMode::Start)
+                .map(|item| item.unwrap())
+                .collect();
+            assert_eq!(rows.len(), 10_000);
+            assert_eq!(&*rows[7].0, 7u32.to_be_bytes());
+            assert_eq!(&*rows[7].1, vec![7u8; 1000]);
+            let log = dbs.log.cf_handle(CF_RAFT_LOG).unwrap();
+            assert_eq!(dbs.log.get_cf(log, b"entry-1").unwrap().unwrap(), b"e1");
+            let meta = dbs.log.cf_handle(CF_RAFT_META).unwrap();
+            assert_eq!(dbs.log.get_cf(meta, b"vote").unwrap().unwrap(), b"v");
+            drop(dbs);
+            let cfs = DB::list_cf(&Options::default(), &log_path).unwrap();
+            assert!(!cfs.iter().any(|name| name == CF_STATE_MACHINE), "{cfs:?}");
+        }
+    }
 }
