@@ -222,11 +222,16 @@ impl StateView {
             }
         };
         let from = keys::sm_batch(self.group, state.id, partition, first_base);
+        let mut opts = ReadOptions::default();
+        // Stop at the partition's end, and read ahead: a fetch scans consecutive batches.
+        opts.set_iterate_upper_bound(keys::sm_batch(self.group, state.id, partition, end_offset));
+        opts.set_readahead_size(2 << 20);
         let mut bytes = 0usize;
-        'batches: for item in self
-            .db
-            .iterator_cf(self.cf(), IteratorMode::From(&from, Direction::Forward))
-        {
+        'batches: for item in self.db.iterator_cf_opt(
+            self.cf(),
+            opts,
+            IteratorMode::From(&from, Direction::Forward),
+        ) {
             let (key, value) = item.map_err(|e| ReadError::Storage(e.to_string()))?;
             let Some((t, p, base)) = keys::parse_batch(&key) else {
                 break;
@@ -234,8 +239,8 @@ impl StateView {
             if t != state.id || p != partition || base >= end_offset {
                 break;
             }
-            let records =
-                stored_batch::records(&value).map_err(|e| ReadError::Storage(e.to_string()))?;
+            let records = stored_batch::records_shared(bytes::Bytes::from(value))
+                .map_err(|e| ReadError::Storage(e.to_string()))?;
             for (i, record) in records.into_iter().enumerate() {
                 let record_offset = base + i as u64;
                 if record_offset < offset {

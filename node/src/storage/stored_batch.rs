@@ -43,6 +43,40 @@ pub fn records(value: &[u8]) -> Result<Vec<Record>, postcard::Error> {
     decode(&value[HEADER_BYTES..])
 }
 
+/// [`Record`] as borrowed from a stored row: the same postcard layout (`Bytes` and `&[u8]` both
+/// encode as length-prefixed bytes), decoded without copying any payload.
+#[derive(serde::Deserialize)]
+struct RecordRef<'a> {
+    #[serde(borrow)]
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    #[serde(borrow)]
+    headers: Vec<(&'a str, &'a [u8])>,
+    timestamp_ms: i64,
+}
+
+/// The records of a stored row, their keys, values and headers sharing the row's buffer (the
+/// fetch path: no per-record allocation or copy before the response is encoded).
+pub fn records_shared(value: bytes::Bytes) -> Result<Vec<Record>, postcard::Error> {
+    if value.len() < HEADER_BYTES {
+        return Err(postcard::Error::DeserializeUnexpectedEnd);
+    }
+    let borrowed: Vec<RecordRef<'_>> = postcard::from_bytes(&value[HEADER_BYTES..])?;
+    Ok(borrowed
+        .into_iter()
+        .map(|r| Record {
+            key: r.key.map(|k| value.slice_ref(k)),
+            value: value.slice_ref(r.value),
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), value.slice_ref(v)))
+                .collect(),
+            timestamp_ms: r.timestamp_ms,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +96,10 @@ mod tests {
         let value = encode_batch(h, &records);
         assert_eq!(header(&value).unwrap(), h);
         assert_eq!(self::records(&value).unwrap(), records);
+        assert_eq!(
+            records_shared(bytes::Bytes::from(value.clone())).unwrap(),
+            records
+        );
         assert!(header(&value[..3]).is_err());
     }
 }
