@@ -36,6 +36,10 @@ pub const STATE_DB_DIR: &str = "state";
 /// ~100 µs; page-cache writes to new pages ~0.8 GB/s, to cached ones ~9 GB/s).
 const LOG_WAL_FILES_RECYCLED: usize = 4;
 
+/// Live WAL bytes of the log database before RocksDB flushes the column families holding the
+/// oldest WAL file (two of RocksDB's default 64 MiB write buffers).
+const LOG_WAL_TOTAL_BYTES_MAX: u64 = 128 << 20;
+
 /// A node's two RocksDB databases.
 ///
 /// Two databases, not one, because of the WAL: the log needs it (every append is fsynced through
@@ -72,6 +76,11 @@ fn base_options() -> Options {
 fn open_log_db(path: &Path) -> Result<DB, rocksdb::Error> {
     let mut opts = base_options();
     opts.set_recycle_log_file_num(LOG_WAL_FILES_RECYCLED);
+    // A WAL file is recycled only once every column family with data in it has flushed. The
+    // tiny `raft_meta` column family (vote, committed) would otherwise keep the oldest WAL alive
+    // until RocksDB's default total-WAL limit (several GiB here) forced it out, and no file would
+    // ever be reused; past this size RocksDB flushes whatever holds the oldest WAL.
+    opts.set_max_total_wal_size(LOG_WAL_TOTAL_BYTES_MAX);
     let cfs = [
         ColumnFamilyDescriptor::new(CF_RAFT_LOG, Options::default()),
         ColumnFamilyDescriptor::new(CF_RAFT_META, Options::default()),
