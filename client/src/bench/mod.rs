@@ -32,6 +32,61 @@ pub enum BenchCmd {
     Consume(ConsumeArgs),
 }
 
+/// What the records' values hold (see `--payload`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Payload {
+    Fill,
+    Random,
+}
+
+impl Payload {
+    fn name(self) -> &'static str {
+        match self {
+            Payload::Fill => "fill",
+            Payload::Random => "random",
+        }
+    }
+}
+
+/// Record values of one load, handed out without copying: `fill` is one shared value; `random`
+/// slices a 64 MiB random pool at offsets that never repeat within a compressor's window, so no
+/// two nearby records share bytes.
+#[derive(Clone)]
+pub struct Payloads {
+    pool: bytes::Bytes,
+    len: usize,
+    next: Arc<AtomicU64>,
+}
+
+impl Payloads {
+    pub fn new(kind: Payload, len: usize) -> Self {
+        let pool = match kind {
+            Payload::Fill => vec![b'x'; len],
+            Payload::Random => {
+                let mut pool = vec![0u8; (64 << 20).max(4 * len)];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut pool);
+                pool
+            }
+        };
+        Self {
+            pool: pool.into(),
+            len,
+            next: Arc::default(),
+        }
+    }
+
+    pub fn next(&self) -> bytes::Bytes {
+        let room = self.pool.len() - self.len;
+        if room == 0 {
+            return self.pool.clone();
+        }
+        // An odd stride: consecutive values start at different offsets modulo any block size.
+        let step = self.len as u64 + 7;
+        let offset = (self.next.fetch_add(step, Ordering::Relaxed) % room as u64) as usize;
+        self.pool.slice(offset..offset + self.len)
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum System {
     Raftlog,
@@ -62,6 +117,10 @@ pub struct ProduceArgs {
     concurrency: u64,
     #[arg(long, default_value_t = 1024)]
     record_bytes: usize,
+    /// What record values hold: `fill` is b'x' repeated (RocksDB's LZ4 shrinks it ~250x, which
+    /// flatters raftlog's disk writes); `random` gives every record distinct incompressible bytes.
+    #[arg(long, value_enum, default_value_t = Payload::Fill)]
+    payload: Payload,
     #[arg(long, default_value_t = 1)]
     records_per_request: usize,
     /// The system under load.
@@ -235,7 +294,8 @@ impl ClosedLoopResult<'_> {
         let records = requests * self.args.records_per_request as u64;
         let mut result = json!({
             "system": self.system.name(), "mode": "produce", "requests": requests, "records": records,
-            "record_bytes": self.args.record_bytes, "concurrency": self.args.concurrency,
+            "record_bytes": self.args.record_bytes, "payload": self.args.payload.name(),
+            "concurrency": self.args.concurrency,
             "partitions": self.args.partitions, "seconds": secs,
             "requests_per_s": requests as f64 / secs, "records_per_s": records as f64 / secs,
             "mb_per_s": (records as f64 * self.args.record_bytes as f64) / secs / 1e6,

@@ -41,7 +41,8 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("creating JetStream stream '{}'", args.topic))?;
     let replicas = stream.cached_info().config.num_replicas;
-    let value = bytes::Bytes::from(vec![b'x'; args.record_bytes]);
+    let payloads = super::Payloads::new(args.payload, args.record_bytes);
+    let value = payloads.next();
     // A stream just created may answer "no stream found" for a moment (its Raft group is still
     // electing a leader): one warm-up message, retried for up to 10 s, before the clock starts.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -61,7 +62,7 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
     }
     let subject = Arc::new(args.topic.clone());
     let op = move |_: u64| {
-        let (js, subject, value) = (js.clone(), subject.clone(), value.clone());
+        let (js, subject, value) = (js.clone(), subject.clone(), payloads.next());
         async move {
             // The first await sends; the second waits for the stream's ack.
             js.publish(subject.as_str().to_string(), value)

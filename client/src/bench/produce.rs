@@ -24,7 +24,7 @@ async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::
 /// Closed loop of raw produce requests, `records_per_request` records each, partitions in turn.
 pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
     ensure_topic(client, &args.topic, args.partitions).await?;
-    let value = bytes::Bytes::from(vec![b'x'; args.record_bytes]);
+    let payloads = super::Payloads::new(args.payload, args.record_bytes);
     let requests = args.count.div_ceil(args.records_per_request as u64);
     let (partitions, per_request) = (u64::from(args.partitions.max(1)), args.records_per_request);
     let (client_op, topic) = (client.clone(), Arc::new(args.topic.clone()));
@@ -32,19 +32,18 @@ pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyho
     // unless --unary.
     let stream = (!args.unary).then(|| client.produce_stream());
     let op = move |i: u64| {
-        let (client, topic, value) = (client_op.clone(), topic.clone(), value.clone());
+        let (client, topic, payloads) = (client_op.clone(), topic.clone(), payloads.clone());
         let stream = stream.clone();
         async move {
             let request = pb::ProduceRequest {
                 topic: topic.to_string(),
                 partition: Some((i % partitions) as u32),
-                records: vec![
-                    pb::Record {
-                        value,
+                records: (0..per_request)
+                    .map(|_| pb::Record {
+                        value: payloads.next(),
                         ..Default::default()
-                    };
-                    per_request
-                ],
+                    })
+                    .collect(),
                 ..Default::default()
             };
             match stream {
@@ -84,10 +83,7 @@ pub async fn produce_batching(
         config.linger = std::time::Duration::from_millis(ms);
     }
     let producer = Producer::new(client.clone(), config.clone());
-    let record = pb::Record {
-        value: bytes::Bytes::from(vec![b'x'; args.record_bytes]),
-        ..Default::default()
-    };
+    let payloads = super::Payloads::new(args.payload, args.record_bytes);
     let acked = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let progress = super::spawn_progress(acked.clone(), args.count, "records");
@@ -108,7 +104,11 @@ pub async fn produce_batching(
     };
     for _ in 0..args.count {
         let sent = Instant::now();
-        let delivery = producer.send(&args.topic, record.clone()).await?;
+        let record = pb::Record {
+            value: payloads.next(),
+            ..Default::default()
+        };
+        let delivery = producer.send(&args.topic, record).await?;
         if tx.send((sent, delivery)).await.is_err() {
             break; // the waiter stopped at a failed record: its error is reported below
         }
