@@ -79,9 +79,9 @@ fn stored_batch_rows(c: &mut Criterion) {
     group.bench_function("encode", |b| {
         b.iter(|| stored_batch::encode_batch(header, black_box(&records)))
     });
-    let row = stored_batch::encode_batch(header, &records);
+    let row = bytes::Bytes::from(stored_batch::encode_batch(header, &records));
     group.bench_function("decode", |b| {
-        b.iter(|| stored_batch::records(black_box(&row)).expect("decodes"))
+        b.iter(|| stored_batch::records_shared(black_box(row.clone())).expect("decodes"))
     });
     group.finish();
 }

@@ -5,7 +5,7 @@
 //!
 //! On-disk format: changing it needs a migration and a flagged commit.
 
-use super::{decode, encode};
+use super::encode;
 use crate::command::Record;
 
 const HEADER_BYTES: usize = 16;
@@ -34,13 +34,6 @@ pub fn header(value: &[u8]) -> Result<BatchHeader, postcard::Error> {
         appended_at_ms: i64::from_be_bytes(value[..8].try_into().expect("8 bytes")),
         bytes: u64::from_be_bytes(value[8..16].try_into().expect("8 bytes")),
     })
-}
-
-pub fn records(value: &[u8]) -> Result<Vec<Record>, postcard::Error> {
-    if value.len() < HEADER_BYTES {
-        return Err(postcard::Error::DeserializeUnexpectedEnd);
-    }
-    decode(&value[HEADER_BYTES..])
 }
 
 /// [`Record`] as borrowed from a stored row: the same postcard layout (`Bytes` and `&[u8]` both
@@ -95,7 +88,6 @@ mod tests {
         };
         let value = encode_batch(h, &records);
         assert_eq!(header(&value).unwrap(), h);
-        assert_eq!(self::records(&value).unwrap(), records);
         assert_eq!(
             records_shared(bytes::Bytes::from(value.clone())).unwrap(),
             records
