@@ -179,12 +179,14 @@ impl Client {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|_| Error::Endpoint(addr.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .timeout(self.retry.request_timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = raftlog_proto::http2::client_endpoint(
+            Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|_| Error::Endpoint(addr.to_string()))?,
+        )
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(self.retry.request_timeout)
+        .tcp_nodelay(true)
+        .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -469,11 +471,13 @@ impl Client {
             max_records: 0,
         };
         // A subscription lives as long as the caller wants: no request timeout on this channel.
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|_| Error::Endpoint(addr.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = raftlog_proto::http2::client_endpoint(
+            Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|_| Error::Endpoint(addr.to_string()))?,
+        )
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .connect_lazy();
         let mut broker = BrokerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX);
         broker
             .subscribe(request)

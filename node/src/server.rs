@@ -131,7 +131,7 @@ pub async fn run(
     let client_message_bytes_max = config.limits.batch_bytes_max + 1024 * 1024;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
-    let grpc = tonic::transport::Server::builder()
+    let grpc = raftlog_proto::http2::server(tonic::transport::Server::builder())
         .tcp_nodelay(true)
         .add_service(
             RaftServer::new(PeerService::new(raft.clone(), METADATA_GROUP))

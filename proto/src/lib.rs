@@ -4,6 +4,7 @@
 //!
 //! - [`v1`]: the client API (`Broker`) and the operator API (`Cluster`).
 //! - [`raft::v1`]: the peer-only Raft transport.
+//! - [`http2`]: the HTTP/2 framing and flow-control settings every raftlog endpoint uses.
 //! - `PARTITIONER_KEY_HASH` is [`partition_for_key`]; [`record_size`] is how limits count a record.
 
 #[allow(clippy::all, missing_docs)]
@@ -12,6 +13,8 @@ pub mod v1 {
 }
 
 #[allow(clippy::all, missing_docs)]
+pub mod http2;
+
 pub mod raft {
     pub mod v1 {
         tonic::include_proto!("raftlog.raft.v1");

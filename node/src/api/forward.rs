@@ -41,11 +41,13 @@ impl Forwarder {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ApiError::Internal(format!("bad leader address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = raftlog_proto::http2::client_endpoint(
+            Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| ApiError::Internal(format!("bad leader address {addr}: {e}")))?,
+        )
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
