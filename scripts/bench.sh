@@ -3,7 +3,7 @@
 # 3-node NATS JetStream cluster, in ONE run (this machine is noisy: compare the ratios, not
 # absolute figures across runs).
 #
-#   scripts/bench.sh [--quick] [--no-nats | --nats-only]
+#   scripts/bench.sh [--quick] [--no-nats | --nats-only] [--payload random|fill]
 #
 # 1. raftlog, group commit off (RAFTLOG_GROUP_COMMIT_MAX=1: every request its own Raft entry,
 #    proposed at once as before group commit), the C=64 rows only; then group commit on (1024:
@@ -21,16 +21,26 @@
 #    only with nats-server >= 2.10 (Debian bookworm's 2.9.10 does not have it).
 # Prints one JSON line per run (with the peak RSS of the largest node), then one table.
 # --quick divides every count by 4; --no-nats skips step 3, --nats-only runs only step 3.
+# --payload: what record values hold, for every system. "random" (the default): distinct,
+# incompressible bytes, like real data. "fill": b'x' repeated, which RocksDB's LZ4 shrinks ~250x
+# on its way to disk (flatters raftlog; NATS does not compress), kept to compare with old tables.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ENDPOINTS="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
-SCALE=1 NATS=1 RAFTLOG=1
-for arg in "$@"; do
+SCALE=1 NATS=1 RAFTLOG=1 PAYLOAD=random
+while [ $# -gt 0 ]; do
+  arg=$1
+  shift
   case "$arg" in
     --quick) SCALE=4 ;;
+    --payload)
+      PAYLOAD=${1:-}
+      shift || true
+      case "$PAYLOAD" in random | fill) ;; *) die "--payload takes random or fill" ;; esac
+      ;;
     --no-nats) NATS=0 ;;
     --nats-only) RAFTLOG=0 ;;
-    *) die "usage: $0 [--quick] [--no-nats | --nats-only]" ;;
+    *) die "usage: $0 [--quick] [--no-nats | --nats-only] [--payload random|fill]" ;;
   esac
 done
 [ -x "$CLI_BIN" ] && { [ "$RAFTLOG" = 0 ] || [ -x "$NODE_BIN" ]; } || "$ROOT/scripts/build.sh"
@@ -96,19 +106,19 @@ for gc in 1 1024; do
   for row in "${MATRIX[@]}"; do
     read -r name bytes conc parts per count gc_off _ <<<"$row"
     [ "$gc" = 1 ] && [ "$gc_off" != yes ] && continue
-    line=$(cli bench produce --topic "b-$name" --partitions "$parts" --count $((count / SCALE)) \
+    line=$(cli bench produce --payload "$PAYLOAD" --topic "b-$name" --partitions "$parts" --count $((count / SCALE)) \
       --concurrency "$conc" --record-bytes "$bytes" --records-per-request "$per") || { failures=$((failures + 1)); continue; }
     record "$name" raftlog "gc$gc" "$(raftlog_rss)" "$line"
     # The same load as one unary Produce call per request instead of the pipelined stream.
     if [ "$gc" = 1024 ] && [ "$gc_off" = yes ]; then
-      line=$(cli bench produce --unary --topic "b-$name-unary" --partitions "$parts" \
+      line=$(cli bench produce --payload "$PAYLOAD" --unary --topic "b-$name-unary" --partitions "$parts" \
         --count $((count / SCALE)) --concurrency "$conc" --record-bytes "$bytes" \
         --records-per-request "$per") || { failures=$((failures + 1)); continue; }
       record "$name" raftlog "gc$gc-unary" "$(raftlog_rss)" "$line"
     fi
   done
   if [ "$gc" = 1024 ]; then
-    line=$(cli bench produce --producer --topic b-catchup --partitions "$CATCHUP_PARTITIONS" \
+    line=$(cli bench produce --payload "$PAYLOAD" --producer --topic b-catchup --partitions "$CATCHUP_PARTITIONS" \
       --count "$CATCHUP_COUNT" --record-bytes 1024) &&
       record producer-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line" &&
       line=$(cli bench consume --topic b-catchup --count "$CATCHUP_COUNT" --endpoint 127.0.0.1:50051) &&
@@ -131,7 +141,7 @@ if [ "$NATS" = 1 ]; then
     for row in "${MATRIX[@]}"; do
       read -r name bytes conc parts per count _ nats <<<"$row"
       [ "$nats" = yes ] || continue
-      line=$(cli bench produce --system nats --topic "b-$name" --count $((count / SCALE)) \
+      line=$(cli bench produce --payload "$PAYLOAD" --system nats --topic "b-$name" --count $((count / SCALE)) \
         --concurrency "$conc" --record-bytes "$bytes") || { failures=$((failures + 1)); continue; }
       record "$name" nats "$sync" "$(nats_rss)" "$line"
     done
@@ -165,7 +175,7 @@ for name in dict.fromkeys(r["name"] for r in sorted(rows, key=lambda r: not r["s
                       str(r["peak_rss_mb"]), ratio])
 widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
 print()
-print("Closed loop, 1 record per request unless noted; raftlog acks after fsync on a majority; NATS: R3 stream, file storage.")
+print(f"Closed loop, 1 record per request unless noted, payload {rows[0]['result'].get('payload', '?')}; raftlog acks after fsync on a majority; NATS: R3 stream, file storage.")
 print("'raftlog on / this': raftlog with group commit divided by the row (above 1: raftlog is faster).")
 for i, row in enumerate(table):
     print("  ".join(c.ljust(w) if j < 2 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
