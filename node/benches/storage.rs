@@ -91,7 +91,7 @@ fn apply(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
-    let dbs = storage::open(dir.path()).expect("open RocksDB");
+    let dbs = storage::open(dir.path(), &storage::MemoryBudget::default()).expect("open RocksDB");
     let mut sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))
         .expect("open the state machine");
     let create = Command::CreateTopic {

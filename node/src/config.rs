@@ -28,6 +28,8 @@ pub struct NodeConfig {
     pub snapshot: SnapshotPolicy,
     pub limits: Limits,
     pub housekeeping: Housekeeping,
+    /// RocksDB's memory (memtables and block cache) for both databases together.
+    pub storage_memory: crate::storage::MemoryBudget,
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info,openraft=warn" or "debug"; RUST_LOG overrides it.
     pub log_level: String,
@@ -220,6 +222,14 @@ pub struct Args {
     /// How often the leader runs retention and producer expiry [default: 60000].
     #[arg(long, env = "RAFTLOG_RETENTION_CHECK_MS")]
     pub retention_check_ms: Option<u64>,
+    /// RocksDB memtables of both databases together, in bytes; past it the largest is flushed
+    /// [default: 134217728 (128 MiB)].
+    #[arg(long, env = "RAFTLOG_STORAGE_MEMTABLE_BYTES")]
+    pub storage_memtable_bytes: Option<usize>,
+    /// RocksDB block cache shared by both databases (index and filter blocks included), in bytes
+    /// [default: 67108864 (64 MiB)].
+    #[arg(long, env = "RAFTLOG_STORAGE_BLOCK_CACHE_BYTES")]
+    pub storage_block_cache_bytes: Option<usize>,
     /// Log output format [default: text]; the level comes from log_level (or RUST_LOG).
     #[arg(long, env = "RAFTLOG_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -325,6 +335,12 @@ impl Args {
                 producer_idle_ms: pick!(producer_idle_ms)
                     .unwrap_or(Housekeeping::default().producer_idle_ms),
             },
+            storage_memory: crate::storage::MemoryBudget {
+                memtable_bytes: pick!(storage_memtable_bytes)
+                    .unwrap_or(crate::storage::MemoryBudget::default().memtable_bytes),
+                block_cache_bytes: pick!(storage_block_cache_bytes)
+                    .unwrap_or(crate::storage::MemoryBudget::default().block_cache_bytes),
+            },
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),
             log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
         };
@@ -381,6 +397,13 @@ impl NodeConfig {
             return invalid(
                 "batch_bytes_max must stay below half the peer message size (128 MiB)".into(),
             );
+        }
+        // Below these RocksDB would flush (or evict) constantly; a misplaced digit, not a choice.
+        if self.storage_memory.memtable_bytes < 16 * 1024 * 1024 {
+            return invalid("storage_memtable_bytes must be at least 16 MiB (16777216)".into());
+        }
+        if self.storage_memory.block_cache_bytes < 1024 * 1024 {
+            return invalid("storage_block_cache_bytes must be at least 1 MiB (1048576)".into());
         }
         if !self.initial_cluster.is_empty()
             && !self
@@ -448,6 +471,7 @@ mod tests {
             config.snapshot.logs_kept_after_snapshot,
             defaults.snapshot.logs_kept_after_snapshot
         );
+        assert_eq!(config.storage_memory, defaults.storage_memory);
     }
 
     #[test]
@@ -489,5 +513,15 @@ mod tests {
             .to_string()
             .contains("does not include this node"));
         assert!(parse_initial_cluster("x=1").is_err());
+        let bad = Args {
+            node_id: Some(1),
+            storage_memtable_bytes: Some(1 << 20),
+            ..Default::default()
+        };
+        assert!(bad
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("storage_memtable_bytes"));
     }
 }

@@ -12,7 +12,8 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = storage::open(dir.path()).expect("open RocksDB");
+        let dbs =
+            storage::open(dir.path(), &storage::MemoryBudget::default()).expect("open RocksDB");
         let log = LogStore::new(&dbs, METADATA_GROUP);
         let sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))?;
         Ok((dir, log, sm))

@@ -10,6 +10,10 @@
 //!   stored with the data says where openraft must resume re-applying.
 //! - The log is never purged past what the state machine has durably flushed (see
 //!   [`log_store::LogStore::purge`]).
+//!
+//! Memory: both databases share one write-buffer budget and one block cache ([`MemoryBudget`]),
+//! so what RocksDB holds is bounded by configuration, not by the data or the number of column
+//! families.
 
 pub mod keys;
 pub mod log_store;
@@ -20,7 +24,10 @@ pub mod stored_batch;
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
+    WriteBufferManager, WriteOptions, DB,
+};
 
 pub const CF_RAFT_LOG: &str = "raft_log";
 pub const CF_RAFT_META: &str = "raft_meta";
@@ -54,13 +61,78 @@ pub struct Databases {
     pub state: Arc<DB>,
 }
 
+/// What RocksDB may hold in memory, for both databases together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// Memtables of every column family (RocksDB's write buffer manager): past it, the largest
+    /// memtable is flushed. Each of the two large column families (raft log, state machine) gets
+    /// a quarter of it as its memtable size, so both can fill one while another flushes.
+    pub memtable_bytes: usize,
+    /// One LRU block cache for every column family, index and filter blocks included (so the
+    /// memory of open SST files is charged to it too, instead of growing with the data).
+    pub block_cache_bytes: usize,
+}
+
+impl Default for MemoryBudget {
+    fn default() -> Self {
+        Self {
+            memtable_bytes: 128 * 1024 * 1024,
+            block_cache_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The shared RocksDB objects a [`MemoryBudget`] becomes.
+struct SharedMemory {
+    write_buffers: WriteBufferManager,
+    block_cache: Cache,
+    /// Memtable size of each large column family.
+    memtable_bytes_per_cf: usize,
+}
+
+impl SharedMemory {
+    fn new(budget: &MemoryBudget) -> Self {
+        Self {
+            // No stall: past the budget RocksDB flushes; writes are never blocked on memory.
+            write_buffers: WriteBufferManager::new_write_buffer_manager(
+                budget.memtable_bytes,
+                false,
+            ),
+            block_cache: Cache::new_lru_cache(budget.block_cache_bytes),
+            memtable_bytes_per_cf: budget.memtable_bytes / 4,
+        }
+    }
+
+    fn db_options(&self) -> Options {
+        let mut opts = base_options();
+        opts.set_write_buffer_manager(&self.write_buffers);
+        opts
+    }
+
+    /// Options of a column family: the shared block cache, and `memtable_bytes` of memtable.
+    fn cf_options(&self, memtable_bytes: usize) -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&self.block_cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        let mut opts = Options::default();
+        opts.set_block_based_table_factory(&table);
+        opts.set_write_buffer_size(memtable_bytes);
+        opts
+    }
+}
+
+/// Memtable size of the tiny `raft_meta` column family (vote, committed, last purged).
+const META_MEMTABLE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Opens (creating if needed) the node's databases under `data_dir`, first moving a state machine
 /// left in the log database by an older version into its own database.
-pub fn open(data_dir: &Path) -> Result<Databases, rocksdb::Error> {
-    let state = Arc::new(open_state_db(&data_dir.join(STATE_DB_DIR))?);
+pub fn open(data_dir: &Path, budget: &MemoryBudget) -> Result<Databases, rocksdb::Error> {
+    let memory = SharedMemory::new(budget);
+    let state = Arc::new(open_state_db(&data_dir.join(STATE_DB_DIR), &memory)?);
     let log_path = data_dir.join(LOG_DB_DIR);
     migrate_legacy_state_machine(&log_path, &state)?;
-    let log = Arc::new(open_log_db(&log_path)?);
+    let log = Arc::new(open_log_db(&log_path, &memory)?);
     Ok(Databases { log, state })
 }
 
@@ -73,8 +145,8 @@ fn base_options() -> Options {
     opts
 }
 
-fn open_log_db(path: &Path) -> Result<DB, rocksdb::Error> {
-    let mut opts = base_options();
+fn open_log_db(path: &Path, memory: &SharedMemory) -> Result<DB, rocksdb::Error> {
+    let mut opts = memory.db_options();
     opts.set_recycle_log_file_num(LOG_WAL_FILES_RECYCLED);
     // A WAL file is recycled only once every column family with data in it has flushed. The
     // tiny `raft_meta` column family (vote, committed) would otherwise keep the oldest WAL alive
@@ -82,18 +154,18 @@ fn open_log_db(path: &Path) -> Result<DB, rocksdb::Error> {
     // ever be reused; past this size RocksDB flushes whatever holds the oldest WAL.
     opts.set_max_total_wal_size(LOG_WAL_TOTAL_BYTES_MAX);
     let cfs = [
-        ColumnFamilyDescriptor::new(CF_RAFT_LOG, Options::default()),
-        ColumnFamilyDescriptor::new(CF_RAFT_META, Options::default()),
+        ColumnFamilyDescriptor::new(CF_RAFT_LOG, memory.cf_options(memory.memtable_bytes_per_cf)),
+        ColumnFamilyDescriptor::new(CF_RAFT_META, memory.cf_options(META_MEMTABLE_BYTES)),
     ];
     DB::open_cf_descriptors(&opts, path, cfs)
 }
 
-fn open_state_db(path: &Path) -> Result<DB, rocksdb::Error> {
+fn open_state_db(path: &Path, memory: &SharedMemory) -> Result<DB, rocksdb::Error> {
     let cfs = [ColumnFamilyDescriptor::new(
         CF_STATE_MACHINE,
-        state_machine_cf_options(),
+        state_machine_cf_options(memory.cf_options(memory.memtable_bytes_per_cf)),
     )];
-    DB::open_cf_descriptors(&base_options(), path, cfs)
+    DB::open_cf_descriptors(&memory.db_options(), path, cfs)
 }
 
 /// Stored batch rows at least this large go to blob files (RocksDB's integrated BlobDB); the
@@ -110,8 +182,7 @@ const STATE_BLOB_BYTES_MIN: u64 = 4 * 1024;
 /// share of all disk writes a node made. With blob files a batch's bytes are written once, at
 /// flush; compactions move keys and references, and a blob file is deleted once retention has
 /// removed every row in it (docs/decisions.md, "Blob files for record batches").
-fn state_machine_cf_options() -> Options {
-    let mut opts = Options::default();
+fn state_machine_cf_options(mut opts: Options) -> Options {
     opts.set_enable_blob_files(true);
     opts.set_min_blob_size(STATE_BLOB_BYTES_MIN);
     // As the SST files are: compressible records stay small on disk.
@@ -215,7 +286,7 @@ mod tests {
             }
         }
         for _ in 0..2 {
-            let dbs = open(dir.path()).expect("open and upgrade");
+            let dbs = open(dir.path(), &MemoryBudget::default()).expect("open and upgrade");
             let sm = dbs.state.cf_handle(CF_STATE_MACHINE).unwrap();
             let rows: Vec<_> = dbs
                 .state
