@@ -67,7 +67,8 @@ status() { RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" cluster status "$@"; }
 cmd="${1:-}"
 case "$cmd" in
   up)
-    if [ ! -x "$NODE_BIN" ] || [ ! -x "$CLI_BIN" ] || [ -n "$(find "$ROOT/node" "$ROOT/client" "$ROOT/proto" -newer "$NODE_BIN" -name '*.rs' -o -newer "$NODE_BIN" -name '*.proto' 2>/dev/null | head -1)" ]; then
+    # RAFTLOG_NO_BUILD=1: run the binaries as they are (scripts/ab.sh runs copies of two builds).
+    if [ -z "${RAFTLOG_NO_BUILD:-}" ] && { [ ! -x "$NODE_BIN" ] || [ ! -x "$CLI_BIN" ] || [ -n "$(find "$ROOT/node" "$ROOT/client" "$ROOT/proto" -newer "$NODE_BIN" -name '*.rs' -o -newer "$NODE_BIN" -name '*.proto' 2>/dev/null | head -1)" ]; }; then
       "$ROOT/scripts/build.sh"
     fi
     for n in "${NODES[@]}"; do start_node "$n"; done

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# A/B of two raftlog builds on this (noisy) machine: the same loads, the builds alternating, a
+# fresh 3-node cluster per run, so both builds meet the same noise. Compare within one run.
+#
+#   scripts/ab.sh [--rounds N] [--payload random|fill] [--records N] [--c64-requests N] A B
+#
+# A, B: directories each holding a `raftlog-node` and a `raftlog` binary (copy them out of
+# $CARGO_TARGET_DIR/release after building each version). Per run: the batching producer writes
+# --records 1 KiB records (default 400000) over 4 partitions; node 1 reads them all back
+# (catch-up); then --c64-requests single-record requests (default 60000) at C=64 and 3000 at
+# C=1 on that (filled) cluster. One JSON line per run on stdout, then a table.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+ROUNDS=2 PAYLOAD=random RECORDS=400000 C64=60000
+while [ $# -gt 2 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2 ;;
+    --payload) PAYLOAD=$2 ;;
+    --records) RECORDS=$2 ;;
+    --c64-requests) C64=$2 ;;
+    *) die "unknown option $1 (usage: scripts/ab.sh [--rounds N] [--payload random|fill] [--records N] [--c64-requests N] A B)" ;;
+  esac
+  shift 2
+done
+[ $# -eq 2 ] || die "usage: scripts/ab.sh [options] A B (directories with raftlog-node and raftlog)"
+work="$(mktemp -d /tmp/raftlog-ab.XXXXXX)"
+results="$work/results.jsonl"
+export RAFTLOG_DATA_DIR="$work/data" RAFTLOG_NO_BUILD=1
+cleanup() { "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$RAFTLOG_DATA_DIR"; }
+trap cleanup EXIT
+labels=(A B)
+dirs=("$1" "$2")
+for i in 0 1; do
+  for bin in raftlog-node raftlog; do
+    [ -x "${dirs[$i]}/$bin" ] || die "${dirs[$i]}/$bin is not an executable"
+  done
+  # cluster.sh and the CLI paths come from CARGO_TARGET_DIR/release.
+  mkdir -p "$work/${labels[$i]}/release"
+  cp "${dirs[$i]}/raftlog-node" "${dirs[$i]}/raftlog" "$work/${labels[$i]}/release/"
+done
+
+peak_rss() { # VmHWM of each node, MiB
+  local n
+  for n in 1 2 3; do
+    awk '/VmHWM/ {printf "%d,", $2 / 1024}' "/proc/$(cat "$RAFTLOG_DATA_DIR/node-$n/pid")/status"
+  done
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  for label in "${labels[@]}"; do
+    export CARGO_TARGET_DIR="$work/$label"
+    cli="$CARGO_TARGET_DIR/release/raftlog"
+    rm -rf "$RAFTLOG_DATA_DIR"
+    "$ROOT/scripts/cluster.sh" up >/dev/null
+    log "round $round, build $label: producer, catch-up, C=64, C=1"
+    producer=$("$cli" bench produce --producer --topic ab --partitions 4 --count "$RECORDS" \
+      --record-bytes 1024 --payload "$PAYLOAD" | tail -n 1)
+    consume=$("$cli" bench consume --topic ab --count "$RECORDS" --endpoint 127.0.0.1:50051 | tail -n 1)
+    rss=$(peak_rss)
+    c64=$("$cli" bench produce --topic ab-c64 --partitions 1 --count "$C64" --concurrency 64 \
+      --record-bytes 1024 --records-per-request 1 --payload "$PAYLOAD" | tail -n 1)
+    c1=$("$cli" bench produce --topic ab-c1 --partitions 1 --count 3000 --concurrency 1 \
+      --record-bytes 1024 --records-per-request 1 --payload "$PAYLOAD" | tail -n 1)
+    "$ROOT/scripts/cluster.sh" down >/dev/null
+    python3 - "$label" "$round" "$producer" "$consume" "$c64" "$c1" "${rss%,}" <<'PY' | tee -a "$results"
+import json, sys
+label, rnd, p, c, c64, c1, rss = sys.argv[1:]
+p, c, c64, c1 = (json.loads(x) for x in (p, c, c64, c1))
+print(json.dumps({"build": label, "round": int(rnd), "payload": c64["payload"],
+    "producer_mb_s": round(p["mb_per_s"], 1), "catchup_mb_s": round(c["mb_per_s"], 1),
+    "c64_req_s": round(c64["requests_per_s"]), "c64_p99_ms": c64["latency_us"]["p99"] / 1000,
+    "c1_p50_ms": c1["latency_us"]["p50"] / 1000, "c1_p99_ms": c1["latency_us"]["p99"] / 1000,
+    "peak_rss_mib": [int(x) for x in rss.split(",")]}))
+PY
+  done
+done
+
+python3 - "$results" "$1" "$2" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print(f"\nA = {sys.argv[2]}\nB = {sys.argv[3]}\npayload {rows[0]['payload']}")
+head = ["build", "round", "producer MB/s", "catch-up MB/s", "C=64 req/s", "C=64 p99 ms",
+        "C=1 p50 ms", "C=1 p99 ms", "peak RSS MiB (nodes 1/2/3)"]
+table = [head] + [[r["build"], str(r["round"]), f"{r['producer_mb_s']}", f"{r['catchup_mb_s']}",
+                   f"{r['c64_req_s']:,}", f"{r['c64_p99_ms']:.2f}", f"{r['c1_p50_ms']:.2f}",
+                   f"{r['c1_p99_ms']:.2f}", "/".join(map(str, r["peak_rss_mib"]))] for r in rows]
+widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+for row in table:
+    print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+PY
