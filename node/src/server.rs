@@ -164,12 +164,24 @@ pub async fn run(
 
     let raft_events = tokio::spawn(log_raft_changes(ctx.clone()));
 
-    shutdown.await;
-    // Graceful stop: a leader first hands leadership over (while still serving, so the successor
-    // can reach it for its vote); then stop accepting and let in-flight requests finish (bounded:
-    // a Subscribe stream or a long poll may never end on its own), stop Raft and flush.
-    tracing::info!(node_id = config.node_id, "shutting down");
-    crate::handover::hand_over_leadership(&ctx).await;
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        fatal = raft_failure(raft.clone()) => Some(fatal),
+    };
+    if let Some(fatal) = &failure {
+        // Fail-stop: a node whose Raft core stopped (a log or state machine write failed, e.g.
+        // on a full disk) can neither commit nor apply. Serving on would leave clients retrying
+        // against it and hide the failure; exiting non-zero lets a supervisor restart it and an
+        // operator see why. Its log and state on disk are what a restart recovers from.
+        tracing::error!(node_id = config.node_id, error = %fatal, "Raft stopped on a fatal error; stopping the node");
+    } else {
+        // Graceful stop: a leader first hands leadership over (while still serving, so the
+        // successor can reach it for its vote); then stop accepting and let in-flight requests
+        // finish (bounded: a Subscribe stream or a long poll may never end on its own), stop Raft
+        // and flush.
+        tracing::info!(node_id = config.node_id, "shutting down");
+        crate::handover::hand_over_leadership(&ctx).await;
+    }
     tracing::info!(node_id = config.node_id, "shutting down: draining requests");
     let _ = stop_tx.send(true);
     let grpc_abort = grpc.abort_handle();
@@ -183,6 +195,9 @@ pub async fn run(
     raft_events.abort();
     let _ = admin.await;
     let _ = housekeeping.await;
+    if let Some(fatal) = failure {
+        anyhow::bail!("Raft stopped on a fatal error: {fatal}");
+    }
     if let Err(e) = raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");
     }
@@ -192,6 +207,20 @@ pub async fn run(
     }
     tracing::info!(node_id = config.node_id, "stopped");
     Ok(())
+}
+
+/// Resolves, with the error, once openraft's core has stopped on a fatal error; pending while
+/// Raft runs.
+async fn raft_failure(raft: Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the Raft core is gone".into();
+        }
+    }
 }
 
 /// One log line per leader change and per membership change, with the ids that matter.

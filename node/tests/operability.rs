@@ -1,6 +1,6 @@
 //! Operability on a 3-node cluster of real processes: `/metrics` reports sane values under load,
-//! and a rolling restart with SIGTERM under continuous produce loses, duplicates and fails
-//! nothing.
+//! a rolling restart with SIGTERM under continuous produce loses, duplicates and fails nothing,
+//! and a node whose disk fills stops instead of lingering.
 
 mod support;
 
@@ -307,4 +307,130 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         from.display(),
         to.display()
     );
+}
+
+/// A tmpfs mounted for the life of a test (root only, as the partition tests of the fault
+/// harness), unmounted when dropped, even when the test panics.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs at {} failed: this test needs root",
+            path.display()
+        );
+        Self(path)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Incompressible 1 KiB values (xorshift), so RocksDB's compression cannot make room.
+fn random_value(state: &mut u64) -> Vec<u8> {
+    (0..128)
+        .flat_map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            state.to_le_bytes()
+        })
+        .collect()
+}
+
+/// A node whose disk fills stops, with a non-zero exit status and the cause in its log, instead of
+/// lingering as a member that can neither append nor apply; the two others go on acknowledging
+/// every write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_fills_exits_and_the_others_keep_serving() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    // Node 3 moves onto a 96 MiB disk (its few MB of data copied over).
+    cluster.terminate(3);
+    let old_dir = cluster.node(3).data_dir.clone();
+    let small_dir = old_dir.with_file_name("node-3-small-disk");
+    let _disk = SmallDisk::mount(small_dir.clone(), "96m");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(old_dir.join("."))
+        .arg(&small_dir)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "copying node 3's data dir");
+    cluster.nodes[2].data_dir = small_dir;
+    cluster.spawn(3);
+    cluster.wait_converged(&[1, 2, 3]).await;
+
+    // 200 MB of incompressible records: more than node 3's disk holds.
+    let client = cluster.client();
+    client.create_topic("fill", 2).await.unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    let mut pending = Vec::new();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..200_000u32 {
+        let value = random_value(&mut seed);
+        pending.push(
+            producer
+                .send_to("fill", i % 2, record(value))
+                .await
+                .unwrap(),
+        );
+    }
+    producer.flush().await;
+    let mut offsets = [Vec::new(), Vec::new()];
+    for (i, delivery) in pending.into_iter().enumerate() {
+        let d = delivery
+            .await
+            .unwrap_or_else(|e| panic!("record {i} failed: {e}"));
+        offsets[d.partition as usize].push(d.offset);
+    }
+    for (partition, mut got) in offsets.into_iter().enumerate() {
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            (0..100_000).collect::<Vec<u64>>(),
+            "partition {partition}: every record acknowledged once, at offsets 0.."
+        );
+    }
+
+    // Polled (as `wait_for` polls the API): a process exit is not an event tokio can await on a
+    // std child. On timeout the node is killed, so a failing test does not leave it running.
+    let mut node3 = cluster.nodes[2].child.take().expect("node 3 was started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = node3.try_wait().expect("poll node 3") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = node3.kill();
+            let _ = node3.wait();
+            cluster.dump_logs();
+            panic!("node 3 still runs 60 s after its disk filled");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !status.success(),
+        "node 3 exited with {status} on a full disk"
+    );
+    let log = std::fs::read_to_string(cluster.node(3).data_dir.join("node.log")).unwrap();
+    assert!(
+        log.contains("Raft stopped on a fatal error") && log.contains("No space left on device"),
+        "node 3's log names the cause"
+    );
+    let digests = cluster.wait_converged(&[1, 2]).await;
+    assert_digests_equal(&digests);
 }
