@@ -15,6 +15,8 @@
 # 2. On the group-commit cluster, catch-up consumption: 1M 1 KiB records written through the
 #    batching idempotent producer (`bench produce --producer`, its MB/s is printed too), then read
 #    back from node 1 (`bench consume`), every partition in parallel.
+#    Then end-to-end latency (`bench e2e`): 2,000 records/s for 20 s through the producer (linger
+#    0), received by a consumer on node 1, pushed (Subscribe) and pulled (long-poll Fetch).
 # 3. NATS JetStream (scripts/nats-cluster.sh: stream with 3 replicas, file storage), the same
 #    1KiB-C1, 1KiB-C64 and 100B-C64 loads (`bench produce --system nats`), once per sync mode the
 #    installed nats-server has: "default" (fsync every 2 min) always; "always" (fsync per write)
@@ -68,7 +70,7 @@ MATRIX=(
   "1KiB-C64-p8   1024 64  8   1  40000 yes no"
   "1KiB-batch100 1024  8  1 100 200000 no  no"
 )
-CATCHUP_COUNT=$((1000000 / SCALE)) CATCHUP_PARTITIONS=4
+CATCHUP_COUNT=$((1000000 / SCALE)) CATCHUP_PARTITIONS=4 E2E_RATE=2000
 
 peak_rss_mb() { # the largest VmHWM of the given pid files, in MiB
   local max=0 kb f
@@ -124,6 +126,15 @@ for gc in 1 1024; do
       line=$(cli bench consume --topic b-catchup --count "$CATCHUP_COUNT" --endpoint 127.0.0.1:50051) &&
       record consume-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line" ||
       failures=$((failures + 1))
+    # End-to-end latency at a steady rate: send to receipt by a consumer on node 1, pushed
+    # (Subscribe) or pulled (long-poll Fetch).
+    for mode in push pull; do
+      line=$(cli bench e2e --payload "$PAYLOAD" --mode "$mode" --topic "b-e2e-$mode" \
+        --rate "$E2E_RATE" --duration-secs $((20 / SCALE)) --linger-ms 0 \
+        --endpoint 127.0.0.1:50051) &&
+        record "e2e-$mode" raftlog "gc$gc" "$(raftlog_rss)" "$line" ||
+        failures=$((failures + 1))
+    done
   fi
   "$ROOT/scripts/cluster.sh" down >/dev/null
   rm -rf "$RAFTLOG_DATA_DIR"
@@ -164,7 +175,7 @@ order = {("raftlog", "gc1024"): 0, ("raftlog", "gc1024-unary"): 1, ("raftlog", "
 table = [["run", "system", "req/s", "MB/s", "p50 ms", "p99 ms", "peak RSS MiB", "raftlog on / this"]]
 # Runs in matrix order (the group-commit-on pass runs every row; the off pass came first).
 for name in dict.fromkeys(r["name"] for r in sorted(rows, key=lambda r: not r["setting"].startswith("gc1024"))):
-    if name in ("producer-1KiB", "consume-1KiB"):
+    if name in ("producer-1KiB", "consume-1KiB") or name.startswith("e2e-"):
         continue
     base = by.get((name, "raftlog", "gc1024"))
     for r in sorted((r for r in rows if r["name"] == name), key=lambda r: order[(r["system"], r["setting"])]):
@@ -189,5 +200,13 @@ if c:
     print(f"catch-up consume from {c['endpoint']} ({c['node_role']}), {c['partitions']} partitions: "
           f"{c['records']:,} records in {c['seconds']:.2f} s, {c['records_per_s']:,.0f} records/s, "
           f"{c['mb_per_s']:.1f} MB/s")
+for mode in ("push", "pull"):
+    e = by.get((f"e2e-{mode}", "raftlog", "gc1024"))
+    if e:
+        e = e["result"]
+        lat, ack = e["e2e_latency_us"], e["ack_latency_us"]
+        print(f"end to end, {e['rate']:,} records/s of {e['record_bytes']} B, consumer {mode} on {e['endpoint']}: "
+              f"send to receipt p50 {lat['p50'] / 1000:.2f} ms, p99 {lat['p99'] / 1000:.2f} ms "
+              f"(send to ack p50 {ack['p50'] / 1000:.2f} ms, p99 {ack['p99'] / 1000:.2f} ms)")
 PY
 [ "$failures" = 0 ] || die "$failures run(s) failed (see above)"

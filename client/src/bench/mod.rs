@@ -8,6 +8,8 @@
 //!   (`--producer`: as many records as the producer will take, throughput of acknowledged
 //!   records).
 //! - `consume`: catch-up reading of a topic from one node, every partition in parallel.
+//! - `e2e`: end-to-end latency, from send to receipt by a consumer (push or pull), at a steady
+//!   produce rate.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +22,7 @@ use raftlog_client::Client;
 use serde_json::json;
 
 mod consume;
+mod e2e;
 mod nats;
 mod produce;
 
@@ -30,6 +33,56 @@ pub enum BenchCmd {
     /// Catch-up consumption: read COUNT records of a topic from its start, from one node, every
     /// partition in parallel, as fast as the node serves them.
     Consume(ConsumeArgs),
+    /// End-to-end latency: RATE records per second for DURATION through the batching producer,
+    /// received as they commit by a consumer on one node (Subscribe push, or long-poll Fetch);
+    /// reports send-to-receipt and send-to-ack latencies.
+    E2e(E2eArgs),
+}
+
+/// How the end-to-end consumer reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsumeMode {
+    /// Subscribe: the node pushes records as they commit.
+    Push,
+    /// Fetch with a long poll, one request in flight per partition.
+    Pull,
+}
+
+impl ConsumeMode {
+    fn name(self) -> &'static str {
+        match self {
+            ConsumeMode::Push => "push",
+            ConsumeMode::Pull => "pull",
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct E2eArgs {
+    #[arg(long, default_value = "bench-e2e")]
+    topic: String,
+    /// Create the topic with this many partitions if it does not exist.
+    #[arg(long, default_value_t = 1)]
+    partitions: u32,
+    /// Records per second, kept whatever the latency (open loop).
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// At least 8: each value starts with its send time.
+    #[arg(long, default_value_t = 1024)]
+    record_bytes: usize,
+    #[arg(long, value_enum, default_value_t = Payload::Random)]
+    payload: Payload,
+    /// How the consumer reads.
+    #[arg(long, value_enum, default_value_t = ConsumeMode::Push)]
+    mode: ConsumeMode,
+    /// The node the consumer reads from [default: the first of --endpoints].
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// The producer's linger in ms [default: ProducerConfig's, 5].
+    #[arg(long)]
+    linger_ms: Option<u64>,
 }
 
 /// What the records' values hold (see `--payload`).
@@ -192,6 +245,7 @@ pub async fn run(client: &Client, cmd: BenchCmd, as_json: bool) -> anyhow::Resul
             }
         }
         BenchCmd::Consume(args) => consume::consume(client, args, as_json).await,
+        BenchCmd::E2e(args) => e2e::e2e(client, args, as_json).await,
     }
 }
 

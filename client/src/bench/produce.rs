@@ -13,7 +13,11 @@ use tokio::sync::mpsc;
 use super::{ClosedLoopResult, ProduceArgs, System};
 
 /// Creates the topic with `partitions` partitions unless it exists.
-async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
+pub(super) async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<()> {
     match client.create_topic(topic, partitions).await {
         Ok(_) => Ok(()),
         Err(e) if e.code() == tonic::Code::AlreadyExists => Ok(()),
