@@ -93,6 +93,9 @@ pub struct Limits {
     pub fetch_wait_ms_max: u64,
     /// Messages buffered per Subscribe stream before the server waits for the client.
     pub subscribe_buffer_messages: usize,
+    /// Produce is refused (RESOURCE_EXHAUSTED) while the data dir's file system has less than
+    /// this available; 0 turns the check off.
+    pub disk_free_bytes_min: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -139,6 +142,7 @@ impl Default for Limits {
             fetch_bytes_max: 16 * 1024 * 1024,
             fetch_wait_ms_max: 30_000,
             subscribe_buffer_messages: 4,
+            disk_free_bytes_min: 1024 * 1024 * 1024,
         }
     }
 }
@@ -222,6 +226,10 @@ pub struct Args {
     /// How often the leader runs retention and producer expiry [default: 60000].
     #[arg(long, env = "RAFTLOG_RETENTION_CHECK_MS")]
     pub retention_check_ms: Option<u64>,
+    /// Refuse produce while the data dir's file system has less than this many bytes available;
+    /// 0 turns the check off [default: 1073741824 (1 GiB)].
+    #[arg(long, env = "RAFTLOG_DISK_FREE_BYTES_MIN")]
+    pub disk_free_bytes_min: Option<u64>,
     /// RocksDB memtables of both databases together, in bytes; past it the largest is flushed
     /// [default: 134217728 (128 MiB)].
     #[arg(long, env = "RAFTLOG_STORAGE_MEMTABLE_BYTES")]
@@ -327,6 +335,8 @@ impl Args {
                 producers_max: pick!(producers_max).unwrap_or(limits_default.producers_max),
                 group_commit_max: pick!(group_commit_max)
                     .unwrap_or(limits_default.group_commit_max),
+                disk_free_bytes_min: pick!(disk_free_bytes_min)
+                    .unwrap_or(limits_default.disk_free_bytes_min),
                 ..limits_default
             },
             housekeeping: Housekeeping {
@@ -472,6 +482,10 @@ mod tests {
             defaults.snapshot.logs_kept_after_snapshot
         );
         assert_eq!(config.storage_memory, defaults.storage_memory);
+        assert_eq!(
+            config.limits.disk_free_bytes_min,
+            defaults.limits.disk_free_bytes_min
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod api;
 pub mod batcher;
 pub mod command;
 pub mod config;
+pub mod disk;
 pub mod handover;
 pub mod metrics;
 pub mod node;

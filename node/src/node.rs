@@ -34,6 +34,8 @@ pub struct NodeContext {
     /// When this node was last seen becoming leader (term change included); `None` while it
     /// follows. Kept by the task that logs leader changes.
     pub leading_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Free space of the data dir, for the produce guard (`limits.disk_free_bytes_min`).
+    pub disk: crate::disk::DiskSpace,
 }
 
 /// Why a write did not produce a replicated outcome on this node.

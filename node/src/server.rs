@@ -68,6 +68,7 @@ pub async fn run(
         view,
         config: config.clone(),
         forwarder: Forwarder::default(),
+        disk: crate::disk::DiskSpace::watch(config.data_dir.clone()),
         // An entry bigger than what one AppendEntries carries could not be replicated in time
         // (see APPEND_ENTRIES_BYTES_TARGET): group commit stops adding requests there.
         batcher: crate::batcher::Batcher::start(

@@ -97,6 +97,7 @@ impl BrokerService {
         mut req: ProduceRequest,
         forwarded: bool,
     ) -> Result<PreparedProduce, ApiError> {
+        self.check_disk_space()?;
         self.validate_produce(&req)?;
         self.check_topic_record_limit(&req)?;
         let partition = match req.partition {
@@ -358,6 +359,20 @@ impl BrokerService {
             return Err(ApiError::InvalidArgument(format!(
                 "{what} name '{}' may contain only ASCII letters, digits, '.', '_' and '-'",
                 name.escape_debug()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses writes while this node's disk is nearly full (`disk_free_bytes_min`).
+    fn check_disk_space(&self) -> Result<(), ApiError> {
+        let min = self.ctx.config.limits.disk_free_bytes_min;
+        let available = self.ctx.disk.available();
+        if min > 0 && available < min {
+            return Err(ApiError::ResourceExhausted(format!(
+                "node {} has {available} bytes free on its data dir, below disk_free_bytes_min \
+                 ({min}); retry later, or free space (retention, deleting topics)",
+                self.ctx.id
             )));
         }
         Ok(())
