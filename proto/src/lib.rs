@@ -12,9 +12,9 @@ pub mod v1 {
     tonic::include_proto!("raftlog.v1");
 }
 
-#[allow(clippy::all, missing_docs)]
 pub mod http2;
 
+#[allow(clippy::all, missing_docs)]
 pub mod raft {
     pub mod v1 {
         tonic::include_proto!("raftlog.raft.v1");

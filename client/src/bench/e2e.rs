@@ -40,18 +40,31 @@ pub async fn e2e(client: &Client, args: E2eArgs, as_json: bool) -> anyhow::Resul
     let total = args.rate * args.duration_secs;
     let base = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
+    // Set by the consumer that receives the last record: the others stop waiting for more.
+    let (all_received, _) = tokio::sync::watch::channel(false);
+    let all_received = Arc::new(all_received);
     let mut consumers = Vec::new();
     for p in &info.partitions {
-        let (node, endpoint, topic, received) = (
+        let (node, endpoint, topic, received, all_received) = (
             node.clone(),
             endpoint.clone(),
             args.topic.clone(),
             received.clone(),
+            all_received.clone(),
         );
         let (partition, from, mode) = (p.partition, p.end_offset, args.mode);
         consumers.push(tokio::spawn(async move {
             consume_partition(
-                &node, &endpoint, &topic, partition, from, mode, base, received, total,
+                &node,
+                &endpoint,
+                &topic,
+                partition,
+                from,
+                mode,
+                base,
+                received,
+                total,
+                all_received,
             )
             .await
         }));
@@ -97,7 +110,9 @@ pub async fn e2e(client: &Client, args: E2eArgs, as_json: bool) -> anyhow::Resul
     while sent < total {
         let due = ((started.elapsed().as_secs_f64() * args.rate as f64) as u64).min(total);
         while sent < due {
-            let now = Instant::now();
+            // Stamped with the time the schedule says this record is sent, not when the loop got
+            // to it: a stall in the sender counts as latency (no coordinated omission).
+            let now = started + Duration::from_nanos(sent * 1_000_000_000 / args.rate);
             let mut value = BytesMut::with_capacity(args.record_bytes);
             value.put_u64_le(now.duration_since(base).as_nanos() as u64);
             value.put_slice(&payloads.next()[STAMP_BYTES..]);
@@ -160,6 +175,7 @@ async fn consume_partition(
     base: Instant,
     received: Arc<AtomicU64>,
     total: u64,
+    all_received: Arc<tokio::sync::watch::Sender<bool>>,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut hist = super::new_histogram();
     let mut record_latency = |record: &pb::Record| {
@@ -169,22 +185,33 @@ async fn consume_partition(
             .expect("records of this run start with their send time");
         hist.record(now.saturating_sub(u64::from_le_bytes(stamp)) / 1000)
             .ok();
-        received.fetch_add(1, Ordering::Relaxed) + 1 >= total
+        let last = received.fetch_add(1, Ordering::Relaxed) + 1 >= total;
+        if last {
+            all_received.send_replace(true);
+        }
+        last
     };
     match mode {
         ConsumeMode::Push => {
             let mut stream = node.subscribe(endpoint, topic, partition, from).await?;
-            while let Some(message) = stream.next().await {
+            let mut done = all_received.subscribe();
+            loop {
+                // A subscription sends nothing while there is nothing new: without the signal,
+                // partitions that did not receive the last record would wait forever.
+                let message = tokio::select! {
+                    message = stream.next() => message,
+                    _ = done.wait_for(|all| *all) => break,
+                };
+                let Some(message) = message else {
+                    bail!("the subscription to partition {partition} ended");
+                };
                 for record in &message?.records {
                     if record_latency(record) {
-                        return Ok(hist);
+                        break;
                     }
                 }
-                if received.load(Ordering::Relaxed) >= total {
-                    return Ok(hist);
-                }
             }
-            bail!("the subscription to partition {partition} ended");
+            Ok(hist)
         }
         ConsumeMode::Pull => {
             let mut offset = from;

@@ -333,6 +333,33 @@ impl SnapshotStore {
         }
     }
 
+    /// Removes what a crash or a failed build can leave behind: partly written snapshots
+    /// (`building-*`, `receiving.snap`, `current.meta.tmp`) and data files that are not the
+    /// current snapshot's. Called when the store opens, before anything writes here. Without it
+    /// a build that failed on a full disk would keep its partial file, and the restarted node
+    /// would fail again for want of the space that file holds.
+    fn remove_unfinished(&self) -> std::io::Result<()> {
+        let current = self
+            .current_meta()?
+            .map(|meta| self.data_path(&meta.snapshot_id));
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let unfinished = name.starts_with("building-")
+                || name == "receiving.snap"
+                || name == "current.meta.tmp";
+            let stale = name.starts_with("snap-") && Some(&path) != current.as_ref();
+            if unfinished || stale {
+                tracing::info!(file = %path.display(), "removing an unfinished or stale snapshot file");
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Makes `data` (already fsynced, in `dir`) the current snapshot, then removes older ones.
     fn publish(&self, meta: &SnapshotMeta, data: &Path) -> std::io::Result<()> {
         let final_data = self.data_path(&meta.snapshot_id);
@@ -372,6 +399,8 @@ impl StateMachine {
     /// Opens the state machine of `group`, loading its applied state and topic table.
     pub fn open(db: Arc<DB>, group: GroupId, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(snap_err)?;
+        let snapshots = SnapshotStore { dir: snapshot_dir };
+        snapshots.remove_unfinished().map_err(snap_err)?;
         let (applied_tx, _) = watch::channel(None);
         let view = Arc::new(StateView {
             db,
@@ -387,7 +416,7 @@ impl StateMachine {
             next_topic_id: 1,
             next_producer_id: 1,
             producers: BTreeMap::new(),
-            snapshots: SnapshotStore { dir: snapshot_dir },
+            snapshots,
         };
         sm.load()?;
         Ok(sm)
@@ -1139,8 +1168,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                     item.map(|(k, v)| (k[prefix.len()..].to_vec().into_boxed_slice(), v))
                         .map_err(std::io::Error::other)
                 });
-            let count = snapshot_file::write(&tmp, rows).map_err(snap_err)?;
-            snapshots.publish(&meta, &tmp).map_err(snap_err)?;
+            // A failed build (a full disk, say) must not leave its partial file taking space.
+            let count = snapshot_file::write(&tmp, rows)
+                .and_then(|count| snapshots.publish(&meta, &tmp).map(|()| count))
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_file(&tmp);
+                })
+                .map_err(snap_err)?;
             tracing::info!(snapshot_id = %meta.snapshot_id, rows = count, "built snapshot");
             Ok(meta)
         })
@@ -1161,5 +1195,40 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             meta,
             snapshot: Box::new(file),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a crash or a failed build leaves in the snapshot dir is gone once the state machine
+    /// opens: a partial build on a full disk would otherwise keep its space for good.
+    #[test]
+    fn opening_removes_unfinished_snapshot_files() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let dbs = super::super::open(dir.path(), &super::super::MemoryBudget::default())
+            .expect("open RocksDB");
+        let snapshots = dir.path().join("snapshots");
+        std::fs::create_dir_all(&snapshots).unwrap();
+        for name in [
+            "building-1-1-5-0000abcd.snap",
+            "receiving.snap",
+            "current.meta.tmp",
+            "snap-orphan.snap",
+        ] {
+            std::fs::write(snapshots.join(name), b"partial").unwrap();
+        }
+        StateMachine::open(
+            dbs.state,
+            crate::raft::types::METADATA_GROUP,
+            snapshots.clone(),
+        )
+        .expect("open the state machine");
+        let left: Vec<_> = std::fs::read_dir(&snapshots)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 }
