@@ -175,6 +175,12 @@ pub async fn run(
         // against it and hide the failure; exiting non-zero lets a supervisor restart it and an
         // operator see why. Its log and state on disk are what a restart recovers from.
         tracing::error!(node_id = config.node_id, error = %fatal, "Raft stopped on a fatal error; stopping the node");
+        // Probes see it at once, not only when the port closes after the drain.
+        for service in ["", "raftlog.v1.Broker", "raftlog.v1.Cluster"] {
+            health_reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
     } else {
         // Graceful stop: a leader first hands leadership over (while still serving, so the
         // successor can reach it for its vote); then stop accepting and let in-flight requests
