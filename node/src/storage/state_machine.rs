@@ -303,6 +303,13 @@ pub struct StateMachine {
     snapshots: SnapshotStore,
 }
 
+/// File names in the snapshot dir: complete snapshots, one being built, one being received, and
+/// the meta file while it is replaced.
+const DATA_PREFIX: &str = "snap-";
+const BUILDING_PREFIX: &str = "building-";
+const RECEIVING_FILE: &str = "receiving.snap";
+const META_TMP_FILE: &str = "current.meta.tmp";
+
 /// Snapshot files of one group under `dir`: `snap-<id>.snap` holds the rows and `current.meta`
 /// names the newest complete one (it is renamed into place only after its data file is fsynced).
 #[derive(Clone)]
@@ -316,11 +323,26 @@ impl SnapshotStore {
     }
 
     fn data_path(&self, snapshot_id: &str) -> PathBuf {
-        self.dir.join(format!("snap-{snapshot_id}.snap"))
+        self.dir.join(format!("{DATA_PREFIX}{snapshot_id}.snap"))
     }
 
     fn receiving_path(&self) -> PathBuf {
-        self.dir.join("receiving.snap")
+        self.dir.join(RECEIVING_FILE)
+    }
+
+    /// The files in `dir`, as (name, path).
+    fn files(&self) -> std::io::Result<Vec<(String, PathBuf)>> {
+        std::fs::read_dir(&self.dir)?
+            .map(|entry| {
+                let path = entry?.path();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_string();
+                Ok((name, path))
+            })
+            .collect()
     }
 
     fn current_meta(&self) -> std::io::Result<Option<SnapshotMeta>> {
@@ -342,16 +364,11 @@ impl SnapshotStore {
         let current = self
             .current_meta()?
             .map(|meta| self.data_path(&meta.snapshot_id));
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            let unfinished = name.starts_with("building-")
-                || name == "receiving.snap"
-                || name == "current.meta.tmp";
-            let stale = name.starts_with("snap-") && Some(&path) != current.as_ref();
+        for (name, path) in self.files()? {
+            let unfinished = name.starts_with(BUILDING_PREFIX)
+                || name == RECEIVING_FILE
+                || name == META_TMP_FILE;
+            let stale = name.starts_with(DATA_PREFIX) && Some(&path) != current.as_ref();
             if unfinished || stale {
                 tracing::info!(file = %path.display(), "removing an unfinished or stale snapshot file");
                 std::fs::remove_file(&path)?;
@@ -366,20 +383,15 @@ impl SnapshotStore {
         if data != final_data {
             std::fs::rename(data, &final_data)?;
         }
-        let tmp = self.dir.join("current.meta.tmp");
+        let tmp = self.dir.join(META_TMP_FILE);
         std::fs::write(&tmp, encode(meta))?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, self.meta_path())?;
         std::fs::File::open(&self.dir)?.sync_all()?;
         // Older snapshot files are no longer referenced. A follower may still be streaming one:
         // its open file handle keeps the data readable after the unlink.
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
-            if name.starts_with("snap-") && path != final_data {
+        for (name, path) in self.files()? {
+            if name.starts_with(DATA_PREFIX) && path != final_data {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -1154,7 +1166,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             };
             let tmp = snapshots
                 .dir
-                .join(format!("building-{}.snap", meta.snapshot_id));
+                .join(format!("{BUILDING_PREFIX}{}.snap", meta.snapshot_id));
             let mut opts = ReadOptions::default();
             opts.set_iterate_upper_bound(keys::sm_prefix_end(group).to_vec());
             let prefix = keys::sm_prefix(group);
