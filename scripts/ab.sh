@@ -26,7 +26,8 @@ done
 work="$(mktemp -d /tmp/raftlog-ab.XXXXXX)"
 results="$work/results.jsonl"
 export RAFTLOG_DATA_DIR="$work/data" RAFTLOG_NO_BUILD=1
-cleanup() { "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$RAFTLOG_DATA_DIR"; }
+# Results were printed as they came; the copies of both builds (~1 GB) and the data go.
+cleanup() { "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
 labels=(A B)
 dirs=("$1" "$2")
