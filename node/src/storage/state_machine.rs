@@ -11,7 +11,7 @@
 //! - The in-memory topic and group tables are updated only after the write batch is in RocksDB,
 //!   so a reader that sees an end offset finds every batch below it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -525,13 +525,14 @@ impl StateMachine {
     }
 
     /// Applies one command to the working copies of the topic and group tables, adding its rows
-    /// to `batch`.
+    /// to `batch`, except the rows of appends, which collect in `rows` until the entry is done.
     fn apply_command(
         &mut self,
         command: Command,
         topics: &mut BTreeMap<String, TopicState>,
         groups: &mut GroupChanges<'_>,
         batch: &mut WriteBatch,
+        rows: &mut EntryRows,
     ) -> CommandResponse {
         let group = self.view.group;
         let cf = self.view.cf();
@@ -622,12 +623,8 @@ impl StateMachine {
                     appended_at_ms: proposed_at_ms,
                     bytes,
                 };
-                batch.put_cf(
-                    cf,
-                    keys::sm_batch(group, topic_id, partition, base_offset),
-                    stored_batch::encode_batch(header, &records),
-                );
-                batch.put_cf(cf, keys::sm_topic(group, &topic), encode(&*state));
+                rows.add_batch(topic_id, partition, base_offset, header, records);
+                rows.topics.insert(topic);
                 if let Some(seq) = producer {
                     let producer = self
                         .producers
@@ -643,11 +640,7 @@ impl StateMachine {
                     if p.recent.len() > PRODUCER_BATCHES_REMEMBERED {
                         p.recent.remove(0);
                     }
-                    batch.put_cf(
-                        cf,
-                        keys::sm_producer(group, seq.producer_id),
-                        encode(&*producer),
-                    );
+                    rows.producers.insert(seq.producer_id);
                 }
                 CommandResponse::Appended {
                     base_offset,
@@ -705,7 +698,7 @@ impl StateMachine {
                             !matches!(command, Command::Maintenance { .. } | Command::Batch(_)),
                             "only appends are batched"
                         );
-                        self.apply_command(command, topics, groups, batch)
+                        self.apply_command(command, topics, groups, batch, rows)
                     })
                     .collect(),
             ),
@@ -781,7 +774,103 @@ impl StateMachine {
     }
 }
 
+/// The rows that the appends of one entry change, written once when the entry is done instead
+/// of once per append.
+///
+/// A group-commit entry (`Command::Batch`) holds dozens of produce requests, at C=64 mostly
+/// single-record appends to the same partition. Their records become ONE stored batch per
+/// partition (the unit a fetch reads and retention deletes; offsets inside it are consecutive),
+/// and each touched topic and producer row is written once. Before, every append wrote its own
+/// row, its topic row and its producer row: three memtable inserts per request on every node,
+/// and rows below the blob threshold that compactions kept rewriting. Merging stops at the
+/// entry's end, so the rows do not depend on how openraft splits entries into apply calls.
+#[derive(Default)]
+struct EntryRows {
+    /// Stored batches being built, in the order their first append came.
+    batches: Vec<PendingBatch>,
+    /// Names of the topics whose row (end offsets) changed.
+    topics: BTreeSet<String>,
+    /// Producers whose state changed.
+    producers: BTreeSet<u64>,
+}
+
+struct PendingBatch {
+    topic_id: u64,
+    partition: u32,
+    base_offset: u64,
+    header: BatchHeader,
+    records: Vec<Record>,
+}
+
+impl EntryRows {
+    /// Adds an append's records: to the partition's pending batch when they follow it (always,
+    /// within one entry: nothing else moves a partition's end offset), else as a new batch.
+    fn add_batch(
+        &mut self,
+        topic_id: u64,
+        partition: u32,
+        base_offset: u64,
+        header: BatchHeader,
+        mut records: Vec<Record>,
+    ) {
+        let follows = |b: &&mut PendingBatch| {
+            b.topic_id == topic_id
+                && b.partition == partition
+                && b.base_offset + b.records.len() as u64 == base_offset
+        };
+        match self.batches.iter_mut().rev().find(follows) {
+            Some(pending) => {
+                pending.records.append(&mut records);
+                pending.header.bytes += header.bytes;
+                // Time-based retention judges a batch by its newest append.
+                pending.header.appended_at_ms =
+                    pending.header.appended_at_ms.max(header.appended_at_ms);
+            }
+            None => self.batches.push(PendingBatch {
+                topic_id,
+                partition,
+                base_offset,
+                header,
+                records,
+            }),
+        }
+    }
+}
+
 impl StateMachine {
+    /// Adds the rows collected while applying one entry to `batch`.
+    fn write_entry_rows(
+        &self,
+        rows: EntryRows,
+        topics: &BTreeMap<String, TopicState>,
+        batch: &mut WriteBatch,
+    ) {
+        let (group, cf) = (self.view.group, self.view.cf());
+        for pending in rows.batches {
+            batch.put_cf(
+                cf,
+                keys::sm_batch(
+                    group,
+                    pending.topic_id,
+                    pending.partition,
+                    pending.base_offset,
+                ),
+                stored_batch::encode_batch(pending.header, &pending.records),
+            );
+        }
+        for name in rows.topics {
+            let state = topics.get(&name).expect("an appended-to topic exists");
+            batch.put_cf(cf, keys::sm_topic(group, &name), encode(state));
+        }
+        for id in rows.producers {
+            let producer = self
+                .producers
+                .get(&id)
+                .expect("an appending producer exists");
+            batch.put_cf(cf, keys::sm_producer(group, id), encode(producer));
+        }
+    }
+
     /// Writes `batch` with `applied` as the last applied log id (no WAL; see the module doc).
     fn write_applied(
         &self,
@@ -1008,7 +1097,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.maintain(now_ms, producer_idle_ms, &mut topics, &mut batch)?
                 }
                 EntryPayload::Normal(command) => {
-                    self.apply_command(command, &mut topics, &mut groups, &mut batch)
+                    let mut rows = EntryRows::default();
+                    let response = self.apply_command(
+                        command,
+                        &mut topics,
+                        &mut groups,
+                        &mut batch,
+                        &mut rows,
+                    );
+                    self.write_entry_rows(rows, &topics, &mut batch);
+                    response
                 }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -1213,6 +1311,103 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::command::TopicSettings;
+    use openraft::{CommittedLeaderId, LogId as RaftLogId};
+
+    fn entry(index: u64, command: Command) -> Entry {
+        Entry {
+            log_id: RaftLogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn append(partition: u32, value: &str, expected_end_offset: Option<u64>) -> Command {
+        Command::Append {
+            topic: "t".into(),
+            partition,
+            records: vec![Record {
+                key: None,
+                value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+                headers: Vec::new(),
+                timestamp_ms: 0,
+            }],
+            proposed_at_ms: 1,
+            producer: None,
+            expected_end_offset,
+        }
+    }
+
+    /// A group-commit entry's appends to one partition become one stored batch, and every
+    /// request still gets its own offsets and reads back from any offset, the middle of that
+    /// batch included; a rejected append in between takes no offset.
+    #[test]
+    fn appends_of_one_entry_share_a_stored_batch_and_keep_their_offsets() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let dbs = super::super::open(dir.path(), &super::super::MemoryBudget::default())
+            .expect("open RocksDB");
+        let mut sm = StateMachine::open(
+            dbs.state,
+            crate::raft::types::METADATA_GROUP,
+            dir.path().join("snapshots"),
+        )
+        .expect("open the state machine");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("tokio runtime");
+        let create = Command::CreateTopic {
+            name: "t".into(),
+            settings: TopicSettings {
+                partitions: 2,
+                retention_ms: 0,
+                retention_bytes: 0,
+                max_record_bytes: 1024,
+            },
+            topics_max: 10,
+        };
+        let batch = Command::Batch(vec![
+            append(0, "a", None),
+            append(1, "x", None),
+            append(0, "b", None),
+            append(0, "rejected", Some(7)),
+            append(0, "c", Some(2)),
+        ]);
+        let responses = runtime
+            .block_on(sm.apply([entry(1, create), entry(2, batch)]))
+            .expect("apply");
+        let CommandResponse::Batch(answers) = &responses[1] else {
+            panic!("a batch answers a batch: {responses:?}");
+        };
+        let offsets: Vec<_> = answers
+            .iter()
+            .map(|a| match a {
+                CommandResponse::Appended { base_offset, .. } => Some(*base_offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offsets, [Some(0), Some(0), Some(1), None, Some(2)]);
+
+        let view = sm.view();
+        let values = |partition, from| -> Vec<(u64, String)> {
+            let read = view.read("t", partition, from, 100, 1 << 20).expect("read");
+            read.records
+                .into_iter()
+                .map(|(o, r)| (o, String::from_utf8(r.value.to_vec()).unwrap()))
+                .collect()
+        };
+        let abc = |o: u64, v: &str| (o, v.to_string());
+        assert_eq!(values(0, 0), [abc(0, "a"), abc(1, "b"), abc(2, "c")]);
+        assert_eq!(values(0, 1), [abc(1, "b"), abc(2, "c")]);
+        assert_eq!(values(1, 0), [abc(0, "x")]);
+
+        // One row per partition: the three appends to partition 0 were stored together.
+        let cf = view.cf();
+        let rows = view
+            .db
+            .iterator_cf(cf, IteratorMode::Start)
+            .filter_map(|item| keys::parse_batch(&item.expect("row").0))
+            .count();
+        assert_eq!(rows, 2);
+    }
 
     /// What a crash or a failed build leaves in the snapshot dir is gone once the state machine
     /// opens: a partial build on a full disk would otherwise keep its space for good.
