@@ -30,6 +30,9 @@ pub struct NodeConfig {
     pub housekeeping: Housekeeping,
     /// RocksDB's memory (memtables and block cache) for both databases together.
     pub storage_memory: crate::storage::MemoryBudget,
+    /// Threads of the async runtime (request handling, Raft, replication); 0 means one per core.
+    /// Nodes that share a machine (scripts/cluster.sh) each get a share of its cores.
+    pub worker_threads: usize,
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info,openraft=warn" or "debug"; RUST_LOG overrides it.
     pub log_level: String,
@@ -238,6 +241,10 @@ pub struct Args {
     /// [default: 67108864 (64 MiB)].
     #[arg(long, env = "RAFTLOG_STORAGE_BLOCK_CACHE_BYTES")]
     pub storage_block_cache_bytes: Option<usize>,
+    /// Threads of the async runtime; 0 is one per core [default: 0]. Give each node a share of
+    /// the cores when several share a machine.
+    #[arg(long, env = "RAFTLOG_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Log output format [default: text]; the level comes from log_level (or RUST_LOG).
     #[arg(long, env = "RAFTLOG_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -351,6 +358,7 @@ impl Args {
                 block_cache_bytes: pick!(storage_block_cache_bytes)
                     .unwrap_or(crate::storage::MemoryBudget::default().block_cache_bytes),
             },
+            worker_threads: pick!(worker_threads).unwrap_or(0),
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),
             log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
         };
@@ -378,6 +386,14 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(u64, String)>, ConfigErr
 }
 
 impl NodeConfig {
+    /// Worker threads the runtime gets: `worker_threads`, or one per core when that is 0.
+    pub fn runtime_threads(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.node_id == 0 {
@@ -411,6 +427,9 @@ impl NodeConfig {
         // Below these RocksDB would flush (or evict) constantly; a misplaced digit, not a choice.
         if self.storage_memory.memtable_bytes < 16 * 1024 * 1024 {
             return invalid("storage_memtable_bytes must be at least 16 MiB (16777216)".into());
+        }
+        if self.worker_threads > 1024 {
+            return invalid("worker_threads must be at most 1024 (0 means one per core)".into());
         }
         if self.storage_memory.block_cache_bytes < 1024 * 1024 {
             return invalid("storage_block_cache_bytes must be at least 1 MiB (1048576)".into());
@@ -482,6 +501,7 @@ mod tests {
             defaults.snapshot.logs_kept_after_snapshot
         );
         assert_eq!(config.storage_memory, defaults.storage_memory);
+        assert_eq!(config.worker_threads, defaults.worker_threads);
         assert_eq!(
             config.limits.disk_free_bytes_min,
             defaults.limits.disk_free_bytes_min

@@ -4,9 +4,17 @@ use clap::Parser;
 use raftlog_node::config::{Args, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let config = Args::parse().resolve()?;
+    // Built by hand rather than by `#[tokio::main]`: the thread count is configuration.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.runtime_threads())
+        .enable_all()
+        .build()?
+        .block_on(run(config))
+}
+
+async fn run(config: raftlog_node::config::NodeConfig) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log_level))
         .map_err(|e| anyhow::anyhow!("bad log_level '{}': {e}", config.log_level))?;
