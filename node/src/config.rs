@@ -69,9 +69,15 @@ pub struct RaftTimings {
 pub struct SnapshotPolicy {
     /// Build a snapshot after this many log entries since the last one.
     pub logs_since_last_max: u64,
-    /// Log entries kept behind a snapshot, so briefly lagging followers catch up from the log
-    /// rather than by a full snapshot.
+    /// Log entries kept behind a snapshot at least.
     pub logs_kept_after_snapshot: u64,
+    /// Build a snapshot once this many bytes of entries were appended since the last one. Small,
+    /// so the log is purged while its entries are still in RocksDB's memtable and never written a
+    /// second time (docs/decisions.md, "Snapshots are checkpoints").
+    pub log_bytes_since_last_max: u64,
+    /// Log bytes a leader keeps for a follower that is behind (down, or slow), so it catches up
+    /// from the log; beyond this the log is purged anyway and that follower gets a snapshot.
+    pub log_bytes_kept_for_followers_max: u64,
     /// Snapshot chunk size on the wire.
     pub chunk_bytes_max: u64,
 }
@@ -123,7 +129,9 @@ impl Default for SnapshotPolicy {
     fn default() -> Self {
         Self {
             logs_since_last_max: 20_000,
-            logs_kept_after_snapshot: 5_000,
+            logs_kept_after_snapshot: 0,
+            log_bytes_since_last_max: 16 * 1024 * 1024,
+            log_bytes_kept_for_followers_max: 2 * 1024 * 1024 * 1024,
             chunk_bytes_max: 4 * 1024 * 1024,
         }
     }
@@ -195,9 +203,17 @@ pub struct Args {
     /// Build a snapshot after this many entries since the last [default: 20000].
     #[arg(long, env = "RAFTLOG_SNAPSHOT_LOGS_SINCE_LAST_MAX")]
     pub snapshot_logs_since_last_max: Option<u64>,
-    /// Entries kept in the log behind a snapshot [default: 5000].
+    /// Entries kept in the log behind a snapshot at least [default: 0].
     #[arg(long, env = "RAFTLOG_SNAPSHOT_LOGS_KEPT")]
     pub snapshot_logs_kept: Option<u64>,
+    /// Build a snapshot after this many bytes of log entries since the last [default: 16777216
+    /// (16 MiB)].
+    #[arg(long, env = "RAFTLOG_SNAPSHOT_LOG_BYTES_SINCE_LAST_MAX")]
+    pub snapshot_log_bytes_since_last_max: Option<u64>,
+    /// Log bytes a leader keeps for followers that are behind, before it purges anyway and sends
+    /// them a snapshot [default: 2147483648 (2 GiB)].
+    #[arg(long, env = "RAFTLOG_LOG_BYTES_KEPT_FOR_FOLLOWERS_MAX")]
+    pub log_bytes_kept_for_followers_max: Option<u64>,
     /// Largest record (key + value + headers) in bytes [default: 1048576].
     #[arg(long, env = "RAFTLOG_RECORD_BYTES_MAX")]
     pub record_bytes_max: Option<usize>,
@@ -327,6 +343,10 @@ impl Args {
                     .unwrap_or(snap_default.logs_since_last_max),
                 logs_kept_after_snapshot: pick!(snapshot_logs_kept)
                     .unwrap_or(snap_default.logs_kept_after_snapshot),
+                log_bytes_since_last_max: pick!(snapshot_log_bytes_since_last_max)
+                    .unwrap_or(snap_default.log_bytes_since_last_max),
+                log_bytes_kept_for_followers_max: pick!(log_bytes_kept_for_followers_max)
+                    .unwrap_or(snap_default.log_bytes_kept_for_followers_max),
                 chunk_bytes_max: snap_default.chunk_bytes_max,
             },
             limits: Limits {
@@ -413,6 +433,11 @@ impl NodeConfig {
         if self.snapshot.logs_since_last_max == 0 {
             return invalid("snapshot_logs_since_last_max must be positive".into());
         }
+        if self.snapshot.log_bytes_since_last_max < 1024 * 1024 {
+            return invalid(
+                "snapshot_log_bytes_since_last_max must be at least 1 MiB (1048576)".into(),
+            );
+        }
         let l = &self.limits;
         if l.record_bytes_max == 0 || l.batch_bytes_max < l.record_bytes_max {
             return invalid(
@@ -458,7 +483,9 @@ impl NodeConfig {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                 self.snapshot.logs_since_last_max,
             ),
-            max_in_snapshot_log_to_keep: self.snapshot.logs_kept_after_snapshot,
+            // Purging is decided by crate::log_retention (it keeps what lagging followers need);
+            // openraft's own count-based purge is off.
+            max_in_snapshot_log_to_keep: u64::MAX,
             snapshot_max_chunk_size: self.snapshot.chunk_bytes_max,
             ..Default::default()
         }

@@ -15,6 +15,7 @@ pub mod command;
 pub mod config;
 pub mod disk;
 pub mod handover;
+pub mod log_retention;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -36,6 +36,7 @@ pub async fn run(
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let dbs = storage::open(&config.data_dir, &config.storage_memory).context("opening RocksDB")?;
     let log_store = LogStore::new(&dbs, METADATA_GROUP);
+    let log_bytes = log_store.bytes();
     let state_machine = StateMachine::open(
         dbs.state.clone(),
         METADATA_GROUP,
@@ -86,6 +87,11 @@ pub async fn run(
     if !config.initial_cluster.is_empty() {
         bootstrap(&raft, &config).await?;
     }
+    tokio::spawn(crate::log_retention::run(
+        raft.clone(),
+        log_bytes,
+        config.snapshot.clone(),
+    ));
 
     let listener = TcpListener::bind(config.listen_addr)
         .await

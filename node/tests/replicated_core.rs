@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use support::{assert_digests_equal, produce_values, read_all, NodeOptions, TestCluster};
 
-/// Snapshot often and keep a short log tail, so tests exercise purging and snapshot transfer.
+/// Snapshot often and keep a short log tail, even for a follower that is down, so tests exercise
+/// purging and snapshot transfer.
 fn snapshot_often() -> NodeOptions {
     NodeOptions {
         args: [
@@ -17,6 +18,8 @@ fn snapshot_often() -> NodeOptions {
             "100",
             "--snapshot-logs-kept",
             "10",
+            "--log-bytes-kept-for-followers-max",
+            "0",
         ]
         .into_iter()
         .map(String::from)
@@ -140,6 +143,71 @@ async fn a_node_behind_the_purged_log_catches_up_through_a_snapshot() {
     cluster.spawn(lagging);
     let digests = cluster.wait_converged(&[1, 2, 3]).await;
     assert_digests_equal(&digests);
+}
+
+/// A follower that was down catches up from the leader's log, not by a snapshot of everything,
+/// while what it missed is within `log_bytes_kept_for_followers_max`: the leader snapshots as
+/// usual but keeps the log from where that follower stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_was_down_catches_up_from_the_log_the_leader_kept_for_it() {
+    let options = NodeOptions {
+        args: ["--snapshot-logs-since-last-max", "100"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    };
+    let mut cluster = TestCluster::start(3, options);
+    let leader = cluster.wait_for_leader().await;
+    let lagging = if leader == 3 { 2 } else { 3 };
+    let client = cluster.client();
+    client.create_topic("ledger", 1).await.unwrap();
+    let mut acked = produce_values(&client, "ledger", 0, "a", 20).await;
+    let before = cluster.status(leader).await.unwrap().committed_index;
+
+    cluster.kill9(lagging);
+    acked.extend(produce_values(&client, "ledger", 0, "b", 400).await);
+    let snapshot = cluster
+        .wait_for(
+            "the leader to snapshot past the stopped follower",
+            Duration::from_secs(30),
+            || async {
+                let s = cluster.status(leader).await?;
+                (s.snapshot_index > before + 100).then_some(s.snapshot_index)
+            },
+        )
+        .await;
+    let status = cluster.status(leader).await.unwrap();
+    assert!(
+        status.purged_index <= before,
+        "the leader purged past what node {lagging} holds ({} > {before}; snapshot {snapshot})",
+        status.purged_index
+    );
+
+    cluster.spawn(lagging);
+    let digests = cluster.wait_converged(&[1, 2, 3]).await;
+    assert_digests_equal(&digests);
+    assert_all_nodes_hold(&cluster, &[1, 2, 3], "ledger", &acked).await;
+    let metrics = cluster.metrics(lagging).await;
+    let installed = metrics
+        .lines()
+        .find(|l| l.starts_with("raftlog_snapshots_installed_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .map_or(0.0, |v| v.parse::<f64>().unwrap());
+    assert_eq!(
+        installed, 0.0,
+        "node {lagging} installed a snapshot:\n{metrics}"
+    );
+    // Once every follower has the entries, the leader purges up to its snapshot again.
+    cluster
+        .wait_for(
+            "the leader to purge once every follower caught up",
+            Duration::from_secs(30),
+            || async {
+                let s = cluster.status(leader).await?;
+                (s.purged_index > before).then_some(())
+            },
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -299,6 +299,9 @@ async fn retention_deletes_the_same_batches_everywhere_and_survives_restart_and_
             "100",
             "--snapshot-logs-kept",
             "10",
+            // Purge past a follower that is down, so it needs a snapshot.
+            "--log-bytes-kept-for-followers-max",
+            "0",
         ]),
     );
     let leader = cluster.wait_for_leader().await;

@@ -9,8 +9,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{NetworkError, PayloadTooLarge, RemoteError, Unreachable};
+use openraft::error::{
+    Fatal, NetworkError, PayloadTooLarge, RemoteError, ReplicationClosed, StreamingError,
+    Unreachable,
+};
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::SnapshotResponse;
 use raftlog_proto::raft::v1::raft_client::RaftClient;
 use raftlog_proto::raft::v1::RaftEnvelope;
 use serde::de::DeserializeOwned;
@@ -190,6 +195,23 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
         self.call_encoded(Rpc::AppendEntries, payload, option.hard_ttl())
             .await
+    }
+
+    /// A built snapshot is a checkpoint; the stream a follower installs is written from it here,
+    /// off the apply path, the first time one is needed (`snapshot_store::for_sending`). Failing
+    /// that (the snapshot was replaced meanwhile, say) is a network-level error: openraft backs off
+    /// and retries with the current snapshot.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let snapshot = crate::storage::snapshot_store::for_sending(snapshot)
+            .await
+            .map_err(|e| StreamingError::Network(NetworkError::new(&self.error(e))))?;
+        Chunked::send_snapshot(self, vote, snapshot, cancel, option).await
     }
 
     async fn install_snapshot(

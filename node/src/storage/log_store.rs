@@ -14,9 +14,10 @@
 //! next one (group commit at the disk, as an OS merges writes). openraft 0.9's core itself still
 //! waits for each append's flush before it replicates it (docs/decisions.md).
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, RaftLogReader};
@@ -35,6 +36,64 @@ pub struct LogStore {
     state_db: Arc<DB>,
     group: GroupId,
     flusher: LogFlusher,
+    bytes: LogBytes,
+}
+
+/// How many bytes the log holds after a given index, for the entries appended since the process
+/// started (what [`crate::log_retention`] decides snapshots and purges by). Entries found in the
+/// log at start are not counted: they are purged with the first snapshot.
+#[derive(Clone, Default)]
+pub struct LogBytes(Arc<Mutex<LogBytesInner>>);
+
+#[derive(Default)]
+struct LogBytesInner {
+    /// Bytes of every entry ever appended.
+    total: u64,
+    /// (index, `total` before it) of the entries in the log, in index order.
+    entries: VecDeque<(u64, u64)>,
+}
+
+impl LogBytes {
+    fn appended(&self, index: u64, bytes: u64) {
+        // openraft truncates a conflicting suffix before it appends over it; should an index
+        // come again anyway, the entry it replaces no longer counts.
+        self.truncated(index);
+        let mut inner = self.0.lock().expect("log bytes lock");
+        let before = inner.total;
+        inner.entries.push_back((index, before));
+        inner.total += bytes;
+    }
+
+    fn truncated(&self, from: u64) {
+        let mut inner = self.0.lock().expect("log bytes lock");
+        while let Some(&(i, before)) = inner.entries.back() {
+            if i < from {
+                break;
+            }
+            inner.entries.pop_back();
+            inner.total = before;
+        }
+    }
+
+    fn purged(&self, upto: u64) {
+        let mut inner = self.0.lock().expect("log bytes lock");
+        while inner.entries.front().is_some_and(|&(i, _)| i <= upto) {
+            inner.entries.pop_front();
+        }
+    }
+
+    /// Bytes of the counted entries with an index above `index` (all of them for `None`).
+    pub fn after(&self, index: Option<u64>) -> u64 {
+        let inner = self.0.lock().expect("log bytes lock");
+        let first_after = match index {
+            None => 0,
+            Some(index) => inner.entries.partition_point(|&(i, _)| i <= index),
+        };
+        match inner.entries.get(first_after) {
+            Some(&(_, before)) => inner.total - before,
+            None => 0,
+        }
+    }
 }
 
 /// Fsyncs RocksDB's WAL on a dedicated thread and then completes the appends it covers.
@@ -101,7 +160,13 @@ impl LogStore {
             state_db: dbs.state.clone(),
             group,
             flusher,
+            bytes: LogBytes::default(),
         }
+    }
+
+    /// The byte count of this log, shared with its clones.
+    pub fn bytes(&self) -> LogBytes {
+        self.bytes.clone()
     }
 
     fn cf_log(&self) -> &rocksdb::ColumnFamily {
@@ -269,10 +334,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // durable (and reported flushed) once the flusher's next fsync covers it.
         let mut batch = WriteBatch::default();
         for entry in entries {
+            let value = encode(&entry);
+            self.bytes.appended(entry.log_id.index, value.len() as u64);
             batch.put_cf(
                 self.cf_log(),
                 keys::log_entry(self.group, entry.log_id.index),
-                encode(&entry),
+                value,
             );
         }
         if let Err(e) = self.db.write(batch) {
@@ -293,7 +360,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.cf_log(), from, to);
         batch.delete_cf(self.cf_log(), to);
-        self.db.write_opt(batch, &sync_write()).map_err(write_err)
+        self.db.write_opt(batch, &sync_write()).map_err(write_err)?;
+        self.bytes.truncated(log_id.index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -317,6 +386,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::log_entry(self.group, 0),
             keys::log_entry(self.group, log_id.index + 1),
         );
-        self.db.write_opt(batch, &sync_write()).map_err(write_err)
+        self.db.write_opt(batch, &sync_write()).map_err(write_err)?;
+        self.bytes.purged(log_id.index);
+        Ok(())
     }
 }

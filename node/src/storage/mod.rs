@@ -18,6 +18,7 @@
 pub mod keys;
 pub mod log_store;
 pub mod snapshot_file;
+pub mod snapshot_store;
 pub mod state_machine;
 pub mod stored_batch;
 
@@ -154,7 +155,12 @@ fn open_log_db(path: &Path, memory: &SharedMemory) -> Result<DB, rocksdb::Error>
     // ever be reused; past this size RocksDB flushes whatever holds the oldest WAL.
     opts.set_max_total_wal_size(LOG_WAL_TOTAL_BYTES_MAX);
     let cfs = [
-        ColumnFamilyDescriptor::new(CF_RAFT_LOG, memory.cf_options(memory.memtable_bytes_per_cf)),
+        // Half the budget: entries purged while still in the memtable are never flushed, and
+        // the larger the memtable is next to the unpurged tail, the less of it a flush writes.
+        ColumnFamilyDescriptor::new(
+            CF_RAFT_LOG,
+            memory.cf_options(memory.memtable_bytes_per_cf * 2),
+        ),
         ColumnFamilyDescriptor::new(CF_RAFT_META, memory.cf_options(META_MEMTABLE_BYTES)),
     ];
     DB::open_cf_descriptors(&opts, path, cfs)

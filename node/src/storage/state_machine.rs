@@ -12,7 +12,7 @@
 //!   so a reader that sees an end offset finds every batch below it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::RaftStateMachine;
@@ -23,8 +23,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::keys::{self, sm_tag};
+use super::snapshot_store::{self, SnapshotStore};
 use super::stored_batch::{self, BatchHeader};
-use super::{decode, encode, snapshot_file, CF_STATE_MACHINE};
+use super::{decode, encode, CF_STATE_MACHINE};
 use crate::command::{
     Command, CommandResponse, ProducerSequence, Record, Rejection, TopicSettings,
 };
@@ -303,102 +304,6 @@ pub struct StateMachine {
     snapshots: SnapshotStore,
 }
 
-/// File names in the snapshot dir: complete snapshots, one being built, one being received, and
-/// the meta file while it is replaced.
-const DATA_PREFIX: &str = "snap-";
-const BUILDING_PREFIX: &str = "building-";
-const RECEIVING_FILE: &str = "receiving.snap";
-const META_TMP_FILE: &str = "current.meta.tmp";
-
-/// Snapshot files of one group under `dir`: `snap-<id>.snap` holds the rows and `current.meta`
-/// names the newest complete one (it is renamed into place only after its data file is fsynced).
-#[derive(Clone)]
-struct SnapshotStore {
-    dir: PathBuf,
-}
-
-impl SnapshotStore {
-    fn meta_path(&self) -> PathBuf {
-        self.dir.join("current.meta")
-    }
-
-    fn data_path(&self, snapshot_id: &str) -> PathBuf {
-        self.dir.join(format!("{DATA_PREFIX}{snapshot_id}.snap"))
-    }
-
-    fn receiving_path(&self) -> PathBuf {
-        self.dir.join(RECEIVING_FILE)
-    }
-
-    /// The files in `dir`, as (name, path).
-    fn files(&self) -> std::io::Result<Vec<(String, PathBuf)>> {
-        std::fs::read_dir(&self.dir)?
-            .map(|entry| {
-                let path = entry?.path();
-                let name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default()
-                    .to_string();
-                Ok((name, path))
-            })
-            .collect()
-    }
-
-    fn current_meta(&self) -> std::io::Result<Option<SnapshotMeta>> {
-        match std::fs::read(self.meta_path()) {
-            Ok(bytes) => decode(&bytes)
-                .map(Some)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Removes what a crash or a failed build can leave behind: partly written snapshots
-    /// (`building-*`, `receiving.snap`, `current.meta.tmp`) and data files that are not the
-    /// current snapshot's. Called when the store opens, before anything writes here. Without it
-    /// a build that failed on a full disk would keep its partial file, and the restarted node
-    /// would fail again for want of the space that file holds.
-    fn remove_unfinished(&self) -> std::io::Result<()> {
-        let current = self
-            .current_meta()?
-            .map(|meta| self.data_path(&meta.snapshot_id));
-        for (name, path) in self.files()? {
-            let unfinished = name.starts_with(BUILDING_PREFIX)
-                || name == RECEIVING_FILE
-                || name == META_TMP_FILE;
-            let stale = name.starts_with(DATA_PREFIX) && Some(&path) != current.as_ref();
-            if unfinished || stale {
-                tracing::info!(file = %path.display(), "removing an unfinished or stale snapshot file");
-                std::fs::remove_file(&path)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes `data` (already fsynced, in `dir`) the current snapshot, then removes older ones.
-    fn publish(&self, meta: &SnapshotMeta, data: &Path) -> std::io::Result<()> {
-        let final_data = self.data_path(&meta.snapshot_id);
-        if data != final_data {
-            std::fs::rename(data, &final_data)?;
-        }
-        let tmp = self.dir.join(META_TMP_FILE);
-        std::fs::write(&tmp, encode(meta))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, self.meta_path())?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
-        // Older snapshot files are no longer referenced. A follower may still be streaming one:
-        // its open file handle keeps the data readable after the unlink.
-        for (name, path) in self.files()? {
-            if name.starts_with(DATA_PREFIX) && path != final_data {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-        Ok(())
-    }
-}
-
 fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
@@ -410,9 +315,7 @@ fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
 impl StateMachine {
     /// Opens the state machine of `group`, loading its applied state and topic table.
     pub fn open(db: Arc<DB>, group: GroupId, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(&snapshot_dir).map_err(snap_err)?;
-        let snapshots = SnapshotStore { dir: snapshot_dir };
-        snapshots.remove_unfinished().map_err(snap_err)?;
+        let snapshots = SnapshotStore::open(snapshot_dir, group).map_err(snap_err)?;
         let (applied_tx, _) = watch::channel(None);
         let view = Arc::new(StateView {
             db,
@@ -1165,10 +1068,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Read from the handle we are given (openraft may hand us any snapshot file), after every
         // write to it has completed; keep our own fsynced copy as the new current snapshot.
         let mut source = snapshot.into_std().await;
-        let received = self
-            .snapshots
-            .dir
-            .join(format!("installing-{}.snap", meta.snapshot_id));
+        let received = self.snapshots.installing_path(&meta.snapshot_id);
         {
             use std::io::{Seek, SeekFrom};
             source.seek(SeekFrom::Start(0)).map_err(snap_err)?;
@@ -1182,7 +1082,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = WriteBatch::default();
         let cf = self.view.cf();
         batch.delete_range_cf(cf, keys::sm_prefix(group), keys::sm_prefix_end(group));
-        snapshot_file::read(&received, |suffix, value| {
+        snapshot_store::read_rows(&received, &meta.snapshot_id, |suffix, value| {
             let mut key = keys::sm_prefix(group).to_vec();
             key.extend_from_slice(&suffix);
             batch.put_cf(cf, key, value);
@@ -1197,33 +1097,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.last_applied, meta.last_log_id,
             "installed snapshot's rows disagree with its meta on the last applied log id"
         );
-        self.snapshots.publish(meta, &received).map_err(snap_err)?;
+        self.snapshots
+            .publish_received(meta, &received)
+            .map_err(snap_err)?;
         metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED).increment(1);
         tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        self.snapshots.open_current().await
+        self.snapshots.open_current().await.map_err(snap_err)
     }
 }
 
-impl SnapshotStore {
-    async fn open_current(&self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(meta) = self.current_meta().map_err(snap_err)? else {
-            return Ok(None);
-        };
-        let file = tokio::fs::File::open(self.data_path(&meta.snapshot_id))
-            .await
-            .map_err(snap_err)?;
-        Ok(Some(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        }))
-    }
-}
-
-/// Builds a snapshot from a RocksDB snapshot of the state machine, off the apply path.
+/// Builds a snapshot as a checkpoint of the state database ([`snapshot_store`]), off the apply
+/// path.
 pub struct SnapshotBuilder {
     view: Arc<StateView>,
     snapshots: SnapshotStore,
@@ -1234,77 +1122,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let view = self.view.clone();
         let snapshots = self.snapshots.clone();
         let started = std::time::Instant::now();
-        let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, StorageError> {
-            let db_snapshot = view.db.snapshot();
-            let group = view.group;
-            let read = |key: &[u8]| db_snapshot.get_cf(view.cf(), key).map_err(sm_err);
-            let last_applied: Option<LogId> =
-                match read(&keys::sm_singleton(group, sm_tag::APPLIED))? {
-                    Some(bytes) => decode(&bytes).map_err(sm_err)?,
-                    None => None,
-                };
-            let membership: StoredMembership =
-                match read(&keys::sm_singleton(group, sm_tag::MEMBERSHIP))? {
-                    Some(bytes) => decode(&bytes).map_err(sm_err)?,
-                    None => StoredMembership::default(),
-                };
-            // Unique even when two snapshots cover the same log id (e.g. one built, one received).
-            let nonce: u32 = rand::random();
-            let snapshot_id = match last_applied {
-                Some(id) => format!(
-                    "{}-{}-{}-{nonce:08x}",
-                    id.leader_id.term, id.leader_id.node_id, id.index
-                ),
-                None => format!("0-0-0-{nonce:08x}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: last_applied,
-                last_membership: membership,
-                snapshot_id,
-            };
-            let tmp = snapshots
-                .dir
-                .join(format!("{BUILDING_PREFIX}{}.snap", meta.snapshot_id));
-            let mut opts = ReadOptions::default();
-            opts.set_iterate_upper_bound(keys::sm_prefix_end(group).to_vec());
-            let prefix = keys::sm_prefix(group);
-            let rows = db_snapshot
-                .iterator_cf_opt(
-                    view.cf(),
-                    opts,
-                    IteratorMode::From(&prefix, Direction::Forward),
-                )
-                .map(|item| {
-                    item.map(|(k, v)| (k[prefix.len()..].to_vec().into_boxed_slice(), v))
-                        .map_err(std::io::Error::other)
-                });
-            // A failed build (a full disk, say) must not leave its partial file taking space.
-            let count = snapshot_file::write(&tmp, rows)
-                .and_then(|count| snapshots.publish(&meta, &tmp).map(|()| count))
-                .inspect_err(|_| {
-                    let _ = std::fs::remove_file(&tmp);
-                })
-                .map_err(snap_err)?;
-            tracing::info!(snapshot_id = %meta.snapshot_id, rows = count, "built snapshot");
-            Ok(meta)
-        })
-        .await
-        .map_err(|e| {
-            StorageError::from(StorageIOError::write_snapshot(
-                None,
-                AnyError::error(e.to_string()),
-            ))
-        })??;
+        let meta = tokio::task::spawn_blocking(move || snapshots.build(&view.db))
+            .await
+            .map_err(snap_err)?
+            .map_err(snap_err)?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
         metrics::counter!(crate::metrics::SNAPSHOTS_BUILT).increment(1);
         metrics::histogram!(crate::metrics::SNAPSHOT_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        let file = tokio::fs::File::open(self.snapshots.data_path(&meta.snapshot_id))
+        // The current snapshot is the one just built, unless a snapshot installed meanwhile
+        // replaced it; that one is newer and just as valid to report.
+        self.snapshots
+            .open_current()
             .await
-            .map_err(snap_err)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
-        })
+            .map_err(snap_err)?
+            .ok_or_else(|| snap_err(std::io::Error::other("the snapshot just built is gone")))
     }
 }
 
