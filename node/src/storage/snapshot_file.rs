@@ -1,5 +1,6 @@
-//! The snapshot file format: every key and value of one Raft group's state machine, as read under
-//! one RocksDB snapshot, so a snapshot is a consistent cut at its last applied log id.
+//! The snapshot stream format: every key and value of one Raft group's state machine, as read from
+//! one checkpoint ([`super::snapshot_store`]), so a snapshot is a consistent cut at its last
+//! applied log id. This is what a follower receives and installs.
 //!
 //! Layout: `MAGIC`, then records `[u32 BE key length][key][u32 BE value length][value]`, then the
 //! end marker `u32::MAX` and the record count (u64 BE). Keys are stored without the group id prefix
