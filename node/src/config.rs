@@ -530,6 +530,14 @@ mod tests {
         assert_eq!(config.storage_memory, defaults.storage_memory);
         assert_eq!(config.worker_threads, defaults.worker_threads);
         assert_eq!(
+            config.snapshot.log_bytes_since_last_max,
+            defaults.snapshot.log_bytes_since_last_max
+        );
+        assert_eq!(
+            config.snapshot.log_bytes_kept_for_followers_max,
+            defaults.snapshot.log_bytes_kept_for_followers_max
+        );
+        assert_eq!(
             config.limits.disk_free_bytes_min,
             defaults.limits.disk_free_bytes_min
         );

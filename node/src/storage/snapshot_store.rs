@@ -109,7 +109,7 @@ impl SnapshotStore {
     }
 
     fn checkpoint_path(&self, snapshot_id: &str) -> PathBuf {
-        self.dir.join(format!("{CHECKPOINT_PREFIX}{snapshot_id}"))
+        checkpoint_path(&self.dir, snapshot_id)
     }
 
     fn pointer_path(&self, snapshot_id: &str) -> PathBuf {
@@ -118,8 +118,7 @@ impl SnapshotStore {
     }
 
     fn data_path(&self, snapshot_id: &str) -> PathBuf {
-        self.dir
-            .join(format!("{DATA_PREFIX}{snapshot_id}{DATA_SUFFIX}"))
+        stream_path(&self.dir, snapshot_id)
     }
 
     /// Where openraft streams a snapshot being received.
@@ -264,6 +263,16 @@ impl SnapshotStore {
     }
 }
 
+/// The checkpoint of snapshot `snapshot_id` in the snapshot directory `dir`.
+fn checkpoint_path(dir: &Path, snapshot_id: &str) -> PathBuf {
+    dir.join(format!("{CHECKPOINT_PREFIX}{snapshot_id}"))
+}
+
+/// The stream file of snapshot `snapshot_id` in the snapshot directory `dir`.
+fn stream_path(dir: &Path, snapshot_id: &str) -> PathBuf {
+    dir.join(format!("{DATA_PREFIX}{snapshot_id}{DATA_SUFFIX}"))
+}
+
 /// Opens a checkpoint of the state database, read-only.
 fn open_checkpoint(path: &Path) -> io::Result<DB> {
     DB::open_cf_for_read_only(&Options::default(), path, [CF_STATE_MACHINE], false)
@@ -357,7 +366,7 @@ pub fn read_rows(
     match classify(&mut std::fs::File::open(path)?)? {
         DataFile::Stream => snapshot_file::read(path, visit),
         DataFile::Pointer { group, dir } => {
-            let checkpoint = dir.join(format!("{CHECKPOINT_PREFIX}{snapshot_id}"));
+            let checkpoint = checkpoint_path(&dir, snapshot_id);
             let _lease = CheckpointLease::take(checkpoint.clone());
             let db = open_checkpoint(&checkpoint)?;
             let mut count = 0;
@@ -395,11 +404,11 @@ pub async fn for_sending(snapshot: Snapshot) -> io::Result<Snapshot> {
 /// Writes (unless already there) the stream file of the checkpoint `snapshot_id` in `dir`, and
 /// opens it.
 fn write_stream(dir: &Path, group: GroupId, snapshot_id: &str) -> io::Result<std::fs::File> {
-    let target = dir.join(format!("{DATA_PREFIX}{snapshot_id}{DATA_SUFFIX}"));
+    let target = stream_path(dir, snapshot_id);
     if let Ok(file) = std::fs::File::open(&target) {
         return Ok(file);
     }
-    let checkpoint = dir.join(format!("{CHECKPOINT_PREFIX}{snapshot_id}"));
+    let checkpoint = checkpoint_path(dir, snapshot_id);
     let _lease = CheckpointLease::take(checkpoint.clone());
     if !checkpoint.exists() {
         return Err(io::Error::new(
