@@ -13,10 +13,8 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use raftlog_node::command::{Command, Record, TopicSettings};
-use raftlog_node::raft::types::{Entry, METADATA_GROUP};
+use raftlog_node::raft::types::{CommittedLeaderId, Entry, EntryPayload, LogId, METADATA_GROUP};
 use raftlog_node::storage::state_machine::StateMachine;
 use raftlog_node::storage::stored_batch::{self, BatchHeader};
 use raftlog_node::storage::{self, decode, encode};
@@ -51,7 +49,13 @@ fn group_commit_entry() -> Command {
 
 fn entry(index: u64, command: Command) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        ),
         payload: EntryPayload::Normal(command),
     }
 }
@@ -87,9 +91,6 @@ fn stored_batch_rows(c: &mut Criterion) {
 }
 
 fn apply(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("temporary directory");
     let dbs = storage::open(dir.path(), &storage::MemoryBudget::default()).expect("open RocksDB");
     let mut sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))
@@ -104,8 +105,7 @@ fn apply(c: &mut Criterion) {
         },
         topics_max: 10,
     };
-    runtime
-        .block_on(sm.apply([entry(1, create)]))
+    sm.apply_entries([entry(1, create)])
         .expect("create the topic");
 
     let mut group = c.benchmark_group("apply");
@@ -117,7 +117,7 @@ fn apply(c: &mut Criterion) {
                 index += 1;
                 entry(index, group_commit_entry())
             },
-            |entry| runtime.block_on(sm.apply([entry])).expect("apply"),
+            |entry| sm.apply_entries([entry]).expect("apply"),
             BatchSize::SmallInput,
         )
     });

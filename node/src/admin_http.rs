@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
+use openraft::async_runtime::watch::WatchReceiver;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -31,11 +32,11 @@ pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Rec
 async fn readyz(State(ctx): State<NodeContext>) -> (StatusCode, String) {
     let committed = ctx
         .raft
-        .with_raft_state(|s| s.committed.map(|l| l.index))
+        .with_raft_state(|s| s.local_committed().map(|l| l.index))
         .await
         .ok()
         .flatten();
-    let metrics = ctx.raft.metrics().borrow().clone();
+    let metrics = ctx.raft.metrics().borrow_watched().clone();
     let applied = metrics.last_applied.map(|l| l.index);
     match metrics.current_leader {
         None => (StatusCode::SERVICE_UNAVAILABLE, "no leader known\n".into()),
@@ -48,7 +49,7 @@ async fn readyz(State(ctx): State<NodeContext>) -> (StatusCode, String) {
 }
 
 async fn status(State(ctx): State<NodeContext>) -> Json<serde_json::Value> {
-    let metrics = ctx.raft.metrics().borrow().clone();
+    let metrics = ctx.raft.metrics().borrow_watched().clone();
     Json(serde_json::to_value(&metrics).unwrap_or_default())
 }
 

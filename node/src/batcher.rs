@@ -142,8 +142,9 @@ async fn propose(
     } else {
         Command::Batch(commands)
     };
-    let receiver = match raft.client_write_ff(command).await {
-        Ok(receiver) => receiver,
+    let (responder, receiver) = openraft::impls::ProgressResponder::complete_only();
+    match raft.client_write_ff(command, Some(responder)).await {
+        Ok(()) => {}
         Err(fatal) => {
             let error = WriteError::Failed(ApiError::Unavailable {
                 message: format!("Raft has stopped: {fatal}; use another node"),
@@ -155,7 +156,7 @@ async fn propose(
             }
             return;
         }
-    };
+    }
     tokio::spawn(async move {
         let _slot = slot;
         let outcome = match receiver.await {

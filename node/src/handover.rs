@@ -18,6 +18,7 @@
 //! Writes that arrive during the handover are refused as not applied, so clients retry them
 //! (against the new leader) without any risk of duplicates.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::time::{Duration, Instant};
 
 use raftlog_proto::v1::cluster_client::ClusterClient;
@@ -38,7 +39,7 @@ const LEASE_MARGIN: Duration = Duration::from_millis(50);
 /// `None` if this node was not leading or the handover did not complete (both are logged).
 pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
     let started = Instant::now();
-    let metrics = ctx.raft.metrics().borrow().clone();
+    let metrics = ctx.raft.metrics().borrow_watched().clone();
     if metrics.current_leader != Some(ctx.id) {
         return None;
     }

@@ -14,6 +14,7 @@
 //! openraft's own count-based purging is off (`max_in_snapshot_log_to_keep`), so this is the
 //! only place that decides.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
 use crate::config::SnapshotPolicy;
@@ -29,17 +30,17 @@ const SNAPSHOT_RETRY: Duration = Duration::from_secs(1);
 
 /// Runs until Raft shuts down.
 pub async fn run(raft: Raft, log_bytes: LogBytes, policy: SnapshotPolicy) {
-    let mut metrics = raft.data_metrics();
+    let metrics = raft.metrics();
     let mut ticker = tokio::time::interval(CHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // (snapshot index when we asked, when)
     let mut asked: Option<(Option<u64>, tokio::time::Instant)> = None;
     loop {
         ticker.tick().await;
-        if metrics.has_changed().is_err() {
-            return; // Raft is gone
+        let m = metrics.borrow_watched().clone();
+        if m.running_state.is_err() {
+            return; // Raft has stopped
         }
-        let m = metrics.borrow_and_update().clone();
         let snapshot = m.snapshot.map(|id| id.index);
 
         let unsnapshotted = log_bytes.after(snapshot);

@@ -10,6 +10,7 @@
 //!
 //! The names are documented with their meaning in docs/operations.md.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::fmt::Write;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -95,7 +96,7 @@ fn gauge(out: &mut String, name: &str, help: &str) {
 }
 
 async fn render_state(ctx: &NodeContext, out: &mut String) {
-    let m = ctx.raft.metrics().borrow().clone();
+    let m = ctx.raft.metrics().borrow_watched().clone();
     let node = ctx.id;
     let is_leader = m.current_leader == Some(node);
     gauge(
@@ -137,7 +138,7 @@ async fn render_state(ctx: &NodeContext, out: &mut String) {
     let index = |l: Option<crate::raft::types::LogId>| l.map_or(0, |l| l.index);
     let committed = ctx
         .raft
-        .with_raft_state(|s| s.committed.map(|l| l.index))
+        .with_raft_state(|s| s.local_committed().map(|l| l.index))
         .await
         .ok()
         .flatten()

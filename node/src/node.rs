@@ -9,7 +9,9 @@ use crate::api::error::ApiError;
 use crate::api::forward::Forwarder;
 use crate::command::{Command, CommandResponse};
 use crate::config::NodeConfig;
-use crate::raft::types::{CheckIsLeaderError, ClientWriteError, NodeId, Raft, RaftError};
+use openraft::error::LinearizableReadError;
+
+use crate::raft::types::{ClientWriteError, NodeId, Raft, RaftError};
 use crate::storage::state_machine::StateView;
 
 /// This node's wall clock in ms since the Unix epoch: the leader stamps it into commands (apply
@@ -56,7 +58,21 @@ pub fn client_write_error(e: ClientWriteError) -> WriteError {
             };
             WriteError::NotLeader(leader)
         }
+        // Appended here, then replaced by another leader's log: it may have committed or not.
+        ClientWriteError::LogEntryDiscarded(f) => WriteError::Failed(ApiError::Unavailable {
+            message: format!(
+                "leadership changed before the write was acknowledged (leader now {:?}); its \
+                 outcome is unknown, retry idempotently",
+                f.leader_id
+            ),
+            leader: None,
+            not_applied: false,
+        }),
         ClientWriteError::ChangeMembershipError(e) => {
+            WriteError::Failed(ApiError::FailedPrecondition(e.to_string()))
+        }
+        // raftlog proposes nothing with a precondition.
+        ClientWriteError::PreconditionFailed(e) => {
             WriteError::Failed(ApiError::FailedPrecondition(e.to_string()))
         }
     }
@@ -125,16 +141,20 @@ impl NodeContext {
     /// still the leader and applies everything committed before the call. A read served after
     /// this sees every write acknowledged before the read began.
     pub async fn read_barrier(&self) -> Result<(), WriteError> {
-        match self.raft.ensure_linearizable().await {
+        match self
+            .raft
+            .ensure_linearizable(openraft::ReadPolicy::ReadIndex)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 let leader = match (f.leader_id, f.leader_node) {
                     (Some(id), Some(node)) => Some((id, node.addr)),
                     _ => None,
                 };
                 Err(WriteError::NotLeader(leader))
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+            Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
                 Err(WriteError::Failed(ApiError::Unavailable {
                     message: format!("leader {} cannot reach a quorum ({e}); retry", self.id),
                     leader: None,

@@ -2,6 +2,7 @@
 //! runs it until `shutdown` resolves. Shutdown is a parameter so tests and the binary drive it the
 //! same way.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,9 +44,11 @@ pub async fn run(
         config.data_dir.join("snapshots"),
     )?;
     let view = state_machine.view();
+    let snapshots = state_machine.snapshot_store();
     let network = PeerNetworkFactory::new(
         METADATA_GROUP,
         Duration::from_millis(config.raft.peer_connect_timeout_ms),
+        config.snapshot.chunk_bytes_max as usize,
     );
     let raft_config = Arc::new(
         config
@@ -141,7 +144,7 @@ pub async fn run(
     let grpc = raftlog_proto::http2::server(tonic::transport::Server::builder())
         .tcp_nodelay(true)
         .add_service(
-            RaftServer::new(PeerService::new(raft.clone(), METADATA_GROUP))
+            RaftServer::new(PeerService::new(raft.clone(), METADATA_GROUP, snapshots))
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
@@ -227,7 +230,7 @@ pub async fn run(
 async fn raft_failure(raft: Raft) -> String {
     let mut metrics = raft.metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+        if let Err(fatal) = &metrics.borrow_watched().running_state {
             return fatal.to_string();
         }
         if metrics.changed().await.is_err() {
@@ -242,7 +245,7 @@ async fn log_raft_changes(ctx: NodeContext) {
     let (mut leader, mut membership, mut term) = (None, None, 0);
     loop {
         {
-            let m = metrics.borrow_and_update();
+            let m = metrics.borrow_watched();
             if m.current_leader != leader || m.current_term != term {
                 let leading = m.current_leader == Some(ctx.id);
                 *ctx.leading_since.lock().expect("leading_since lock") =

@@ -43,7 +43,7 @@ use prost::Message;
 use raftlog_client::{pb, record};
 use raftlog_node::command::{Command, ProducerSequence, Record as StoredRecord, TopicSettings};
 use raftlog_node::raft::types::{
-    AppendEntriesRequest, Entry, InstallSnapshotRequest, LogId, SnapshotMeta, Vote, VoteRequest,
+    AppendEntriesRequest, CommittedLeaderId, Entry, LogId, SnapshotMeta, Vote, VoteRequest,
 };
 use raftlog_node::storage::{decode, encode};
 use raftlog_proto::raft::v1::RaftEnvelope;
@@ -583,7 +583,10 @@ fn raft_payload(rng: &mut StdRng, path: &str) -> Vec<u8> {
     let log_id = |rng: &mut StdRng| {
         rng.random_bool(0.7).then(|| {
             LogId::new(
-                openraft::CommittedLeaderId::new(any_u64(rng), any_u64(rng)),
+                CommittedLeaderId {
+                    term: any_u64(rng),
+                    node_id: any_u64(rng),
+                },
                 any_u64(rng),
             )
         })
@@ -593,7 +596,13 @@ fn raft_payload(rng: &mut StdRng, path: &str) -> Vec<u8> {
         "AppendEntries" => {
             let entries = (0..rng.random_range(0..3))
                 .map(|_| Entry {
-                    log_id: log_id(rng).unwrap_or_default(),
+                    log_id: log_id(rng).unwrap_or(LogId::new(
+                        CommittedLeaderId {
+                            term: 0,
+                            node_id: 0,
+                        },
+                        0,
+                    )),
                     payload: match rng.random_range(0..4) {
                         0 => openraft::EntryPayload::Blank,
                         1 => openraft::EntryPayload::Normal(Command::Append {
@@ -631,17 +640,14 @@ fn raft_payload(rng: &mut StdRng, path: &str) -> Vec<u8> {
                 leader_commit: log_id(rng),
             })
         }
-        _ => encode(&InstallSnapshotRequest {
+        // The header of a snapshot stream: (vote, meta).
+        _ => encode(&(
             vote,
-            meta: SnapshotMeta {
+            SnapshotMeta {
                 last_log_id: log_id(rng),
-                snapshot_id: random_unicode(rng, 8),
                 ..Default::default()
             },
-            offset: any_u64(rng),
-            data: random_bytes_in(rng, 0..64),
-            done: rng.random_bool(0.5),
-        }),
+        )),
     }
 }
 
@@ -651,7 +657,7 @@ fn raft_payload_decodes(path: &str, payload: &[u8]) -> bool {
     match path.rsplit('/').next().unwrap() {
         "Vote" => decode::<VoteRequest>(payload).is_ok(),
         "AppendEntries" => decode::<AppendEntriesRequest>(payload).is_ok(),
-        _ => decode::<InstallSnapshotRequest>(payload).is_ok(),
+        _ => decode::<(Vote, SnapshotMeta)>(payload).is_ok(),
     }
 }
 

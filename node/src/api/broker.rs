@@ -464,7 +464,7 @@ impl BrokerService {
         let end_offset = topic.partitions.get(partition as usize)?.end_offset;
         self.ctx
             .raft
-            .client_write_ff(append.command.clone())
+            .client_write_ff(append.command.clone(), None)
             .await
             .ok()?;
         Some(ProduceResponse {

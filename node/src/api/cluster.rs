@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use openraft::async_runtime::watch::WatchReceiver;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use raftlog_proto::v1::cluster_client::ClusterClient;
@@ -46,7 +47,7 @@ impl ClusterService {
     }
 
     fn membership_response(&self, log_index: u64) -> MembershipResponse {
-        let metrics = self.ctx.raft.metrics().borrow().clone();
+        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
         let (voters, learners) = members(&metrics);
         MembershipResponse {
             log_index,
@@ -56,7 +57,13 @@ impl ClusterService {
     }
 
     fn outcome(
-        result: Result<ClientWriteResponse, RaftError<NodeId, ClientWriteError<NodeId, Node>>>,
+        result: Result<
+            ClientWriteResponse,
+            RaftError<
+                crate::raft::types::TypeConfig,
+                ClientWriteError<crate::raft::types::TypeConfig>,
+            >,
+        >,
     ) -> Result<ChangeOutcome, ApiError> {
         match result {
             Ok(response) => Ok(ChangeOutcome::Done(response)),
@@ -69,6 +76,20 @@ impl ClusterService {
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => Err(
                 ApiError::FailedPrecondition(format!("{e}; check `raftlog cluster status`")),
             ),
+            Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(f))) => {
+                Err(ApiError::Unavailable {
+                    message: format!(
+                        "leadership moved to {:?} before the change committed; check `raftlog \
+                         cluster status` before retrying",
+                        f.leader_id
+                    ),
+                    leader: None,
+                    not_applied: false,
+                })
+            }
+            Err(RaftError::APIError(ClientWriteError::PreconditionFailed(e))) => {
+                Err(ApiError::FailedPrecondition(e.to_string()))
+            }
             Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable {
                 message: e.to_string(),
                 leader: None,
@@ -191,7 +212,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let metrics = self.ctx.raft.metrics().borrow().clone();
+        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let is_voter = membership.voter_ids().any(|id| id == req.node_id);
         let change = if is_voter {
@@ -225,7 +246,7 @@ impl Cluster for ClusterService {
             self.ctx
                 .raft
                 .trigger()
-                .elect()
+                .elect(false)
                 .await
                 .map_err(|e| ApiError::Unavailable {
                     message: e.to_string(),
@@ -242,7 +263,7 @@ impl Cluster for ClusterService {
             .into());
         }
         let addr = {
-            let metrics = self.ctx.raft.metrics().borrow().clone();
+            let metrics = self.ctx.raft.metrics().borrow_watched().clone();
             let membership = metrics.membership_config.membership();
             if !membership.voter_ids().any(|id| id == target) {
                 return Err(ApiError::FailedPrecondition(format!(
@@ -265,11 +286,11 @@ impl Cluster for ClusterService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        let metrics = self.ctx.raft.metrics().borrow().clone();
+        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
         let committed = self
             .ctx
             .raft
-            .with_raft_state(|s| s.committed.map(|l| l.index))
+            .with_raft_state(|s| s.local_committed().map(|l| l.index))
             .await
             .ok()
             .flatten();
@@ -319,7 +340,7 @@ impl Cluster for ClusterService {
             .ctx
             .raft
             .metrics()
-            .borrow()
+            .borrow_watched()
             .last_applied
             .map_or(0, |l| l.index);
         self.ctx

@@ -3,6 +3,7 @@
 //! answers UNAVAILABLE with the leader hint instead), so two nodes with stale views cannot bounce a
 //! request between them.
 
+use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +25,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// The leader this node knows of, with its address, if any.
     pub fn leader(raft: &Raft) -> Option<(NodeId, String)> {
-        let metrics = raft.metrics().borrow().clone();
+        let metrics = raft.metrics().borrow_watched().clone();
         let leader = metrics.current_leader?;
         let addr = metrics
             .membership_config

@@ -1,25 +1,27 @@
-//! Client side of the peer transport: openraft's `RaftNetwork` over tonic.
+//! Client side of the peer transport: openraft's `RaftNetworkV2` over tonic.
 //!
 //! One lazily connected HTTP/2 channel per peer address, shared by every replication stream to
 //! that peer and re-established by tonic after failures. A peer that is down costs the others only
 //! failed connects: connection errors are reported to openraft as `Unreachable`, which makes it
 //! back off before retrying that peer.
+//!
+//! Replication runs over one `StreamAppend` gRPC stream per follower: openraft feeds it
+//! AppendEntries requests without waiting for the previous answer, and the follower answers each
+//! in order once it is fsynced, so several appends are in flight to each follower at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    Fatal, NetworkError, PayloadTooLarge, RemoteError, ReplicationClosed, StreamingError,
-    Unreachable,
-};
-use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::SnapshotResponse;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
+use openraft::error::{NetworkError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use raftlog_proto::raft::v1::raft_client::RaftClient;
 use raftlog_proto::raft::v1::RaftEnvelope;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use super::types::*;
@@ -28,14 +30,13 @@ use crate::storage::{decode, encode};
 /// Largest peer message accepted or sent (AppendEntries batches, snapshot chunks).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-/// Most bytes of entries one AppendEntries carries (unless a single entry is larger).
+/// Most bytes of entries one AppendEntries carries (unless a single entry is larger): the log
+/// reader stops there (`LogStore::limited_get_log_entries`).
 ///
-/// openraft 0.9 gives every AppendEntries `heartbeat_interval` (150 ms) to complete, send,
-/// follower fsync and answer included, and sends up to 300 entries at once. A follower behind by
-/// 300 entries of ~1 MiB (the batching producer's batches) would get 300 MiB per attempt, time
-/// out every time and never catch up (seen with `raftlog bench produce --producer`). Above this
-/// size the request is not sent: openraft is told `PayloadTooLarge` with a smaller entry count,
-/// and retries at once with that many.
+/// openraft gives every AppendEntries `heartbeat_interval` (150 ms) to complete, follower fsync
+/// included, and sends up to `max_payload_entries` entries at once. A follower behind by hundreds
+/// of ~1 MiB entries (the batching producer's batches) would get hundreds of MiB per attempt, time
+/// out every time and never catch up (seen with `raftlog bench produce --producer` on 0.9).
 pub const APPEND_ENTRIES_BYTES_TARGET: usize = 1024 * 1024;
 
 /// Creates one [`PeerClient`] per target node, reusing channels by address.
@@ -43,14 +44,17 @@ pub const APPEND_ENTRIES_BYTES_TARGET: usize = 1024 * 1024;
 pub struct PeerNetworkFactory {
     group: GroupId,
     connect_timeout: Duration,
+    /// Size of one chunk of a snapshot's data file on the wire.
+    snapshot_chunk_bytes: usize,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl PeerNetworkFactory {
-    pub fn new(group: GroupId, connect_timeout: Duration) -> Self {
+    pub fn new(group: GroupId, connect_timeout: Duration, snapshot_chunk_bytes: usize) -> Self {
         Self {
             group,
             connect_timeout,
+            snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
             channels: Arc::default(),
         }
     }
@@ -82,6 +86,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             group: self.group,
             addr: node.addr.clone(),
             channel,
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
         }
     }
 }
@@ -92,6 +97,7 @@ pub struct PeerClient {
     group: GroupId,
     addr: String,
     channel: Result<Channel, tonic::transport::Error>,
+    snapshot_chunk_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +111,7 @@ struct PeerError {
 enum Rpc {
     Vote,
     AppendEntries,
-    InstallSnapshot,
+    TransferLeader,
 }
 
 impl PeerClient {
@@ -117,84 +123,183 @@ impl PeerClient {
         }
     }
 
-    /// Sends one request and decodes the peer's `Result<Resp, RaftError<E>>`.
-    async fn call<Req, Resp, E>(
-        &mut self,
+    fn client(&self) -> Result<RaftClient<Channel>, RpcError> {
+        match &self.channel {
+            Ok(channel) => Ok(RaftClient::new(channel.clone())
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)),
+            Err(e) => Err(RpcError::Unreachable(Unreachable::new(&self.error(e)))),
+        }
+    }
+
+    fn envelope(&self, payload: Vec<u8>) -> RaftEnvelope {
+        RaftEnvelope {
+            group_id: self.group,
+            payload: payload.into(),
+        }
+    }
+
+    /// How a failed gRPC call is reported to openraft.
+    fn status_error(&self, status: tonic::Status) -> RpcError {
+        let err = self.error(format!("{}: {}", status.code(), status.message()));
+        match status.code() {
+            // Nothing reached the peer's Raft: back off before retrying this peer.
+            tonic::Code::Unavailable | tonic::Code::Unknown => {
+                RpcError::Unreachable(Unreachable::new(&err))
+            }
+            _ => RpcError::Network(NetworkError::new(&err)),
+        }
+    }
+
+    /// Decodes the peer's `Result<Resp, Fatal>`. A peer whose Raft has stopped cannot take part,
+    /// which openraft handles as an unreachable peer.
+    fn open_reply<Resp: DeserializeOwned>(&self, payload: &[u8]) -> Result<Resp, RpcError> {
+        let result: Result<Resp, Fatal> =
+            decode(payload).map_err(|e| RpcError::Network(NetworkError::new(&self.error(e))))?;
+        result.map_err(|fatal| RpcError::Unreachable(Unreachable::new(&self.error(fatal))))
+    }
+
+    /// Sends one unary request and decodes the peer's answer.
+    async fn call<Req, Resp>(
+        &self,
         rpc: Rpc,
         request: &Req,
         ttl: Duration,
-    ) -> Result<Resp, RpcError<E>>
+    ) -> Result<Resp, RpcError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
     {
-        self.call_encoded(rpc, encode(request), ttl).await
-    }
-
-    /// [`Self::call`] with the request already encoded.
-    async fn call_encoded<Resp, E>(
-        &mut self,
-        rpc: Rpc,
-        payload: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<Resp, RpcError<E>>
-    where
-        Resp: DeserializeOwned,
-        E: std::error::Error + DeserializeOwned,
-    {
-        let channel = match &self.channel {
-            Ok(channel) => channel.clone(),
-            Err(e) => return Err(RpcError::Unreachable(Unreachable::new(&self.error(e)))),
-        };
-        let mut client = RaftClient::new(channel)
-            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-        let mut req = tonic::Request::new(RaftEnvelope {
-            group_id: self.group,
-            payload: payload.into(),
-        });
+        let mut client = self.client()?;
+        let mut req = tonic::Request::new(self.envelope(encode(request)));
         req.set_timeout(ttl);
         let reply = match rpc {
             Rpc::Vote => client.vote(req).await,
             Rpc::AppendEntries => client.append_entries(req).await,
-            Rpc::InstallSnapshot => client.install_snapshot(req).await,
+            Rpc::TransferLeader => client.transfer_leader(req).await,
         };
-        let reply = match reply {
-            Ok(reply) => reply.into_inner(),
-            Err(status) => {
-                let err = self.error(format!("{}: {}", status.code(), status.message()));
-                return Err(match status.code() {
-                    // Nothing reached the peer's Raft: back off before retrying this peer.
-                    tonic::Code::Unavailable | tonic::Code::Unknown => {
-                        RpcError::Unreachable(Unreachable::new(&err))
-                    }
-                    _ => RpcError::Network(NetworkError::new(&err)),
-                });
+        match reply {
+            Ok(reply) => self.open_reply(&reply.into_inner().payload),
+            Err(status) => Err(self.status_error(status)),
+        }
+    }
+
+    /// Streams the snapshot: (vote, meta) first, then its data file in chunks.
+    async fn send_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+        option: &RPCOption,
+    ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
+        let network =
+            |e: &dyn std::fmt::Display| StreamingError::Network(NetworkError::new(&self.error(e)));
+        let snapshot = crate::storage::snapshot_store::for_sending(snapshot)
+            .await
+            .map_err(|e| network(&e))?;
+        let mut client = self.client().map_err(|e| network(&e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<RaftEnvelope>(4);
+        let header = self.envelope(encode(&(vote, &snapshot.meta)));
+        let group = self.group;
+        let chunk_bytes = self.snapshot_chunk_bytes;
+        let mut file = snapshot.snapshot.file;
+        // The file is read in its own task so that sending overlaps reading; it stops when the
+        // call ends (the receiver is dropped).
+        let reader = tokio::spawn(async move {
+            if tx.send(header).await.is_err() {
+                return Ok(());
             }
-        };
-        let result: Result<Resp, RaftError<E>> = decode(&reply.payload)
-            .map_err(|e| RpcError::Network(NetworkError::new(&self.error(e))))?;
-        result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
+            loop {
+                let mut chunk = Vec::with_capacity(chunk_bytes);
+                (&mut file)
+                    .take(chunk_bytes as u64)
+                    .read_to_end(&mut chunk)
+                    .await?;
+                if chunk.is_empty() {
+                    return Ok::<(), std::io::Error>(());
+                }
+                let envelope = RaftEnvelope {
+                    group_id: group,
+                    payload: chunk.into(),
+                };
+                if tx.send(envelope).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        req.set_timeout(option.hard_ttl());
+        let reply = client.install_snapshot(req).await;
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(network(&e)),
+            Err(e) => return Err(network(&e)),
+        }
+        match reply {
+            Ok(reply) => self
+                .open_reply(&reply.into_inner().payload)
+                .map_err(streaming_error),
+            Err(status) => Err(streaming_error(self.status_error(status))),
+        }
     }
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
+fn streaming_error(e: RpcError) -> StreamingError<TypeConfig> {
+    match e {
+        RpcError::Timeout(e) => StreamingError::Timeout(e),
+        RpcError::Unreachable(e) => StreamingError::Unreachable(e),
+        RpcError::Network(e) => StreamingError::Network(e),
+        RpcError::RemoteError(e) => StreamingError::Network(NetworkError::new(&e)),
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = SnapshotData;
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
-        let payload = encode(&rpc);
-        let entries = rpc.entries.len();
-        if payload.len() > APPEND_ENTRIES_BYTES_TARGET && entries > 1 {
-            let fit = entries * APPEND_ENTRIES_BYTES_TARGET / payload.len();
-            return Err(RpcError::PayloadTooLarge(
-                PayloadTooLarge::new_entries_hint(fit.clamp(1, entries - 1) as u64),
-            ));
-        }
-        self.call_encoded(Rpc::AppendEntries, payload, option.hard_ttl())
-            .await
+        self.call(Rpc::AppendEntries, &rpc, option.soft_ttl()).await
+    }
+
+    /// One bidirectional gRPC stream: every request openraft produces is sent as it comes, and
+    /// the follower's answers come back in order. The stream's lifetime is not bounded by the
+    /// per-request timeout; a broken connection ends it with an error and openraft opens a new one.
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        _option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, Result<StreamAppendResult, RpcError>>, RpcError>>
+    where
+        S: Stream<Item = AppendEntriesRequest> + Send + Unpin + 'static,
+    {
+        let group = self.group;
+        Box::pin(async move {
+            let mut client = self.client()?;
+            let requests = input.map(move |rpc| RaftEnvelope {
+                group_id: group,
+                payload: encode(&rpc).into(),
+            });
+            let answers = match client.stream_append(requests).await {
+                Ok(answers) => answers.into_inner(),
+                Err(status) => return Err(self.status_error(status)),
+            };
+            let this: &'s PeerClient = self;
+            let answers = answers.map(move |answer| match answer {
+                Ok(envelope) => this.open_reply::<StreamAppendResult>(&envelope.payload),
+                Err(status) => Err(this.status_error(status)),
+            });
+            Ok(Box::pin(answers) as BoxStream<'s, _>)
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
+        self.call(Rpc::Vote, &rpc, option.soft_ttl()).await
     }
 
     /// A built snapshot is a checkpoint; the stream a follower installs is written from it here,
@@ -207,32 +312,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         snapshot: Snapshot,
         cancel: impl std::future::Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
-    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
-        let snapshot = crate::storage::snapshot_store::for_sending(snapshot)
-            .await
-            .map_err(|e| StreamingError::Network(NetworkError::new(&self.error(e))))?;
-        Chunked::send_snapshot(self, vote, snapshot, cancel, option).await
+    ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
+        tokio::select! {
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = self.send_snapshot(vote, snapshot, &option) => sent,
+        }
     }
 
-    async fn install_snapshot(
+    async fn transfer_leader(
         &mut self,
-        rpc: InstallSnapshotRequest,
+        req: TransferLeaderRequest,
         option: RPCOption,
-    ) -> Result<InstallSnapshotResponse, RpcError<InstallSnapshotError>> {
-        self.call(Rpc::InstallSnapshot, &rpc, option.hard_ttl())
+    ) -> Result<TransferLeaderResponse, RpcError> {
+        self.call(Rpc::TransferLeader, &req, option.soft_ttl())
             .await
     }
 
-    async fn vote(
-        &mut self,
-        rpc: VoteRequest,
-        option: RPCOption,
-    ) -> Result<VoteResponse, RpcError> {
-        self.call(Rpc::Vote, &rpc, option.hard_ttl()).await
-    }
-
-    fn backoff(&self) -> Backoff {
+    fn backoff(&self) -> Option<Backoff> {
         // After a failure, retry an unreachable peer every 200 ms rather than spin.
-        Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
     }
 }

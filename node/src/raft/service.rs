@@ -4,45 +4,41 @@
 //! This service lets its caller append to and overwrite this node's Raft log and install
 //! snapshots. It must only be reachable by cluster members (bind the node to a private network).
 
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
 use raftlog_proto::raft::v1::raft_server::Raft as RaftService;
 use raftlog_proto::raft::v1::RaftEnvelope;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tokio::io::AsyncWriteExt;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::types::*;
 use crate::storage::encode;
+use crate::storage::snapshot_store::{self, SnapshotStore};
 
 pub struct PeerService {
     raft: Raft,
     group: GroupId,
+    /// Where a snapshot being received is written before openraft installs it.
+    snapshots: SnapshotStore,
 }
 
+type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<RaftEnvelope, Status>> + Send>>;
+
 impl PeerService {
-    pub fn new(raft: Raft, group: GroupId) -> Self {
-        Self { raft, group }
+    pub fn new(raft: Raft, group: GroupId, snapshots: SnapshotStore) -> Self {
+        Self {
+            raft,
+            group,
+            snapshots,
+        }
     }
 
-    fn open<T: DeserializeOwned>(&self, request: Request<RaftEnvelope>) -> Result<T, Status> {
-        let envelope = request.into_inner();
-        if envelope.group_id != self.group {
-            return Err(Status::not_found(format!(
-                "this node does not host Raft group {} (it hosts {})",
-                envelope.group_id, self.group
-            )));
-        }
-        // Strict: the whole payload must be one message (postcard alone ignores trailing bytes,
-        // so a corrupted or foreign payload could otherwise pass as a shorter valid message).
-        let undecodable = |e: String| {
-            Status::invalid_argument(format!(
-                "undecodable Raft message (peer of another version?): {e}"
-            ))
-        };
-        match postcard::take_from_bytes(&envelope.payload) {
-            Ok((message, [])) => Ok(message),
-            Ok((_, rest)) => Err(undecodable(format!("{} trailing bytes", rest.len()))),
-            Err(e) => Err(undecodable(e.to_string())),
-        }
+    /// Checks the envelope's group and decodes its payload.
+    fn open<T: DeserializeOwned>(&self, envelope: RaftEnvelope) -> Result<T, Status> {
+        open(self.group, envelope)
     }
 
     fn reply<T: Serialize>(&self, result: &T) -> Response<RaftEnvelope> {
@@ -51,28 +47,145 @@ impl PeerService {
             payload: encode(result).into(),
         })
     }
+
+    /// Writes the chunks that follow the header to a new file, fsynced, and reopens it for
+    /// reading.
+    async fn receive_snapshot_data(
+        &self,
+        chunks: &mut Streaming<RaftEnvelope>,
+        path: &std::path::Path,
+    ) -> Result<tokio::fs::File, Status> {
+        let io_error = |e: std::io::Error| Status::internal(format!("receiving a snapshot: {e}"));
+        let mut file = tokio::fs::File::create(path).await.map_err(io_error)?;
+        while let Some(chunk) = chunks.message().await? {
+            if chunk.group_id != self.group {
+                return Err(wrong_group(self.group, chunk.group_id));
+            }
+            file.write_all(&chunk.payload).await.map_err(io_error)?;
+        }
+        file.sync_all().await.map_err(io_error)?;
+        drop(file);
+        tokio::fs::File::open(path).await.map_err(io_error)
+    }
+}
+
+fn wrong_group(hosted: GroupId, asked: GroupId) -> Status {
+    Status::not_found(format!(
+        "this node does not host Raft group {asked} (it hosts {hosted})"
+    ))
+}
+
+fn open<T: DeserializeOwned>(group: GroupId, envelope: RaftEnvelope) -> Result<T, Status> {
+    if envelope.group_id != group {
+        return Err(wrong_group(group, envelope.group_id));
+    }
+    // Strict: the whole payload must be one message (postcard alone ignores trailing bytes,
+    // so a corrupted or foreign payload could otherwise pass as a shorter valid message).
+    let undecodable = |e: String| {
+        Status::invalid_argument(format!(
+            "undecodable Raft message (peer of another version?): {e}"
+        ))
+    };
+    match postcard::take_from_bytes(&envelope.payload) {
+        Ok((message, [])) => Ok(message),
+        Ok((_, rest)) => Err(undecodable(format!("{} trailing bytes", rest.len()))),
+        Err(e) => Err(undecodable(e.to_string())),
+    }
 }
 
 #[tonic::async_trait]
 impl RaftService for PeerService {
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
-        let rpc: VoteRequest = self.open(request)?;
-        Ok(self.reply(&self.raft.vote(rpc).await))
+        let rpc: VoteRequest = self.open(request.into_inner())?;
+        let result = self.raft.vote(rpc).await.map_err(RaftError::unwrap_fatal);
+        Ok(self.reply(&result))
     }
 
     async fn append_entries(
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftEnvelope>, Status> {
-        let rpc: AppendEntriesRequest = self.open(request)?;
-        Ok(self.reply(&self.raft.append_entries(rpc).await))
+        let rpc: AppendEntriesRequest = self.open(request.into_inner())?;
+        let result = self
+            .raft
+            .append_entries(rpc)
+            .await
+            .map_err(RaftError::unwrap_fatal);
+        Ok(self.reply(&result))
+    }
+
+    type StreamAppendStream = EnvelopeStream;
+
+    /// Hands the requests to openraft as they arrive (it appends the next while the previous is
+    /// being fsynced) and answers each, in order, once it is flushed. An envelope that does not
+    /// decode ends the stream with its error after the answers to the requests before it.
+    async fn stream_append(
+        &self,
+        request: Request<Streaming<RaftEnvelope>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        let group = self.group;
+        let (bad_tx, bad_rx) = tokio::sync::oneshot::channel::<Status>();
+        let requests = request
+            .into_inner()
+            .scan(Some(bad_tx), move |bad_tx, envelope| {
+                let opened =
+                    envelope.and_then(|envelope| open::<AppendEntriesRequest>(group, envelope));
+                futures::future::ready(match opened {
+                    Ok(rpc) => Some(rpc),
+                    Err(status) => {
+                        if let Some(tx) = bad_tx.take() {
+                            let _ = tx.send(status);
+                        }
+                        None
+                    }
+                })
+            });
+        let answers = self.raft.stream_append(requests).map(move |result| {
+            Ok(RaftEnvelope {
+                group_id: group,
+                payload: encode(&result).into(),
+            })
+        });
+        // After the last answer: the decoding error that ended the requests, if one did.
+        let ending =
+            futures::stream::once(bad_rx).filter_map(|bad| async move { bad.ok().map(Err) });
+        Ok(Response::new(Box::pin(answers.chain(ending))))
     }
 
     async fn install_snapshot(
         &self,
+        request: Request<Streaming<RaftEnvelope>>,
+    ) -> Result<Response<RaftEnvelope>, Status> {
+        let mut chunks = request.into_inner();
+        let Some(header) = chunks.message().await? else {
+            return Err(Status::invalid_argument(
+                "a snapshot stream without its header",
+            ));
+        };
+        let (vote, meta): (Vote, SnapshotMeta) = self.open(header)?;
+        let path = self.snapshots.receiving_path();
+        let received = self.receive_snapshot_data(&mut chunks, &path).await;
+        let result = match received {
+            Ok(file) => {
+                let id = snapshot_store::new_snapshot_id(meta.last_log_id.as_ref());
+                let snapshot = Snapshot {
+                    meta,
+                    snapshot: SnapshotData { id, file },
+                };
+                Ok(self.raft.install_full_snapshot(vote, snapshot).await)
+            }
+            Err(status) => Err(status),
+        };
+        // Installing copied what it kept; an older snapshot is not installed at all.
+        let _ = tokio::fs::remove_file(&path).await;
+        Ok(self.reply(&result?))
+    }
+
+    async fn transfer_leader(
+        &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftEnvelope>, Status> {
-        let rpc: InstallSnapshotRequest = self.open(request)?;
-        Ok(self.reply(&self.raft.install_snapshot(rpc).await))
+        let req: TransferLeaderRequest = self.open(request.into_inner())?;
+        Ok(self.reply(&self.raft.handle_transfer_leader(req).await))
     }
 }

@@ -4,15 +4,13 @@
 use crate::command::{Command, CommandResponse};
 
 openraft::declare_raft_types!(
-    /// raftlog's Raft type configuration.
+    /// raftlog's Raft type configuration. Leader ids are openraft's default `leader_id_adv` with a
+    /// `u64` term, the on-disk shape 0.9 wrote too.
     pub TypeConfig:
         D = Command,
         R = CommandResponse,
         NodeId = NodeId,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        // Snapshots are files on disk, streamed in chunks: they never have to fit in memory.
-        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -23,27 +21,32 @@ pub type NodeId = u64;
 pub type GroupId = u64;
 pub const METADATA_GROUP: GroupId = 0;
 
-pub type Raft = openraft::Raft<TypeConfig>;
+/// Snapshots are files on disk, streamed in chunks: they never have to fit in memory.
+pub type SnapshotData = crate::storage::snapshot_store::SnapshotData;
+
+pub type Raft = openraft::Raft<TypeConfig, crate::storage::state_machine::StateMachine>;
 pub type Node = openraft::BasicNode;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Vote = openraft::Vote<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type StorageIOError = openraft::StorageIOError<NodeId>;
-pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
-pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
-pub type RpcError<E = openraft::error::Infallible> =
-    openraft::error::RPCError<NodeId, Node, RaftError<E>>;
-pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, Node>;
-pub type CheckIsLeaderError = openraft::error::CheckIsLeaderError<NodeId, Node>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
+pub type CommittedLeaderId = openraft::alias::CommittedLeaderIdOf<TypeConfig>;
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+/// openraft's storage traits report plain I/O errors.
+pub type StorageError = std::io::Error;
+pub type RaftMetrics = openraft::RaftMetrics<TypeConfig>;
+pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<TypeConfig, E>;
+pub type RpcError<E = openraft::error::Infallible> = openraft::error::RPCError<TypeConfig, E>;
+pub type Fatal = openraft::error::Fatal<TypeConfig>;
+pub type ClientWriteError = openraft::error::ClientWriteError<TypeConfig>;
 pub type ClientWriteResponse = openraft::raft::ClientWriteResponse<TypeConfig>;
 pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
-pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;
-pub type VoteRequest = openraft::raft::VoteRequest<NodeId>;
-pub type VoteResponse = openraft::raft::VoteResponse<NodeId>;
-pub type InstallSnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
-pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
-pub type InstallSnapshotError = openraft::error::InstallSnapshotError;
+pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<TypeConfig>;
+pub type StreamAppendResult = openraft::raft::StreamAppendResult<TypeConfig>;
+pub type VoteRequest = openraft::raft::VoteRequest<TypeConfig>;
+pub type VoteResponse = openraft::raft::VoteResponse<TypeConfig>;
+pub type SnapshotResponse = openraft::raft::SnapshotResponse<TypeConfig>;
+pub type TransferLeaderRequest = openraft::raft::TransferLeaderRequest<TypeConfig>;
+pub type TransferLeaderResponse = openraft::raft::TransferLeaderResponse<TypeConfig>;

@@ -11,21 +11,21 @@
 //! A node therefore never answers a peer or acknowledges a client for a log entry or vote that a
 //! power cut could take back. Why the append fsync is on its own thread: it keeps the tokio
 //! workers free while the disk works, and every append that arrives during one fsync shares the
-//! next one (group commit at the disk, as an OS merges writes). openraft 0.9's core itself still
-//! waits for each append's flush before it replicates it (docs/decisions.md).
+//! next one (group commit at the disk, as an OS merges writes). openraft 0.10 submits appends
+//! without waiting for their flush, so the leader replicates an entry while its own fsync runs.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc, Mutex};
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{AnyError, LogState, RaftLogReader};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::keys::{self, MetaKey};
 use super::{decode, encode, Databases, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
-use crate::raft::types::{Entry, GroupId, LogId, StorageError, StorageIOError, TypeConfig, Vote};
+use crate::raft::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
 /// The log of one Raft group. Cheap to clone: clones share the database (openraft's log reader is
 /// such a clone).
@@ -104,12 +104,12 @@ impl LogBytes {
 /// last `LogStore` clone is dropped.
 #[derive(Clone)]
 struct LogFlusher {
-    pending: mpsc::Sender<LogFlushed<TypeConfig>>,
+    pending: mpsc::Sender<IOFlushed<TypeConfig>>,
 }
 
 impl LogFlusher {
     fn start(db: Arc<DB>) -> Self {
-        let (pending, queue) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (pending, queue) = mpsc::channel::<IOFlushed<TypeConfig>>();
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || {
@@ -123,7 +123,7 @@ impl LogFlusher {
                     metrics::histogram!(crate::metrics::APPENDS_PER_FSYNC)
                         .record(covered.len() as f64);
                     for callback in covered {
-                        callback.log_io_completed(
+                        callback.io_completed(
                             result
                                 .as_ref()
                                 .map(|_| ())
@@ -143,12 +143,12 @@ fn sync_write() -> WriteOptions {
     opts
 }
 
-fn read_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::other(format!("reading the raft log: {e}"))
 }
 
-fn write_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
+fn write_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::other(format!("writing the raft log: {e}"))
 }
 
 impl LogStore {
@@ -236,10 +236,13 @@ impl LogStore {
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
-        range: RB,
+impl LogStore {
+    /// The entries of `range` in index order, stopping after the first entry that brings the
+    /// bytes read to `bytes_max`.
+    fn read_entries(
+        &self,
+        range: impl RangeBounds<u64>,
+        bytes_max: usize,
     ) -> Result<Vec<Entry>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
@@ -263,6 +266,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             IteratorMode::From(&start_key, Direction::Forward),
         );
         let mut entries = Vec::new();
+        let mut bytes = 0;
         for item in iter {
             let (key, value) = item.map_err(read_err)?;
             if key[..8] != self.group.to_be_bytes() {
@@ -279,8 +283,39 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 "raft_log key and entry disagree on the index"
             );
             entries.push(entry);
+            bytes += value.len();
+            if bytes >= bytes_max {
+                break;
+            }
         }
         Ok(entries)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(range, usize::MAX)
+    }
+
+    /// What replication sends in one AppendEntries: openraft accepts fewer entries than asked
+    /// for, so this is where a request's size is bounded
+    /// ([`crate::raft::network::APPEND_ENTRIES_BYTES_TARGET`]).
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(
+            start..end,
+            crate::raft::network::APPEND_ENTRIES_BYTES_TARGET,
+        )
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(MetaKey::Vote)
     }
 }
 
@@ -305,10 +340,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.put_meta(MetaKey::Vote, vote, true)
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta(MetaKey::Vote)
-    }
-
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not needed for safety (it is re-learned from the leader), so not fsynced; it lets a
         // restarted node re-apply its committed tail without waiting for a leader.
@@ -324,7 +355,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
+        callback: IOFlushed<TypeConfig>,
     ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
@@ -343,25 +374,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             );
         }
         if let Err(e) = self.db.write(batch) {
-            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            callback.io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
         }
         if let Err(mpsc::SendError(callback)) = self.flusher.pending.send(callback) {
             // The flusher thread only ends with the last LogStore; reaching this is a bug, and the
             // safe answer is an I/O error (openraft stops) rather than a flush never reported.
-            callback.log_io_completed(Err(std::io::Error::other("raft-log-fsync thread is gone")));
+            callback.io_completed(Err(std::io::Error::other("raft-log-fsync thread is gone")));
         }
         Ok(())
     }
 
-    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let from = keys::log_entry(self.group, log_id.index);
+    async fn truncate_after(&mut self, last_kept: Option<LogId>) -> Result<(), StorageError> {
+        let first_removed = last_kept.map_or(0, |log_id| log_id.index + 1);
+        let from = keys::log_entry(self.group, first_removed);
         let to = keys::log_entry(self.group, u64::MAX);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.cf_log(), from, to);
         batch.delete_cf(self.cf_log(), to);
         self.db.write_opt(batch, &sync_write()).map_err(write_err)?;
-        self.bytes.truncated(log_id.index);
+        self.bytes.truncated(first_removed);
         Ok(())
     }
 

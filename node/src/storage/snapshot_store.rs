@@ -18,8 +18,11 @@
 //! - `ckpt-<id>/` and `ckpt-<id>.ptr`: a built snapshot's checkpoint and its pointer file;
 //! - `snap-<id>.snap`: a snapshot's rows as one stream (received from a leader, or written from a
 //!   checkpoint to be sent);
-//! - `building-*`, `writing-*`, `receiving.snap`, `installing-*`, `current.meta.tmp`: unfinished
+//! - `building-*`, `writing-*`, `receiving-*`, `installing-*`, `current.meta.tmp`: unfinished
 //!   work, removed when the store opens.
+//!
+//! openraft (0.10) gives a snapshot no identity of its own, so the id naming its files travels with
+//! its data ([`SnapshotData`]) and is stored next to its meta in `current.meta`.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -32,6 +35,36 @@ use super::keys::{self, sm_tag};
 use super::{decode, encode, snapshot_file, CF_STATE_MACHINE};
 use crate::raft::types::{GroupId, LogId, Snapshot, SnapshotMeta, StoredMembership};
 
+/// A snapshot's data as openraft carries it: a file (a stream, or a pointer to a checkpoint) and
+/// the id that names the snapshot's files in the snapshot directory.
+#[derive(Debug)]
+pub struct SnapshotData {
+    pub id: String,
+    pub file: tokio::fs::File,
+}
+
+/// What `current.meta` holds. Laid out as openraft 0.9's `SnapshotMeta` was (which carried the
+/// id), so a snapshot directory written before the move to 0.10 still reads.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredMeta {
+    last_log_id: Option<LogId>,
+    last_membership: StoredMembership,
+    snapshot_id: String,
+}
+
+/// A fresh id for a snapshot covering `last_log_id`; unique even when two snapshots cover the
+/// same log id (one built, one received, say).
+pub fn new_snapshot_id(last_log_id: Option<&LogId>) -> String {
+    let nonce: u32 = rand::random();
+    match last_log_id {
+        Some(id) => format!(
+            "{}-{}-{}-{nonce:08x}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
+        None => format!("0-0-0-{nonce:08x}"),
+    }
+}
+
 const META_FILE: &str = "current.meta";
 const META_TMP_FILE: &str = "current.meta.tmp";
 const CHECKPOINT_PREFIX: &str = "ckpt-";
@@ -41,7 +74,7 @@ const DATA_SUFFIX: &str = ".snap";
 const BUILDING_PREFIX: &str = "building-";
 const WRITING_PREFIX: &str = "writing-";
 const INSTALLING_PREFIX: &str = "installing-";
-const RECEIVING_FILE: &str = "receiving.snap";
+const RECEIVING_PREFIX: &str = "receiving-";
 
 /// First bytes of a pointer file; a stream file starts with `snapshot_file`'s own magic.
 const POINTER_MAGIC: &[u8; 8] = b"RLCKPT1\n";
@@ -121,9 +154,12 @@ impl SnapshotStore {
         stream_path(&self.dir, snapshot_id)
     }
 
-    /// Where openraft streams a snapshot being received.
+    /// A new file to write a snapshot being received from a leader into (one per transfer, so
+    /// two transfers never share one).
     pub fn receiving_path(&self) -> PathBuf {
-        self.dir.join(RECEIVING_FILE)
+        let nonce: u32 = rand::random();
+        self.dir
+            .join(format!("{RECEIVING_PREFIX}{nonce:08x}{DATA_SUFFIX}"))
     }
 
     /// Where a received snapshot is copied before it is installed.
@@ -132,10 +168,17 @@ impl SnapshotStore {
             .join(format!("{INSTALLING_PREFIX}{snapshot_id}{DATA_SUFFIX}"))
     }
 
-    pub fn current_meta(&self) -> io::Result<Option<SnapshotMeta>> {
+    /// The id and meta of the current snapshot.
+    pub fn current_meta(&self) -> io::Result<Option<(String, SnapshotMeta)>> {
         match std::fs::read(self.meta_path()) {
-            Ok(bytes) => decode(&bytes)
-                .map(Some)
+            Ok(bytes) => decode::<StoredMeta>(&bytes)
+                .map(|stored| {
+                    let meta = SnapshotMeta {
+                        last_log_id: stored.last_log_id,
+                        last_membership: stored.last_membership,
+                    };
+                    Some((stored.snapshot_id, meta))
+                })
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -146,7 +189,7 @@ impl SnapshotStore {
     /// work in progress (only safe when the store opens: nothing else writes here yet); leased
     /// checkpoints stay until a later call.
     fn remove_all_but_current(&self, unfinished_too: bool) -> io::Result<()> {
-        let current = self.current_meta()?.map(|meta| meta.snapshot_id);
+        let current = self.current_meta()?.map(|(id, _)| id);
         let keep = |name: &str| {
             current.as_ref().is_some_and(|id| {
                 name == format!("{CHECKPOINT_PREFIX}{id}")
@@ -165,7 +208,7 @@ impl SnapshotStore {
             let unfinished = name.starts_with(BUILDING_PREFIX)
                 || name.starts_with(WRITING_PREFIX)
                 || name.starts_with(INSTALLING_PREFIX)
-                || name == RECEIVING_FILE
+                || name.starts_with(RECEIVING_PREFIX)
                 || name == META_TMP_FILE;
             let remove = (finished && !keep(&name)) || (unfinished && unfinished_too);
             if !remove || CheckpointLease::is_leased(&path) {
@@ -186,9 +229,14 @@ impl SnapshotStore {
     /// Makes `meta` the current snapshot (its data already durable here), then removes the older
     /// ones. A follower may still be streaming an older stream file: its open handle keeps the
     /// bytes readable after the unlink.
-    fn publish(&self, meta: &SnapshotMeta) -> io::Result<()> {
+    fn publish(&self, snapshot_id: &str, meta: &SnapshotMeta) -> io::Result<()> {
         let tmp = self.dir.join(META_TMP_FILE);
-        std::fs::write(&tmp, encode(meta))?;
+        let stored = StoredMeta {
+            last_log_id: meta.last_log_id,
+            last_membership: meta.last_membership.clone(),
+            snapshot_id: snapshot_id.to_string(),
+        };
+        std::fs::write(&tmp, encode(&stored))?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, self.meta_path())?;
         std::fs::File::open(&self.dir)?.sync_all()?;
@@ -196,7 +244,8 @@ impl SnapshotStore {
     }
 
     /// Builds a snapshot of `db` (the state database) as a checkpoint and makes it current.
-    pub fn build(&self, db: &DB) -> io::Result<SnapshotMeta> {
+    /// Returns its id and meta.
+    pub fn build(&self, db: &DB) -> io::Result<(String, SnapshotMeta)> {
         let nonce: u32 = rand::random();
         let building = self.dir.join(format!("{BUILDING_PREFIX}{nonce:08x}"));
         let result = self.build_into(db, &building);
@@ -207,58 +256,54 @@ impl SnapshotStore {
         result
     }
 
-    fn build_into(&self, db: &DB, building: &Path) -> io::Result<SnapshotMeta> {
+    fn build_into(&self, db: &DB, building: &Path) -> io::Result<(String, SnapshotMeta)> {
         Checkpoint::new(db)
             .and_then(|checkpoint| checkpoint.create_checkpoint(building))
             .map_err(io::Error::other)?;
         let (last_log_id, last_membership) = read_applied_state(building, self.group)?;
-        // Unique even when two snapshots cover the same log id (e.g. one built, one received).
-        let nonce: u32 = rand::random();
-        let snapshot_id = match last_log_id {
-            Some(id) => format!(
-                "{}-{}-{}-{nonce:08x}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
-            None => format!("0-0-0-{nonce:08x}"),
-        };
+        let snapshot_id = new_snapshot_id(last_log_id.as_ref());
         let meta = SnapshotMeta {
             last_log_id,
             last_membership,
-            snapshot_id,
         };
-        std::fs::rename(building, self.checkpoint_path(&meta.snapshot_id))?;
+        std::fs::rename(building, self.checkpoint_path(&snapshot_id))?;
         let mut pointer = Vec::with_capacity(16 + self.dir.as_os_str().len());
         pointer.extend_from_slice(POINTER_MAGIC);
         pointer.extend_from_slice(&self.group.to_be_bytes());
         pointer.extend_from_slice(self.dir.as_os_str().as_encoded_bytes());
-        let mut file = std::fs::File::create(self.pointer_path(&meta.snapshot_id))?;
+        let mut file = std::fs::File::create(self.pointer_path(&snapshot_id))?;
         file.write_all(&pointer)?;
         file.sync_all()?;
-        self.publish(&meta)?;
-        Ok(meta)
+        self.publish(&snapshot_id, &meta)?;
+        Ok((snapshot_id, meta))
     }
 
     /// Makes a received stream file (fsynced, in this directory) the current snapshot.
-    pub fn publish_received(&self, meta: &SnapshotMeta, received: &Path) -> io::Result<()> {
-        std::fs::rename(received, self.data_path(&meta.snapshot_id))?;
-        self.publish(meta)
+    pub fn publish_received(
+        &self,
+        snapshot_id: &str,
+        meta: &SnapshotMeta,
+        received: &Path,
+    ) -> io::Result<()> {
+        std::fs::rename(received, self.data_path(snapshot_id))?;
+        self.publish(snapshot_id, meta)
     }
 
     /// The current snapshot: its stream file if there is one, else its pointer file.
     pub async fn open_current(&self) -> io::Result<Option<Snapshot>> {
-        let Some(meta) = self.current_meta()? else {
+        let Some((id, meta)) = self.current_meta()? else {
             return Ok(None);
         };
-        let file = match tokio::fs::File::open(self.data_path(&meta.snapshot_id)).await {
+        let file = match tokio::fs::File::open(self.data_path(&id)).await {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tokio::fs::File::open(self.pointer_path(&meta.snapshot_id)).await?
+                tokio::fs::File::open(self.pointer_path(&id)).await?
             }
             Err(e) => Err(e)?,
         };
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: SnapshotData { id, file },
         }))
     }
 }
@@ -385,8 +430,9 @@ pub fn read_rows(
 /// stays next to the checkpoint for the next follower). The writing runs on a blocking thread.
 pub async fn for_sending(snapshot: Snapshot) -> io::Result<Snapshot> {
     let Snapshot { meta, snapshot } = snapshot;
-    let mut file = snapshot.into_std().await;
-    let snapshot_id = meta.snapshot_id.clone();
+    let SnapshotData { id, file } = snapshot;
+    let mut file = file.into_std().await;
+    let snapshot_id = id.clone();
     let stream = tokio::task::spawn_blocking(move || -> io::Result<std::fs::File> {
         match classify(&mut file)? {
             DataFile::Stream => Ok(file),
@@ -397,7 +443,10 @@ pub async fn for_sending(snapshot: Snapshot) -> io::Result<Snapshot> {
     .map_err(io::Error::other)??;
     Ok(Snapshot {
         meta,
-        snapshot: Box::new(tokio::fs::File::from_std(stream)),
+        snapshot: SnapshotData {
+            id,
+            file: tokio::fs::File::from_std(stream),
+        },
     })
 }
 

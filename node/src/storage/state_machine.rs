@@ -15,8 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use openraft::storage::RaftStateMachine;
-use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder};
+use futures::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::RaftSnapshotBuilder;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -30,8 +31,8 @@ use crate::command::{
     Command, CommandResponse, ProducerSequence, Record, Rejection, TopicSettings,
 };
 use crate::raft::types::{
-    Entry, GroupId, LogId, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership,
-    TypeConfig,
+    Entry, EntryPayload, GroupId, LogId, Snapshot, SnapshotData, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
 };
 
 /// A partition's offsets. `end_offset` is the next offset to be written.
@@ -304,12 +305,12 @@ pub struct StateMachine {
     snapshots: SnapshotStore,
 }
 
-fn sm_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_state_machine(AnyError::new(&e)).into()
+fn sm_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::other(format!("state machine: {e}"))
 }
 
-fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+fn snap_err(e: impl std::fmt::Display) -> StorageError {
+    StorageError::other(format!("snapshot: {e}"))
 }
 
 impl StateMachine {
@@ -341,9 +342,13 @@ impl StateMachine {
         self.view.clone()
     }
 
+    /// The snapshot directory (the peer service writes snapshots it receives there).
+    pub fn snapshot_store(&self) -> SnapshotStore {
+        self.snapshots.clone()
+    }
+
     fn get<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
-        let read_err =
-            |e: String| StorageError::from(StorageIOError::read_state_machine(AnyError::error(e)));
+        let read_err = |e: String| StorageError::other(format!("reading the state machine: {e}"));
         match self
             .view
             .db
@@ -741,6 +746,76 @@ impl EntryRows {
 }
 
 impl StateMachine {
+    /// Applies `entries` in one RocksDB write batch and returns one response per entry.
+    pub fn apply_entries(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+    ) -> Result<Vec<CommandResponse>, StorageError> {
+        let group = self.view.group;
+        let mut topics = self.view.topics.read().expect("topic table lock").clone();
+        let view = self.view.clone();
+        let live_groups = view.groups.read().expect("group table lock");
+        let mut groups = GroupChanges::new(&live_groups);
+        let mut batch = WriteBatch::default();
+        let mut responses = Vec::new();
+        for entry in entries {
+            let previous = self.last_applied;
+            self.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => CommandResponse::None,
+                EntryPayload::Normal(Command::Maintenance {
+                    now_ms,
+                    producer_idle_ms,
+                }) => {
+                    // Maintenance reads RocksDB: first write what the entries before it changed,
+                    // as the state after `previous`, so that every node sees the same rows
+                    // however openraft splits entries into apply calls.
+                    if !batch.is_empty() {
+                        self.write_applied(std::mem::take(&mut batch), previous)?;
+                    }
+                    self.maintain(now_ms, producer_idle_ms, &mut topics, &mut batch)?
+                }
+                EntryPayload::Normal(command) => {
+                    let mut rows = EntryRows::default();
+                    let response = self.apply_command(
+                        command,
+                        &mut topics,
+                        &mut groups,
+                        &mut batch,
+                        &mut rows,
+                    );
+                    self.write_entry_rows(rows, &topics, &mut batch);
+                    response
+                }
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    batch.put_cf(
+                        self.view.cf(),
+                        keys::sm_singleton(group, sm_tag::MEMBERSHIP),
+                        encode(&self.membership),
+                    );
+                    CommandResponse::None
+                }
+            };
+            responses.push(response);
+        }
+        self.write_applied(batch, self.last_applied)?;
+        let changed_groups = groups.touched;
+        drop(live_groups);
+        let mut live_groups = self.view.groups.write().expect("group table lock");
+        for (name, offsets) in changed_groups {
+            if offsets.is_empty() {
+                live_groups.remove(&name);
+            } else {
+                live_groups.insert(name, offsets);
+            }
+        }
+        drop(live_groups);
+        *self.view.topics.write().expect("topic table lock") = topics;
+        self.view.applied.send_replace(self.last_applied);
+        Ok(responses)
+    }
+
     /// Adds the rows collected while applying one entry to `batch`.
     fn write_entry_rows(
         &self,
@@ -964,80 +1039,35 @@ impl<'a> GroupChanges<'a> {
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    async fn apply<S>(&mut self, mut entries: S) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = Entry> + Send,
-        I::IntoIter: Send,
+        S: futures::Stream<Item = Result<EntryResponder<TypeConfig>, StorageError>> + Unpin + Send,
     {
-        let group = self.view.group;
-        let mut topics = self.view.topics.read().expect("topic table lock").clone();
-        let view = self.view.clone();
-        let live_groups = view.groups.read().expect("group table lock");
-        let mut groups = GroupChanges::new(&live_groups);
-        let mut batch = WriteBatch::default();
-        let mut responses = Vec::new();
-        for entry in entries {
-            let previous = self.last_applied;
-            self.last_applied = Some(entry.log_id);
-            let response = match entry.payload {
-                EntryPayload::Blank => CommandResponse::None,
-                EntryPayload::Normal(Command::Maintenance {
-                    now_ms,
-                    producer_idle_ms,
-                }) => {
-                    // Maintenance reads RocksDB: first write what the entries before it changed,
-                    // as the state after `previous`, so that every node sees the same rows
-                    // however openraft splits entries into apply calls.
-                    if !batch.is_empty() {
-                        self.write_applied(std::mem::take(&mut batch), previous)?;
-                    }
-                    self.maintain(now_ms, producer_idle_ms, &mut topics, &mut batch)?
-                }
-                EntryPayload::Normal(command) => {
-                    let mut rows = EntryRows::default();
-                    let response = self.apply_command(
-                        command,
-                        &mut topics,
-                        &mut groups,
-                        &mut batch,
-                        &mut rows,
-                    );
-                    self.write_entry_rows(rows, &topics, &mut batch);
-                    response
-                }
-                EntryPayload::Membership(membership) => {
-                    self.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    batch.put_cf(
-                        self.view.cf(),
-                        keys::sm_singleton(group, sm_tag::MEMBERSHIP),
-                        encode(&self.membership),
-                    );
-                    CommandResponse::None
-                }
-            };
-            responses.push(response);
+        // openraft hands over the committed entries it has read; applying them as one call keeps
+        // one RocksDB write batch per call. Clients are answered only once that batch is in
+        // RocksDB: an acknowledged write must be readable at once (a fetch right after the ack
+        // finds its records).
+        let mut applied = Vec::new();
+        let mut responders = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            applied.push(entry);
+            responders.push(responder);
         }
-        self.write_applied(batch, self.last_applied)?;
-        let changed_groups = groups.touched;
-        drop(live_groups);
-        let mut live_groups = self.view.groups.write().expect("group table lock");
-        for (name, offsets) in changed_groups {
-            if offsets.is_empty() {
-                live_groups.remove(&name);
-            } else {
-                live_groups.insert(name, offsets);
+        let responses = self.apply_entries(applied)?;
+        for (responder, response) in responders.into_iter().zip(responses) {
+            if let Some(responder) = responder {
+                responder.send(response);
             }
         }
-        drop(live_groups);
-        *self.view.topics.write().expect("topic table lock") = topics;
-        self.view.applied.send_replace(self.last_applied);
-        Ok(responses)
+        Ok(())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -1047,28 +1077,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        // Read-write: install_snapshot reads back what openraft wrote into it.
-        let file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(self.snapshots.receiving_path())
-            .await
-            .map_err(snap_err)?;
-        Ok(Box::new(file))
-    }
-
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
+        snapshot: SnapshotData,
     ) -> Result<(), StorageError> {
         // Read from the handle we are given (openraft may hand us any snapshot file), after every
         // write to it has completed; keep our own fsynced copy as the new current snapshot.
-        let mut source = snapshot.into_std().await;
-        let received = self.snapshots.installing_path(&meta.snapshot_id);
+        let snapshot_id = snapshot.id;
+        let mut source = snapshot.file.into_std().await;
+        let received = self.snapshots.installing_path(&snapshot_id);
         {
             use std::io::{Seek, SeekFrom};
             source.seek(SeekFrom::Start(0)).map_err(snap_err)?;
@@ -1082,7 +1100,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = WriteBatch::default();
         let cf = self.view.cf();
         batch.delete_range_cf(cf, keys::sm_prefix(group), keys::sm_prefix_end(group));
-        snapshot_store::read_rows(&received, &meta.snapshot_id, |suffix, value| {
+        snapshot_store::read_rows(&received, &snapshot_id, |suffix, value| {
             let mut key = keys::sm_prefix(group).to_vec();
             key.extend_from_slice(&suffix);
             batch.put_cf(cf, key, value);
@@ -1098,10 +1116,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             "installed snapshot's rows disagree with its meta on the last applied log id"
         );
         self.snapshots
-            .publish_received(meta, &received)
+            .publish_received(&snapshot_id, meta, &received)
             .map_err(snap_err)?;
         metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED).increment(1);
-        tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
+        tracing::info!(snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
         Ok(())
     }
 
@@ -1118,15 +1136,17 @@ pub struct SnapshotBuilder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let view = self.view.clone();
         let snapshots = self.snapshots.clone();
         let started = std::time::Instant::now();
-        let meta = tokio::task::spawn_blocking(move || snapshots.build(&view.db))
+        let (snapshot_id, meta) = tokio::task::spawn_blocking(move || snapshots.build(&view.db))
             .await
             .map_err(snap_err)?
             .map_err(snap_err)?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
+        tracing::info!(snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
         metrics::counter!(crate::metrics::SNAPSHOTS_BUILT).increment(1);
         metrics::histogram!(crate::metrics::SNAPSHOT_SECONDS)
             .record(started.elapsed().as_secs_f64());
@@ -1144,11 +1164,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 mod tests {
     use super::*;
     use crate::command::TopicSettings;
-    use openraft::{CommittedLeaderId, LogId as RaftLogId};
+    use crate::raft::types::CommittedLeaderId;
 
     fn entry(index: u64, command: Command) -> Entry {
         Entry {
-            log_id: RaftLogId::new(CommittedLeaderId::new(1, 1), index),
+            log_id: LogId::new(
+                CommittedLeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            ),
             payload: EntryPayload::Normal(command),
         }
     }
@@ -1183,9 +1209,6 @@ mod tests {
             dir.path().join("snapshots"),
         )
         .expect("open the state machine");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("tokio runtime");
         let create = Command::CreateTopic {
             name: "t".into(),
             settings: TopicSettings {
@@ -1203,8 +1226,8 @@ mod tests {
             append(0, "rejected", Some(7)),
             append(0, "c", Some(2)),
         ]);
-        let responses = runtime
-            .block_on(sm.apply([entry(1, create), entry(2, batch)]))
+        let responses = sm
+            .apply_entries([entry(1, create), entry(2, batch)])
             .expect("apply");
         let CommandResponse::Batch(answers) = &responses[1] else {
             panic!("a batch answers a batch: {responses:?}");
@@ -1252,7 +1275,7 @@ mod tests {
         std::fs::create_dir_all(&snapshots).unwrap();
         for name in [
             "building-1-1-5-0000abcd.snap",
-            "receiving.snap",
+            "receiving-0000abcd.snap",
             "current.meta.tmp",
             "snap-orphan.snap",
         ] {
