@@ -65,6 +65,14 @@ impl PeerService {
         }
         file.sync_all().await.map_err(io_error)?;
         drop(file);
+        // A sender whose file read failed ends its stream early but cleanly. Installing a
+        // truncated file would fail inside openraft's state machine, which stops this node's
+        // Raft: check the stream's end marker and row count here and refuse it instead.
+        let check = path.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::storage::snapshot_file::read(&check, |_, _| {}))
+            .await
+            .map_err(|e| Status::internal(format!("checking a received snapshot: {e}")))?
+            .map_err(|e| Status::data_loss(format!("received an incomplete snapshot: {e}")))?;
         tokio::fs::File::open(path).await.map_err(io_error)
     }
 }
