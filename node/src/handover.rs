@@ -2,29 +2,19 @@
 //!
 //! Without it, the followers elect a successor only once the stopped leader's lease has expired
 //! (election_timeout_max plus an election timeout, ~2.5 s with the defaults), and every write waits
-//! that long. openraft 0.9 has no leader-transfer message, but its vote rules allow a handover:
-//! the leader stops taking writes, waits until its most caught-up voter holds its whole log, and
-//! asks that voter to start an election. The followers refuse the vote while they still see the
-//! leader's lease, but the leader itself grants it (its own vote dates from its election, so its
-//! lease for votes has long run out, and the candidate's log is as long as its own) and steps down
-//! on seeing the higher term. In a 3-voter cluster the candidate's vote and the old leader's are a
-//! majority, so leadership moves within a round trip. With 5 voters two votes are not enough, so
-//! no handover is attempted (a lost attempt would depose the leader without a successor).
-//!
-//! The leader's own lease runs from its election: a leader elected less than
-//! `election_timeout_ms_max` ago would refuse the vote (and the candidate's higher term would
-//! still depose it), so the handover first waits that lease out.
+//! that long. With it: the leader stops taking writes, waits until its most caught-up voter holds
+//! its whole log, and asks openraft to transfer leadership there (0.10's `transfer_leader`: the
+//! leader stops proposing and tells every node; they drop the leader's lease, and the successor,
+//! holding the whole log, starts an election at once and wins it). Leadership moves within a round
+//! trip, with any number of voters.
 //!
 //! Writes that arrive during the handover are refused as not applied, so clients retry them
 //! (against the new leader) without any risk of duplicates.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::time::{Duration, Instant};
 
-use raftlog_proto::v1::cluster_client::ClusterClient;
-use raftlog_proto::v1::NodeRequest;
+use openraft::async_runtime::watch::WatchReceiver;
 
-use crate::api::forward::Forwarder;
 use crate::node::NodeContext;
 use crate::raft::types::NodeId;
 
@@ -32,8 +22,6 @@ use crate::raft::types::NodeId;
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// How long the election may take before we give up and shut down anyway.
 const ELECTION_WAIT: Duration = Duration::from_secs(2);
-/// Clock slack on top of the lease (timers and the observation of the election are not exact).
-const LEASE_MARGIN: Duration = Duration::from_millis(50);
 
 /// If this node leads, hands leadership to the most caught-up voter. Returns the new leader, or
 /// `None` if this node was not leading or the handover did not complete (both are logged).
@@ -54,17 +42,6 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
         tracing::info!(node_id = ctx.id, "no other voter to hand leadership to");
         return None;
     };
-    let addr = membership.get_node(&successor).map(|n| n.addr.clone())?;
-    let voters = membership.voter_ids().count();
-    if voters > 3 {
-        tracing::info!(
-            node_id = ctx.id,
-            voters,
-            "no handover with more than 3 voters (openraft 0.9 has no transfer message)"
-        );
-        return None;
-    }
-
     // From here on no new write is proposed by this node, so its log stops growing and the
     // successor can hold all of it (a vote needs the candidate's log to be at least as long).
     ctx.stop_taking_writes();
@@ -88,22 +65,7 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
         tracing::warn!(node_id = ctx.id, successor, "no handover: {e}");
         return None;
     }
-    let leading_since = *ctx.leading_since.lock().expect("leading_since lock");
-    if let Some(since) = leading_since {
-        // Waiting out a protocol timer (the lease), not synchronising with an event.
-        let lease = Duration::from_millis(ctx.config.raft.election_timeout_ms_max);
-        tokio::time::sleep_until((since + lease + LEASE_MARGIN).into()).await;
-    }
-
-    let request = Forwarder::forwarded(NodeRequest { node_id: successor }, Some(ELECTION_WAIT));
-    let elect = async {
-        let channel = ctx.forwarder.channel(&addr).map_err(|e| e.to_string())?;
-        ClusterClient::new(channel)
-            .transfer_leader(request)
-            .await
-            .map_err(|s| s.message().to_string())
-    };
-    if let Err(e) = elect.await {
+    if let Err(e) = ctx.raft.trigger().transfer_leader(successor).await {
         tracing::warn!(node_id = ctx.id, successor, "no handover: {e}");
         return None;
     }

@@ -33,9 +33,6 @@ pub struct NodeContext {
     pub batcher: crate::batcher::Batcher,
     /// Set while the node shuts down: it proposes nothing more (see [`crate::handover`]).
     pub writes_stopped: Arc<AtomicBool>,
-    /// When this node was last seen becoming leader (term change included); `None` while it
-    /// follows. Kept by the task that logs leader changes.
-    pub leading_since: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     /// Free space of the data dir, for the produce guard (`limits.disk_free_bytes_min`).
     pub disk: crate::disk::DiskSpace,
 }

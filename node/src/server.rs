@@ -84,7 +84,6 @@ pub async fn run(
                 .min(crate::raft::network::APPEND_ENTRIES_BYTES_TARGET),
         ),
         writes_stopped: Default::default(),
-        leading_since: Default::default(),
     };
 
     if !config.initial_cluster.is_empty() {
@@ -242,16 +241,10 @@ async fn raft_failure(raft: Raft) -> String {
 /// One log line per leader change and per membership change, with the ids that matter.
 async fn log_raft_changes(ctx: NodeContext) {
     let mut metrics = ctx.raft.metrics();
-    let (mut leader, mut membership, mut term) = (None, None, 0);
+    let (mut leader, mut membership) = (None, None);
     loop {
         {
             let m = metrics.borrow_watched();
-            if m.current_leader != leader || m.current_term != term {
-                let leading = m.current_leader == Some(ctx.id);
-                *ctx.leading_since.lock().expect("leading_since lock") =
-                    leading.then(std::time::Instant::now);
-                term = m.current_term;
-            }
             if m.current_leader != leader {
                 tracing::info!(
                     node_id = ctx.id,

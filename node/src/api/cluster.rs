@@ -16,6 +16,9 @@ use super::forward::{is_forwarded, leader_unreachable, Forwarder};
 use crate::node::NodeContext;
 use crate::raft::types::{ClientWriteResponse, Node, NodeId, RaftMetrics};
 
+/// How long a leader transfer may take before TransferLeader answers UNAVAILABLE.
+const TRANSFER_WAIT: Duration = Duration::from_secs(5);
+
 pub struct ClusterService {
     ctx: NodeContext,
 }
@@ -233,56 +236,62 @@ impl Cluster for ClusterService {
         }
     }
 
+    /// openraft's leader transfer: the leader stops proposing and tells every node, and the
+    /// target, once it holds the leader's whole log, starts an election at once and wins it.
+    /// Sent to any node; followers forward it to the leader. Answers once the target leads.
     async fn transfer_leader(
         &self,
         request: Request<NodeRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
         let forwarded = is_forwarded(&request);
-        let target = request.into_inner().node_id;
-        if target == self.ctx.id {
-            // openraft 0.9 has no leader-transfer message: the target starts an election at once.
-            // With a log at least as up to date as the others' it wins, and the old leader steps
-            // down on seeing the higher term.
-            self.ctx
-                .raft
-                .trigger()
-                .elect(false)
-                .await
-                .map_err(|e| ApiError::Unavailable {
-                    message: e.to_string(),
-                    leader: None,
-                    not_applied: false,
-                })?;
-            return Ok(Response::new(TransferLeaderResponse {}));
-        }
-        if forwarded {
+        let req = request.into_inner();
+        let target = req.node_id;
+        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
+        if !metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|id| id == target)
+        {
             return Err(ApiError::FailedPrecondition(format!(
-                "node {} is not node {target}",
-                self.ctx.id
+                "node {target} is not a voter; only voters can lead"
             ))
             .into());
         }
-        let addr = {
-            let metrics = self.ctx.raft.metrics().borrow_watched().clone();
-            let membership = metrics.membership_config.membership();
-            if !membership.voter_ids().any(|id| id == target) {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "node {target} is not a voter; only voters can lead"
-                ))
-                .into());
-            }
-            membership
-                .get_node(&target)
-                .map(|n| n.addr.clone())
-                .unwrap_or_default()
+        if metrics.current_leader == Some(target) {
+            return Ok(Response::new(TransferLeaderResponse {}));
+        }
+        if metrics.current_leader != Some(self.ctx.id) {
+            let (mut client, leader) = self.client(forwarded, self.ctx.leader())?;
+            return client
+                .transfer_leader(Forwarder::forwarded(req, Some(TRANSFER_WAIT)))
+                .await
+                .map_err(|s| leader_unreachable(s, leader));
+        }
+        let unavailable = |message: String| ApiError::Unavailable {
+            message,
+            leader: None,
+            not_applied: false,
         };
-        let channel = self.ctx.forwarder.channel(&addr)?;
-        ClusterClient::new(channel)
-            .transfer_leader(Forwarder::forwarded(
-                NodeRequest { node_id: target },
-                Some(Duration::from_secs(5)),
-            ))
+        self.ctx
+            .raft
+            .trigger()
+            .transfer_leader(target)
             .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        self.ctx
+            .raft
+            .wait(Some(TRANSFER_WAIT))
+            .metrics(|m| m.current_leader == Some(target), "the target leads")
+            .await
+            .map_err(|e| {
+                unavailable(format!(
+                    "node {target} did not take over ({e}); it may be behind or down. This node \
+                     stopped leading for the transfer, so the voters elect a leader on their \
+                     own: check `raftlog cluster status`"
+                ))
+            })?;
+        Ok(Response::new(TransferLeaderResponse {}))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
