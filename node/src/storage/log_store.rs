@@ -448,7 +448,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 keys::log_entry(self.group, entry.log_id.index),
                 &value,
             );
-            appended.push((entry, value.len()));
+            // The cached copy is decoded from what was stored, not the entry itself: an entry
+            // built from client requests holds its record bytes as slices of the requests' receive
+            // buffers, which would keep far more memory alive than the cache's byte bound says.
+            let cached: Entry = decode(&value).map_err(write_err)?;
+            appended.push((cached, value.len()));
         }
         if let Err(e) = self.db.write(batch) {
             callback.io_completed(Err(std::io::Error::other(e.to_string())));
