@@ -264,7 +264,11 @@ impl Cluster for ClusterService {
         if metrics.current_leader != Some(self.ctx.id) {
             let (mut client, leader) = self.client(forwarded, self.ctx.leader())?;
             return client
-                .transfer_leader(Forwarder::forwarded(req, Some(TRANSFER_WAIT)))
+                // Longer than the leader waits, so its answer (and its reason) comes through.
+                .transfer_leader(Forwarder::forwarded(
+                    req,
+                    Some(TRANSFER_WAIT + Duration::from_secs(1)),
+                ))
                 .await
                 .map_err(|s| leader_unreachable(s, leader));
         }

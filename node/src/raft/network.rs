@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
+use super::envelope;
 use super::types::*;
 use crate::storage::{decode, encode};
 
@@ -132,13 +133,6 @@ impl PeerClient {
         }
     }
 
-    fn envelope(&self, payload: Vec<u8>) -> RaftEnvelope {
-        RaftEnvelope {
-            group_id: self.group,
-            payload: payload.into(),
-        }
-    }
-
     /// How a failed gRPC call is reported to openraft.
     fn status_error(&self, status: tonic::Status) -> RpcError {
         let err = self.error(format!("{}: {}", status.code(), status.message()));
@@ -171,7 +165,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
     {
         let mut client = self.client()?;
-        let mut req = tonic::Request::new(self.envelope(encode(request)));
+        let mut req = tonic::Request::new(envelope(self.group, encode(request)));
         req.set_timeout(ttl);
         let reply = match rpc {
             Rpc::Vote => client.vote(req).await,
@@ -198,7 +192,7 @@ impl PeerClient {
             .map_err(|e| network(&e))?;
         let mut client = self.client().map_err(|e| network(&e))?;
         let (tx, rx) = tokio::sync::mpsc::channel::<RaftEnvelope>(4);
-        let header = self.envelope(encode(&(vote, &snapshot.meta)));
+        let header = envelope(self.group, encode(&(vote, &snapshot.meta)));
         let group = self.group;
         let chunk_bytes = self.snapshot_chunk_bytes;
         let mut file = snapshot.snapshot.file;
@@ -217,11 +211,7 @@ impl PeerClient {
                 if chunk.is_empty() {
                     return Ok::<(), std::io::Error>(());
                 }
-                let envelope = RaftEnvelope {
-                    group_id: group,
-                    payload: chunk.into(),
-                };
-                if tx.send(envelope).await.is_err() {
+                if tx.send(envelope(group, chunk)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -277,10 +267,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let group = self.group;
         Box::pin(async move {
             let mut client = self.client()?;
-            let requests = input.map(move |rpc| RaftEnvelope {
-                group_id: group,
-                payload: encode(&rpc).into(),
-            });
+            let requests = input.map(move |rpc| envelope(group, encode(&rpc)));
             let answers = match client.stream_append(requests).await {
                 Ok(answers) => answers.into_inner(),
                 Err(status) => return Err(self.status_error(status)),

@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::envelope;
 use super::types::*;
 use crate::storage::encode;
 use crate::storage::snapshot_store::{self, SnapshotStore};
@@ -42,14 +43,11 @@ impl PeerService {
     }
 
     fn reply<T: Serialize>(&self, result: &T) -> Response<RaftEnvelope> {
-        Response::new(RaftEnvelope {
-            group_id: self.group,
-            payload: encode(result).into(),
-        })
+        Response::new(envelope(self.group, encode(result)))
     }
 
-    /// Writes the chunks that follow the header to a new file, fsynced, and reopens it for
-    /// reading.
+    /// Writes the chunks that follow the header to a new file and reopens it for reading. Not
+    /// fsynced: installing makes its own durable copy, and this file is removed afterwards.
     async fn receive_snapshot_data(
         &self,
         chunks: &mut Streaming<RaftEnvelope>,
@@ -63,7 +61,7 @@ impl PeerService {
             }
             file.write_all(&chunk.payload).await.map_err(io_error)?;
         }
-        file.sync_all().await.map_err(io_error)?;
+        file.flush().await.map_err(io_error)?;
         drop(file);
         // A sender whose file read failed ends its stream early but cleanly. Installing a
         // truncated file would fail inside openraft's state machine, which stops this node's
@@ -148,12 +146,10 @@ impl RaftService for PeerService {
                     }
                 })
             });
-        let answers = self.raft.stream_append(requests).map(move |result| {
-            Ok(RaftEnvelope {
-                group_id: group,
-                payload: encode(&result).into(),
-            })
-        });
+        let answers = self
+            .raft
+            .stream_append(requests)
+            .map(move |result| Ok(envelope(group, encode(&result))));
         // After the last answer: the decoding error that ended the requests, if one did.
         let ending =
             futures::stream::once(bad_rx).filter_map(|bad| async move { bad.ok().map(Err) });

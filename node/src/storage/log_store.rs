@@ -45,10 +45,32 @@ pub struct LogStore {
 /// CPU at C=64). Holds a contiguous run ending at the last entry, at most
 /// [`RECENT_ENTRIES_BYTES_MAX`] of encoded entries.
 #[derive(Clone, Default)]
-struct RecentEntries(Arc<Mutex<VecDeque<(Entry, usize)>>>);
+struct RecentEntries(Arc<Mutex<RecentRun>>);
+
+#[derive(Default)]
+struct RecentRun {
+    /// (entry, encoded bytes), in index order, contiguous.
+    entries: VecDeque<(Entry, usize)>,
+    /// Encoded bytes of `entries`.
+    bytes: usize,
+}
 
 /// Encoded bytes of entries [`RecentEntries`] keeps.
 const RECENT_ENTRIES_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+impl RecentRun {
+    fn pop_front(&mut self) {
+        if let Some((_, bytes)) = self.entries.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
+    fn pop_back(&mut self) {
+        if let Some((_, bytes)) = self.entries.pop_back() {
+            self.bytes -= bytes;
+        }
+    }
+}
 
 impl RecentEntries {
     fn appended(&self, entries: Vec<(Entry, usize)>) {
@@ -56,32 +78,38 @@ impl RecentEntries {
         for (entry, bytes) in entries {
             // Only a contiguous run can stand in for the log.
             if recent
+                .entries
                 .back()
                 .is_some_and(|(last, _)| last.log_id.index + 1 != entry.log_id.index)
             {
-                recent.clear();
+                *recent = RecentRun::default();
             }
-            recent.push_back((entry, bytes));
+            recent.entries.push_back((entry, bytes));
+            recent.bytes += bytes;
         }
-        let mut total: usize = recent.iter().map(|(_, b)| b).sum();
-        while total > RECENT_ENTRIES_BYTES_MAX {
-            let Some((_, bytes)) = recent.pop_front() else {
-                break;
-            };
-            total -= bytes;
+        while recent.bytes > RECENT_ENTRIES_BYTES_MAX {
+            recent.pop_front();
         }
     }
 
     fn truncated(&self, from: u64) {
         let mut recent = self.0.lock().expect("recent entries lock");
-        while recent.back().is_some_and(|(e, _)| e.log_id.index >= from) {
+        while recent
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= from)
+        {
             recent.pop_back();
         }
     }
 
     fn purged(&self, upto: u64) {
         let mut recent = self.0.lock().expect("recent entries lock");
-        while recent.front().is_some_and(|(e, _)| e.log_id.index <= upto) {
+        while recent
+            .entries
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= upto)
+        {
             recent.pop_front();
         }
     }
@@ -89,7 +117,7 @@ impl RecentEntries {
     /// The entries from `start` below `end`, up to `bytes_max` (at least one), if the run holds
     /// `start`.
     fn read(&self, start: u64, end: Option<u64>, bytes_max: usize) -> Option<Vec<Entry>> {
-        let recent = self.0.lock().expect("recent entries lock");
+        let recent = &self.0.lock().expect("recent entries lock").entries;
         let first = recent.front()?.0.log_id.index;
         if start < first || start > recent.back()?.0.log_id.index {
             return None;
