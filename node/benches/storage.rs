@@ -92,7 +92,7 @@ fn stored_batch_rows(c: &mut Criterion) {
 
 fn apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let dbs = storage::open(dir.path(), &storage::MemoryBudget::default()).expect("open RocksDB");
+    let dbs = storage::open(dir.path(), &storage::StorageOptions::default()).expect("open RocksDB");
     let mut sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))
         .expect("open the state machine");
     let create = Command::CreateTopic {

@@ -28,8 +28,9 @@ pub struct NodeConfig {
     pub snapshot: SnapshotPolicy,
     pub limits: Limits,
     pub housekeeping: Housekeeping,
-    /// RocksDB's memory (memtables and block cache) for both databases together.
-    pub storage_memory: crate::storage::MemoryBudget,
+    /// RocksDB's memory (memtables and block cache) for both databases together, and whether
+    /// flushes and compactions write with O_DIRECT.
+    pub storage: crate::storage::StorageOptions,
     /// Threads of the async runtime (request handling, Raft, replication); 0 means one per core.
     /// Nodes that share a machine (scripts/cluster.sh) each get a share of its cores.
     pub worker_threads: usize,
@@ -257,6 +258,10 @@ pub struct Args {
     /// [default: 67108864 (64 MiB)].
     #[arg(long, env = "RAFTLOG_STORAGE_BLOCK_CACHE_BYTES")]
     pub storage_block_cache_bytes: Option<usize>,
+    /// RocksDB's flushes and compactions write with O_DIRECT, bypassing the page cache (the
+    /// node falls back to buffered writes where the file system refuses it) [default: true].
+    #[arg(long, env = "RAFTLOG_STORAGE_DIRECT_WRITES")]
+    pub storage_direct_writes: Option<bool>,
     /// Threads of the async runtime; 0 is one per core [default: 0]. Give each node a share of
     /// the cores when several share a machine.
     #[arg(long, env = "RAFTLOG_WORKER_THREADS")]
@@ -372,11 +377,15 @@ impl Args {
                 producer_idle_ms: pick!(producer_idle_ms)
                     .unwrap_or(Housekeeping::default().producer_idle_ms),
             },
-            storage_memory: crate::storage::MemoryBudget {
-                memtable_bytes: pick!(storage_memtable_bytes)
-                    .unwrap_or(crate::storage::MemoryBudget::default().memtable_bytes),
-                block_cache_bytes: pick!(storage_block_cache_bytes)
-                    .unwrap_or(crate::storage::MemoryBudget::default().block_cache_bytes),
+            storage: crate::storage::StorageOptions {
+                memory: crate::storage::MemoryBudget {
+                    memtable_bytes: pick!(storage_memtable_bytes)
+                        .unwrap_or(crate::storage::MemoryBudget::default().memtable_bytes),
+                    block_cache_bytes: pick!(storage_block_cache_bytes)
+                        .unwrap_or(crate::storage::MemoryBudget::default().block_cache_bytes),
+                },
+                direct_writes: pick!(storage_direct_writes)
+                    .unwrap_or(crate::storage::StorageOptions::default().direct_writes),
             },
             worker_threads: pick!(worker_threads).unwrap_or(0),
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),
@@ -450,13 +459,13 @@ impl NodeConfig {
             );
         }
         // Below these RocksDB would flush (or evict) constantly; a misplaced digit, not a choice.
-        if self.storage_memory.memtable_bytes < 16 * 1024 * 1024 {
+        if self.storage.memory.memtable_bytes < 16 * 1024 * 1024 {
             return invalid("storage_memtable_bytes must be at least 16 MiB (16777216)".into());
         }
         if self.worker_threads > 1024 {
             return invalid("worker_threads must be at most 1024 (0 means one per core)".into());
         }
-        if self.storage_memory.block_cache_bytes < 1024 * 1024 {
+        if self.storage.memory.block_cache_bytes < 1024 * 1024 {
             return invalid("storage_block_cache_bytes must be at least 1 MiB (1048576)".into());
         }
         if !self.initial_cluster.is_empty()
@@ -530,7 +539,7 @@ mod tests {
             config.snapshot.logs_kept_after_snapshot,
             defaults.snapshot.logs_kept_after_snapshot
         );
-        assert_eq!(config.storage_memory, defaults.storage_memory);
+        assert_eq!(config.storage, defaults.storage);
         assert_eq!(config.worker_threads, defaults.worker_threads);
         assert_eq!(
             config.snapshot.log_bytes_since_last_max,

@@ -35,7 +35,7 @@ pub async fn run(
     crate::metrics::install();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let dbs = storage::open(&config.data_dir, &config.storage_memory).context("opening RocksDB")?;
+    let dbs = storage::open(&config.data_dir, &config.storage).context("opening RocksDB")?;
     let log_store = LogStore::new(&dbs, METADATA_GROUP);
     let log_bytes = log_store.bytes();
     let state_machine = StateMachine::open(

@@ -16,7 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs =
-            storage::open(dir.path(), &storage::MemoryBudget::default()).expect("open RocksDB");
+            storage::open(dir.path(), &storage::StorageOptions::default()).expect("open RocksDB");
         let log = LogStore::new(&dbs, METADATA_GROUP);
         let sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))
             .expect("open the state machine");

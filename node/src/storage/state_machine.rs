@@ -1201,7 +1201,7 @@ mod tests {
     #[test]
     fn appends_of_one_entry_share_a_stored_batch_and_keep_their_offsets() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = super::super::open(dir.path(), &super::super::MemoryBudget::default())
+        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
             .expect("open RocksDB");
         let mut sm = StateMachine::open(
             dbs.state,
@@ -1269,7 +1269,7 @@ mod tests {
     #[test]
     fn opening_removes_unfinished_snapshot_files() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = super::super::open(dir.path(), &super::super::MemoryBudget::default())
+        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
             .expect("open RocksDB");
         let snapshots = dir.path().join("snapshots");
         std::fs::create_dir_all(&snapshots).unwrap();
