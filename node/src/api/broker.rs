@@ -737,7 +737,10 @@ impl Broker for BrokerService {
             let mut applied = view.applied();
             let mut offset = req.offset;
             loop {
-                match view.read(&req.topic, req.partition, offset, max_records, max_bytes) {
+                match view
+                    .read_blocking(&req.topic, req.partition, offset, max_records, max_bytes)
+                    .await
+                {
                     Ok(result) if !result.records.is_empty() => {
                         offset = result.records.last().map_or(offset, |(o, _)| o + 1);
                         count_out(&req.topic, &result.records);
@@ -799,13 +802,14 @@ impl Broker for BrokerService {
                 let result = self
                     .ctx
                     .view
-                    .read(
+                    .read_blocking(
                         &req.topic,
                         req.partition,
                         req.offset,
                         max_records,
                         max_bytes,
                     )
+                    .await
                     .map_err(ApiError::from)?;
                 if !result.records.is_empty() || wait.is_zero() {
                     break result;

@@ -119,7 +119,14 @@ pub struct StateView {
     topics: RwLock<BTreeMap<String, TopicState>>,
     groups: RwLock<BTreeMap<String, GroupOffsets>>,
     applied: watch::Sender<Option<LogId>>,
+    /// Reads running on the blocking pool ([`Self::read_blocking`]), at most [`READS_PARALLEL`].
+    read_slots: tokio::sync::Semaphore,
 }
+
+/// Reads of record batches that run at once on a node. Each holds up to `fetch_bytes_max` of
+/// batches in memory while it runs, so this bounds that memory; four keep a disk busy while the
+/// CPU decodes (the catch-up benchmark reads four partitions at once).
+pub const READS_PARALLEL: usize = 4;
 
 impl StateView {
     fn cf(&self) -> &rocksdb::ColumnFamily {
@@ -169,6 +176,31 @@ impl StateView {
             .expect("group table lock")
             .get(name)
             .cloned()
+    }
+
+    /// [`Self::read`] on tokio's blocking pool, for request handlers. A read that misses the
+    /// memtables waits on the disk (flushed files are written with O_DIRECT, so they are not in
+    /// the page cache just because they were written): on an async worker that wait would stall
+    /// every other request and Raft's heartbeats on it, for as long as a 16 MiB read takes.
+    pub async fn read_blocking(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadResult, ReadError> {
+        let _slot = self
+            .read_slots
+            .acquire()
+            .await
+            .expect("the read semaphore is never closed");
+        let (view, topic) = (self.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            view.read(&topic, partition, offset, max_records, max_bytes)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ReadError::Storage(format!("read task failed: {e}"))))
     }
 
     /// Reads committed records of `topic`/`partition` from `offset`, at most `max_records` records
@@ -324,6 +356,7 @@ impl StateMachine {
             topics: RwLock::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
             applied: applied_tx,
+            read_slots: tokio::sync::Semaphore::new(READS_PARALLEL),
         });
         let mut sm = Self {
             view,
