@@ -258,10 +258,11 @@ pub struct Args {
     /// [default: 67108864 (64 MiB)].
     #[arg(long, env = "RAFTLOG_STORAGE_BLOCK_CACHE_BYTES")]
     pub storage_block_cache_bytes: Option<usize>,
-    /// RocksDB's flushes and compactions write with O_DIRECT, bypassing the page cache (the
-    /// node falls back to buffered writes where the file system refuses it) [default: true].
-    #[arg(long, env = "RAFTLOG_STORAGE_DIRECT_WRITES")]
-    pub storage_direct_writes: Option<bool>,
+    /// RocksDB's flushes and compactions write, and record batches are read, with O_DIRECT,
+    /// bypassing the page cache (the node falls back to the page cache where the file system
+    /// refuses it) [default: true].
+    #[arg(long, env = "RAFTLOG_STORAGE_DIRECT_IO")]
+    pub storage_direct_io: Option<bool>,
     /// Threads of the async runtime; 0 is one per core [default: 0]. Give each node a share of
     /// the cores when several share a machine.
     #[arg(long, env = "RAFTLOG_WORKER_THREADS")]
@@ -384,8 +385,8 @@ impl Args {
                     block_cache_bytes: pick!(storage_block_cache_bytes)
                         .unwrap_or(crate::storage::MemoryBudget::default().block_cache_bytes),
                 },
-                direct_writes: pick!(storage_direct_writes)
-                    .unwrap_or(crate::storage::StorageOptions::default().direct_writes),
+                direct_io: pick!(storage_direct_io)
+                    .unwrap_or(crate::storage::StorageOptions::default().direct_io),
             },
             worker_threads: pick!(worker_threads).unwrap_or(0),
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),

@@ -15,8 +15,9 @@
 //! so what RocksDB holds is bounded by configuration, not by the data or the number of column
 //! families.
 //!
-//! Disk writes: flushes and compactions write with O_DIRECT where the file system allows it
-//! ([`StorageOptions::direct_writes`]); only the log's WAL goes through the page cache.
+//! Disk I/O: flushes and compactions write with O_DIRECT, and the state machine's record batches
+//! are read with O_DIRECT, where the file system allows it ([`StorageOptions::direct_io`]); the
+//! log's WAL goes through the page cache.
 
 pub mod keys;
 pub mod log_store;
@@ -91,19 +92,20 @@ impl Default for MemoryBudget {
 pub struct StorageOptions {
     pub memory: MemoryBudget,
     /// Flushes and compactions write their files with O_DIRECT (straight from RocksDB's buffers
-    /// to the disk) instead of through the page cache. On this project's benchmark machine
-    /// filling new page-cache pages was the largest single cost of the write path (~0.8 GB/s,
-    /// against ~1.9 GB/s direct to the disk); docs/decisions.md ("Direct writes for flushes").
-    /// Where the file system refuses O_DIRECT (some tmpfs, FUSE) the node writes buffered and
-    /// says so in its log.
-    pub direct_writes: bool,
+    /// to the disk), and the state database reads with O_DIRECT, instead of going through the
+    /// page cache. On this project's benchmark machine filling new page-cache pages was the
+    /// largest single cost of the write path and of cold reads (~0.8 GB/s, against ~1.9 GB/s
+    /// direct to the disk); docs/decisions.md ("Direct I/O for flushes, compactions and record
+    /// reads"). Where the file system refuses O_DIRECT (some tmpfs, FUSE) the node goes through
+    /// the page cache and says so in its log.
+    pub direct_io: bool,
 }
 
 impl Default for StorageOptions {
     fn default() -> Self {
         Self {
             memory: MemoryBudget::default(),
-            direct_writes: true,
+            direct_io: true,
         }
     }
 }
@@ -114,14 +116,15 @@ struct SharedMemory {
     block_cache: Cache,
     /// Memtable size of each large column family.
     memtable_bytes_per_cf: usize,
-    /// Whether flushes and compactions write with O_DIRECT (asked for, and possible here).
-    direct_writes: bool,
+    /// Whether flushes and compactions write, and state reads read, with O_DIRECT (asked for,
+    /// and possible here).
+    direct_io: bool,
 }
 
 impl SharedMemory {
-    fn new(budget: &MemoryBudget, direct_writes: bool) -> Self {
+    fn new(budget: &MemoryBudget, direct_io: bool) -> Self {
         Self {
-            direct_writes,
+            direct_io,
             // No stall: past the budget RocksDB flushes; writes are never blocked on memory.
             write_buffers: WriteBufferManager::new_write_buffer_manager(
                 budget.memtable_bytes,
@@ -135,7 +138,7 @@ impl SharedMemory {
     fn db_options(&self) -> Options {
         let mut opts = base_options();
         opts.set_write_buffer_manager(&self.write_buffers);
-        opts.set_use_direct_io_for_flush_and_compaction(self.direct_writes);
+        opts.set_use_direct_io_for_flush_and_compaction(self.direct_io);
         opts
     }
 
@@ -158,14 +161,14 @@ const META_MEMTABLE_BYTES: usize = 4 * 1024 * 1024;
 /// Opens (creating if needed) the node's databases under `data_dir`, first moving a state machine
 /// left in the log database by an older version into its own database.
 pub fn open(data_dir: &Path, options: &StorageOptions) -> Result<Databases, rocksdb::Error> {
-    let direct_writes = options.direct_writes && direct_writes_work(data_dir);
-    if options.direct_writes && !direct_writes {
+    let direct_io = options.direct_io && direct_io_works(data_dir);
+    if options.direct_io && !direct_io {
         tracing::warn!(
             dir = %data_dir.display(),
-            "the file system refuses O_DIRECT: flushes and compactions write through the page cache"
+            "the file system refuses O_DIRECT: RocksDB reads and writes through the page cache"
         );
     }
-    let memory = SharedMemory::new(&options.memory, direct_writes);
+    let memory = SharedMemory::new(&options.memory, direct_io);
     let state = Arc::new(open_state_db(&data_dir.join(STATE_DB_DIR), &memory)?);
     let log_path = data_dir.join(LOG_DB_DIR);
     migrate_legacy_state_machine(&log_path, &state)?;
@@ -208,10 +211,13 @@ fn open_state_db(path: &Path, memory: &SharedMemory) -> Result<DB, rocksdb::Erro
         state_machine_cf_options(memory.cf_options(memory.memtable_bytes_per_cf)),
     )];
     let mut opts = memory.db_options();
-    // Fetches read record batches in key order, which is file order within a blob file: let the
-    // kernel read ahead (RocksDB asks for random access by default). With direct writes a batch
-    // older than the memtables is read from the disk, not the page cache; readahead made cold
-    // catch-up reads ~15 % faster here.
+    // Record batches older than the memtables are read from the disk either way (flushes write
+    // past the page cache): reading them with O_DIRECT spares the kernel filling and copying
+    // new page-cache pages, which was most of a cold catch-up read's CPU here. The block cache
+    // (SST blocks: keys, blob references, small inline batches) still caches.
+    opts.set_use_direct_reads(memory.direct_io);
+    // Without direct reads: fetches read record batches in key order, which is file order within
+    // a blob file, so let the kernel read ahead (RocksDB asks for random access by default).
     opts.set_advise_random_on_open(false);
     DB::open_cf_descriptors(&opts, path, cfs)
 }
@@ -241,7 +247,7 @@ fn state_machine_cf_options(mut opts: Options) -> Options {
 /// Whether files under `data_dir` can be written with O_DIRECT: creates, writes (one aligned
 /// 4 KiB block) and removes a probe file. RocksDB would otherwise find out at its first flush, as
 /// a background error that stops every write.
-fn direct_writes_work(data_dir: &Path) -> bool {
+fn direct_io_works(data_dir: &Path) -> bool {
     use rustix::fs::{Mode, OFlags};
     use std::io::Write;
     const BLOCK: usize = 4096;
@@ -338,14 +344,14 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, postcar
 mod tests {
     use super::*;
 
-    /// With direct writes asked for (the default), flushed and compacted rows read back intact
+    /// With direct I/O asked for (the default), flushed and compacted rows read back intact
     /// after a reopen, whether this file system took O_DIRECT or the node fell back; the probe
     /// leaves nothing behind in the data dir.
     #[test]
-    fn flushed_rows_survive_direct_writes_and_a_reopen() {
+    fn flushed_rows_survive_direct_io_and_a_reopen() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let options = StorageOptions::default();
-        assert!(options.direct_writes);
+        assert!(options.direct_io);
         let rows = 2_000u32;
         {
             let dbs = open(dir.path(), &options).expect("open");
