@@ -244,12 +244,12 @@ fn state_machine_cf_options(mut opts: Options) -> Options {
     opts
 }
 
-/// Whether files under `data_dir` can be written with O_DIRECT: creates, writes (one aligned
-/// 4 KiB block) and removes a probe file. RocksDB would otherwise find out at its first flush, as
-/// a background error that stops every write.
+/// Whether files under `data_dir` can be written and read with O_DIRECT: creates a probe file,
+/// writes one aligned 4 KiB block, reads it back, removes the file. RocksDB would otherwise find
+/// out at its first flush, as a background error that stops every write (or at its first read).
 fn direct_io_works(data_dir: &Path) -> bool {
     use rustix::fs::{Mode, OFlags};
-    use std::io::Write;
+    use std::io::{Read, Write};
     const BLOCK: usize = 4096;
     if std::fs::create_dir_all(data_dir).is_err() {
         return false;
@@ -267,11 +267,18 @@ fn direct_io_works(data_dir: &Path) -> bool {
         }
     };
     // O_DIRECT wants the buffer aligned to the block size; take an aligned window of a larger one.
-    let buffer = vec![0u8; 2 * BLOCK];
+    let mut buffer = vec![0u8; 2 * BLOCK];
     let skip = (BLOCK - buffer.as_ptr() as usize % BLOCK) % BLOCK;
-    let written = std::fs::File::from(fd).write_all(&buffer[skip..skip + BLOCK]);
+    let window = skip..skip + BLOCK;
+    let works = std::fs::File::from(fd)
+        .write_all(&buffer[window.clone()])
+        .and_then(|()| {
+            let fd = rustix::fs::open(&probe, OFlags::RDONLY | OFlags::DIRECT, Mode::empty())?;
+            std::fs::File::from(fd).read_exact(&mut buffer[window])
+        })
+        .is_ok();
     let _ = std::fs::remove_file(&probe);
-    written.is_ok()
+    works
 }
 
 /// Data dirs written before the split hold the state machine as a column family of the log
