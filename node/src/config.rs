@@ -28,8 +28,8 @@ pub struct NodeConfig {
     pub snapshot: SnapshotPolicy,
     pub limits: Limits,
     pub housekeeping: Housekeeping,
-    /// RocksDB's memory (memtables and block cache) for both databases together, and whether
-    /// flushes and compactions write with O_DIRECT.
+    /// RocksDB's memory (memtables and block cache) for both databases together, and whether it
+    /// reads and writes its files with O_DIRECT.
     pub storage: crate::storage::StorageOptions,
     /// Threads of the async runtime (request handling, Raft, replication); 0 means one per core.
     /// Nodes that share a machine (scripts/cluster.sh) each get a share of its cores.

@@ -87,7 +87,7 @@ impl Default for MemoryBudget {
     }
 }
 
-/// How a node's databases are opened: memory, and how they write to disk.
+/// How a node's databases are opened: memory, and how they reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StorageOptions {
     pub memory: MemoryBudget,

@@ -120,7 +120,7 @@ pub struct StateView {
     groups: RwLock<BTreeMap<String, GroupOffsets>>,
     applied: watch::Sender<Option<LogId>>,
     /// Reads running on the blocking pool ([`Self::read_blocking`]), at most [`READS_PARALLEL`].
-    read_slots: tokio::sync::Semaphore,
+    read_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Reads of record batches that run at once on a node. Each holds up to `fetch_bytes_max` of
@@ -190,13 +190,17 @@ impl StateView {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<ReadResult, ReadError> {
-        let _slot = self
+        // The slot goes with the read, not with this future: a caller that goes away (a client
+        // that hangs up) leaves the read running, and it still counts until it ends.
+        let slot = self
             .read_slots
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .expect("the read semaphore is never closed");
         let (view, topic) = (self.clone(), topic.to_string());
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             view.read(&topic, partition, offset, max_records, max_bytes)
         })
         .await
@@ -356,7 +360,7 @@ impl StateMachine {
             topics: RwLock::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
             applied: applied_tx,
-            read_slots: tokio::sync::Semaphore::new(READS_PARALLEL),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(READS_PARALLEL)),
         });
         let mut sm = Self {
             view,
