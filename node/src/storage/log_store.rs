@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader};
@@ -212,13 +213,25 @@ impl LogFlusher {
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || {
+                let mut slow = SlowFsyncLog::default();
                 while let Ok(first) = queue.recv() {
                     let mut covered = vec![first];
                     covered.extend(queue.try_iter());
-                    let fsync_started = std::time::Instant::now();
+                    let fsync_started = Instant::now();
                     let result = db.flush_wal(true);
-                    metrics::histogram!(crate::metrics::FSYNC_SECONDS)
-                        .record(fsync_started.elapsed().as_secs_f64());
+                    let took = fsync_started.elapsed();
+                    metrics::histogram!(crate::metrics::FSYNC_SECONDS).record(took.as_secs_f64());
+                    if let Some(report) = slow.observe(took, Instant::now()) {
+                        tracing::warn!(
+                            took_ms = report.took.as_millis() as u64,
+                            appends = covered.len(),
+                            slow_fsyncs = report.slow_fsyncs,
+                            slowest_ms = report.slowest.as_millis() as u64,
+                            "slow fsync of the raft log: acknowledgements waited on the disk \
+                             (slow_fsyncs: fsyncs over {} ms since the last warning)",
+                            SLOW_FSYNC.as_millis()
+                        );
+                    }
                     metrics::histogram!(crate::metrics::APPENDS_PER_FSYNC)
                         .record(covered.len() as f64);
                     for callback in covered {
@@ -233,6 +246,57 @@ impl LogFlusher {
             })
             .expect("spawn the raft-log-fsync thread");
         Self { pending }
+    }
+}
+
+/// An fsync slower than this is logged: every write acknowledged meanwhile waited on it.
+pub const SLOW_FSYNC: Duration = Duration::from_millis(100);
+
+/// At most one slow-fsync warning per this long; the ones in between are counted in the next.
+const SLOW_FSYNC_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Decides when a slow fsync of the log is worth a warning. A produce's p99 is bounded below by
+/// these stalls, and the warning names the cause an operator should look at (a shared or
+/// throttled disk, a noisy neighbour, other writes on the same device), as etcd's "slow
+/// fdatasync" does. Rate-limited: a failing disk would otherwise fill the node's log.
+#[derive(Default)]
+struct SlowFsyncLog {
+    last_warned: Option<Instant>,
+    /// Slow fsyncs since the last warning, and the slowest of them.
+    unreported: u64,
+    slowest: Duration,
+}
+
+/// What one slow-fsync warning says.
+#[derive(Debug, PartialEq, Eq)]
+struct SlowFsyncReport {
+    took: Duration,
+    /// Slow fsyncs since the previous warning, this one included.
+    slow_fsyncs: u64,
+    slowest: Duration,
+}
+
+impl SlowFsyncLog {
+    /// Records one fsync that took `took` at `now`; returns the warning to log, if one is due.
+    fn observe(&mut self, took: Duration, now: Instant) -> Option<SlowFsyncReport> {
+        if took < SLOW_FSYNC {
+            return None;
+        }
+        self.unreported += 1;
+        self.slowest = self.slowest.max(took);
+        if self
+            .last_warned
+            .is_some_and(|at| now.duration_since(at) < SLOW_FSYNC_LOG_EVERY)
+        {
+            return None;
+        }
+        self.last_warned = Some(now);
+        let report = SlowFsyncReport {
+            took,
+            slow_fsyncs: std::mem::take(&mut self.unreported),
+            slowest: std::mem::take(&mut self.slowest),
+        };
+        Some(report)
     }
 }
 
@@ -596,5 +660,38 @@ mod tests {
             indexes(recent.read(15, Some(16), usize::MAX)),
             Some(vec![15])
         );
+    }
+
+    #[test]
+    fn slow_fsyncs_are_reported_at_most_once_per_interval_with_a_count() {
+        let mut log = SlowFsyncLog::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            log.observe(ms(2), t0),
+            None,
+            "a normal fsync is not reported"
+        );
+        assert_eq!(
+            log.observe(ms(150), t0),
+            Some(SlowFsyncReport {
+                took: ms(150),
+                slow_fsyncs: 1,
+                slowest: ms(150)
+            })
+        );
+        // Within the interval: counted, not reported.
+        assert_eq!(log.observe(ms(400), t0 + ms(10)), None);
+        assert_eq!(log.observe(ms(120), t0 + Duration::from_secs(5)), None);
+        assert_eq!(
+            log.observe(ms(110), t0 + SLOW_FSYNC_LOG_EVERY),
+            Some(SlowFsyncReport {
+                took: ms(110),
+                slow_fsyncs: 3,
+                slowest: ms(400)
+            }),
+            "the next warning counts the slow fsyncs in between and names the slowest"
+        );
+        assert_eq!(log.observe(ms(99), t0 + 3 * SLOW_FSYNC_LOG_EVERY), None);
     }
 }
