@@ -103,16 +103,60 @@ pub fn leader_unreachable(status: tonic::Status, leader: (NodeId, String)) -> to
             let never_sent = message.contains("tcp connect error")
                 || message.contains("error trying to connect")
                 || message.contains("Connection refused");
+            // The leader itself may have answered UNAVAILABLE, marked not applied (it lost its
+            // leadership and knows no successor yet, say). That answer is as certain as a refused
+            // connection: dropping the mark would turn a plain retry into "outcome unknown".
+            let leader_said_not_applied = status
+                .metadata()
+                .contains_key(super::error::NOT_APPLIED_HEADER);
             ApiError::Unavailable {
                 message: format!(
                     "could not reach leader {} at {}: {message}; retry",
                     leader.0, leader.1
                 ),
                 leader: Some(leader),
-                not_applied: never_sent,
+                not_applied: never_sent || leader_said_not_applied,
             }
             .into()
         }
         _ => status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::error::NOT_APPLIED_HEADER;
+
+    fn leader() -> (NodeId, String) {
+        (1, "127.0.0.1:50051".to_string())
+    }
+
+    #[test]
+    fn a_leaders_not_applied_answer_stays_not_applied_through_the_forwarder() {
+        // What a node that just lost leadership answers: UNAVAILABLE, no successor known.
+        let from_leader: tonic::Status = ApiError::Unavailable {
+            message: "no Raft leader is known yet (election in progress or no quorum)".into(),
+            leader: None,
+            not_applied: true,
+        }
+        .into();
+        assert!(from_leader.metadata().contains_key(NOT_APPLIED_HEADER));
+        let forwarded = leader_unreachable(from_leader, leader());
+        assert_eq!(forwarded.code(), tonic::Code::Unavailable);
+        assert!(
+            forwarded.metadata().contains_key(NOT_APPLIED_HEADER),
+            "the client must be told it may retry: {forwarded:?}"
+        );
+    }
+
+    #[test]
+    fn a_broken_connection_after_sending_leaves_the_outcome_unknown() {
+        let reset = tonic::Status::unavailable("connection reset by peer");
+        let forwarded = leader_unreachable(reset, leader());
+        assert!(!forwarded.metadata().contains_key(NOT_APPLIED_HEADER));
+        let refused = tonic::Status::unavailable("tcp connect error: Connection refused");
+        let forwarded = leader_unreachable(refused, leader());
+        assert!(forwarded.metadata().contains_key(NOT_APPLIED_HEADER));
     }
 }
