@@ -143,9 +143,14 @@ pub async fn run(
     let grpc = raftlog_proto::http2::server(tonic::transport::Server::builder())
         .tcp_nodelay(true)
         .add_service(
-            RaftServer::new(PeerService::new(raft.clone(), METADATA_GROUP, snapshots))
-                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+            RaftServer::new(PeerService::new(
+                raft.clone(),
+                METADATA_GROUP,
+                snapshots,
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
         .add_service(
             BrokerServer::new(BrokerService::new(ctx.clone()))

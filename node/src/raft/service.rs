@@ -24,16 +24,24 @@ pub struct PeerService {
     group: GroupId,
     /// Where a snapshot being received is written before openraft installs it.
     snapshots: SnapshotStore,
+    /// Turns true when the node starts its graceful stop (see `stream_append`).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<RaftEnvelope, Status>> + Send>>;
 
 impl PeerService {
-    pub fn new(raft: Raft, group: GroupId, snapshots: SnapshotStore) -> Self {
+    pub fn new(
+        raft: Raft,
+        group: GroupId,
+        snapshots: SnapshotStore,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             raft,
             group,
             snapshots,
+            stopping,
         }
     }
 
@@ -153,7 +161,24 @@ impl RaftService for PeerService {
         // After the last answer: the decoding error that ended the requests, if one did.
         let ending =
             futures::stream::once(bad_rx).filter_map(|bad| async move { bad.ok().map(Err) });
-        Ok(Response::new(Box::pin(answers.chain(ending))))
+        // The leader keeps this stream open for as long as it leads, so a graceful stop (which
+        // waits for open calls) would wait its whole 5 s drain on it. Stopping ends the stream
+        // with UNAVAILABLE instead: the leader counts this node unreachable and backs off,
+        // exactly as when the node is gone, and any append not answered yet is sent again.
+        let (mut until_stop, after_stop) = (self.stopping.clone(), self.stopping.clone());
+        let stopped = async move {
+            let _ = until_stop.wait_for(|stopping| *stopping).await;
+        };
+        let shutting_down = futures::stream::once(async move {
+            (*after_stop.borrow())
+                .then(|| Status::unavailable("this node is shutting down; the leader retries"))
+        })
+        .filter_map(|status| async move { status.map(Err) });
+        let answers = answers
+            .chain(ending)
+            .take_until(stopped)
+            .chain(shutting_down);
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn install_snapshot(
