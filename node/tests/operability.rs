@@ -180,7 +180,10 @@ async fn a_rolling_restart_with_sigterm_under_load_loses_duplicates_and_fails_no
             "node {id} exited with {status} on SIGTERM"
         );
         cluster.spawn(id);
-        cluster.wait_converged(&[1, 2, 3]).await;
+        // The restarted node is back before the next one stops. Digests are compared once the
+        // load has stopped: while it runs, three nodes are rarely at one applied index at the
+        // moments they are asked (on a slow disk, not once in 30 s).
+        cluster.wait_caught_up(&[1, 2, 3]).await;
     }
     stop.store(true, Ordering::SeqCst);
     let delivered = load.await.unwrap(); // every record acknowledged: none failed

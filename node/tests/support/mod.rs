@@ -271,9 +271,10 @@ impl TestCluster {
         .await
     }
 
-    /// Waits until every running node in `ids` has applied at least the leader's commit index, and
-    /// returns their digests (which must then be equal).
-    pub async fn wait_converged(&self, ids: &[u64]) -> Vec<pb::StateDigestResponse> {
+    /// Waits until every node of `ids` has applied what the leader had committed at the call.
+    /// Holds while writes go on (unlike [`Self::wait_converged`], which needs them to pause
+    /// long enough for all nodes to stand at one applied index).
+    pub async fn wait_caught_up(&self, ids: &[u64]) {
         let leader = self.wait_for_leader().await;
         let target = self.status(leader).await.unwrap().committed_index;
         for &id in ids {
@@ -287,6 +288,12 @@ impl TestCluster {
             )
             .await;
         }
+    }
+
+    /// Waits until every running node in `ids` has applied at least the leader's commit index, and
+    /// returns their digests at one applied index (which must then be equal).
+    pub async fn wait_converged(&self, ids: &[u64]) -> Vec<pb::StateDigestResponse> {
+        self.wait_caught_up(ids).await;
         // Applied indices may still differ by entries committed since; compare at equal indices.
         self.wait_for(
             "equal applied indices and digests",
