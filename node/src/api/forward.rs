@@ -91,10 +91,16 @@ pub fn is_forwarded<T>(request: &Request<T>) -> bool {
 /// Turns a transport failure on the way to the leader into a retryable UNAVAILABLE.
 pub fn leader_unreachable(status: tonic::Status, leader: (NodeId, String)) -> tonic::Status {
     match status.code() {
+        // An UNAVAILABLE marked not applied is the leader's own answer (it lost its leadership
+        // and knows no successor yet, say), not a transport failure: it goes back as it is, mark
+        // included, so the client retries instead of treating the outcome as unknown.
         tonic::Code::Unavailable | tonic::Code::Unknown
             if !status
                 .metadata()
-                .contains_key(super::error::LEADER_ADDR_HEADER) =>
+                .contains_key(super::error::LEADER_ADDR_HEADER)
+                && !status
+                    .metadata()
+                    .contains_key(super::error::NOT_APPLIED_HEADER) =>
         {
             // No connection means the request never left this node: certainly not applied, so
             // the client may retry it anywhere (this is the common case right after the leader
@@ -103,19 +109,13 @@ pub fn leader_unreachable(status: tonic::Status, leader: (NodeId, String)) -> to
             let never_sent = message.contains("tcp connect error")
                 || message.contains("error trying to connect")
                 || message.contains("Connection refused");
-            // The leader itself may have answered UNAVAILABLE, marked not applied (it lost its
-            // leadership and knows no successor yet, say). That answer is as certain as a refused
-            // connection: dropping the mark would turn a plain retry into "outcome unknown".
-            let leader_said_not_applied = status
-                .metadata()
-                .contains_key(super::error::NOT_APPLIED_HEADER);
             ApiError::Unavailable {
                 message: format!(
                     "could not reach leader {} at {}: {message}; retry",
                     leader.0, leader.1
                 ),
                 leader: Some(leader),
-                not_applied: never_sent || leader_said_not_applied,
+                not_applied: never_sent,
             }
             .into()
         }

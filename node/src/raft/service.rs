@@ -170,10 +170,13 @@ impl RaftService for PeerService {
             let _ = until_stop.wait_for(|stopping| *stopping).await;
         };
         let shutting_down = futures::stream::once(async move {
-            (*after_stop.borrow())
-                .then(|| Status::unavailable("this node is shutting down; the leader retries"))
+            (*after_stop.borrow()).then(|| {
+                Err(Status::unavailable(
+                    "this node is shutting down; the leader retries",
+                ))
+            })
         })
-        .filter_map(|status| async move { status.map(Err) });
+        .filter_map(futures::future::ready);
         let answers = answers
             .chain(ending)
             .take_until(stopped)

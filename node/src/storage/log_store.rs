@@ -219,9 +219,10 @@ impl LogFlusher {
                     covered.extend(queue.try_iter());
                     let fsync_started = Instant::now();
                     let result = db.flush_wal(true);
-                    let took = fsync_started.elapsed();
+                    let now = Instant::now();
+                    let took = now - fsync_started;
                     metrics::histogram!(crate::metrics::FSYNC_SECONDS).record(took.as_secs_f64());
-                    if let Some(report) = slow.observe(took, Instant::now()) {
+                    if let Some(report) = slow.observe(took, now) {
                         tracing::warn!(
                             took_ms = report.took.as_millis() as u64,
                             appends = covered.len(),
@@ -250,7 +251,7 @@ impl LogFlusher {
 }
 
 /// An fsync slower than this is logged: every write acknowledged meanwhile waited on it.
-pub const SLOW_FSYNC: Duration = Duration::from_millis(100);
+const SLOW_FSYNC: Duration = Duration::from_millis(100);
 
 /// At most one slow-fsync warning per this long; the ones in between are counted in the next.
 const SLOW_FSYNC_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -291,12 +292,11 @@ impl SlowFsyncLog {
             return None;
         }
         self.last_warned = Some(now);
-        let report = SlowFsyncReport {
+        Some(SlowFsyncReport {
             took,
             slow_fsyncs: std::mem::take(&mut self.unreported),
             slowest: std::mem::take(&mut self.slowest),
-        };
-        Some(report)
+        })
     }
 }
 
