@@ -8,7 +8,9 @@
 # $CARGO_TARGET_DIR/release after building each version). Per run: the batching producer writes
 # --records 1 KiB records (default 400000) over 4 partitions; node 1 reads them all back
 # (catch-up); then --c64-requests single-record requests (default 60000) at C=64 and 3000 at
-# C=1 on that (filled) cluster. One JSON line per run on stdout, then a table.
+# C=1 on that (filled) cluster. One JSON line per run on stdout, then a table. Besides the rates,
+# the CPU time the three nodes spent per C=64 request: throughput on this machine moves with its
+# noise, CPU per request much less, so it is the figure to compare for CPU-side changes.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ROUNDS=2 PAYLOAD=random RECORDS=400000 C64=60000
@@ -47,6 +49,16 @@ peak_rss() { # VmHWM of each node, MiB
   done
 }
 
+cpu_ticks() { # utime + stime of the three nodes together, in clock ticks
+  local n total=0 stat
+  for n in 1 2 3; do
+    stat=$(cat "/proc/$(cat "$RAFTLOG_DATA_DIR/node-$n/pid")/stat")
+    stat=${stat##*) } # the fields after the command name; utime and stime are the 12th and 13th
+    total=$((total + $(echo "$stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
 for round in $(seq 1 "$ROUNDS"); do
   for label in "${labels[@]}"; do
     export CARGO_TARGET_DIR="$work/$label"
@@ -58,18 +70,22 @@ for round in $(seq 1 "$ROUNDS"); do
       --record-bytes 1024 --payload "$PAYLOAD" | tail -n 1)
     consume=$("$cli" bench consume --topic ab --count "$RECORDS" --endpoint 127.0.0.1:50051 | tail -n 1)
     rss=$(peak_rss)
+    ticks_before=$(cpu_ticks)
     c64=$("$cli" bench produce --topic ab-c64 --partitions 1 --count "$C64" --concurrency 64 \
       --record-bytes 1024 --records-per-request 1 --payload "$PAYLOAD" | tail -n 1)
+    c64_cpu_ticks=$(($(cpu_ticks) - ticks_before))
     c1=$("$cli" bench produce --topic ab-c1 --partitions 1 --count 3000 --concurrency 1 \
       --record-bytes 1024 --records-per-request 1 --payload "$PAYLOAD" | tail -n 1)
     "$ROOT/scripts/cluster.sh" down >/dev/null
-    python3 - "$label" "$round" "$producer" "$consume" "$c64" "$c1" "${rss%,}" <<'PY' | tee -a "$results"
+    python3 - "$label" "$round" "$producer" "$consume" "$c64" "$c1" "${rss%,}" \
+    "$c64_cpu_ticks" "$(getconf CLK_TCK)" "$C64" <<'PY' | tee -a "$results"
 import json, sys
-label, rnd, p, c, c64, c1, rss = sys.argv[1:]
+label, rnd, p, c, c64, c1, rss, ticks, hz, n = sys.argv[1:]
 p, c, c64, c1 = (json.loads(x) for x in (p, c, c64, c1))
 print(json.dumps({"build": label, "round": int(rnd), "payload": c64["payload"],
     "producer_mb_s": round(p["mb_per_s"], 1), "catchup_mb_s": round(c["mb_per_s"], 1),
     "c64_req_s": round(c64["requests_per_s"]), "c64_p99_ms": c64["latency_us"]["p99"] / 1000,
+    "c64_node_cpu_us_per_req": round(int(ticks) / int(hz) * 1e6 / int(n), 1),
     "c1_p50_ms": c1["latency_us"]["p50"] / 1000, "c1_p99_ms": c1["latency_us"]["p99"] / 1000,
     "peak_rss_mib": [int(x) for x in rss.split(",")]}))
 PY
@@ -81,9 +97,9 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"\nA = {sys.argv[2]}\nB = {sys.argv[3]}\npayload {rows[0]['payload']}")
 head = ["build", "round", "producer MB/s", "catch-up MB/s", "C=64 req/s", "C=64 p99 ms",
-        "C=1 p50 ms", "C=1 p99 ms", "peak RSS MiB (nodes 1/2/3)"]
+        "C=64 node CPU µs/req", "C=1 p50 ms", "C=1 p99 ms", "peak RSS MiB (nodes 1/2/3)"]
 table = [head] + [[r["build"], str(r["round"]), f"{r['producer_mb_s']}", f"{r['catchup_mb_s']}",
-                   f"{r['c64_req_s']:,}", f"{r['c64_p99_ms']:.2f}", f"{r['c1_p50_ms']:.2f}",
+                   f"{r['c64_req_s']:,}", f"{r['c64_p99_ms']:.2f}", f"{r['c64_node_cpu_us_per_req']}", f"{r['c1_p50_ms']:.2f}",
                    f"{r['c1_p99_ms']:.2f}", "/".join(map(str, r["peak_rss_mib"]))] for r in rows]
 widths = [max(len(row[i]) for row in table) for i in range(len(head))]
 for row in table:

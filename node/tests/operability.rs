@@ -524,3 +524,48 @@ async fn transfer_leader_moves_leadership_to_the_named_voter_of_five() {
         "every acknowledged record"
     );
 }
+
+/// `raftlog cluster transfer-leader` to a voter that is behind (here: down while the others took
+/// writes) is refused with UNAVAILABLE, and leadership stays where it was: the leader goes on
+/// leading in the same term and takes writes, instead of stepping down for a target that cannot
+/// win and leaving the cluster without a leader until an election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_leader_to_a_voter_behind_changes_nothing() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("stay", 1).await.unwrap();
+    let behind = (1..=3).find(|id| *id != leader).unwrap();
+    cluster.kill9(behind);
+    let before = produce_values(&client, "stay", 0, "before", 20).await;
+    let term = cluster.status(leader).await.unwrap().term;
+
+    let mut admin = cluster
+        .client_of(leader)
+        .cluster_at(&cluster.node(leader).grpc)
+        .unwrap();
+    let refused = admin
+        .transfer_leader(pb::NodeRequest { node_id: behind })
+        .await
+        .expect_err("a transfer to a node that is down and behind");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused}");
+    assert!(
+        refused.message().contains("did not move"),
+        "the answer says leadership stayed: {refused}"
+    );
+
+    let status = cluster.status(leader).await.unwrap();
+    assert_eq!(
+        status.role,
+        pb::Role::Leader as i32,
+        "node {leader} still leads"
+    );
+    assert_eq!(status.term, term, "no election happened");
+    let after = produce_values(&client, "stay", 0, "after", 20).await;
+    let stored = read_all(&cluster, leader, "stay", 0).await;
+    assert_eq!(
+        stored,
+        [before, after].concat(),
+        "every acknowledged record"
+    );
+}

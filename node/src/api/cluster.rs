@@ -18,6 +18,9 @@ use crate::raft::types::{ClientWriteResponse, Node, NodeId, RaftMetrics};
 
 /// How long a leader transfer may take before TransferLeader answers UNAVAILABLE.
 const TRANSFER_WAIT: Duration = Duration::from_secs(5);
+/// How long a leader transfer waits for a lagging target to hold the leader's log before it is
+/// refused (and leadership stays where it is).
+const TRANSFER_CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 
 pub struct ClusterService {
     ctx: NodeContext,
@@ -267,7 +270,7 @@ impl Cluster for ClusterService {
                 // Longer than the leader waits, so its answer (and its reason) comes through.
                 .transfer_leader(Forwarder::forwarded(
                     req,
-                    Some(TRANSFER_WAIT + Duration::from_secs(1)),
+                    Some(TRANSFER_CATCH_UP_WAIT + TRANSFER_WAIT + Duration::from_secs(1)),
                 ))
                 .await
                 .map_err(|s| leader_unreachable(s, leader));
@@ -277,6 +280,35 @@ impl Cluster for ClusterService {
             leader: None,
             not_applied: false,
         };
+        // openraft's target starts its election only if its log holds the leader's last entry
+        // within election_timeout_min of the request; otherwise it ignores the transfer, and the
+        // voters (no longer hearing from this node) elect whoever times out first, which is often
+        // not the target. So a target that is behind is waited for first, while this node still
+        // leads and takes writes; one that does not catch up is refused with nothing changed.
+        let last_index = metrics.last_log_index.unwrap_or(0);
+        let matched = |m: &RaftMetrics| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&target).cloned().flatten())
+                .map_or(0, |l| l.index)
+        };
+        self.ctx
+            .raft
+            .wait(Some(TRANSFER_CATCH_UP_WAIT))
+            .metrics(
+                |m| matched(m) >= last_index,
+                "the target holds the leader's log",
+            )
+            .await
+            .map_err(|_| {
+                let now = self.ctx.raft.metrics().borrow_watched().clone();
+                unavailable(format!(
+                    "node {target} holds the log up to index {} of {last_index} after {} s; it \
+                     may be down or slow. Leadership did not move",
+                    matched(&now),
+                    TRANSFER_CATCH_UP_WAIT.as_secs()
+                ))
+            })?;
         self.ctx
             .raft
             .trigger()
