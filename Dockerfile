@@ -19,9 +19,9 @@ COPY --from=build /usr/local/bin/raftlog-node /usr/local/bin/raftlog /usr/local/
 USER raftlog
 VOLUME ["/var/lib/raftlog"]
 # gRPC (clients and peers) and admin HTTP (/healthz, /readyz, /metrics).
-EXPOSE 50051 9091
+EXPOSE 8051 9091
 ENV RAFTLOG_DATA_DIR=/var/lib/raftlog \
-    RAFTLOG_LISTEN_ADDR=0.0.0.0:50051 \
+    RAFTLOG_LISTEN_ADDR=0.0.0.0:8051 \
     RAFTLOG_ADMIN_ADDR=0.0.0.0:9091 \
     RAFTLOG_LOG_FORMAT=json
 # SIGTERM drains requests and hands leadership over before exiting.

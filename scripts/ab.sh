@@ -68,7 +68,7 @@ for round in $(seq 1 "$ROUNDS"); do
     log "round $round, build $label: producer, catch-up, C=64, C=1"
     producer=$("$cli" bench produce --producer --topic ab --partitions 4 --count "$RECORDS" \
       --record-bytes 1024 --payload "$PAYLOAD" | tail -n 1)
-    consume=$("$cli" bench consume --topic ab --count "$RECORDS" --endpoint 127.0.0.1:50051 | tail -n 1)
+    consume=$("$cli" bench consume --topic ab --count "$RECORDS" --endpoint 127.0.0.1:8051 | tail -n 1)
     rss=$(peak_rss)
     ticks_before=$(cpu_ticks)
     c64=$("$cli" bench produce --topic ab-c64 --partitions 1 --count "$C64" --concurrency 64 \

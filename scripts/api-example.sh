@@ -2,10 +2,10 @@
 # Runs the Python example of docs/api.md (scripts/py/api_example.py) against a running node: a
 # client generated from proto/raftlog/v1/*.proto with grpcio-tools, in a virtualenv under the cache
 # dir, produces and consumes through the Broker API and exits non-zero on any mismatch.
-#   scripts/api-example.sh [HOST:PORT]      (default 127.0.0.1:50051; any node of the cluster)
+#   scripts/api-example.sh [HOST:PORT]      (default 127.0.0.1:8051; any node of the cluster)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-addr="${1:-127.0.0.1:50051}"
+addr="${1:-127.0.0.1:8051}"
 
 venv="${RAFTLOG_CACHE_DIR:-$HOME/.cache/raftlog}/pyenv"
 if [ ! -x "$venv/bin/python" ]; then

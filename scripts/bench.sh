@@ -28,7 +28,7 @@
 # on its way to disk (flatters raftlog; NATS does not compress), kept to compare with old tables.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-ENDPOINTS="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
+ENDPOINTS="127.0.0.1:8051,127.0.0.1:8052,127.0.0.1:8053"
 SCALE=1 NATS=1 RAFTLOG=1 PAYLOAD=random
 while [ $# -gt 0 ]; do
   arg=$1
@@ -125,7 +125,7 @@ for gc in 1 1024; do
     line=$(cli bench produce --payload "$PAYLOAD" --producer --topic b-catchup --partitions "$CATCHUP_PARTITIONS" \
       --count "$CATCHUP_COUNT" --record-bytes 1024) &&
       record producer-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line" &&
-      line=$(cli bench consume --topic b-catchup --count "$CATCHUP_COUNT" --endpoint 127.0.0.1:50051) &&
+      line=$(cli bench consume --topic b-catchup --count "$CATCHUP_COUNT" --endpoint 127.0.0.1:8051) &&
       record consume-1KiB raftlog "gc$gc" "$(raftlog_rss)" "$line" ||
       failures=$((failures + 1))
     # End-to-end latency at a steady rate: send to receipt by a consumer on node 1, pushed
@@ -133,7 +133,7 @@ for gc in 1 1024; do
     for mode in push pull; do
       line=$(cli bench e2e --payload "$PAYLOAD" --mode "$mode" --topic "b-e2e-$mode" \
         --rate "$E2E_RATE" --duration-secs $((20 / SCALE)) --linger-ms 0 \
-        --endpoint 127.0.0.1:50051) &&
+        --endpoint 127.0.0.1:8051) &&
         record "e2e-$mode" raftlog "gc$gc" "$(raftlog_rss)" "$line" ||
         failures=$((failures + 1))
     done

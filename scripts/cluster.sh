@@ -10,8 +10,12 @@ DATA_DIR="${RAFTLOG_DATA_DIR:-./data}"
 mkdir -p "$DATA_DIR"
 DATA_DIR="$(cd "$DATA_DIR" && pwd)"
 NODES=(1 2 3)
-INITIAL_CLUSTER="1=127.0.0.1:50051,2=127.0.0.1:50052,3=127.0.0.1:50053"
-ENDPOINTS="127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
+# Ports below Linux's ephemeral range (32768-60999): a peer that keeps reconnecting to a stopped
+# node on the same host can be handed that node's own port as its source port, connect to itself
+# and hold the port, so the node cannot bind it when it restarts (seen with the 50051-50053 of
+# earlier versions: "Address already in use" right after a restart).
+INITIAL_CLUSTER="1=127.0.0.1:8051,2=127.0.0.1:8052,3=127.0.0.1:8053"
+ENDPOINTS="127.0.0.1:8051,127.0.0.1:8052,127.0.0.1:8053"
 
 node_dir() { echo "$DATA_DIR/node-$1"; }
 pid_of() { cat "$(node_dir "$1")/pid" 2>/dev/null || true; }

@@ -9,7 +9,7 @@
 //!   two decisions are ever made on the same version.
 //!
 //! Run against a cluster (`scripts/cluster.sh up`):
-//!   cargo run --release --example bank_account -- 127.0.0.1:50051,127.0.0.1:50052
+//!   cargo run --release --example bank_account -- 127.0.0.1:8051,127.0.0.1:8052
 //! Several tellers withdraw concurrently from an account holding 1000; the run checks that the
 //! balance never went negative and that replaying the log gives the same balance on every node.
 
@@ -114,7 +114,7 @@ async fn teller(
 async fn main() -> anyhow::Result<()> {
     let endpoints: Vec<String> = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053".into())
+        .unwrap_or_else(|| "127.0.0.1:8051,127.0.0.1:8052,127.0.0.1:8053".into())
         .split(',')
         .map(String::from)
         .collect();

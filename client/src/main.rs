@@ -22,7 +22,7 @@ struct Cli {
         global = true,
         env = "RAFTLOG_ENDPOINTS",
         value_delimiter = ',',
-        default_value = "127.0.0.1:50051,127.0.0.1:50052,127.0.0.1:50053"
+        default_value = "127.0.0.1:8051,127.0.0.1:8052,127.0.0.1:8053"
     )]
     endpoints: Vec<String>,
     /// Print JSON instead of tables.
@@ -106,7 +106,7 @@ enum GroupCmd {
 enum ClusterCmd {
     /// Each node's role, term, indices and membership.
     Status,
-    /// Bootstrap a new cluster: --member 1=127.0.0.1:50051 --member 2=... (sent to the first member).
+    /// Bootstrap a new cluster: --member 1=127.0.0.1:8051 --member 2=... (sent to the first member).
     Init {
         #[arg(long = "member", required = true)]
         members: Vec<String>,

@@ -68,7 +68,7 @@ impl Cluster {
         for i in 0..n {
             let id = i as u64 + 1;
             let grpc = match &net {
-                Some(net) => format!("{}:50051", net.node_ip(i)),
+                Some(net) => format!("{}:8051", net.node_ip(i)),
                 None => format!("127.0.0.1:{}", free_port()?),
             };
             nodes.push(NodeProcess {

@@ -4,7 +4,7 @@ files with grpcio-tools. Creates a topic, produces (explicit partition and key h
 subscribes, commits and reads back a consumer group's offsets, shows error handling, and deletes
 the topic. Exits non-zero on any mismatch.
 
-Usage: api_example.py [HOST:PORT]      (default 127.0.0.1:50051; any node of the cluster)
+Usage: api_example.py [HOST:PORT]      (default 127.0.0.1:8051; any node of the cluster)
 Needs the generated stubs on PYTHONPATH; scripts/api-example.sh generates them and runs this:
   python -m grpc_tools.protoc -I proto --python_out=OUT --grpc_python_out=OUT \
       proto/raftlog/v1/broker.proto proto/raftlog/v1/cluster.proto
@@ -208,4 +208,4 @@ def main(addr):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:50051")
+    main(sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:8051")

@@ -35,8 +35,8 @@ def check_compose(root):
         env = svc["environment"]
         ids.add(env["RAFTLOG_NODE_ID"])
         members.add(env["RAFTLOG_INITIAL_CLUSTER"])
-        assert env["RAFTLOG_ADVERTISE_ADDR"] == f"{name}:50051", name
-        assert f"{env['RAFTLOG_NODE_ID']}={name}:50051" in env["RAFTLOG_INITIAL_CLUSTER"], name
+        assert env["RAFTLOG_ADVERTISE_ADDR"] == f"{name}:8051", name
+        assert f"{env['RAFTLOG_NODE_ID']}={name}:8051" in env["RAFTLOG_INITIAL_CLUSTER"], name
         assert svc["image"] and svc["build"]["context"] == "..", name
         assert svc["stop_grace_period"] == "30s", name
         (volume,) = svc["volumes"]

@@ -129,7 +129,7 @@ mod tests {
     use crate::api::error::NOT_APPLIED_HEADER;
 
     fn leader() -> (NodeId, String) {
-        (1, "127.0.0.1:50051".to_string())
+        (1, "127.0.0.1:8051".to_string())
     }
 
     #[test]
