@@ -180,7 +180,8 @@ pub struct Args {
     /// Directory of this node's data [default: ./data/node-<id>].
     #[arg(long, env = "RAFTLOG_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:50051].
+    /// gRPC listen address [default: 127.0.0.1:8051; below the kernel's ephemeral port range, so
+    /// that no outgoing connection on this host can take it while the node is down].
     #[arg(long, env = "RAFTLOG_LISTEN_ADDR")]
     pub listen_addr: Option<SocketAddr>,
     /// gRPC address advertised to peers and clients [default: the listen address].
@@ -189,7 +190,7 @@ pub struct Args {
     /// Admin HTTP listen address [default: 127.0.0.1:9091].
     #[arg(long, env = "RAFTLOG_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
-    /// Static initial membership, e.g. "1=127.0.0.1:50051,2=127.0.0.1:50052,3=127.0.0.1:50053".
+    /// Static initial membership, e.g. "1=127.0.0.1:8051,2=127.0.0.1:8052,3=127.0.0.1:8053".
     #[arg(long, env = "RAFTLOG_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// Raft heartbeat interval [default: 150].
@@ -263,6 +264,10 @@ pub struct Args {
     /// refuses it) [default: true].
     #[arg(long, env = "RAFTLOG_STORAGE_DIRECT_IO")]
     pub storage_direct_io: Option<bool>,
+    /// Compression of stored record batches: lz4 or none (for records that do not compress, e.g.
+    /// compressed by their producer; saves the CPU of every flush on every node) [default: lz4].
+    #[arg(long, env = "RAFTLOG_STORAGE_COMPRESSION")]
+    pub storage_compression: Option<crate::storage::Compression>,
     /// Threads of the async runtime; 0 is one per core [default: 0]. Give each node a share of
     /// the cores when several share a machine.
     #[arg(long, env = "RAFTLOG_WORKER_THREADS")]
@@ -316,7 +321,7 @@ impl Args {
         let node_id =
             pick!(node_id).ok_or_else(|| ConfigError::Invalid("--node-id is required".into()))?;
         let listen_addr = pick!(listen_addr)
-            .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("literal address"));
+            .unwrap_or_else(|| "127.0.0.1:8051".parse().expect("literal address"));
         let initial_cluster = match pick!(initial_cluster) {
             None => Vec::new(),
             Some(spec) => parse_initial_cluster(&spec)?,
@@ -387,6 +392,7 @@ impl Args {
                 },
                 direct_io: pick!(storage_direct_io)
                     .unwrap_or(crate::storage::StorageOptions::default().direct_io),
+                compression: pick!(storage_compression).unwrap_or_default(),
             },
             worker_threads: pick!(worker_threads).unwrap_or(0),
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),

@@ -99,6 +99,8 @@ pub struct StorageOptions {
     /// reads"). Where the file system refuses O_DIRECT (some tmpfs, FUSE) the node goes through
     /// the page cache and says so in its log.
     pub direct_io: bool,
+    /// How the state machine's record batches are compressed on disk.
+    pub compression: Compression,
 }
 
 impl Default for StorageOptions {
@@ -106,6 +108,31 @@ impl Default for StorageOptions {
         Self {
             memory: MemoryBudget::default(),
             direct_io: true,
+            compression: Compression::default(),
+        }
+    }
+}
+
+/// Compression of the stored record batches (RocksDB compresses a file's blocks and blobs as it
+/// flushes them).
+///
+/// LZ4 shrinks compressible records (text, JSON) several times over on disk, at a CPU cost paid
+/// on every node at every flush; records that do not compress (already compressed by their
+/// producer, encrypted, random) cost that CPU for nothing, since RocksDB then stores them as they
+/// were. The Raft log is never compressed: its entries live only until the next purge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Lz4,
+    None,
+}
+
+impl Compression {
+    fn rocksdb(self) -> rocksdb::DBCompressionType {
+        match self {
+            Compression::Lz4 => rocksdb::DBCompressionType::Lz4,
+            Compression::None => rocksdb::DBCompressionType::None,
         }
     }
 }
@@ -119,12 +146,14 @@ struct SharedMemory {
     /// Whether flushes and compactions write, and state reads read, with O_DIRECT (asked for,
     /// and possible here).
     direct_io: bool,
+    compression: Compression,
 }
 
 impl SharedMemory {
-    fn new(budget: &MemoryBudget, direct_io: bool) -> Self {
+    fn new(budget: &MemoryBudget, direct_io: bool, compression: Compression) -> Self {
         Self {
             direct_io,
+            compression,
             // No stall: past the budget RocksDB flushes; writes are never blocked on memory.
             write_buffers: WriteBufferManager::new_write_buffer_manager(
                 budget.memtable_bytes,
@@ -142,7 +171,9 @@ impl SharedMemory {
         opts
     }
 
-    /// Options of a column family: the shared block cache, and `memtable_bytes` of memtable.
+    /// Options of a column family: the shared block cache, `memtable_bytes` of memtable, and
+    /// uncompressed files (RocksDB's default would be Snappy); the state machine's column family
+    /// sets its own compression.
     fn cf_options(&self, memtable_bytes: usize) -> Options {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&self.block_cache);
@@ -151,6 +182,9 @@ impl SharedMemory {
         let mut opts = Options::default();
         opts.set_block_based_table_factory(&table);
         opts.set_write_buffer_size(memtable_bytes);
+        // The log's entries are purged soon after they are applied; compressing the part a
+        // memtable flush catches before the purge only costs CPU.
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
         opts
     }
 }
@@ -168,7 +202,7 @@ pub fn open(data_dir: &Path, options: &StorageOptions) -> Result<Databases, rock
             "the file system refuses O_DIRECT: RocksDB reads and writes through the page cache"
         );
     }
-    let memory = SharedMemory::new(&options.memory, direct_io);
+    let memory = SharedMemory::new(&options.memory, direct_io, options.compression);
     let state = Arc::new(open_state_db(&data_dir.join(STATE_DB_DIR), &memory)?);
     let log_path = data_dir.join(LOG_DB_DIR);
     migrate_legacy_state_machine(&log_path, &state)?;
@@ -208,7 +242,10 @@ fn open_log_db(path: &Path, memory: &SharedMemory) -> Result<DB, rocksdb::Error>
 fn open_state_db(path: &Path, memory: &SharedMemory) -> Result<DB, rocksdb::Error> {
     let cfs = [ColumnFamilyDescriptor::new(
         CF_STATE_MACHINE,
-        state_machine_cf_options(memory.cf_options(memory.memtable_bytes_per_cf)),
+        state_machine_cf_options(
+            memory.cf_options(memory.memtable_bytes_per_cf),
+            memory.compression,
+        ),
     )];
     let mut opts = memory.db_options();
     // Record batches older than the memtables are read from the disk either way (flushes write
@@ -236,11 +273,12 @@ const STATE_BLOB_BYTES_MIN: u64 = 4 * 1024;
 /// share of all disk writes a node made. With blob files a batch's bytes are written once, at
 /// flush; compactions move keys and references, and a blob file is deleted once retention has
 /// removed every row in it (docs/decisions.md, "Blob files for record batches").
-fn state_machine_cf_options(mut opts: Options) -> Options {
+fn state_machine_cf_options(mut opts: Options, compression: Compression) -> Options {
     opts.set_enable_blob_files(true);
     opts.set_min_blob_size(STATE_BLOB_BYTES_MIN);
-    // As the SST files are: compressible records stay small on disk.
-    opts.set_blob_compression_type(rocksdb::DBCompressionType::Lz4);
+    // Blob files and SST files alike: small batches stay inline in the SST files.
+    opts.set_blob_compression_type(compression.rocksdb());
+    opts.set_compression_type(compression.rocksdb());
     opts
 }
 
