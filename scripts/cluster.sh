@@ -29,19 +29,19 @@ start_node() {
   # Another process on our ports (a cluster started with another RAFTLOG_DATA_DIR, say) would
   # answer the readiness checks in place of this node: refuse instead.
   local port
-  for port in "5005$n" "909$n"; do
+  for port in "805$n" "909$n"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       die "port $port is in use: another cluster (other RAFTLOG_DATA_DIR?) or program holds it"
     fi
   done
   RAFTLOG_NODE_ID="$n" \
   RAFTLOG_DATA_DIR="$dir" \
-  RAFTLOG_LISTEN_ADDR="127.0.0.1:5005$n" \
+  RAFTLOG_LISTEN_ADDR="127.0.0.1:805$n" \
   RAFTLOG_ADMIN_ADDR="127.0.0.1:909$n" \
   RAFTLOG_INITIAL_CLUSTER="$INITIAL_CLUSTER" \
     nohup "$NODE_BIN" >>"$dir/node.log" 2>&1 &
   echo $! >"$dir/pid"
-  log "started node $n (pid $!, gRPC 127.0.0.1:5005$n, admin 127.0.0.1:909$n, data $dir)"
+  log "started node $n (pid $!, gRPC 127.0.0.1:805$n, admin 127.0.0.1:909$n, data $dir)"
 }
 
 wait_ready() {
