@@ -12,6 +12,7 @@
 //! sequential requests keep their order.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -26,6 +27,8 @@ pub const IN_FLIGHT: usize = 2;
 struct Pending {
     command: Command,
     bytes: usize,
+    /// When the request reached the batcher (for the queue-wait histogram).
+    queued_at: Instant,
     reply: oneshot::Sender<Result<CommandResponse, WriteError>>,
 }
 
@@ -66,6 +69,7 @@ impl Batcher {
         let pending = Pending {
             command,
             bytes,
+            queued_at: Instant::now(),
             reply,
         };
         let queued = self.tx.send(pending).await.is_ok();
@@ -123,6 +127,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commands_max: usize, b
                 Err(_) => break,
             }
         }
+        let proposed_at = Instant::now();
+        for pending in &batch {
+            metrics::histogram!(crate::metrics::GROUP_COMMIT_QUEUE_SECONDS)
+                .record((proposed_at - pending.queued_at).as_secs_f64());
+        }
+        metrics::histogram!(crate::metrics::GROUP_COMMIT_REQUESTS_PER_ENTRY)
+            .record(batch.len() as f64);
         propose(&raft, batch, slot).await;
     }
 }
@@ -143,6 +154,7 @@ async fn propose(
         Command::Batch(commands)
     };
     let (responder, receiver) = openraft::impls::ProgressResponder::complete_only();
+    let proposed_at = Instant::now();
     match raft.client_write_ff(command, Some(responder)).await {
         Ok(()) => {}
         Err(fatal) => {
@@ -159,7 +171,10 @@ async fn propose(
     }
     tokio::spawn(async move {
         let _slot = slot;
-        let outcome = match receiver.await {
+        let applied = receiver.await;
+        metrics::histogram!(crate::metrics::GROUP_COMMIT_ENTRY_SECONDS)
+            .record(proposed_at.elapsed().as_secs_f64());
+        let outcome = match applied {
             Ok(Ok(response)) => Ok(response.data),
             Ok(Err(e)) => Err(client_write_error(e)),
             Err(_) => Err(stopped()),

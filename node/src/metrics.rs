@@ -31,6 +31,13 @@ pub const BYTES_OUT: &str = "raftlog_bytes_out_total";
 pub const SNAPSHOTS_BUILT: &str = "raftlog_snapshots_built_total";
 pub const SNAPSHOTS_INSTALLED: &str = "raftlog_snapshots_installed_total";
 pub const SNAPSHOT_SECONDS: &str = "raftlog_snapshot_build_duration_seconds";
+/// Time a write waits in the leader's group-commit queue before its entry is proposed.
+pub const GROUP_COMMIT_QUEUE_SECONDS: &str = "raftlog_group_commit_queue_seconds";
+/// Time from proposing a group-commit entry to its apply on the leader (replication, fsyncs on
+/// a majority, commit, apply).
+pub const GROUP_COMMIT_ENTRY_SECONDS: &str = "raftlog_group_commit_entry_seconds";
+/// Writes per proposed entry.
+pub const GROUP_COMMIT_REQUESTS_PER_ENTRY: &str = "raftlog_group_commit_requests_per_entry";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -43,12 +50,18 @@ pub fn install() -> &'static PrometheusHandle {
             2.5, 5.0, 10.0,
         ];
         let per_fsync = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+        let per_entry = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
         let recorder = PrometheusBuilder::new()
             .set_buckets(&buckets)
             .expect("non-empty bucket list")
             .set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(APPENDS_PER_FSYNC.into()),
                 &per_fsync,
+            )
+            .expect("non-empty bucket list")
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(GROUP_COMMIT_REQUESTS_PER_ENTRY.into()),
+                &per_entry,
             )
             .expect("non-empty bucket list")
             .build_recorder();
