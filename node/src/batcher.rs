@@ -128,9 +128,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commands_max: usize, b
             }
         }
         let proposed_at = Instant::now();
+        let queue_wait = metrics::histogram!(crate::metrics::GROUP_COMMIT_QUEUE_SECONDS);
         for pending in &batch {
-            metrics::histogram!(crate::metrics::GROUP_COMMIT_QUEUE_SECONDS)
-                .record((proposed_at - pending.queued_at).as_secs_f64());
+            queue_wait.record((proposed_at - pending.queued_at).as_secs_f64());
         }
         metrics::histogram!(crate::metrics::GROUP_COMMIT_REQUESTS_PER_ENTRY)
             .record(batch.len() as f64);

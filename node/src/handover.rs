@@ -16,12 +16,21 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::watch::WatchReceiver;
 
 use crate::node::NodeContext;
-use crate::raft::types::NodeId;
+use crate::raft::types::{NodeId, RaftMetrics};
 
 /// How long the successor may take to catch up with the leader's log.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// How long the election may take before we give up and shut down anyway.
 const ELECTION_WAIT: Duration = Duration::from_secs(2);
+
+/// The last log index the leader knows `voter` to hold (its replication progress), if any.
+pub fn replicated_index(metrics: &RaftMetrics, voter: NodeId) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&voter).cloned().flatten())
+        .map(|l| l.index)
+}
 
 /// If this node leads, hands leadership to the most caught-up voter. Returns the new leader, or
 /// `None` if this node was not leading or the handover did not complete (both are logged).
@@ -32,12 +41,11 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
         return None;
     }
     let membership = metrics.membership_config.membership().clone();
-    let replication = metrics.replication.clone().unwrap_or_default();
     // The voter whose log is longest: the one that catches up soonest.
     let successor = membership
         .voter_ids()
         .filter(|id| *id != ctx.id)
-        .max_by_key(|id| replication.get(id).cloned().flatten().map(|l| l.index));
+        .max_by_key(|id| replicated_index(&metrics, *id));
     let Some(successor) = successor else {
         tracing::info!(node_id = ctx.id, "no other voter to hand leadership to");
         return None;
@@ -51,12 +59,7 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
         .metrics(
             |m| {
                 let last = m.last_log_index;
-                m.last_applied.map(|l| l.index) == last
-                    && m.replication
-                        .as_ref()
-                        .and_then(|r| r.get(&successor).cloned().flatten())
-                        .map(|l| l.index)
-                        == last
+                m.last_applied.map(|l| l.index) == last && replicated_index(m, successor) == last
             },
             "successor holds the whole log",
         )

@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, Forwarder};
+use crate::handover::replicated_index;
 use crate::node::NodeContext;
 use crate::raft::types::{ClientWriteResponse, Node, NodeId, RaftMetrics};
 
@@ -286,12 +287,7 @@ impl Cluster for ClusterService {
         // not the target. So a target that is behind is waited for first, while this node still
         // leads and takes writes; one that does not catch up is refused with nothing changed.
         let last_index = metrics.last_log_index.unwrap_or(0);
-        let matched = |m: &RaftMetrics| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(&target).cloned().flatten())
-                .map_or(0, |l| l.index)
-        };
+        let matched = |m: &RaftMetrics| replicated_index(m, target).unwrap_or(0);
         self.ctx
             .raft
             .wait(Some(TRANSFER_CATCH_UP_WAIT))
@@ -304,7 +300,8 @@ impl Cluster for ClusterService {
                 let now = self.ctx.raft.metrics().borrow_watched().clone();
                 unavailable(format!(
                     "node {target} holds the log up to index {} of {last_index} after {} s; it \
-                     may be down or slow. Leadership did not move",
+                     may be down or slow. Leadership did not move; check `raftlog cluster \
+                     status` and retry once node {target} has caught up",
                     matched(&now),
                     TRANSFER_CATCH_UP_WAIT.as_secs()
                 ))
