@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A 3-node raftlog cluster on this machine.
 #   scripts/cluster.sh up | down | status | kill N | restart N | logs N
-# Node N serves gRPC on 127.0.0.1:5005N and admin HTTP on 127.0.0.1:909N; its data, log and pid
+# Node N serves gRPC on 127.0.0.1:805N and admin HTTP on 127.0.0.1:909N; its data, log and pid
 # are under $RAFTLOG_DATA_DIR/node-N (default ./data). `up` builds the binaries when needed.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
