@@ -24,6 +24,16 @@ pub const REQUESTS: &str = "raftlog_requests_total";
 pub const REQUEST_SECONDS: &str = "raftlog_request_duration_seconds";
 pub const FSYNC_SECONDS: &str = "raftlog_log_fsync_duration_seconds";
 pub const APPENDS_PER_FSYNC: &str = "raftlog_log_appends_per_fsync";
+/// Time an append waits, after its write, for the fsync that covers it to start.
+pub const FSYNC_WAIT_SECONDS: &str = "raftlog_log_fsync_wait_seconds";
+/// One purge of the Raft log (openraft's core waits for it).
+pub const LOG_PURGE_SECONDS: &str = "raftlog_log_purge_seconds";
+/// Leader: an AppendEntries carrying entries, from being sent to a follower to its answer.
+pub const REPLICATION_ROUND_TRIP_SECONDS: &str = "raftlog_replication_round_trip_seconds";
+/// Follower: an AppendEntries carrying entries, from its arrival to the answer (after its fsync).
+pub const FOLLOWER_APPEND_SECONDS: &str = "raftlog_follower_append_seconds";
+/// One apply call of the state machine (a run of committed entries, one RocksDB write).
+pub const APPLY_SECONDS: &str = "raftlog_apply_seconds";
 pub const RECORDS_IN: &str = "raftlog_records_in_total";
 pub const BYTES_IN: &str = "raftlog_bytes_in_total";
 pub const RECORDS_OUT: &str = "raftlog_records_out_total";

@@ -36,13 +36,13 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     let dbs = storage::open(&config.data_dir, &config.storage).context("opening RocksDB")?;
-    let log_store = LogStore::new(&dbs, METADATA_GROUP);
-    let log_bytes = log_store.bytes();
     let state_machine = StateMachine::open(
         dbs.state.clone(),
         METADATA_GROUP,
         config.data_dir.join("snapshots"),
     )?;
+    let log_store = LogStore::new(&dbs, METADATA_GROUP, state_machine.flushed());
+    let log_bytes = log_store.bytes();
     let view = state_machine.view();
     let snapshots = state_machine.snapshot_store();
     let network = PeerNetworkFactory::new(

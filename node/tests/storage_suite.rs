@@ -17,9 +17,13 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs =
             storage::open(dir.path(), &storage::StorageOptions::default()).expect("open RocksDB");
-        let log = LogStore::new(&dbs, METADATA_GROUP);
-        let sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))
-            .expect("open the state machine");
+        let sm = StateMachine::open(
+            dbs.state.clone(),
+            METADATA_GROUP,
+            dir.path().join("snapshots"),
+        )
+        .expect("open the state machine");
+        let log = LogStore::new(&dbs, METADATA_GROUP, sm.flushed());
         Ok((dir, log, sm))
     }
 }

@@ -9,9 +9,9 @@
 //! AppendEntries requests without waiting for the previous answer, and the follower answers each
 //! in order once it is fsynced, so several appends are in flight to each follower at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
@@ -267,15 +267,32 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let group = self.group;
         Box::pin(async move {
             let mut client = self.client()?;
-            let requests = input.map(move |rpc| envelope(group, encode(&rpc)));
+            // When each request went out (None for a heartbeat, which carries no entries): the
+            // answers come back in order, so the front is the one being answered.
+            let sent = Arc::new(Mutex::new(VecDeque::<Option<Instant>>::new()));
+            let sending = sent.clone();
+            let requests = input.map(move |rpc| {
+                let at = (!rpc.entries.is_empty()).then(Instant::now);
+                sending.lock().expect("sent times lock").push_back(at);
+                envelope(group, encode(&rpc))
+            });
             let answers = match client.stream_append(requests).await {
                 Ok(answers) => answers.into_inner(),
                 Err(status) => return Err(self.status_error(status)),
             };
+            let round_trip = metrics::histogram!(
+                crate::metrics::REPLICATION_ROUND_TRIP_SECONDS,
+                "follower" => self.target.to_string()
+            );
             let this: &'s PeerClient = self;
-            let answers = answers.map(move |answer| match answer {
-                Ok(envelope) => this.open_reply::<StreamAppendResult>(&envelope.payload),
-                Err(status) => Err(this.status_error(status)),
+            let answers = answers.map(move |answer| {
+                if let Some(Some(at)) = sent.lock().expect("sent times lock").pop_front() {
+                    round_trip.record(at.elapsed().as_secs_f64());
+                }
+                match answer {
+                    Ok(envelope) => this.open_reply::<StreamAppendResult>(&envelope.payload),
+                    Err(status) => Err(this.status_error(status)),
+                }
             });
             Ok(Box::pin(answers) as BoxStream<'s, _>)
         })

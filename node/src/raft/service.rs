@@ -4,7 +4,10 @@
 //! This service lets its caller append to and overwrite this node's Raft log and install
 //! snapshots. It must only be reachable by cluster members (bind the node to a private network).
 
+use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use raftlog_proto::raft::v1::raft_server::Raft as RaftService;
@@ -139,13 +142,20 @@ impl RaftService for PeerService {
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let group = self.group;
         let (bad_tx, bad_rx) = tokio::sync::oneshot::channel::<Status>();
+        // When each request arrived (None for a heartbeat); answers go out in order.
+        let arrived = Arc::new(Mutex::new(VecDeque::<Option<Instant>>::new()));
+        let arriving = arrived.clone();
         let requests = request
             .into_inner()
             .scan(Some(bad_tx), move |bad_tx, envelope| {
                 let opened =
                     envelope.and_then(|envelope| open::<AppendEntriesRequest>(group, envelope));
                 futures::future::ready(match opened {
-                    Ok(rpc) => Some(rpc),
+                    Ok(rpc) => {
+                        let at = (!rpc.entries.is_empty()).then(Instant::now);
+                        arriving.lock().expect("arrival times lock").push_back(at);
+                        Some(rpc)
+                    }
                     Err(status) => {
                         if let Some(tx) = bad_tx.take() {
                             let _ = tx.send(status);
@@ -154,10 +164,13 @@ impl RaftService for PeerService {
                     }
                 })
             });
-        let answers = self
-            .raft
-            .stream_append(requests)
-            .map(move |result| Ok(envelope(group, encode(&result))));
+        let append_time = metrics::histogram!(crate::metrics::FOLLOWER_APPEND_SECONDS);
+        let answers = self.raft.stream_append(requests).map(move |result| {
+            if let Some(Some(at)) = arrived.lock().expect("arrival times lock").pop_front() {
+                append_time.record(at.elapsed().as_secs_f64());
+            }
+            Ok(envelope(group, encode(&result)))
+        });
         // After the last answer: the decoding error that ended the requests, if one did.
         let ending =
             futures::stream::once(bad_rx).filter_map(|bad| async move { bad.ok().map(Err) });

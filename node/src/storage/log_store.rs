@@ -6,7 +6,8 @@
 //!   thread then fsyncs the WAL and only after that invokes openraft's flushed callbacks, in
 //!   append order. openraft counts the leader's own copy towards the commit quorum, and a follower
 //!   answers AppendEntries, only on that callback.
-//! - Vote, truncation and purge are written with `sync = true` (the write returns after the fsync).
+//! - Vote and truncation are written with `sync = true` (the write returns after the fsync). A
+//!   purge is not: losing one in a crash only keeps entries that are no longer needed.
 //!
 //! A node therefore never answers a peer or acknowledges a client for a log entry or vote that a
 //! power cut could take back. Why the append fsync is on its own thread: it keeps the tokio
@@ -25,7 +26,7 @@ use openraft::{LogState, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::keys::{self, MetaKey};
-use super::{decode, encode, Databases, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
+use super::{decode, encode, Databases, StateFlushed, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
 use crate::raft::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
 /// The log of one Raft group. Cheap to clone: clones share the database (openraft's log reader is
@@ -39,6 +40,8 @@ pub struct LogStore {
     flusher: LogFlusher,
     bytes: LogBytes,
     recent: RecentEntries,
+    /// How far the state machine is on disk (what a purge may drop without a flush).
+    state_flushed: StateFlushed,
 }
 
 /// The entries appended last, decoded, so that replication to each follower does not read back
@@ -204,12 +207,13 @@ impl LogBytes {
 /// last `LogStore` clone is dropped.
 #[derive(Clone)]
 struct LogFlusher {
-    pending: mpsc::Sender<IOFlushed<TypeConfig>>,
+    /// Each append's flushed callback, with when its write returned.
+    pending: mpsc::Sender<(Instant, IOFlushed<TypeConfig>)>,
 }
 
 impl LogFlusher {
     fn start(db: Arc<DB>) -> Self {
-        let (pending, queue) = mpsc::channel::<IOFlushed<TypeConfig>>();
+        let (pending, queue) = mpsc::channel::<(Instant, IOFlushed<TypeConfig>)>();
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || {
@@ -218,6 +222,12 @@ impl LogFlusher {
                     let mut covered = vec![first];
                     covered.extend(queue.try_iter());
                     let fsync_started = Instant::now();
+                    // How long each append waited for this fsync to start: the rest of the
+                    // previous one, which its write just missed.
+                    let wait = metrics::histogram!(crate::metrics::FSYNC_WAIT_SECONDS);
+                    for (written_at, _) in &covered {
+                        wait.record((fsync_started - *written_at).as_secs_f64());
+                    }
                     let result = db.flush_wal(true);
                     let now = Instant::now();
                     let took = now - fsync_started;
@@ -235,7 +245,7 @@ impl LogFlusher {
                     }
                     metrics::histogram!(crate::metrics::APPENDS_PER_FSYNC)
                         .record(covered.len() as f64);
-                    for callback in covered {
+                    for (_, callback) in covered {
                         callback.io_completed(
                             result
                                 .as_ref()
@@ -315,7 +325,10 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl LogStore {
-    pub fn new(dbs: &Databases, group: GroupId) -> Self {
+    /// The log of `group`; `state_flushed` is its state machine's ([`StateMachine::flushed`]).
+    ///
+    /// [`StateMachine::flushed`]: super::state_machine::StateMachine::flushed
+    pub fn new(dbs: &Databases, group: GroupId, state_flushed: StateFlushed) -> Self {
         let db = dbs.log.clone();
         let flusher = LogFlusher::start(db.clone());
         Self {
@@ -325,6 +338,7 @@ impl LogStore {
             flusher,
             bytes: LogBytes::default(),
             recent: RecentEntries::default(),
+            state_flushed,
         }
     }
 
@@ -551,7 +565,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Err(write_err(e));
         }
         self.recent.appended(appended);
-        if let Err(mpsc::SendError(callback)) = self.flusher.pending.send(callback) {
+        if let Err(mpsc::SendError((_, callback))) =
+            self.flusher.pending.send((Instant::now(), callback))
+        {
             // The flusher thread only ends with the last LogStore; reaching this is a bug, and the
             // safe answer is an I/O error (openraft stops) rather than a flush never reported.
             callback.io_completed(Err(std::io::Error::other("raft-log-fsync thread is gone")));
@@ -574,14 +590,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let started = Instant::now();
         // The state machine is written without WAL. Before dropping log entries it could need to
-        // re-apply after a crash, make sure its memtable (which covers every applied entry, and
-        // openraft purges only applied entries) is on disk.
-        let cf_sm = self
-            .state_db
-            .cf_handle(CF_STATE_MACHINE)
-            .expect("state_machine column family");
-        self.state_db.flush_cf(cf_sm).map_err(write_err)?;
+        // re-apply after a crash, make sure what it applied through `log_id` is on disk. That is
+        // known without a flush in the usual case: the log-retention task purges up to a snapshot
+        // it has just built, and building one (a checkpoint) flushed the memtable. This runs in
+        // openraft's core task, so a flush here would hold up every append and commit meanwhile.
+        if !self.state_flushed.covers(log_id.index) {
+            let cf_sm = self
+                .state_db
+                .cf_handle(CF_STATE_MACHINE)
+                .expect("state_machine column family");
+            self.state_db.flush_cf(cf_sm).map_err(write_err)?;
+            // openraft purges only applied entries, and the flush covered all of them.
+            self.state_flushed.advance(Some(log_id.index));
+        }
 
         self.recent.purged(log_id.index);
         let mut batch = WriteBatch::default();
@@ -595,8 +618,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             keys::log_entry(self.group, 0),
             keys::log_entry(self.group, log_id.index + 1),
         );
-        self.db.write_opt(batch, &sync_write()).map_err(write_err)?;
+        // Not fsynced: one write batch, so a crash either keeps it whole or loses it whole, and
+        // losing it leaves entries the state machine no longer needs (openraft asks no durability
+        // of a purge). The next append's fsync covers it; a sync write here would be one more
+        // fsync in the core task, beside the flusher's.
+        self.db.write(batch).map_err(write_err)?;
         self.bytes.purged(log_id.index);
+        metrics::histogram!(crate::metrics::LOG_PURGE_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

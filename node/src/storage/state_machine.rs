@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::keys::{self, sm_tag};
 use super::snapshot_store::{self, SnapshotStore};
 use super::stored_batch::{self, BatchHeader};
-use super::{decode, encode, CF_STATE_MACHINE};
+use super::{decode, encode, StateFlushed, CF_STATE_MACHINE};
 use crate::command::{
     Command, CommandResponse, ProducerSequence, Record, Rejection, TopicSettings,
 };
@@ -119,6 +119,8 @@ pub struct StateView {
     topics: RwLock<BTreeMap<String, TopicState>>,
     groups: RwLock<BTreeMap<String, GroupOffsets>>,
     applied: watch::Sender<Option<LogId>>,
+    /// How far the applied state is on disk; the group's log reads it before a purge.
+    flushed: StateFlushed,
     /// Reads running on the blocking pool ([`Self::read_blocking`]), at most [`READS_PARALLEL`].
     read_slots: Arc<tokio::sync::Semaphore>,
 }
@@ -360,6 +362,7 @@ impl StateMachine {
             topics: RwLock::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
             applied: applied_tx,
+            flushed: StateFlushed::default(),
             read_slots: Arc::new(tokio::sync::Semaphore::new(READS_PARALLEL)),
         });
         let mut sm = Self {
@@ -377,6 +380,13 @@ impl StateMachine {
 
     pub fn view(&self) -> Arc<StateView> {
         self.view.clone()
+    }
+
+    /// How far this state machine is known to be on disk, for its log ([`LogStore::new`]).
+    ///
+    /// [`LogStore::new`]: super::log_store::LogStore::new
+    pub fn flushed(&self) -> StateFlushed {
+        self.view.flushed.clone()
     }
 
     /// The snapshot directory (the peer service writes snapshots it receives there).
@@ -466,6 +476,11 @@ impl StateMachine {
         *self.view.topics.write().expect("topic table lock") = topics;
         *self.view.groups.write().expect("group table lock") = groups;
         self.view.applied.send_replace(self.last_applied);
+        // What was just read is on disk: at open the memtable is empty (no WAL to replay), and
+        // an installed snapshot is flushed before it is loaded.
+        self.view
+            .flushed
+            .advance(self.last_applied.map(|id| id.index));
         Ok(())
     }
 
@@ -1098,7 +1113,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied.push(entry);
             responders.push(responder);
         }
+        let started = std::time::Instant::now();
         let responses = self.apply_entries(applied)?;
+        metrics::histogram!(crate::metrics::APPLY_SECONDS).record(started.elapsed().as_secs_f64());
         for (responder, response) in responders.into_iter().zip(responses) {
             if let Some(responder) = responder {
                 responder.send(response);
@@ -1184,6 +1201,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(snap_err)?
             .map_err(snap_err)?;
         tracing::info!(snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
+        // The checkpoint flushed the memtable, and its meta was read from the flushed files.
+        self.view
+            .flushed
+            .advance(meta.last_log_id.map(|id| id.index));
         metrics::counter!(crate::metrics::SNAPSHOTS_BUILT).increment(1);
         metrics::histogram!(crate::metrics::SNAPSHOT_SECONDS)
             .record(started.elapsed().as_secs_f64());
@@ -1329,5 +1350,66 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    /// The state machine is written without a WAL, so a purge must never drop a log entry whose
+    /// effects are only in its memtable (after a crash the log is what rebuilds them). Up to a
+    /// snapshot the checkpoint has already flushed them and the purge writes nothing more to the
+    /// state database; past it, the purge flushes first.
+    #[tokio::test]
+    async fn a_purge_flushes_the_state_machine_only_past_what_a_snapshot_flushed() {
+        use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder};
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
+            .expect("open RocksDB");
+        let group = crate::raft::types::METADATA_GROUP;
+        let mut sm = StateMachine::open(dbs.state.clone(), group, dir.path().join("snapshots"))
+            .expect("open the state machine");
+        let mut log = super::super::log_store::LogStore::new(&dbs, group, sm.flushed());
+        let create = Command::CreateTopic {
+            name: "t".into(),
+            settings: TopicSettings {
+                partitions: 1,
+                retention_ms: 0,
+                retention_bytes: 0,
+                max_record_bytes: 1024,
+            },
+            topics_max: 10,
+        };
+        sm.apply_entries([entry(1, create), entry(2, append(0, "a", None))])
+            .expect("apply");
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .expect("build a snapshot");
+        sm.apply_entries([entry(3, append(0, "b", None))])
+            .expect("apply");
+        let view = sm.view();
+        let in_memtable = || {
+            view.db
+                .property_int_value_cf(view.cf(), "rocksdb.num-entries-active-mem-table")
+                .expect("memtable property")
+                .expect("memtable property")
+        };
+        assert!(in_memtable() > 0, "entry 3 is applied, not flushed");
+        let log_id = |index| {
+            LogId::new(
+                CommittedLeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            )
+        };
+
+        log.purge(log_id(2))
+            .await
+            .expect("purge up to the snapshot");
+        assert!(in_memtable() > 0, "covered by the snapshot: no flush");
+
+        log.purge(log_id(3)).await.expect("purge past the snapshot");
+        assert_eq!(in_memtable(), 0, "entry 3 flushed before its purge");
     }
 }
