@@ -9,9 +9,9 @@
 //! AppendEntries requests without waiting for the previous answer, and the follower answers each
 //! in order once it is fsynced, so several appends are in flight to each follower at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use openraft::base::{BoxFuture, BoxStream};
@@ -24,8 +24,8 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
-use super::envelope;
 use super::types::*;
+use super::{envelope, InOrderTimes};
 use crate::storage::{decode, encode};
 
 /// Largest peer message accepted or sent (AppendEntries batches, snapshot chunks).
@@ -267,13 +267,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let group = self.group;
         Box::pin(async move {
             let mut client = self.client()?;
-            // When each request went out (None for a heartbeat, which carries no entries): the
-            // answers come back in order, so the front is the one being answered.
-            let sent = Arc::new(Mutex::new(VecDeque::<Option<Instant>>::new()));
+            let sent = InOrderTimes::default();
             let sending = sent.clone();
             let requests = input.map(move |rpc| {
-                let at = (!rpc.entries.is_empty()).then(Instant::now);
-                sending.lock().expect("sent times lock").push_back(at);
+                sending.started(!rpc.entries.is_empty());
                 envelope(group, encode(&rpc))
             });
             let answers = match client.stream_append(requests).await {
@@ -286,8 +283,8 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             );
             let this: &'s PeerClient = self;
             let answers = answers.map(move |answer| {
-                if let Some(Some(at)) = sent.lock().expect("sent times lock").pop_front() {
-                    round_trip.record(at.elapsed().as_secs_f64());
+                if let Some(took) = sent.answered() {
+                    round_trip.record(took.as_secs_f64());
                 }
                 match answer {
                     Ok(envelope) => this.open_reply::<StreamAppendResult>(&envelope.payload),

@@ -4,10 +4,7 @@
 //! This service lets its caller append to and overwrite this node's Raft log and install
 //! snapshots. It must only be reachable by cluster members (bind the node to a private network).
 
-use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use raftlog_proto::raft::v1::raft_server::Raft as RaftService;
@@ -17,8 +14,8 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::envelope;
 use super::types::*;
+use super::{envelope, InOrderTimes};
 use crate::storage::encode;
 use crate::storage::snapshot_store::{self, SnapshotStore};
 
@@ -142,8 +139,7 @@ impl RaftService for PeerService {
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         let group = self.group;
         let (bad_tx, bad_rx) = tokio::sync::oneshot::channel::<Status>();
-        // When each request arrived (None for a heartbeat); answers go out in order.
-        let arrived = Arc::new(Mutex::new(VecDeque::<Option<Instant>>::new()));
+        let arrived = InOrderTimes::default();
         let arriving = arrived.clone();
         let requests = request
             .into_inner()
@@ -152,8 +148,7 @@ impl RaftService for PeerService {
                     envelope.and_then(|envelope| open::<AppendEntriesRequest>(group, envelope));
                 futures::future::ready(match opened {
                     Ok(rpc) => {
-                        let at = (!rpc.entries.is_empty()).then(Instant::now);
-                        arriving.lock().expect("arrival times lock").push_back(at);
+                        arriving.started(!rpc.entries.is_empty());
                         Some(rpc)
                     }
                     Err(status) => {
@@ -166,8 +161,8 @@ impl RaftService for PeerService {
             });
         let append_time = metrics::histogram!(crate::metrics::FOLLOWER_APPEND_SECONDS);
         let answers = self.raft.stream_append(requests).map(move |result| {
-            if let Some(Some(at)) = arrived.lock().expect("arrival times lock").pop_front() {
-                append_time.record(at.elapsed().as_secs_f64());
+            if let Some(took) = arrived.answered() {
+                append_time.record(took.as_secs_f64());
             }
             Ok(envelope(group, encode(&result)))
         });

@@ -70,11 +70,20 @@ const RECENT_ENTRIES_BYTES_MAX: usize = 16 * 1024 * 1024;
 fn free_elsewhere<T: Send + 'static>(garbage: Vec<T>) {
     const FREE_INLINE_MAX: usize = 16;
     if garbage.len() <= FREE_INLINE_MAX {
-        return;
+        return; // dropped here
     }
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => drop(runtime.spawn_blocking(move || drop(garbage))),
         Err(_) => drop(garbage),
+    }
+}
+
+impl RecentRun {
+    /// Takes the entries at `positions` out of the run.
+    fn take(&mut self, positions: impl RangeBounds<usize>) -> Vec<(Entry, usize)> {
+        let taken: Vec<_> = self.entries.drain(positions).collect();
+        self.bytes -= taken.iter().map(|(_, bytes)| bytes).sum::<usize>();
+        taken
     }
 }
 
@@ -96,38 +105,30 @@ impl RecentEntries {
                 recent.bytes += bytes;
             }
             while recent.bytes > RECENT_ENTRIES_BYTES_MAX {
-                let Some(oldest) = recent.entries.pop_front() else {
-                    break;
-                };
-                recent.bytes -= oldest.1;
-                removed.push(oldest);
+                removed.extend(recent.take(..1));
             }
         }
         free_elsewhere(removed);
     }
 
     fn truncated(&self, from: u64) {
-        let removed: Vec<_> = {
+        let removed = {
             let mut recent = self.0.lock().expect("recent entries lock");
             let kept = recent
                 .entries
                 .partition_point(|(e, _)| e.log_id.index < from);
-            let removed: Vec<_> = recent.entries.drain(kept..).collect();
-            recent.bytes -= removed.iter().map(|(_, bytes)| bytes).sum::<usize>();
-            removed
+            recent.take(kept..)
         };
         free_elsewhere(removed);
     }
 
     fn purged(&self, upto: u64) {
-        let removed: Vec<_> = {
+        let removed = {
             let mut recent = self.0.lock().expect("recent entries lock");
             let gone = recent
                 .entries
                 .partition_point(|(e, _)| e.log_id.index <= upto);
-            let removed: Vec<_> = recent.entries.drain(..gone).collect();
-            recent.bytes -= removed.iter().map(|(_, bytes)| bytes).sum::<usize>();
-            removed
+            recent.take(..gone)
         };
         free_elsewhere(removed);
     }
