@@ -49,6 +49,7 @@ pub async fn run(
         METADATA_GROUP,
         Duration::from_millis(config.raft.peer_connect_timeout_ms),
         config.snapshot.chunk_bytes_max as usize,
+        log_store.encoded_entries(),
     );
     let raft_config = Arc::new(
         config

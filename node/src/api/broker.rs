@@ -15,7 +15,7 @@ use raftlog_proto::v1::*;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::convert::{group_to_pb, record_from_pb, record_to_pb, topic_to_pb};
+use super::convert::{group_to_pb, record_to_pb, records_from_pb, topic_to_pb};
 use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, Forwarder};
 use crate::command::{Command, CommandResponse, ProducerSequence, Rejection, TopicSettings};
@@ -133,7 +133,7 @@ impl BrokerService {
         let command = Command::Append {
             topic: req.topic.clone(),
             partition,
-            records: req.records.iter().cloned().map(record_from_pb).collect(),
+            records: records_from_pb(&req.records),
             proposed_at_ms: now_ms(),
             producer,
             expected_end_offset: req.expected_end_offset,

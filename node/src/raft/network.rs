@@ -26,6 +26,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::types::*;
 use super::{envelope, InOrderTimes};
+use crate::storage::log_store::EncodedEntries;
 use crate::storage::{decode, encode};
 
 /// Largest peer message accepted or sent (AppendEntries batches, snapshot chunks).
@@ -48,15 +49,23 @@ pub struct PeerNetworkFactory {
     /// Size of one chunk of a snapshot's data file on the wire.
     snapshot_chunk_bytes: usize,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The group's log's recent entries as stored: AppendEntries are built from them.
+    stored: EncodedEntries,
 }
 
 impl PeerNetworkFactory {
-    pub fn new(group: GroupId, connect_timeout: Duration, snapshot_chunk_bytes: usize) -> Self {
+    pub fn new(
+        group: GroupId,
+        connect_timeout: Duration,
+        snapshot_chunk_bytes: usize,
+        stored: EncodedEntries,
+    ) -> Self {
         Self {
             group,
             connect_timeout,
             snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
             channels: Arc::default(),
+            stored,
         }
     }
 
@@ -88,6 +97,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             addr: node.addr.clone(),
             channel,
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
+            stored: self.stored.clone(),
         }
     }
 }
@@ -99,6 +109,7 @@ pub struct PeerClient {
     addr: String,
     channel: Result<Channel, tonic::transport::Error>,
     snapshot_chunk_bytes: usize,
+    stored: EncodedEntries,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,9 +280,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             let mut client = self.client()?;
             let sent = InOrderTimes::default();
             let sending = sent.clone();
+            let stored = self.stored.clone();
             let requests = input.map(move |rpc| {
                 sending.started(!rpc.entries.is_empty());
-                envelope(group, encode(&rpc))
+                envelope(group, stored.encode_append_entries(&rpc))
             });
             let answers = match client.stream_append(requests).await {
                 Ok(answers) => answers.into_inner(),

@@ -21,13 +21,16 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use super::keys::{self, MetaKey};
 use super::{decode, encode, Databases, StateFlushed, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
-use crate::raft::types::{Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
+use crate::raft::types::{
+    AppendEntriesRequest, Entry, GroupId, LogId, StorageError, TypeConfig, Vote,
+};
 
 /// The log of one Raft group. Cheap to clone: clones share the database (openraft's log reader is
 /// such a clone).
@@ -44,23 +47,39 @@ pub struct LogStore {
     state_flushed: StateFlushed,
 }
 
-/// The entries appended last, decoded, so that replication to each follower does not read back
-/// from RocksDB and decode what this node has just written (perf had that at ~10 % of a leader's
-/// CPU at C=64). Holds a contiguous run ending at the last entry, at most
-/// [`RECENT_ENTRIES_BYTES_MAX`] of encoded entries.
+/// The entries appended last, each as the entry and as the bytes stored for it, so that
+/// replication to each follower neither reads back from RocksDB and decodes what this node has
+/// just written (perf had that at ~10 % of a leader's CPU at C=64) nor encodes every entry again
+/// for every follower ([`EncodedEntries`]). Holds a contiguous run ending at the last entry, at
+/// most [`RECENT_ENTRIES_BYTES_MAX`] of memory.
 #[derive(Clone, Default)]
 struct RecentEntries(Arc<Mutex<RecentRun>>);
 
+/// One cached entry.
+struct Cached {
+    entry: Entry,
+    /// Its encoding, exactly as written to the log.
+    encoded: Bytes,
+}
+
+impl Cached {
+    /// Memory the entry holds, counted as twice its encoding (the decoded records are about as
+    /// large as their encoding).
+    fn bytes(&self) -> usize {
+        2 * self.encoded.len()
+    }
+}
+
 #[derive(Default)]
 struct RecentRun {
-    /// (entry, encoded bytes), in index order, contiguous.
-    entries: VecDeque<(Entry, usize)>,
-    /// Encoded bytes of `entries`.
+    /// In index order, contiguous.
+    entries: VecDeque<Cached>,
+    /// [`Cached::bytes`] of `entries`.
     bytes: usize,
 }
 
-/// Encoded bytes of entries [`RecentEntries`] keeps.
-const RECENT_ENTRIES_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Memory the entries [`RecentEntries`] keeps may hold (16 MiB of encoded entries).
+const RECENT_ENTRIES_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Drops what left the cache: inline for a few entries (an append evicting the oldest), on
 /// tokio's blocking pool for more. A purge takes up to [`RECENT_ENTRIES_BYTES_MAX`] of cached
@@ -80,29 +99,36 @@ fn free_elsewhere<T: Send + 'static>(garbage: Vec<T>) {
 
 impl RecentRun {
     /// Takes the entries at `positions` out of the run.
-    fn take(&mut self, positions: impl RangeBounds<usize>) -> Vec<(Entry, usize)> {
+    fn take(&mut self, positions: impl RangeBounds<usize>) -> Vec<Cached> {
         let taken: Vec<_> = self.entries.drain(positions).collect();
-        self.bytes -= taken.iter().map(|(_, bytes)| bytes).sum::<usize>();
+        self.bytes -= taken.iter().map(Cached::bytes).sum::<usize>();
         taken
+    }
+
+    /// Position of the entry at `index`, if the run holds it.
+    fn position(&self, index: u64) -> Option<usize> {
+        let first = self.entries.front()?.entry.log_id.index;
+        let position = usize::try_from(index.checked_sub(first)?).ok()?;
+        (position < self.entries.len()).then_some(position)
     }
 }
 
 impl RecentEntries {
-    fn appended(&self, entries: Vec<(Entry, usize)>) {
+    fn appended(&self, entries: Vec<Cached>) {
         let mut removed = Vec::new();
         {
             let mut recent = self.0.lock().expect("recent entries lock");
-            for (entry, bytes) in entries {
+            for cached in entries {
                 // Only a contiguous run can stand in for the log.
                 if recent
                     .entries
                     .back()
-                    .is_some_and(|(last, _)| last.log_id.index + 1 != entry.log_id.index)
+                    .is_some_and(|last| last.entry.log_id.index + 1 != cached.entry.log_id.index)
                 {
                     removed.extend(std::mem::take(&mut *recent).entries);
                 }
-                recent.entries.push_back((entry, bytes));
-                recent.bytes += bytes;
+                recent.bytes += cached.bytes();
+                recent.entries.push_back(cached);
             }
             while recent.bytes > RECENT_ENTRIES_BYTES_MAX {
                 removed.extend(recent.take(..1));
@@ -116,7 +142,7 @@ impl RecentEntries {
             let mut recent = self.0.lock().expect("recent entries lock");
             let kept = recent
                 .entries
-                .partition_point(|(e, _)| e.log_id.index < from);
+                .partition_point(|c| c.entry.log_id.index < from);
             recent.take(kept..)
         };
         free_elsewhere(removed);
@@ -127,7 +153,7 @@ impl RecentEntries {
             let mut recent = self.0.lock().expect("recent entries lock");
             let gone = recent
                 .entries
-                .partition_point(|(e, _)| e.log_id.index <= upto);
+                .partition_point(|c| c.entry.log_id.index <= upto);
             recent.take(..gone)
         };
         free_elsewhere(removed);
@@ -136,24 +162,63 @@ impl RecentEntries {
     /// The entries from `start` below `end`, up to `bytes_max` (at least one), if the run holds
     /// `start`.
     fn read(&self, start: u64, end: Option<u64>, bytes_max: usize) -> Option<Vec<Entry>> {
-        let recent = &self.0.lock().expect("recent entries lock").entries;
-        let first = recent.front()?.0.log_id.index;
-        if start < first || start > recent.back()?.0.log_id.index {
-            return None;
-        }
+        let recent = self.0.lock().expect("recent entries lock");
+        let first = recent.position(start)?;
         let mut entries = Vec::new();
         let mut bytes = 0;
-        for (entry, size) in recent.iter().skip((start - first) as usize) {
-            if end.is_some_and(|end| entry.log_id.index >= end) {
+        for cached in recent.entries.range(first..) {
+            if end.is_some_and(|end| cached.entry.log_id.index >= end) {
                 break;
             }
-            entries.push(entry.clone());
-            bytes += size;
+            entries.push(cached.entry.clone());
+            bytes += cached.encoded.len();
             if bytes >= bytes_max {
                 break;
             }
         }
         Some(entries)
+    }
+}
+
+/// The stored encoding of recently appended entries, for the replication streams: an
+/// AppendEntries is the entries' encodings end to end ([`crate::raft::network`]), so an entry is
+/// encoded once, when it is appended, instead of once more for every follower. Cheap to clone.
+#[derive(Clone)]
+pub struct EncodedEntries(RecentEntries);
+
+impl EncodedEntries {
+    /// The bytes stored for the entry with `log_id`, if it is still cached.
+    pub fn get(&self, log_id: &LogId) -> Option<Bytes> {
+        let recent = self.0 .0.lock().expect("recent entries lock");
+        let cached = &recent.entries[recent.position(log_id.index)?];
+        // The same index under another leader is another entry (before a truncation lands).
+        (cached.entry.log_id == *log_id).then(|| cached.encoded.clone())
+    }
+
+    /// The postcard encoding of `rpc`, byte for byte what [`encode`] makes of it, with each
+    /// entry's stored encoding copied in where the cache still holds it. postcard writes a struct
+    /// as its fields in order and a `Vec` as its length (a varint) and then its elements, so
+    /// AppendEntries (`vote, prev_log_id, entries, leader_commit`) is a head, the entries end to
+    /// end, and a tail.
+    pub fn encode_append_entries(&self, rpc: &AppendEntriesRequest) -> Vec<u8> {
+        let entries: Vec<Bytes> = rpc
+            .entries
+            .iter()
+            .map(|entry| {
+                self.get(&entry.log_id)
+                    .unwrap_or_else(|| Bytes::from(encode(entry)))
+            })
+            .collect();
+        let head = encode(&(&rpc.vote, &rpc.prev_log_id, rpc.entries.len()));
+        let tail = encode(&rpc.leader_commit);
+        let size = head.len() + entries.iter().map(Bytes::len).sum::<usize>() + tail.len();
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&head);
+        for entry in &entries {
+            out.extend_from_slice(entry);
+        }
+        out.extend_from_slice(&tail);
+        out
     }
 }
 
@@ -355,6 +420,11 @@ impl LogStore {
             recent: RecentEntries::default(),
             state_flushed,
         }
+    }
+
+    /// The encodings of the entries appended last, shared with this log.
+    pub fn encoded_entries(&self) -> EncodedEntries {
+        EncodedEntries(self.recent.clone())
     }
 
     /// The byte count of this log, shared with its clones.
@@ -562,18 +632,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let mut appended = Vec::new();
         for entry in entries {
-            let value = encode(&entry);
-            self.bytes.appended(entry.log_id.index, value.len() as u64);
+            let encoded = Bytes::from(encode(&entry));
+            self.bytes
+                .appended(entry.log_id.index, encoded.len() as u64);
             batch.put_cf(
                 self.cf_log(),
                 keys::log_entry(self.group, entry.log_id.index),
-                &value,
+                &encoded,
             );
-            // The cached copy is decoded from what was stored, not the entry itself: an entry
-            // built from client requests holds its record bytes as slices of the requests' receive
-            // buffers, which would keep far more memory alive than the cache's byte bound says.
-            let cached: Entry = decode(&value).map_err(write_err)?;
-            appended.push((cached, value.len()));
+            // Cached as it is: its records own their bytes (decoded from a peer's message, or
+            // copied out of the client's request by `records_from_pb`), so the cache's byte
+            // bound is what it keeps alive.
+            appended.push(Cached { entry, encoded });
         }
         if let Err(e) = self.db.write(batch) {
             callback.io_completed(Err(std::io::Error::other(e.to_string())));
@@ -650,7 +720,8 @@ mod tests {
     use super::*;
     use crate::raft::types::{CommittedLeaderId, EntryPayload};
 
-    fn entry(index: u64) -> (Entry, usize) {
+    /// An entry that counts 1 MiB against the cache's bound.
+    fn entry(index: u64) -> Cached {
         let entry = Entry {
             log_id: LogId::new(
                 CommittedLeaderId {
@@ -661,7 +732,10 @@ mod tests {
             ),
             payload: EntryPayload::Blank,
         };
-        (entry, 1024 * 1024)
+        Cached {
+            entry,
+            encoded: Bytes::from(vec![0; 512 * 1024]),
+        }
     }
 
     fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
@@ -678,7 +752,7 @@ mod tests {
             indexes(recent.read(2, Some(4), usize::MAX)),
             Some(vec![2, 3])
         );
-        assert_eq!(indexes(recent.read(3, None, 2 << 20)), Some(vec![3, 4]));
+        assert_eq!(indexes(recent.read(3, None, 1 << 20)), Some(vec![3, 4]));
         assert_eq!(indexes(recent.read(6, None, usize::MAX)), None);
 
         recent.truncated(4);
@@ -704,6 +778,54 @@ mod tests {
             indexes(recent.read(15, Some(16), usize::MAX)),
             Some(vec![15])
         );
+    }
+
+    /// An AppendEntries put together from stored encodings is the one `encode` makes, whether
+    /// the cache holds all, some or none of its entries, and an entry cached under another
+    /// leader's log id at the same index is encoded afresh.
+    #[test]
+    fn append_entries_from_stored_encodings_match_encoding_them() {
+        use crate::command::{Command, Record};
+        let log_id = |term, index| LogId::new(CommittedLeaderId { term, node_id: 1 }, index);
+        let append = |index: u64| Entry {
+            log_id: log_id(2, index),
+            payload: EntryPayload::Normal(Command::Append {
+                topic: format!("t{index}"),
+                partition: 0,
+                records: vec![Record {
+                    key: None,
+                    value: vec![index as u8; 300 * index as usize].into(),
+                    headers: vec![("h".into(), bytes::Bytes::from_static(b"v"))],
+                    timestamp_ms: 7,
+                }],
+                proposed_at_ms: 1,
+                producer: None,
+                expected_end_offset: None,
+            }),
+        };
+        let cached = |entry: Entry| Cached {
+            encoded: Bytes::from(encode(&entry)),
+            entry,
+        };
+        let recent = RecentEntries::default();
+        // Cached: 1 under term 1 (so index 1 of term 2 is not it), 2 and 3 under term 2.
+        let mut stale = append(1);
+        stale.log_id = log_id(1, 1);
+        recent.appended(vec![cached(stale), cached(append(2)), cached(append(3))]);
+        let stored = EncodedEntries(recent);
+        for entries in [
+            vec![],
+            vec![append(2), append(3)],
+            (1..=200).map(append).collect(),
+        ] {
+            let rpc = AppendEntriesRequest {
+                vote: Vote::new_committed(2, 1),
+                prev_log_id: Some(log_id(2, 0)),
+                entries,
+                leader_commit: Some(log_id(2, 1)),
+            };
+            assert_eq!(stored.encode_append_entries(&rpc), encode(&rpc));
+        }
     }
 
     #[test]
