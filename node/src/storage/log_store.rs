@@ -187,12 +187,18 @@ impl RecentEntries {
 pub struct EncodedEntries(RecentEntries);
 
 impl EncodedEntries {
-    /// The bytes stored for the entry with `log_id`, if it is still cached.
-    pub fn get(&self, log_id: &LogId) -> Option<Bytes> {
+    /// The bytes stored for each of `entries` that is still cached.
+    fn get(&self, entries: &[Entry]) -> Vec<Option<Bytes>> {
         let recent = self.0 .0.lock().expect("recent entries lock");
-        let cached = &recent.entries[recent.position(log_id.index)?];
-        // The same index under another leader is another entry (before a truncation lands).
-        (cached.entry.log_id == *log_id).then(|| cached.encoded.clone())
+        entries
+            .iter()
+            .map(|entry| {
+                let cached = &recent.entries[recent.position(entry.log_id.index)?];
+                // The same index under another leader is another entry (before a truncation
+                // lands): a log id names one entry.
+                (cached.entry.log_id == entry.log_id).then(|| cached.encoded.clone())
+            })
+            .collect()
     }
 
     /// The postcard encoding of `rpc`, byte for byte what [`encode`] makes of it, with each
@@ -201,13 +207,12 @@ impl EncodedEntries {
     /// AppendEntries (`vote, prev_log_id, entries, leader_commit`) is a head, the entries end to
     /// end, and a tail.
     pub fn encode_append_entries(&self, rpc: &AppendEntriesRequest) -> Vec<u8> {
-        let entries: Vec<Bytes> = rpc
-            .entries
-            .iter()
-            .map(|entry| {
-                self.get(&entry.log_id)
-                    .unwrap_or_else(|| Bytes::from(encode(entry)))
-            })
+        // Entries no longer cached are encoded outside the cache's lock.
+        let entries: Vec<Bytes> = self
+            .get(&rpc.entries)
+            .into_iter()
+            .zip(&rpc.entries)
+            .map(|(stored, entry)| stored.unwrap_or_else(|| Bytes::from(encode(entry))))
             .collect();
         let head = encode(&(&rpc.vote, &rpc.prev_log_id, rpc.entries.len()));
         let tail = encode(&rpc.leader_commit);
