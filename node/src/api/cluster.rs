@@ -42,6 +42,14 @@ fn members(metrics: &RaftMetrics) -> (Vec<Member>, Vec<Member>) {
     )
 }
 
+/// What [`Cluster::status`] reads from the Raft engine in one go.
+struct LiveState {
+    state: ServerState,
+    term: u64,
+    leader: Option<NodeId>,
+    committed: Option<u64>,
+}
+
 /// How a membership change ended on this node.
 enum ChangeOutcome {
     Done(ClientWriteResponse),
@@ -327,24 +335,50 @@ impl Cluster for ClusterService {
         Ok(Response::new(TransferLeaderResponse {}))
     }
 
+    /// This node's view of the cluster. Role, term, leader and commit index come from one read of
+    /// the Raft engine's own state, not from its metrics: openraft publishes metrics only between
+    /// rounds of its event loop, so right after an election (a leader transfer, say) they can
+    /// still show a candidate that has already won, and a status asked for once the transfer
+    /// has been answered would contradict it.
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
-        let committed = self
+        let live = self
             .ctx
             .raft
-            .with_raft_state(|s| s.local_committed().map(|l| l.index))
+            .with_raft_state(|s| {
+                let vote = s.vote_ref();
+                LiveState {
+                    state: s.server_state,
+                    term: vote.leader_id.term,
+                    leader: vote.committed.then_some(vote.leader_id.node_id),
+                    committed: s.local_committed().map(|l| l.index),
+                }
+            })
             .await
-            .ok()
-            .flatten();
+            .ok();
+        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
+        let live = live.unwrap_or(LiveState {
+            state: metrics.state,
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            committed: None,
+        });
         let (voters, learners) = members(&metrics);
-        let role = match metrics.state {
+        let role = match live.state {
             ServerState::Leader => Role::Leader,
             ServerState::Follower => Role::Follower,
             ServerState::Candidate => Role::Candidate,
             ServerState::Learner => Role::Learner,
             ServerState::Shutdown => Role::Shutdown,
         };
-        let leader = self.ctx.leader();
+        let leader = live.leader.map(|id| {
+            let addr = metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default();
+            (id, addr)
+        });
         let replication = metrics
             .replication
             .as_ref()
@@ -358,12 +392,12 @@ impl Cluster for ClusterService {
             node_id: self.ctx.id,
             addr: self.ctx.config.advertise_addr.clone(),
             role: role as i32,
-            term: metrics.current_term,
+            term: live.term,
             leader_id: leader.as_ref().map_or(0, |l| l.0),
             has_leader: leader.is_some(),
             leader_addr: leader.map(|l| l.1).unwrap_or_default(),
             last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed_index: committed.unwrap_or(0),
+            committed_index: live.committed.unwrap_or(0),
             applied_index: metrics.last_applied.map_or(0, |l| l.index),
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
