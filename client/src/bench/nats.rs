@@ -30,16 +30,30 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to NATS at {}", args.nats_url.join(",")))?;
     let server_version = client.server_info().version;
     let js = jetstream::new(client);
-    let stream = js
-        .get_or_create_stream(stream::Config {
-            name: args.topic.clone(),
-            subjects: vec![args.topic.clone()],
-            num_replicas: args.nats_replicas,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .with_context(|| format!("creating JetStream stream '{}'", args.topic))?;
+    let config = stream::Config {
+        name: args.topic.clone(),
+        subjects: vec![args.topic.clone()],
+        num_replicas: args.nats_replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    // A cluster just started elects its meta leader before that leader has heard every server
+    // announce itself, and until then it refuses to place replicas ("no suitable peers for
+    // placement, peer offline"): that one refusal is retried for up to 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stream = loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => break stream,
+            Err(e) if no_peers_yet(&e) && Instant::now() < deadline => {
+                tracing::debug!("creating stream: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("creating JetStream stream '{}'", args.topic))
+            }
+        }
+    };
     let replicas = stream.cached_info().config.num_replicas;
     let payloads = super::Payloads::new(args.payload, args.record_bytes);
     let value = payloads.next();
@@ -84,4 +98,14 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
     }
     .print(as_json);
     Ok(())
+}
+
+/// Whether stream creation failed only because the meta leader does not yet see enough servers
+/// online to place the replicas.
+fn no_peers_yet(e: &jetstream::context::CreateStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::CreateStreamErrorKind::JetStream(js)
+            if js.error_code() == jetstream::ErrorCode::CLUSTER_NO_PEERS
+    )
 }
