@@ -126,10 +126,36 @@ fn code_label(code: tonic::Code) -> &'static str {
     }
 }
 
-/// Records one request that is not its own gRPC call (a message of a produce stream).
-pub fn observed(method: &'static str, code: tonic::Code, start: Instant) {
-    metrics::counter!(REQUESTS, "method" => method, "code" => code_label(code)).increment(1);
-    metrics::histogram!(REQUEST_SECONDS, "method" => method).record(start.elapsed().as_secs_f64());
+/// Records the requests that are not their own gRPC call (the messages of a produce stream).
+/// Looks up the series a successful request lands in once, when a stream opens, instead of once
+/// per message: each lookup builds its labels anew (an allocation) and hashes them, and a stream
+/// at C=64 carries tens of thousands of messages a second.
+pub struct MessageMetrics {
+    method: &'static str,
+    ok: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+impl MessageMetrics {
+    pub fn new(method: &'static str) -> Self {
+        Self {
+            method,
+            ok: metrics::counter!(REQUESTS, "method" => method, "code" => code_label(tonic::Code::Ok)),
+            seconds: metrics::histogram!(REQUEST_SECONDS, "method" => method),
+        }
+    }
+
+    /// Records one message answered with `code`, `start` being when it arrived.
+    pub fn observed(&self, code: tonic::Code, start: Instant) {
+        match code {
+            tonic::Code::Ok => self.ok.increment(1),
+            code => {
+                metrics::counter!(REQUESTS, "method" => self.method, "code" => code_label(code))
+                    .increment(1)
+            }
+        }
+        self.seconds.record(start.elapsed().as_secs_f64());
+    }
 }
 
 /// Everything `/metrics` serves: the recorded metrics, then the node's state.

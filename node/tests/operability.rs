@@ -69,6 +69,23 @@ async fn metrics_under_load_show_one_leader_no_lag_and_growing_counters() {
         .await;
     stop.store(true, Ordering::SeqCst);
     let delivered = load.await.unwrap();
+    // A produce stream's messages are counted one by one, by outcome, like unary calls.
+    client.create_topic("streamed", 1).await.unwrap();
+    let stream = client.produce_stream();
+    let streamed = |topic: &str| pb::ProduceRequest {
+        topic: topic.into(),
+        partition: Some(0),
+        records: vec![record(b"s".to_vec())],
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        stream.send(streamed("streamed")).await.unwrap();
+    }
+    let missing = stream
+        .send(streamed("no-such-topic"))
+        .await
+        .expect_err("a topic that does not exist");
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing}");
     let mut consumer = Consumer::new(client.clone(), ConsumerConfig::new("load").group("dash"))
         .await
         .unwrap();
@@ -145,6 +162,23 @@ async fn metrics_under_load_show_one_leader_no_lag_and_growing_counters() {
     );
     assert!(ok.unwrap() > 0.0);
     assert!(leader_page.contains("raftlog_request_duration_seconds_bucket{method=\"Produce\""));
+    let streamed_with = |code: &str| {
+        sample(
+            leader_page,
+            "raftlog_requests_total",
+            &format!("method=\"ProduceStream\",code=\"{code}\""),
+        )
+    };
+    assert_eq!(streamed_with("Ok"), Some(3.0));
+    assert_eq!(streamed_with("NotFound"), Some(1.0));
+    assert_eq!(
+        sample(
+            leader_page,
+            "raftlog_request_duration_seconds_count",
+            "method=\"ProduceStream\"",
+        ),
+        Some(4.0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,6 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use futures::FutureExt;
-
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::broker_server::Broker;
 use raftlog_proto::v1::*;
@@ -161,7 +159,9 @@ impl BrokerService {
         mut inbound: tonic::Streaming<ProduceStreamRequest>,
         answers: tokio::sync::mpsc::Sender<Result<ProduceStreamResponse, Status>>,
     ) {
+        use futures::future::Either;
         use futures::stream::{FuturesUnordered, StreamExt};
+        let metrics = crate::metrics::MessageMetrics::new("ProduceStream");
         let mut in_flight = FuturesUnordered::new();
         let mut reading = true;
         // Why reading stopped, if not the client's end of stream (an undecodable message).
@@ -185,17 +185,16 @@ impl BrokerService {
                     let request_id = message.request_id;
                     let started = std::time::Instant::now();
                     match self.submit_stream_produce(message.request.unwrap_or_default()).await {
-                        Ok(pending) => in_flight.push(async move {
+                        Ok(pending) => in_flight.push(Either::Left(async move {
                             (request_id, started, pending.await)
-                        }.boxed()),
-                        Err(status) => in_flight.push(
-                            std::future::ready((request_id, started, Err(status))).boxed(),
-                        ),
+                        })),
+                        Err(status) => in_flight.push(Either::Right(std::future::ready(
+                            (request_id, started, Err(status)),
+                        ))),
                     }
                 }
                 Some((request_id, started, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
-                    crate::metrics::observed(
-                        "ProduceStream",
+                    metrics.observed(
                         outcome.as_ref().err().map_or(tonic::Code::Ok, Status::code),
                         started,
                     );
