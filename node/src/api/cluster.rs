@@ -370,15 +370,9 @@ impl Cluster for ClusterService {
             ServerState::Learner => Role::Learner,
             ServerState::Shutdown => Role::Shutdown,
         };
-        let leader = live.leader.map(|id| {
-            let addr = metrics
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr.clone())
-                .unwrap_or_default();
-            (id, addr)
-        });
+        let leader = live
+            .leader
+            .and_then(|id| Forwarder::with_addr(&metrics, id));
         let replication = metrics
             .replication
             .as_ref()

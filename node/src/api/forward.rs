@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
 use super::error::ApiError;
-use crate::raft::types::{NodeId, Raft};
+use crate::raft::types::{NodeId, Raft, RaftMetrics};
 
 /// Metadata key set on forwarded requests.
 pub const FORWARDED_HEADER: &str = "raftlog-forwarded";
@@ -26,14 +26,18 @@ impl Forwarder {
     /// The leader this node knows of, with its address, if any.
     pub fn leader(raft: &Raft) -> Option<(NodeId, String)> {
         let metrics = raft.metrics().borrow_watched().clone();
-        let leader = metrics.current_leader?;
+        Self::with_addr(&metrics, metrics.current_leader?)
+    }
+
+    /// `node` with its address in the membership `metrics` hold, if it is a member.
+    pub fn with_addr(metrics: &RaftMetrics, node: NodeId) -> Option<(NodeId, String)> {
         let addr = metrics
             .membership_config
             .membership()
-            .get_node(&leader)?
+            .get_node(&node)?
             .addr
             .clone();
-        Some((leader, addr))
+        Some((node, addr))
     }
 
     /// A channel to `addr`, reused across requests.
