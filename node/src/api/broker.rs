@@ -18,7 +18,6 @@ use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, Forwarder};
 use crate::command::{Command, CommandResponse, ProducerSequence, Rejection, TopicSettings};
 use crate::node::{now_ms, NodeContext, WriteError};
-use crate::storage::state_machine::TopicState;
 
 #[derive(Clone)]
 pub struct BrokerService {
@@ -112,8 +111,8 @@ impl BrokerService {
                     "idempotent and conditional produce need an explicit partition".into(),
                 ))
             }
-            None => match self.ctx.view.topic(&req.topic) {
-                Some(topic) => self.choose_partition(&req, &topic)?,
+            None => match self.ctx.view.topic_settings(&req.topic) {
+                Some(settings) => self.choose_partition(&req, settings.partitions)?,
                 None if !forwarded
                     && self.ctx.leader().is_some_and(|(id, _)| id != self.ctx.id) =>
                 {
@@ -279,8 +278,7 @@ impl BrokerService {
 
     /// The partition a produce request without an explicit one goes to (see `Partitioner` in
     /// broker.proto).
-    fn choose_partition(&self, req: &ProduceRequest, topic: &TopicState) -> Result<u32, ApiError> {
-        let partitions = topic.settings.partitions;
+    fn choose_partition(&self, req: &ProduceRequest, partitions: u32) -> Result<u32, ApiError> {
         let by_key = |key: &[u8]| raftlog_proto::partition_for_key(key, partitions);
         let first_key = req.records.first().and_then(|r| r.key.as_deref());
         let partitioner = Partitioner::try_from(req.partitioner).map_err(|_| {
@@ -416,10 +414,10 @@ impl BrokerService {
     /// The topic's own record size limit, when this node knows the topic. (The leader's apply does
     /// not re-check it: a topic's limit never changes after creation in this version.)
     fn check_topic_record_limit(&self, req: &ProduceRequest) -> Result<(), ApiError> {
-        let Some(topic) = self.ctx.view.topic(&req.topic) else {
+        let Some(settings) = self.ctx.view.topic_settings(&req.topic) else {
             return Ok(());
         };
-        let max = topic.settings.max_record_bytes as usize;
+        let max = settings.max_record_bytes as usize;
         if max == 0 {
             return Ok(());
         }

@@ -163,6 +163,16 @@ impl StateView {
             .cloned()
     }
 
+    /// A topic's settings: what a produce request is checked against, without copying the
+    /// topic's partition table (up to `partitions_per_topic_max` entries) per request.
+    pub fn topic_settings(&self, name: &str) -> Option<TopicSettings> {
+        self.topics
+            .read()
+            .expect("topic table lock")
+            .get(name)
+            .map(|topic| topic.settings.clone())
+    }
+
     pub fn topic_count(&self) -> usize {
         self.topics.read().expect("topic table lock").len()
     }
