@@ -17,6 +17,8 @@
 #    back from node 1 (`bench consume`), every partition in parallel.
 #    Then end-to-end latency (`bench e2e`): 2,000 records/s for 20 s through the producer (linger
 #    0), received by a consumer on node 1, pushed (Subscribe) and pulled (long-poll Fetch).
+#    Last, 2,000 more topics of 4 partitions are created and the 1 KiB C=64 load runs again
+#    (row 1KiB-C64-2000topics): it should match the 1KiB-C64 row.
 # 3. NATS JetStream (scripts/nats-cluster.sh: stream with 3 replicas, file storage), the same
 #    1KiB-C1, 1KiB-C64 and 100B-C64 loads (`bench produce --system nats`), once per sync mode the
 #    installed nats-server has: "default" (fsync every 2 min) always; "always" (fsync per write)
@@ -72,7 +74,7 @@ MATRIX=(
   "1KiB-C64-p8   1024 64  8   1 120000 yes no"
   "1KiB-batch100 1024  8  1 100 200000 no  no"
 )
-CATCHUP_COUNT=$((1000000 / SCALE)) CATCHUP_PARTITIONS=4 E2E_RATE=2000
+CATCHUP_COUNT=$((1000000 / SCALE)) CATCHUP_PARTITIONS=4 E2E_RATE=2000 MANY_TOPICS=$((2000 / SCALE))
 
 peak_rss_mb() { # the largest VmHWM of the given pid files, in MiB
   local max=0 kb f
@@ -137,6 +139,20 @@ for gc in 1 1024; do
         record "e2e-$mode" raftlog "gc$gc" "$(raftlog_rss)" "$line" ||
         failures=$((failures + 1))
     done
+    # 1 KiB C=64 again, now that the cluster holds many more topics: what an entry costs must
+    # not grow with the topic count (it did until applying stopped copying the topic table).
+    log "creating $MANY_TOPICS topics of 4 partitions"
+    if seq 1 "$MANY_TOPICS" | RAFTLOG_ENDPOINTS="$ENDPOINTS" xargs -P 8 -I{} \
+        "$CLI_BIN" topic create "b-many-{}" --partitions 4 >/dev/null 2>"$errors"; then
+      line=$(cli bench produce --payload "$PAYLOAD" --topic b-1KiB-C64-many --count $((120000 / SCALE)) \
+        --concurrency 64 --record-bytes 1024) &&
+        record "1KiB-C64-${MANY_TOPICS}topics" raftlog "gc$gc" "$(raftlog_rss)" "$line" ||
+        failures=$((failures + 1))
+    else
+      tail -n 5 "$errors" >&2
+      log "FAILED: creating $MANY_TOPICS topics"
+      failures=$((failures + 1))
+    fi
   fi
   "$ROOT/scripts/cluster.sh" down >/dev/null
   rm -rf "$RAFTLOG_DATA_DIR"
