@@ -45,6 +45,46 @@ pub struct LogStore {
     recent: RecentEntries,
     /// How far the state machine is on disk (what a purge may drop without a flush).
     state_flushed: StateFlushed,
+    committed: CommittedMark,
+}
+
+/// The committed log id openraft last saved, and whether the log database has it yet.
+///
+/// openraft saves the committed id each time it moves: once per entry on every node. It is not
+/// needed for safety (a restarted node learns it again from the leader, and openraft starts from
+/// the applied id when that is further), so instead of a RocksDB write of its own inside
+/// openraft's core task, the id rides in the next append's write batch (the next entry's, at
+/// once under load), or is written when the log closes.
+#[derive(Clone, Default)]
+struct CommittedMark(Arc<Mutex<Committed>>);
+
+#[derive(Default)]
+struct Committed {
+    /// What openraft saved last in this process; `None` before it saved anything.
+    saved: Option<Option<LogId>>,
+    /// Whether `saved` is not in the log database yet.
+    unwritten: bool,
+}
+
+impl CommittedMark {
+    fn save(&self, committed: Option<LogId>) {
+        let mut mark = self.0.lock().expect("committed mark lock");
+        mark.saved = Some(committed);
+        mark.unwritten = true;
+    }
+
+    /// What openraft saved last in this process, if it saved anything.
+    fn saved(&self) -> Option<Option<LogId>> {
+        self.0.lock().expect("committed mark lock").saved
+    }
+
+    /// The saved id still to be written, marked written: the caller puts it into a write.
+    fn take_unwritten(&self) -> Option<Option<LogId>> {
+        let mut mark = self.0.lock().expect("committed mark lock");
+        std::mem::take(&mut mark.unwritten)
+            .then_some(mark.saved)
+            .flatten()
+    }
 }
 
 /// The entries appended last, each as the entry and as the bytes stored for it, so that
@@ -297,11 +337,18 @@ struct LogFlusher {
 }
 
 impl LogFlusher {
-    fn start(db: Arc<DB>) -> Self {
+    /// Starts the thread; when it ends (the last `LogStore` is gone) it writes the committed id
+    /// that no append carried, under the key `committed_key`.
+    fn start(db: Arc<DB>, committed: CommittedMark, committed_key: Vec<u8>) -> Self {
         let (pending, queue) = mpsc::channel::<(Instant, IOFlushed<TypeConfig>)>();
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || {
+                let _write_committed_at_end = WriteCommittedAtEnd {
+                    db: db.clone(),
+                    committed,
+                    key: committed_key,
+                };
                 let mut slow = SlowFsyncLog::default();
                 while let Ok(first) = queue.recv() {
                     let mut covered = vec![first];
@@ -342,6 +389,27 @@ impl LogFlusher {
             })
             .expect("spawn the raft-log-fsync thread");
         Self { pending }
+    }
+}
+
+/// Writes the committed id no append carried when the flusher thread ends (best effort: the id is
+/// not needed for safety, see [`CommittedMark`]).
+struct WriteCommittedAtEnd {
+    db: Arc<DB>,
+    committed: CommittedMark,
+    key: Vec<u8>,
+}
+
+impl Drop for WriteCommittedAtEnd {
+    fn drop(&mut self) {
+        let Some(committed) = self.committed.take_unwritten() else {
+            return;
+        };
+        if let Some(cf) = self.db.cf_handle(CF_RAFT_META) {
+            if let Err(e) = self.db.put_cf(cf, &self.key, encode(&committed)) {
+                tracing::warn!("writing the committed log id at close: {e}");
+            }
+        }
     }
 }
 
@@ -415,7 +483,12 @@ impl LogStore {
     /// [`StateMachine::flushed`]: super::state_machine::StateMachine::flushed
     pub fn new(dbs: &Databases, group: GroupId, state_flushed: StateFlushed) -> Self {
         let db = dbs.log.clone();
-        let flusher = LogFlusher::start(db.clone());
+        let committed = CommittedMark::default();
+        let flusher = LogFlusher::start(
+            db.clone(),
+            committed.clone(),
+            keys::meta(group, MetaKey::Committed).to_vec(),
+        );
         Self {
             db,
             state_db: dbs.state.clone(),
@@ -424,6 +497,7 @@ impl LogStore {
             bytes: LogBytes::default(),
             recent: RecentEntries::default(),
             state_flushed,
+            committed,
         }
     }
 
@@ -612,12 +686,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not needed for safety (it is re-learned from the leader), so not fsynced; it lets a
-        // restarted node re-apply its committed tail without waiting for a leader.
-        self.put_meta(MetaKey::Committed, &committed, false)
+        // Not needed for safety (it is re-learned from the leader); it lets a restarted node
+        // re-apply its committed tail without waiting for a leader. Written with the next append
+        // ([`CommittedMark`]), never fsynced on its own.
+        self.committed.save(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        if let Some(saved) = self.committed.saved() {
+            return Ok(saved);
+        }
         Ok(self
             .get_meta::<Option<LogId>>(MetaKey::Committed)?
             .flatten())
@@ -649,6 +728,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // copied out of the client's request by `records_from_pb`), so the cache's byte
             // bound is what it keeps alive.
             appended.push(Cached { entry, encoded });
+        }
+        if let Some(committed) = self.committed.take_unwritten() {
+            batch.put_cf(
+                self.cf_meta(),
+                keys::meta(self.group, MetaKey::Committed),
+                encode(&committed),
+            );
         }
         if let Err(e) = self.db.write(batch) {
             callback.io_completed(Err(std::io::Error::other(e.to_string())));
@@ -745,6 +831,57 @@ mod tests {
 
     fn indexes(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
         entries.map(|e| e.iter().map(|e| e.log_id.index).collect())
+    }
+
+    /// openraft's committed id costs no write of its own: it is readable at once, rides in the
+    /// next append's write batch, and the one no append carried is written when the log closes.
+    #[tokio::test]
+    async fn the_committed_id_rides_with_the_next_append_and_is_written_at_close() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
+            .expect("open RocksDB");
+        let group = crate::raft::types::METADATA_GROUP;
+        let log_id = |index| {
+            LogId::new(
+                CommittedLeaderId {
+                    term: 1,
+                    node_id: 1,
+                },
+                index,
+            )
+        };
+        let stored = |log: &LogStore| {
+            log.get_meta::<Option<LogId>>(MetaKey::Committed)
+                .expect("read the committed id")
+                .flatten()
+        };
+        let mut log = LogStore::new(&dbs, group, StateFlushed::default());
+        log.save_committed(Some(log_id(1))).await.expect("save");
+        assert_eq!(log.read_committed().await.expect("read"), Some(log_id(1)));
+        assert_eq!(stored(&log), None, "no write of its own");
+
+        let (flushed_tx, flushed) = {
+            use openraft::type_config::TypeConfigExt;
+            TypeConfig::oneshot()
+        };
+        log.append([entry(2).entry], IOFlushed::signal(flushed_tx))
+            .await
+            .expect("append");
+        flushed.await.expect("flush reported").expect("flushed");
+        assert_eq!(stored(&log), Some(log_id(1)), "carried by the append");
+
+        log.save_committed(Some(log_id(2))).await.expect("save");
+        drop(log);
+        // The flusher thread writes it as it ends, once the last clone of the log is gone.
+        let reopened = LogStore::new(&dbs, group, StateFlushed::default());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored(&reopened) != Some(log_id(2)) {
+            assert!(
+                Instant::now() < deadline,
+                "the committed id was not written at close"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The cache answers only for a contiguous run it holds, follows truncation and purging,
