@@ -230,17 +230,22 @@ impl StateView {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<ReadResult, ReadError> {
-        let state = self
-            .topic(topic)
-            .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
-        let part = state.partitions.get(partition as usize).ok_or_else(|| {
-            Rejection::UnknownPartition {
-                topic: topic.to_string(),
-                partition,
-                partitions: state.settings.partitions,
-            }
-        })?;
-        let (start_offset, end_offset) = (part.start_offset, part.end_offset);
+        // Only the one partition's offsets, not a copy of the topic with its whole partition
+        // table (up to `partitions_per_topic_max` entries) per read.
+        let (topic_id, start_offset, end_offset) = {
+            let topics = self.topics.read().expect("topic table lock");
+            let state = topics
+                .get(topic)
+                .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
+            let part = state.partitions.get(partition as usize).ok_or_else(|| {
+                Rejection::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                    partitions: state.settings.partitions,
+                }
+            })?;
+            (state.id, part.start_offset, part.end_offset)
+        };
         if offset < start_offset || offset > end_offset {
             return Err(ReadError::OffsetOutOfRange {
                 offset,
@@ -257,24 +262,24 @@ impl StateView {
             return Ok(result);
         }
         // Seek to the batch that holds `offset`: the last batch whose base offset is <= offset.
-        let seek = keys::sm_batch(self.group, state.id, partition, offset);
+        let seek = keys::sm_batch(self.group, topic_id, partition, offset);
         let first_base = {
             let mut back = self
                 .db
                 .iterator_cf(self.cf(), IteratorMode::From(&seek, Direction::Reverse));
             match back.next() {
                 Some(Ok((key, _))) => match keys::parse_batch(&key) {
-                    Some((t, p, base)) if t == state.id && p == partition => base,
+                    Some((t, p, base)) if t == topic_id && p == partition => base,
                     _ => offset,
                 },
                 Some(Err(e)) => return Err(ReadError::Storage(e.to_string())),
                 None => offset,
             }
         };
-        let from = keys::sm_batch(self.group, state.id, partition, first_base);
+        let from = keys::sm_batch(self.group, topic_id, partition, first_base);
         let mut opts = ReadOptions::default();
         // Stop at the partition's end, and read ahead: a fetch scans consecutive batches.
-        opts.set_iterate_upper_bound(keys::sm_batch(self.group, state.id, partition, end_offset));
+        opts.set_iterate_upper_bound(keys::sm_batch(self.group, topic_id, partition, end_offset));
         opts.set_readahead_size(2 << 20);
         let mut bytes = 0usize;
         'batches: for item in self.db.iterator_cf_opt(
@@ -286,7 +291,7 @@ impl StateView {
             let Some((t, p, base)) = keys::parse_batch(&key) else {
                 break;
             };
-            if t != state.id || p != partition || base >= end_offset {
+            if t != topic_id || p != partition || base >= end_offset {
                 break;
             }
             let records = stored_batch::records_shared(bytes::Bytes::from(value))
