@@ -17,6 +17,8 @@ use crate::handover::replicated_index;
 use crate::node::NodeContext;
 use crate::raft::types::{ClientWriteResponse, Node, NodeId, RaftMetrics};
 
+type Membership = openraft::Membership<NodeId, Node>;
+
 /// How long a leader transfer may take before TransferLeader answers UNAVAILABLE.
 const TRANSFER_WAIT: Duration = Duration::from_secs(5);
 /// How long a leader transfer waits for a lagging target to hold the leader's log before it is
@@ -27,8 +29,8 @@ pub struct ClusterService {
     ctx: NodeContext,
 }
 
-fn members(metrics: &RaftMetrics) -> (Vec<Member>, Vec<Member>) {
-    let membership = metrics.membership_config.membership();
+/// The voters and learners of `membership`, with their addresses.
+fn members(membership: &Membership) -> (Vec<Member>, Vec<Member>) {
     let member = |id: NodeId| Member {
         node_id: id,
         addr: membership
@@ -48,6 +50,7 @@ struct LiveState {
     term: u64,
     leader: Option<NodeId>,
     committed: Option<u64>,
+    membership: Membership,
 }
 
 /// How a membership change ended on this node.
@@ -61,11 +64,20 @@ impl ClusterService {
         Self { ctx }
     }
 
-    fn membership_response(&self, log_index: u64) -> MembershipResponse {
-        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
-        let (voters, learners) = members(&metrics);
+    /// The membership a finished change wrote. Taken from openraft's answer, not its metrics:
+    /// those are published between rounds of its event loop, so right after the change they can
+    /// still show the membership before it (a removed node still a voter).
+    fn membership_response(&self, written: &ClientWriteResponse) -> MembershipResponse {
+        let (voters, learners) = match &written.membership {
+            Some(membership) => members(membership),
+            // A change that changed nothing writes no membership entry.
+            None => {
+                let metrics = self.ctx.raft.metrics().borrow_watched().clone();
+                members(metrics.membership_config.membership())
+            }
+        };
         MembershipResponse {
-            log_index,
+            log_index: written.log_id.index,
             voters,
             learners,
         }
@@ -191,7 +203,7 @@ impl Cluster for ClusterService {
             .add_learner(member.node_id, Node { addr: member.addr }, req.blocking)
             .await;
         match Self::outcome(result)? {
-            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
+            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(&r))),
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
                 client
@@ -210,7 +222,7 @@ impl Cluster for ClusterService {
         let req = request.into_inner();
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]));
         match Self::outcome(self.ctx.raft.change_membership(change, false).await)? {
-            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
+            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(&r))),
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
                 client
@@ -237,7 +249,7 @@ impl Cluster for ClusterService {
             ChangeMembers::RemoveNodes(BTreeSet::from([req.node_id]))
         };
         match Self::outcome(self.ctx.raft.change_membership(change, false).await)? {
-            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(r.log_id.index))),
+            ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(&r))),
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
                 client
@@ -335,11 +347,11 @@ impl Cluster for ClusterService {
         Ok(Response::new(TransferLeaderResponse {}))
     }
 
-    /// This node's view of the cluster. Role, term, leader and commit index come from one read of
-    /// the Raft engine's own state, not from its metrics: openraft publishes metrics only between
-    /// rounds of its event loop, so right after an election (a leader transfer, say) they can
-    /// still show a candidate that has already won, and a status asked for once the transfer
-    /// has been answered would contradict it.
+    /// This node's view of the cluster. Role, term, leader, commit index and membership come from
+    /// one read of the Raft engine's own state, not from its metrics: openraft publishes metrics
+    /// only between rounds of its event loop, so right after an election (a leader transfer, say)
+    /// they can still show a candidate that has already won, and a status asked for once the
+    /// transfer has been answered would contradict it.
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
         let live = self
             .ctx
@@ -351,6 +363,7 @@ impl Cluster for ClusterService {
                     term: vote.leader_id.term,
                     leader: vote.committed.then_some(vote.leader_id.node_id),
                     committed: s.local_committed().map(|l| l.index),
+                    membership: s.membership_state.effective().membership().clone(),
                 }
             })
             .await
@@ -361,8 +374,9 @@ impl Cluster for ClusterService {
             term: metrics.current_term,
             leader: metrics.current_leader,
             committed: None,
+            membership: metrics.membership_config.membership().clone(),
         });
-        let (voters, learners) = members(&metrics);
+        let (voters, learners) = members(&live.membership);
         let role = match live.state {
             ServerState::Leader => Role::Leader,
             ServerState::Follower => Role::Follower,
