@@ -749,9 +749,10 @@ impl StateMachine {
 /// of once per append.
 ///
 /// A group-commit entry (`Command::Batch`) holds dozens of produce requests, at C=64 mostly
-/// single-record appends to the same partition. Their records become ONE stored batch per
-/// partition (the unit a fetch reads and retention deletes; offsets inside it are consecutive),
-/// and each touched topic and producer row is written once. Before, every append wrote its own
+/// single-record appends to the same partition. Their records become one stored batch per
+/// partition, cut at [`STORED_BATCH_BYTES_TARGET`] (the unit a fetch reads and retention
+/// deletes; offsets inside it are consecutive), and each touched topic and producer row is
+/// written once. Before, every append wrote its own
 /// row, its topic row and its producer row: three memtable inserts per request on every node,
 /// and rows below the blob threshold that compactions kept rewriting. Merging stops at the
 /// entry's end, so the rows do not depend on how openraft splits entries into apply calls.
