@@ -811,16 +811,20 @@ mod tests {
     use super::*;
     use crate::raft::types::{CommittedLeaderId, EntryPayload};
 
+    fn log_id(index: u64) -> LogId {
+        LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    }
+
     /// An entry that counts 1 MiB against the cache's bound.
     fn entry(index: u64) -> Cached {
         let entry = Entry {
-            log_id: LogId::new(
-                CommittedLeaderId {
-                    term: 1,
-                    node_id: 1,
-                },
-                index,
-            ),
+            log_id: log_id(index),
             payload: EntryPayload::Blank,
         };
         Cached {
@@ -841,15 +845,6 @@ mod tests {
         let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
             .expect("open RocksDB");
         let group = crate::raft::types::METADATA_GROUP;
-        let log_id = |index| {
-            LogId::new(
-                CommittedLeaderId {
-                    term: 1,
-                    node_id: 1,
-                },
-                index,
-            )
-        };
         let stored = |log: &LogStore| {
             log.get_meta::<Option<LogId>>(MetaKey::Committed)
                 .expect("read the committed id")

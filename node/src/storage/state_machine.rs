@@ -1337,33 +1337,86 @@ mod tests {
     use crate::command::TopicSettings;
     use crate::raft::types::CommittedLeaderId;
 
+    fn log_id(index: u64) -> LogId {
+        LogId::new(
+            CommittedLeaderId {
+                term: 1,
+                node_id: 1,
+            },
+            index,
+        )
+    }
+
     fn entry(index: u64, command: Command) -> Entry {
         Entry {
-            log_id: LogId::new(
-                CommittedLeaderId {
-                    term: 1,
-                    node_id: 1,
-                },
-                index,
-            ),
+            log_id: log_id(index),
             payload: EntryPayload::Normal(command),
         }
     }
 
-    fn append(partition: u32, value: &str, expected_end_offset: Option<u64>) -> Command {
+    /// The databases under `dir` and the metadata group's state machine on them.
+    fn open_state_machine(dir: &std::path::Path) -> (super::super::Databases, StateMachine) {
+        let dbs = super::super::open(dir, &super::super::StorageOptions::default())
+            .expect("open RocksDB");
+        let sm = StateMachine::open(
+            dbs.state.clone(),
+            crate::raft::types::METADATA_GROUP,
+            dir.join("snapshots"),
+        )
+        .expect("open the state machine");
+        (dbs, sm)
+    }
+
+    fn create_topic(
+        name: &str,
+        partitions: u32,
+        max_record_bytes: u32,
+        topics_max: u32,
+    ) -> Command {
+        Command::CreateTopic {
+            name: name.into(),
+            settings: TopicSettings {
+                partitions,
+                retention_ms: 0,
+                retention_bytes: 0,
+                max_record_bytes,
+            },
+            topics_max,
+        }
+    }
+
+    fn record(value: impl Into<bytes::Bytes>) -> Record {
+        Record {
+            key: None,
+            value: value.into(),
+            headers: Vec::new(),
+            timestamp_ms: 0,
+        }
+    }
+
+    fn append_to(
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+        expected_end_offset: Option<u64>,
+    ) -> Command {
         Command::Append {
-            topic: "t".into(),
+            topic: topic.into(),
             partition,
-            records: vec![Record {
-                key: None,
-                value: bytes::Bytes::copy_from_slice(value.as_bytes()),
-                headers: Vec::new(),
-                timestamp_ms: 0,
-            }],
+            records,
             proposed_at_ms: 1,
             producer: None,
             expected_end_offset,
         }
+    }
+
+    fn append(partition: u32, value: &str, expected_end_offset: Option<u64>) -> Command {
+        append_to(
+            "t",
+            partition,
+            vec![record(value.to_string())],
+            expected_end_offset,
+        )
     }
 
     /// A group-commit entry's appends to one partition become one stored batch, and every
@@ -1372,24 +1425,8 @@ mod tests {
     #[test]
     fn appends_of_one_entry_share_a_stored_batch_and_keep_their_offsets() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
-            .expect("open RocksDB");
-        let mut sm = StateMachine::open(
-            dbs.state,
-            crate::raft::types::METADATA_GROUP,
-            dir.path().join("snapshots"),
-        )
-        .expect("open the state machine");
-        let create = Command::CreateTopic {
-            name: "t".into(),
-            settings: TopicSettings {
-                partitions: 2,
-                retention_ms: 0,
-                retention_bytes: 0,
-                max_record_bytes: 1024,
-            },
-            topics_max: 10,
-        };
+        let (_dbs, mut sm) = open_state_machine(dir.path());
+        let create = create_topic("t", 2, 1024, 10);
         let batch = Command::Batch(vec![
             append(0, "a", None),
             append(1, "x", None),
@@ -1441,47 +1478,19 @@ mod tests {
     #[test]
     fn stored_batches_are_cut_at_the_byte_target() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
-            .expect("open RocksDB");
-        let mut sm = StateMachine::open(
-            dbs.state,
-            crate::raft::types::METADATA_GROUP,
-            dir.path().join("snapshots"),
-        )
-        .expect("open the state machine");
-        let create = Command::CreateTopic {
-            name: "t".into(),
-            settings: TopicSettings {
-                partitions: 1,
-                retention_ms: 0,
-                retention_bytes: 0,
-                max_record_bytes: 1 << 20,
-            },
-            topics_max: 10,
-        };
-        let record = |fill: u8, len: usize| Record {
-            key: None,
-            value: bytes::Bytes::from(vec![fill; len]),
-            headers: Vec::new(),
-            timestamp_ms: 0,
-        };
-        let append_records = |records: Vec<Record>| Command::Append {
-            topic: "t".into(),
-            partition: 0,
-            records,
-            proposed_at_ms: 1,
-            producer: None,
-            expected_end_offset: None,
-        };
+        let (_dbs, mut sm) = open_state_machine(dir.path());
+        let create = create_topic("t", 1, 1 << 20, 10);
+        let filled = |fill: u8, len: usize| record(vec![fill; len]);
+        let append_records = |records: Vec<Record>| append_to("t", 0, records, None);
         // Records of a fifth of the target: five fit one batch (the second append joins the
         // first one's), a sixth starts the next; a record above the target stands alone.
         let (fifth, kib) = (STORED_BATCH_BYTES_TARGET as usize / 5, 1024);
         let large = STORED_BATCH_BYTES_TARGET as usize + kib;
         let batch = Command::Batch(vec![
-            append_records((0..4).map(|i| record(i, fifth)).collect()),
-            append_records((4..6).map(|i| record(i, fifth)).collect()),
-            append_records(vec![record(6, large)]),
-            append_records(vec![record(7, kib)]),
+            append_records((0..4).map(|i| filled(i, fifth)).collect()),
+            append_records((4..6).map(|i| filled(i, fifth)).collect()),
+            append_records(vec![filled(6, large)]),
+            append_records(vec![filled(7, kib)]),
         ]);
         sm.apply_entries([entry(1, create), entry(2, batch)])
             .expect("apply");
@@ -1519,32 +1528,9 @@ mod tests {
     #[test]
     fn topic_changes_of_one_apply_call_see_each_other_and_are_published_together() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
-            .expect("open RocksDB");
-        let group = crate::raft::types::METADATA_GROUP;
-        let mut sm = StateMachine::open(dbs.state.clone(), group, dir.path().join("snapshots"))
-            .expect("open the state machine");
-        let create = |name: &str| Command::CreateTopic {
-            name: name.into(),
-            settings: TopicSettings {
-                partitions: 1,
-                retention_ms: 0,
-                retention_bytes: 0,
-                max_record_bytes: 1024,
-            },
-            topics_max: 2,
-        };
-        let append_to = |topic: &str| match append(0, "v", None) {
-            Command::Append { records, .. } => Command::Append {
-                topic: topic.into(),
-                partition: 0,
-                records,
-                proposed_at_ms: 1,
-                producer: None,
-                expected_end_offset: None,
-            },
-            _ => unreachable!(),
-        };
+        let (dbs, mut sm) = open_state_machine(dir.path());
+        let create = |name: &str| create_topic(name, 1, 1024, 2);
+        let append_v = |topic: &str| append_to(topic, 0, vec![record("v")], None);
         let responses = sm
             .apply_entries([
                 entry(1, create("a")),
@@ -1552,8 +1538,8 @@ mod tests {
                 entry(3, create("c")),
                 entry(4, Command::DeleteTopic { name: "a".into() }),
                 entry(5, create("c")),
-                entry(6, append_to("c")),
-                entry(7, append_to("a")),
+                entry(6, append_v("c")),
+                entry(7, append_v("a")),
             ])
             .expect("apply");
         assert!(matches!(
@@ -1570,7 +1556,7 @@ mod tests {
             CommandResponse::Rejected(Rejection::UnknownTopic(name)) if name == "a"
         ));
         // A later call starts from the published table.
-        sm.apply_entries([entry(8, append_to("c")), entry(9, append_to("b"))])
+        sm.apply_entries([entry(8, append_v("c")), entry(9, append_v("b"))])
             .expect("apply");
         let end_offsets = |topics: Vec<TopicState>| -> Vec<(String, u64)> {
             topics
@@ -1580,8 +1566,12 @@ mod tests {
         };
         let expected = vec![("b".to_string(), 1), ("c".to_string(), 2)];
         assert_eq!(end_offsets(sm.view().topics()), expected);
-        let reopened = StateMachine::open(dbs.state, group, dir.path().join("snapshots"))
-            .expect("reopen the state machine");
+        let reopened = StateMachine::open(
+            dbs.state,
+            crate::raft::types::METADATA_GROUP,
+            dir.path().join("snapshots"),
+        )
+        .expect("reopen the state machine");
         assert_eq!(end_offsets(reopened.view().topics()), expected);
     }
 
@@ -1624,22 +1614,10 @@ mod tests {
         use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder};
 
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
-            .expect("open RocksDB");
+        let (dbs, mut sm) = open_state_machine(dir.path());
         let group = crate::raft::types::METADATA_GROUP;
-        let mut sm = StateMachine::open(dbs.state.clone(), group, dir.path().join("snapshots"))
-            .expect("open the state machine");
         let mut log = super::super::log_store::LogStore::new(&dbs, group, sm.flushed());
-        let create = Command::CreateTopic {
-            name: "t".into(),
-            settings: TopicSettings {
-                partitions: 1,
-                retention_ms: 0,
-                retention_bytes: 0,
-                max_record_bytes: 1024,
-            },
-            topics_max: 10,
-        };
+        let create = create_topic("t", 1, 1024, 10);
         sm.apply_entries([entry(1, create), entry(2, append(0, "a", None))])
             .expect("apply");
         sm.get_snapshot_builder()
@@ -1657,15 +1635,6 @@ mod tests {
                 .expect("memtable property")
         };
         assert!(in_memtable() > 0, "entry 3 is applied, not flushed");
-        let log_id = |index| {
-            LogId::new(
-                CommittedLeaderId {
-                    term: 1,
-                    node_id: 1,
-                },
-                index,
-            )
-        };
 
         log.purge(log_id(2))
             .await
