@@ -15,9 +15,7 @@ use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, Forwarder};
 use crate::handover::replicated_index;
 use crate::node::NodeContext;
-use crate::raft::types::{ClientWriteResponse, Node, NodeId, RaftMetrics};
-
-type Membership = openraft::Membership<NodeId, Node>;
+use crate::raft::types::{ClientWriteResponse, Membership, Node, NodeId, RaftMetrics};
 
 /// How long a leader transfer may take before TransferLeader answers UNAVAILABLE.
 const TRANSFER_WAIT: Duration = Duration::from_secs(5);
@@ -386,7 +384,7 @@ impl Cluster for ClusterService {
         };
         let leader = live
             .leader
-            .and_then(|id| Forwarder::with_addr(&metrics, id));
+            .and_then(|id| Forwarder::with_addr(&live.membership, id));
         let replication = metrics
             .replication
             .as_ref()

@@ -12,7 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
 use super::error::ApiError;
-use crate::raft::types::{NodeId, Raft, RaftMetrics};
+use crate::raft::types::{Membership, NodeId, Raft};
 
 /// Metadata key set on forwarded requests.
 pub const FORWARDED_HEADER: &str = "raftlog-forwarded";
@@ -26,17 +26,15 @@ impl Forwarder {
     /// The leader this node knows of, with its address, if any.
     pub fn leader(raft: &Raft) -> Option<(NodeId, String)> {
         let metrics = raft.metrics().borrow_watched().clone();
-        Self::with_addr(&metrics, metrics.current_leader?)
+        Self::with_addr(
+            metrics.membership_config.membership(),
+            metrics.current_leader?,
+        )
     }
 
-    /// `node` with its address in the membership `metrics` hold, if it is a member.
-    pub fn with_addr(metrics: &RaftMetrics, node: NodeId) -> Option<(NodeId, String)> {
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&node)?
-            .addr
-            .clone();
+    /// `node` with its address in `membership`, if it is a member.
+    pub fn with_addr(membership: &Membership, node: NodeId) -> Option<(NodeId, String)> {
+        let addr = membership.get_node(&node)?.addr.clone();
         Some((node, addr))
     }
 
