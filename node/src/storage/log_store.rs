@@ -537,23 +537,18 @@ impl LogStore {
         }
     }
 
-    fn put_meta<T: serde::Serialize>(
+    /// Writes a meta row and fsyncs it before returning.
+    fn put_meta_synced<T: serde::Serialize>(
         &self,
         which: MetaKey,
         value: &T,
-        sync: bool,
     ) -> Result<(), StorageError> {
-        let opts = if sync {
-            sync_write()
-        } else {
-            WriteOptions::default()
-        };
         self.db
             .put_cf_opt(
                 self.cf_meta(),
                 keys::meta(self.group, which),
                 encode(value),
-                &opts,
+                &sync_write(),
             )
             .map_err(write_err)
     }
@@ -682,7 +677,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         // fsynced: a vote granted and then forgotten lets two leaders share a term.
-        self.put_meta(MetaKey::Vote, vote, true)
+        self.put_meta_synced(MetaKey::Vote, vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
