@@ -97,6 +97,9 @@ pub struct Limits {
     pub producers_max: u32,
     /// Most produce requests coalesced into one Raft entry (group commit); 1 turns it off.
     pub group_commit_max: usize,
+    /// How long a group-commit batch smaller than the previous entry waits for more requests
+    /// (`batcher`'s linger); 0 turns the wait off.
+    pub group_commit_linger_ms: u64,
     pub fetch_records_max: usize,
     pub fetch_bytes_max: usize,
     /// Longest a Fetch may wait for records (long poll).
@@ -150,6 +153,7 @@ impl Default for Limits {
             groups_max: 10_000,
             producers_max: 100_000,
             group_commit_max: 1024,
+            group_commit_linger_ms: 1,
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
             fetch_wait_ms_max: 30_000,
@@ -238,6 +242,10 @@ pub struct Args {
     /// [default: 1024].
     #[arg(long, env = "RAFTLOG_GROUP_COMMIT_MAX")]
     pub group_commit_max: Option<usize>,
+    /// How long a group-commit batch smaller than the previous entry waits for more produce
+    /// requests, at most; 0 turns the wait off [default: 1].
+    #[arg(long, env = "RAFTLOG_GROUP_COMMIT_LINGER_MS")]
+    pub group_commit_linger_ms: Option<u64>,
     /// Most idempotent producer ids tracked at once [default: 100000].
     #[arg(long, env = "RAFTLOG_PRODUCERS_MAX")]
     pub producers_max: Option<u32>,
@@ -373,6 +381,8 @@ impl Args {
                 producers_max: pick!(producers_max).unwrap_or(limits_default.producers_max),
                 group_commit_max: pick!(group_commit_max)
                     .unwrap_or(limits_default.group_commit_max),
+                group_commit_linger_ms: pick!(group_commit_linger_ms)
+                    .unwrap_or(limits_default.group_commit_linger_ms),
                 disk_free_bytes_min: pick!(disk_free_bytes_min)
                     .unwrap_or(limits_default.disk_free_bytes_min),
                 ..limits_default
@@ -464,6 +474,10 @@ impl NodeConfig {
             return invalid(
                 "batch_bytes_max must stay below half the peer message size (128 MiB)".into(),
             );
+        }
+        // Every write in a batch that lingers waits that long: seconds are a misplaced digit.
+        if l.group_commit_linger_ms > 1000 {
+            return invalid("group_commit_linger_ms must be at most 1000".into());
         }
         // Below these RocksDB would flush (or evict) constantly; a misplaced digit, not a choice.
         if self.storage.memory.memtable_bytes < 16 * 1024 * 1024 {
@@ -611,5 +625,15 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("storage_memtable_bytes"));
+        let bad = Args {
+            node_id: Some(1),
+            group_commit_linger_ms: Some(5_000),
+            ..Default::default()
+        };
+        assert!(bad
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("group_commit_linger_ms"));
     }
 }

@@ -83,6 +83,7 @@ pub async fn run(
                 .limits
                 .batch_bytes_max
                 .min(crate::raft::network::APPEND_ENTRIES_BYTES_TARGET),
+            Duration::from_millis(config.limits.group_commit_linger_ms),
         ),
         writes_stopped: Default::default(),
     };
