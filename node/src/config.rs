@@ -594,46 +594,36 @@ mod tests {
 
     #[test]
     fn bad_configs_are_rejected_with_a_reason() {
-        let bad = Args {
-            node_id: Some(1),
+        // Why `args` (for node 1) is refused.
+        let refusal = |args: Args| {
+            Args {
+                node_id: Some(1),
+                ..args
+            }
+            .resolve()
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(refusal(Args {
             heartbeat_interval_ms: Some(500),
             ..Default::default()
-        };
-        assert!(bad
-            .resolve()
-            .unwrap_err()
-            .to_string()
-            .contains("election_timeout_ms_min"));
-        let bad = Args {
-            node_id: Some(1),
+        })
+        .contains("election_timeout_ms_min"));
+        assert!(refusal(Args {
             initial_cluster: Some("2=a:1,3=b:2".into()),
             ..Default::default()
-        };
-        assert!(bad
-            .resolve()
-            .unwrap_err()
-            .to_string()
-            .contains("does not include this node"));
+        })
+        .contains("does not include this node"));
         assert!(parse_initial_cluster("x=1").is_err());
-        let bad = Args {
-            node_id: Some(1),
+        assert!(refusal(Args {
             storage_memtable_bytes: Some(1 << 20),
             ..Default::default()
-        };
-        assert!(bad
-            .resolve()
-            .unwrap_err()
-            .to_string()
-            .contains("storage_memtable_bytes"));
-        let bad = Args {
-            node_id: Some(1),
+        })
+        .contains("storage_memtable_bytes"));
+        assert!(refusal(Args {
             group_commit_linger_ms: Some(5_000),
             ..Default::default()
-        };
-        assert!(bad
-            .resolve()
-            .unwrap_err()
-            .to_string()
-            .contains("group_commit_linger_ms"));
+        })
+        .contains("group_commit_linger_ms"));
     }
 }

@@ -804,17 +804,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::{CommittedLeaderId, EntryPayload};
-
-    fn log_id(index: u64) -> LogId {
-        LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: 1,
-            },
-            index,
-        )
-    }
+    use crate::raft::types::EntryPayload;
+    use crate::storage::test_support::{log_id, log_id_in, open_databases};
 
     /// An entry that counts 1 MiB against the cache's bound.
     fn entry(index: u64) -> Cached {
@@ -837,8 +828,7 @@ mod tests {
     #[tokio::test]
     async fn the_committed_id_rides_with_the_next_append_and_is_written_at_close() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
-            .expect("open RocksDB");
+        let dbs = open_databases(dir.path());
         let group = crate::raft::types::METADATA_GROUP;
         let stored = |log: &LogStore| {
             log.get_meta::<Option<LogId>>(MetaKey::Committed)
@@ -918,9 +908,8 @@ mod tests {
     #[test]
     fn append_entries_from_stored_encodings_match_encoding_them() {
         use crate::command::{Command, Record};
-        let log_id = |term, index| LogId::new(CommittedLeaderId { term, node_id: 1 }, index);
         let append = |index: u64| Entry {
-            log_id: log_id(2, index),
+            log_id: log_id_in(2, index),
             payload: EntryPayload::Normal(Command::Append {
                 topic: format!("t{index}"),
                 partition: 0,
@@ -942,7 +931,7 @@ mod tests {
         let recent = RecentEntries::default();
         // Cached: 1 under term 1 (so index 1 of term 2 is not it), 2 and 3 under term 2.
         let mut stale = append(1);
-        stale.log_id = log_id(1, 1);
+        stale.log_id = log_id_in(1, 1);
         recent.appended(vec![cached(stale), cached(append(2)), cached(append(3))]);
         let stored = EncodedEntries(recent);
         for entries in [
@@ -952,9 +941,9 @@ mod tests {
         ] {
             let rpc = AppendEntriesRequest {
                 vote: Vote::new_committed(2, 1),
-                prev_log_id: Some(log_id(2, 0)),
+                prev_log_id: Some(log_id_in(2, 0)),
                 entries,
-                leader_commit: Some(log_id(2, 1)),
+                leader_commit: Some(log_id_in(2, 1)),
             };
             assert_eq!(stored.encode_append_entries(&rpc), encode(&rpc));
         }

@@ -411,6 +411,27 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, postcar
     postcard::from_bytes(bytes)
 }
 
+/// Helpers the storage modules' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::raft::types::{CommittedLeaderId, LogId};
+
+    /// The log id of `index` under leader 1 of `term`.
+    pub fn log_id_in(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId { term, node_id: 1 }, index)
+    }
+
+    /// The log id of `index` under leader 1 of term 1.
+    pub fn log_id(index: u64) -> LogId {
+        log_id_in(1, index)
+    }
+
+    /// Both databases of a data dir at `dir`, with default options.
+    pub fn open_databases(dir: &std::path::Path) -> super::Databases {
+        super::open(dir, &super::StorageOptions::default()).expect("open RocksDB")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1067,6 +1067,23 @@ fn check_sequence(
     })
 }
 
+/// How many names a shared table holds once an apply call's changes are published: `touched`
+/// gives each changed name and whether it exists afterwards.
+fn count_after_changes<'a, V>(
+    live: &BTreeMap<String, V>,
+    touched: impl Iterator<Item = (&'a String, bool)>,
+) -> usize {
+    let mut count = live.len();
+    for (name, exists) in touched {
+        match (live.contains_key(name), exists) {
+            (false, true) => count += 1,
+            (true, false) => count -= 1,
+            _ => {}
+        }
+    }
+    count
+}
+
 /// The topics one apply call changes: copies of the touched topics, published to the shared
 /// table only after the write batch is in RocksDB (`None`: deleted). Applying used to copy the
 /// whole table per call, which made every entry cost O(topics): 2,000 topics of 4 partitions
@@ -1096,15 +1113,12 @@ impl<'a> TopicChanges<'a> {
     }
 
     fn count(&self) -> usize {
-        let mut count = self.live.len();
-        for (name, state) in &self.touched {
-            match (self.live.contains_key(name), state.is_some()) {
-                (false, true) => count += 1,
-                (true, false) => count -= 1,
-                _ => {}
-            }
-        }
-        count
+        count_after_changes(
+            self.live,
+            self.touched
+                .iter()
+                .map(|(name, state)| (name, state.is_some())),
+        )
     }
 
     /// The topic to change, copied out of the shared table the first time.
@@ -1173,15 +1187,12 @@ impl<'a> GroupChanges<'a> {
     }
 
     fn count(&self) -> usize {
-        let mut count = self.live.len();
-        for (name, offsets) in &self.touched {
-            match (self.live.contains_key(name), offsets.is_empty()) {
-                (false, false) => count += 1,
-                (true, true) => count -= 1,
-                _ => {}
-            }
-        }
-        count
+        count_after_changes(
+            self.live,
+            self.touched
+                .iter()
+                .map(|(name, offsets)| (name, !offsets.is_empty())),
+        )
     }
 
     fn touch(&mut self, name: &str) -> &mut GroupOffsets {
@@ -1335,17 +1346,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 mod tests {
     use super::*;
     use crate::command::TopicSettings;
-    use crate::raft::types::CommittedLeaderId;
-
-    fn log_id(index: u64) -> LogId {
-        LogId::new(
-            CommittedLeaderId {
-                term: 1,
-                node_id: 1,
-            },
-            index,
-        )
-    }
+    use crate::storage::test_support::{log_id, open_databases};
 
     fn entry(index: u64, command: Command) -> Entry {
         Entry {
@@ -1356,8 +1357,7 @@ mod tests {
 
     /// The databases under `dir` and the metadata group's state machine on them.
     fn open_state_machine(dir: &std::path::Path) -> (super::super::Databases, StateMachine) {
-        let dbs = super::super::open(dir, &super::super::StorageOptions::default())
-            .expect("open RocksDB");
+        let dbs = open_databases(dir);
         let sm = StateMachine::open(
             dbs.state.clone(),
             crate::raft::types::METADATA_GROUP,
@@ -1580,8 +1580,7 @@ mod tests {
     #[test]
     fn opening_removes_unfinished_snapshot_files() {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs = super::super::open(dir.path(), &super::super::StorageOptions::default())
-            .expect("open RocksDB");
+        let dbs = open_databases(dir.path());
         let snapshots = dir.path().join("snapshots");
         std::fs::create_dir_all(&snapshots).unwrap();
         for name in [
