@@ -477,7 +477,11 @@ impl NodeConfig {
         }
         // Every write in a batch that lingers waits that long: seconds are a misplaced digit.
         if l.group_commit_linger_ms > 1000 {
-            return invalid("group_commit_linger_ms must be at most 1000".into());
+            return invalid(format!(
+                "group_commit_linger_ms ({}) must be at most 1000 (a batch's writes all wait \
+                 that long; 0 turns the wait off)",
+                l.group_commit_linger_ms
+            ));
         }
         // Below these RocksDB would flush (or evict) constantly; a misplaced digit, not a choice.
         if self.storage.memory.memtable_bytes < 16 * 1024 * 1024 {
