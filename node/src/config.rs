@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// Threads of the async runtime (request handling, Raft, replication); 0 means one per core.
     /// Nodes that share a machine (scripts/cluster.sh) each get a share of its cores.
     pub worker_threads: usize,
+    /// Nice value of the Raft log's fsync thread (-20..=19; 0 leaves the node's own). Lowering
+    /// it below the node's needs CAP_SYS_NICE; without it the node says so at start and goes on.
+    pub fsync_thread_nice: i32,
     pub log_format: LogFormat,
     /// tracing filter, e.g. "info,openraft=warn" or "debug"; RUST_LOG overrides it.
     pub log_level: String,
@@ -280,6 +283,13 @@ pub struct Args {
     /// the cores when several share a machine.
     #[arg(long, env = "RAFTLOG_WORKER_THREADS")]
     pub worker_threads: Option<usize>,
+    /// Nice value of the Raft log's fsync thread, -20 to 19, 0 to leave the node's own: every
+    /// acknowledgement waits for that thread to start an fsync, and a lower value lets it run as
+    /// soon as it is woken on a busy machine. Below the node's own needs CAP_SYS_NICE (as root,
+    /// or systemd's AmbientCapabilities=CAP_SYS_NICE); without it the node logs so and goes on
+    /// [default: -10].
+    #[arg(long, env = "RAFTLOG_FSYNC_THREAD_NICE", allow_negative_numbers = true)]
+    pub fsync_thread_nice: Option<i32>,
     /// Log output format [default: text]; the level comes from log_level (or RUST_LOG).
     #[arg(long, env = "RAFTLOG_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -405,6 +415,7 @@ impl Args {
                 compression: pick!(storage_compression).unwrap_or_default(),
             },
             worker_threads: pick!(worker_threads).unwrap_or(0),
+            fsync_thread_nice: pick!(fsync_thread_nice).unwrap_or(FSYNC_THREAD_NICE_DEFAULT),
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),
             log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
         };
@@ -430,6 +441,11 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(u64, String)>, ConfigErr
         })
         .collect()
 }
+
+/// The fsync thread's nice value unless configured: ahead of the node's other threads (nice 0)
+/// when it is woken, well short of the -20 that would let it starve anything (it uses almost no
+/// CPU). docs/benchmarks.md, session 16: the wait for an fsync to start halved under load.
+pub const FSYNC_THREAD_NICE_DEFAULT: i32 = -10;
 
 impl NodeConfig {
     /// Worker threads the runtime gets: `worker_threads`, or one per core when that is 0.
@@ -489,6 +505,12 @@ impl NodeConfig {
         }
         if self.worker_threads > 1024 {
             return invalid("worker_threads must be at most 1024 (0 means one per core)".into());
+        }
+        if !(-20..=19).contains(&self.fsync_thread_nice) {
+            return invalid(format!(
+                "fsync_thread_nice ({}) must be a nice value, -20 to 19 (0 leaves the node's own)",
+                self.fsync_thread_nice
+            ));
         }
         if self.storage.memory.block_cache_bytes < 1024 * 1024 {
             return invalid("storage_block_cache_bytes must be at least 1 MiB (1048576)".into());
@@ -566,6 +588,7 @@ mod tests {
         );
         assert_eq!(config.storage, defaults.storage);
         assert_eq!(config.worker_threads, defaults.worker_threads);
+        assert_eq!(config.fsync_thread_nice, defaults.fsync_thread_nice);
         assert_eq!(
             config.snapshot.log_bytes_since_last_max,
             defaults.snapshot.log_bytes_since_last_max
@@ -629,5 +652,10 @@ mod tests {
             ..Default::default()
         })
         .contains("group_commit_linger_ms"));
+        assert!(refusal(Args {
+            fsync_thread_nice: Some(-21),
+            ..Default::default()
+        })
+        .contains("fsync_thread_nice (-21)"));
     }
 }

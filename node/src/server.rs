@@ -41,7 +41,12 @@ pub async fn run(
         METADATA_GROUP,
         config.data_dir.join("snapshots"),
     )?;
-    let log_store = LogStore::new(&dbs, METADATA_GROUP, state_machine.flushed());
+    let log_store = LogStore::new(
+        &dbs,
+        METADATA_GROUP,
+        state_machine.flushed(),
+        config.fsync_thread_nice,
+    );
     let log_bytes = log_store.bytes();
     let view = state_machine.view();
     let snapshots = state_machine.snapshot_store();

@@ -23,7 +23,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
             dir.path().join("snapshots"),
         )
         .expect("open the state machine");
-        let log = LogStore::new(&dbs, METADATA_GROUP, sm.flushed());
+        let log = LogStore::new(&dbs, METADATA_GROUP, sm.flushed(), 0);
         Ok((dir, log, sm))
     }
 }

@@ -334,13 +334,18 @@ impl LogBytes {
 struct LogFlusher {
     /// Each append's flushed callback, with when its write returned.
     pending: mpsc::Sender<(Instant, IOFlushed<TypeConfig>)>,
+    /// The thread's id (for the test of its priority).
+    #[cfg_attr(not(test), allow(dead_code))]
+    thread_id: rustix::thread::Pid,
 }
 
 impl LogFlusher {
-    /// Starts the thread; when it ends (the last `LogStore` is gone) it writes the committed id
-    /// that no append carried, under the key `committed_key`.
-    fn start(db: Arc<DB>, committed: CommittedMark, committed_key: Vec<u8>) -> Self {
+    /// Starts the thread at nice value `nice` (0: the node's own); when it ends (the last
+    /// `LogStore` is gone) it writes the committed id that no append carried, under the key
+    /// `committed_key`.
+    fn start(db: Arc<DB>, committed: CommittedMark, committed_key: Vec<u8>, nice: i32) -> Self {
         let (pending, queue) = mpsc::channel::<(Instant, IOFlushed<TypeConfig>)>();
+        let (started, thread_started) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("raft-log-fsync".into())
             .spawn(move || {
@@ -349,6 +354,7 @@ impl LogFlusher {
                     committed,
                     key: committed_key,
                 };
+                let _ = started.send((rustix::thread::gettid(), set_own_nice(nice)));
                 let mut slow = SlowFsyncLog::default();
                 while let Ok(first) = queue.recv() {
                     let mut covered = vec![first];
@@ -388,8 +394,38 @@ impl LogFlusher {
                 }
             })
             .expect("spawn the raft-log-fsync thread");
-        Self { pending }
+        let (thread_id, priority) = thread_started
+            .recv()
+            .expect("the raft-log-fsync thread starts");
+        match priority {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM => {
+                tracing::info!(
+                    "the raft-log-fsync thread keeps the node's priority: fsync_thread_nice \
+                     {nice} needs CAP_SYS_NICE ({e}); acknowledgements may then wait longer for \
+                     an fsync to start on a busy machine (fsync_thread_nice = 0 leaves it as is)"
+                );
+            }
+            Err(e) => {
+                tracing::warn!("setting the raft-log-fsync thread's nice value to {nice}: {e}")
+            }
+        }
+        Self { pending, thread_id }
     }
+}
+
+/// Sets the calling thread's nice value (0 leaves it as it is).
+///
+/// Why the fsync thread gets its own: it is woken once per append and then sleeps in `fdatasync`,
+/// so it needs almost no CPU, but every acknowledgement waits for it to start, and on a machine
+/// whose cores are busy (the node's own workers, RocksDB's flushes, other processes) a woken
+/// thread of ordinary priority waits its turn. A lower nice value lets it run when it wakes
+/// (docs/decisions.md, "The fsync thread runs ahead of the rest").
+fn set_own_nice(nice: i32) -> rustix::io::Result<()> {
+    if nice == 0 {
+        return Ok(());
+    }
+    rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice)
 }
 
 /// Writes the committed id no append carried when the flusher thread ends (best effort: the id is
@@ -478,16 +514,23 @@ fn write_err(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl LogStore {
-    /// The log of `group`; `state_flushed` is its state machine's ([`StateMachine::flushed`]).
+    /// The log of `group`; `state_flushed` is its state machine's ([`StateMachine::flushed`]);
+    /// its fsync thread runs at nice value `fsync_thread_nice` (0: the node's own).
     ///
     /// [`StateMachine::flushed`]: super::state_machine::StateMachine::flushed
-    pub fn new(dbs: &Databases, group: GroupId, state_flushed: StateFlushed) -> Self {
+    pub fn new(
+        dbs: &Databases,
+        group: GroupId,
+        state_flushed: StateFlushed,
+        fsync_thread_nice: i32,
+    ) -> Self {
         let db = dbs.log.clone();
         let committed = CommittedMark::default();
         let flusher = LogFlusher::start(
             db.clone(),
             committed.clone(),
             keys::meta(group, MetaKey::Committed).to_vec(),
+            fsync_thread_nice,
         );
         Self {
             db,
@@ -823,6 +866,33 @@ mod tests {
         entries.map(|e| e.iter().map(|e| e.log_id.index).collect())
     }
 
+    /// The fsync thread runs at the nice value it was given; 0 leaves the creating thread's.
+    /// (+5 is allowed without privilege, so this holds wherever the tests run.)
+    #[test]
+    fn the_fsync_thread_runs_at_the_configured_nice_value() {
+        let nice_of = |tid: rustix::thread::Pid| -> i32 {
+            let stat =
+                std::fs::read_to_string(format!("/proc/self/task/{}/stat", tid.as_raw_nonzero()))
+                    .expect("the thread's /proc stat");
+            // Fields after the command name, which may hold spaces; nice is the 19th field.
+            let fields: Vec<&str> = stat
+                .rsplit_once(") ")
+                .expect("stat fields")
+                .1
+                .split(' ')
+                .collect();
+            fields[16].parse().expect("nice field")
+        };
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let dbs = open_databases(dir.path());
+        let group = crate::raft::types::METADATA_GROUP;
+        let own = rustix::process::getpriority_process(None).expect("own nice value");
+        let lowered = LogStore::new(&dbs, group, StateFlushed::default(), 5);
+        assert_eq!(nice_of(lowered.flusher.thread_id), 5);
+        let unchanged = LogStore::new(&dbs, group, StateFlushed::default(), 0);
+        assert_eq!(nice_of(unchanged.flusher.thread_id), own);
+    }
+
     /// openraft's committed id costs no write of its own: it is readable at once, rides in the
     /// next append's write batch, and the one no append carried is written when the log closes.
     #[tokio::test]
@@ -835,7 +905,7 @@ mod tests {
                 .expect("read the committed id")
                 .flatten()
         };
-        let mut log = LogStore::new(&dbs, group, StateFlushed::default());
+        let mut log = LogStore::new(&dbs, group, StateFlushed::default(), 0);
         log.save_committed(Some(log_id(1))).await.expect("save");
         assert_eq!(log.read_committed().await.expect("read"), Some(log_id(1)));
         assert_eq!(stored(&log), None, "no write of its own");
@@ -853,7 +923,7 @@ mod tests {
         log.save_committed(Some(log_id(2))).await.expect("save");
         drop(log);
         // The flusher thread writes it as it ends, once the last clone of the log is gone.
-        let reopened = LogStore::new(&dbs, group, StateFlushed::default());
+        let reopened = LogStore::new(&dbs, group, StateFlushed::default(), 0);
         let deadline = Instant::now() + Duration::from_secs(10);
         while stored(&reopened) != Some(log_id(2)) {
             assert!(

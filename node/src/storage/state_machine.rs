@@ -1615,7 +1615,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (dbs, mut sm) = open_state_machine(dir.path());
         let group = crate::raft::types::METADATA_GROUP;
-        let mut log = super::super::log_store::LogStore::new(&dbs, group, sm.flushed());
+        let mut log = super::super::log_store::LogStore::new(&dbs, group, sm.flushed(), 0);
         let create = create_topic("t", 1, 1024, 10);
         sm.apply_entries([entry(1, create), entry(2, append(0, "a", None))])
             .expect("apply");
