@@ -26,6 +26,8 @@ pub const FSYNC_SECONDS: &str = "raftlog_log_fsync_duration_seconds";
 pub const APPENDS_PER_FSYNC: &str = "raftlog_log_appends_per_fsync";
 /// Time an append waits, after its write, for the fsync that covers it to start.
 pub const FSYNC_WAIT_SECONDS: &str = "raftlog_log_fsync_wait_seconds";
+/// The nice value the Raft log's fsync thread runs at (`fsync_thread_nice`, if it was allowed).
+pub const FSYNC_THREAD_NICE: &str = "raftlog_log_fsync_thread_nice";
 /// One purge of the Raft log (openraft's core waits for it).
 pub const LOG_PURGE_SECONDS: &str = "raftlog_log_purge_seconds";
 /// Leader: an AppendEntries carrying entries, from being sent to a follower to its answer.

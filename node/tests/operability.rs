@@ -131,6 +131,15 @@ async fn metrics_under_load_show_one_leader_no_lag_and_growing_counters() {
             i + 1
         );
         assert!(sample(page, "raftlog_log_fsync_duration_seconds_count", "").unwrap() > 0.0);
+        // The fsync thread's priority as reported is the one it runs at (-10 where the node may
+        // lower it, its own otherwise).
+        let pid = cluster.node(i as u64 + 1).child.as_ref().unwrap().id();
+        assert_eq!(
+            sample(page, "raftlog_log_fsync_thread_nice", ""),
+            Some(f64::from(fsync_thread_nice(pid))),
+            "node {}",
+            i + 1
+        );
         let end: f64 = (0..2)
             .map(|p| {
                 sample(
@@ -602,4 +611,19 @@ async fn transfer_leader_to_a_voter_behind_changes_nothing() {
         [before, after].concat(),
         "every acknowledged record"
     );
+}
+
+/// The nice value of process `pid`'s `raft-log-fsync` thread, from /proc.
+fn fsync_thread_nice(pid: u32) -> i32 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the node's threads") {
+        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
+        let Some((name, fields)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        if name.ends_with("(raft-log-fsync") {
+            // Fields after the command name; nice is the 19th field of stat.
+            return fields.split(' ').nth(16).unwrap().parse().unwrap();
+        }
+    }
+    panic!("node {pid} has no raft-log-fsync thread");
 }

@@ -397,6 +397,11 @@ impl LogFlusher {
         let (thread_id, priority) = thread_started
             .recv()
             .expect("the raft-log-fsync thread starts");
+        let running_at = match &priority {
+            Ok(()) if nice != 0 => nice,
+            _ => rustix::process::getpriority_process(None).unwrap_or(0),
+        };
+        metrics::gauge!(crate::metrics::FSYNC_THREAD_NICE).set(f64::from(running_at));
         match priority {
             Ok(()) => {}
             Err(e) if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM => {
