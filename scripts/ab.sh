@@ -11,7 +11,8 @@
 # C=1 on that (filled) cluster. One JSON line per run on stdout, then a table. Besides the rates,
 # the CPU time the three nodes spent per C=64 request: throughput on this machine moves with its
 # noise, CPU per request much less, so it is the figure to compare for CPU-side changes. Builds
-# alternate within a round, A first in odd rounds and B first in even ones.
+# alternate within a round, A first in odd rounds and B first in even ones, after one unmeasured
+# warm-up cluster.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ROUNDS=2 PAYLOAD=random RECORDS=400000 C64=60000

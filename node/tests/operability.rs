@@ -613,16 +613,16 @@ async fn transfer_leader_to_a_voter_behind_changes_nothing() {
     );
 }
 
-/// The nice value of process `pid`'s `raft-log-fsync` thread, from /proc.
+/// The nice value of process `pid`'s `raft-log-fsync` thread (found by name in /proc; on Linux a
+/// thread id names one thread to getpriority).
 fn fsync_thread_nice(pid: u32) -> i32 {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the node's threads") {
-        let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap_or_default();
-        let Some((name, fields)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        if name.ends_with("(raft-log-fsync") {
-            // Fields after the command name; nice is the 19th field of stat.
-            return fields.split(' ').nth(16).unwrap().parse().unwrap();
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if name.trim_end() == "raft-log-fsync" {
+            let tid: i32 = task.file_name().unwrap().to_str().unwrap().parse().unwrap();
+            let tid = rustix::process::Pid::from_raw(tid).expect("a thread id");
+            return rustix::process::getpriority_process(Some(tid)).expect("its nice value");
         }
     }
     panic!("node {pid} has no raft-log-fsync thread");

@@ -354,7 +354,10 @@ impl LogFlusher {
                     committed,
                     key: committed_key,
                 };
-                let _ = started.send((rustix::thread::gettid(), set_own_nice(nice)));
+                let priority = set_own_nice(nice);
+                // What the thread runs at in the end: `nice`, or the node's own if refused.
+                let running_at = rustix::process::getpriority_process(None).unwrap_or(0);
+                let _ = started.send((rustix::thread::gettid(), priority, running_at));
                 let mut slow = SlowFsyncLog::default();
                 while let Ok(first) = queue.recv() {
                     let mut covered = vec![first];
@@ -394,13 +397,9 @@ impl LogFlusher {
                 }
             })
             .expect("spawn the raft-log-fsync thread");
-        let (thread_id, priority) = thread_started
+        let (thread_id, priority, running_at) = thread_started
             .recv()
             .expect("the raft-log-fsync thread starts");
-        let running_at = match &priority {
-            Ok(()) if nice != 0 => nice,
-            _ => rustix::process::getpriority_process(None).unwrap_or(0),
-        };
         metrics::gauge!(crate::metrics::FSYNC_THREAD_NICE).set(f64::from(running_at));
         match priority {
             Ok(()) => {}
@@ -875,19 +874,9 @@ mod tests {
     /// (+5 is allowed without privilege, so this holds wherever the tests run.)
     #[test]
     fn the_fsync_thread_runs_at_the_configured_nice_value() {
-        let nice_of = |tid: rustix::thread::Pid| -> i32 {
-            let stat =
-                std::fs::read_to_string(format!("/proc/self/task/{}/stat", tid.as_raw_nonzero()))
-                    .expect("the thread's /proc stat");
-            // Fields after the command name, which may hold spaces; nice is the 19th field.
-            let fields: Vec<&str> = stat
-                .rsplit_once(") ")
-                .expect("stat fields")
-                .1
-                .split(' ')
-                .collect();
-            fields[16].parse().expect("nice field")
-        };
+        // On Linux a thread id names one thread to getpriority.
+        let nice_of =
+            |tid| rustix::process::getpriority_process(Some(tid)).expect("the thread's nice value");
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs = open_databases(dir.path());
         let group = crate::raft::types::METADATA_GROUP;
