@@ -226,7 +226,7 @@ async fn propose(
     let command = if single {
         commands.into_iter().next().expect("one command")
     } else {
-        Command::Batch(commands)
+        Command::Batch(commands.into())
     };
     let (responder, receiver) = openraft::impls::ProgressResponder::complete_only();
     let proposed_at = Instant::now();
@@ -280,7 +280,7 @@ mod tests {
 
     fn pending(bytes: usize) -> Pending {
         Pending {
-            command: Command::Batch(Vec::new()),
+            command: Command::Batch(Vec::new().into()),
             bytes,
             queued_at: Instant::now(),
             reply: oneshot::channel().0,

@@ -4,6 +4,8 @@
 //! the end, never reorder (postcard encodes enum variants by position). A change here must be
 //! flagged in the commit message.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +95,12 @@ pub enum Command {
     Maintenance { now_ms: i64, producer_idle_ms: u64 },
     /// Group commit: several commands (appends only) proposed as one entry, applied in order;
     /// each gets its own response, as if it had been its own entry.
-    Batch(Vec<Command>),
+    ///
+    /// Shared, because an entry is read out of the log's cache once per follower and once more
+    /// for the state machine: an `Arc` makes each of those reads one reference count instead of a
+    /// copy of dozens of commands (a topic name and a record list each). serde writes an `Arc`
+    /// as what it holds, so the encoding is that of a plain list.
+    Batch(Arc<[Command]>),
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -211,4 +218,44 @@ pub enum Rejection {
     },
     #[error("expected end offset {expected} but the partition ends at {actual}")]
     EndOffsetMismatch { expected: u64, actual: u64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries written before `Command::Batch` became an `Arc` must read back, and the other way
+    /// round: its encoding is the variant's position and then the commands as a plain list.
+    #[test]
+    fn a_batch_encodes_as_the_plain_list_of_its_commands() {
+        let commands = vec![
+            Command::Append {
+                topic: "t".into(),
+                partition: 3,
+                records: vec![Record {
+                    key: Some(Bytes::from_static(b"k")),
+                    value: Bytes::from_static(b"value"),
+                    headers: vec![("h".into(), Bytes::from_static(b"v"))],
+                    timestamp_ms: 7,
+                }],
+                proposed_at_ms: 11,
+                producer: Some(ProducerSequence {
+                    producer_id: 1,
+                    sequence: 2,
+                }),
+                expected_end_offset: None,
+            },
+            Command::DeleteTopic { name: "u".into() },
+        ];
+        const BATCH_POSITION: u8 = 7;
+        let mut expected = vec![BATCH_POSITION];
+        expected.extend(postcard::to_allocvec(&commands).expect("encode"));
+        let batch = Command::Batch(commands.into());
+        let encoded = postcard::to_allocvec(&batch).expect("encode");
+        assert_eq!(encoded, expected);
+        assert_eq!(
+            postcard::from_bytes::<Command>(&encoded).expect("decode"),
+            batch
+        );
+    }
 }

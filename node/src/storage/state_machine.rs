@@ -501,9 +501,12 @@ impl StateMachine {
 
     /// Applies one command to the working copies of the topic and group tables, adding its rows
     /// to `batch`, except the rows of appends, which collect in `rows` until the entry is done.
+    ///
+    /// By reference: the entry is shared with the log's cache (`Command::Batch` is an `Arc`), and
+    /// what apply keeps of a record is its `Bytes`, so nothing here copies a payload.
     fn apply_command(
         &mut self,
-        command: Command,
+        command: &Command,
         topics: &mut TopicChanges<'_>,
         groups: &mut GroupChanges<'_>,
         batch: &mut WriteBatch,
@@ -517,11 +520,11 @@ impl StateMachine {
                 settings,
                 topics_max,
             } => {
-                if topics.exists(&name) {
-                    return CommandResponse::Rejected(Rejection::TopicExists(name));
+                if topics.exists(name) {
+                    return CommandResponse::Rejected(Rejection::TopicExists(name.clone()));
                 }
-                if topics.count() >= topics_max as usize {
-                    return CommandResponse::Rejected(Rejection::TooManyTopics(topics_max));
+                if topics.count() >= *topics_max as usize {
+                    return CommandResponse::Rejected(Rejection::TooManyTopics(*topics_max));
                 }
                 let id = self.next_topic_id;
                 self.next_topic_id += 1;
@@ -534,28 +537,29 @@ impl StateMachine {
                 let topic = TopicState {
                     id,
                     name: name.clone(),
-                    settings,
+                    settings: settings.clone(),
                     partitions,
                 };
-                batch.put_cf(cf, keys::sm_topic(group, &name), encode(&topic));
-                topics.insert(name, topic);
+                batch.put_cf(cf, keys::sm_topic(group, name), encode(&topic));
+                topics.insert(name.clone(), topic);
                 CommandResponse::TopicCreated { topic_id: id }
             }
             Command::Append {
                 topic,
                 partition,
-                mut records,
+                records,
                 proposed_at_ms,
                 producer,
                 expected_end_offset,
             } => {
-                let Some(state) = topics.get_mut(&topic) else {
-                    return CommandResponse::Rejected(Rejection::UnknownTopic(topic));
+                let (partition, proposed_at_ms) = (*partition, *proposed_at_ms);
+                let Some(state) = topics.get_mut(topic) else {
+                    return CommandResponse::Rejected(Rejection::UnknownTopic(topic.clone()));
                 };
                 let (topic_id, partitions) = (state.id, state.settings.partitions);
                 let Some(part) = state.partitions.get_mut(partition as usize) else {
                     return CommandResponse::Rejected(Rejection::UnknownPartition {
-                        topic,
+                        topic: topic.clone(),
                         partition,
                         partitions,
                     });
@@ -563,7 +567,7 @@ impl StateMachine {
                 let record_count = records.len() as u32;
                 // Deduplication comes first: a retried conditional append that succeeded must get
                 // its original offsets, not a mismatch against the offsets it moved itself.
-                if let Some(seq) = producer {
+                if let Some(seq) = *producer {
                     match check_sequence(&self.producers, seq, (topic_id, partition), record_count)
                     {
                         Ok(None) => {}
@@ -577,7 +581,7 @@ impl StateMachine {
                         Err(rejection) => return CommandResponse::Rejected(rejection),
                     }
                 }
-                if let Some(expected) = expected_end_offset {
+                if let Some(expected) = *expected_end_offset {
                     if expected != part.end_offset {
                         return CommandResponse::Rejected(Rejection::EndOffsetMismatch {
                             expected,
@@ -585,18 +589,15 @@ impl StateMachine {
                         });
                     }
                 }
-                for record in &mut records {
-                    if record.timestamp_ms == 0 {
-                        record.timestamp_ms = proposed_at_ms;
-                    }
-                }
                 let base_offset = part.end_offset;
                 let bytes: u64 = records.iter().map(|r| r.size_bytes() as u64).sum();
                 part.end_offset += records.len() as u64;
                 part.bytes += bytes;
                 rows.add_batch(topic_id, partition, base_offset, proposed_at_ms, records);
-                rows.topics.insert(topic);
-                if let Some(seq) = producer {
+                if !rows.topics.contains(topic) {
+                    rows.topics.insert(topic.clone());
+                }
+                if let Some(seq) = *producer {
                     let producer = self
                         .producers
                         .get_mut(&seq.producer_id)
@@ -624,24 +625,24 @@ impl StateMachine {
                 retention_ms,
                 retention_bytes,
             } => {
-                let Some(state) = topics.get_mut(&name) else {
-                    return CommandResponse::Rejected(Rejection::UnknownTopic(name));
+                let Some(state) = topics.get_mut(name) else {
+                    return CommandResponse::Rejected(Rejection::UnknownTopic(name.clone()));
                 };
-                if let Some(ms) = retention_ms {
+                if let Some(ms) = *retention_ms {
                     state.settings.retention_ms = ms;
                 }
-                if let Some(bytes) = retention_bytes {
+                if let Some(bytes) = *retention_bytes {
                     state.settings.retention_bytes = bytes;
                 }
-                batch.put_cf(cf, keys::sm_topic(group, &name), encode(&*state));
+                batch.put_cf(cf, keys::sm_topic(group, name), encode(&*state));
                 CommandResponse::TopicAltered
             }
             Command::InitProducer {
                 now_ms,
                 producers_max,
             } => {
-                if self.producers.len() >= producers_max as usize {
-                    return CommandResponse::Rejected(Rejection::TooManyProducers(producers_max));
+                if self.producers.len() >= *producers_max as usize {
+                    return CommandResponse::Rejected(Rejection::TooManyProducers(*producers_max));
                 }
                 let producer_id = self.next_producer_id;
                 self.next_producer_id += 1;
@@ -651,7 +652,7 @@ impl StateMachine {
                     encode(&self.next_producer_id),
                 );
                 let producer = ProducerState {
-                    last_seen_ms: now_ms,
+                    last_seen_ms: *now_ms,
                     partitions: BTreeMap::new(),
                 };
                 batch.put_cf(cf, keys::sm_producer(group, producer_id), encode(&producer));
@@ -663,7 +664,7 @@ impl StateMachine {
             }
             Command::Batch(commands) => CommandResponse::Batch(
                 commands
-                    .into_iter()
+                    .iter()
                     .map(|command| {
                         assert!(
                             !matches!(command, Command::Maintenance { .. } | Command::Batch(_)),
@@ -674,10 +675,10 @@ impl StateMachine {
                     .collect(),
             ),
             Command::DeleteTopic { name } => {
-                let Some(state) = topics.remove(&name) else {
-                    return CommandResponse::Rejected(Rejection::UnknownTopic(name));
+                let Some(state) = topics.remove(name) else {
+                    return CommandResponse::Rejected(Rejection::UnknownTopic(name.clone()));
                 };
-                batch.delete_cf(cf, keys::sm_topic(group, &name));
+                batch.delete_cf(cf, keys::sm_topic(group, name));
                 batch.delete_range_cf(
                     cf,
                     keys::sm_batch(group, state.id, 0, 0),
@@ -703,38 +704,38 @@ impl StateMachine {
                 committed_at_ms,
                 groups_max,
             } => {
-                let Some(state) = topics.get(&topic) else {
-                    return CommandResponse::Rejected(Rejection::UnknownTopic(topic));
+                let Some(state) = topics.get(topic) else {
+                    return CommandResponse::Rejected(Rejection::UnknownTopic(topic.clone()));
                 };
-                for &(partition, offset) in &offsets {
+                for &(partition, offset) in offsets {
                     let Some(part) = state.partitions.get(partition as usize) else {
                         return CommandResponse::Rejected(Rejection::UnknownPartition {
-                            topic,
+                            topic: topic.clone(),
                             partition,
                             partitions: state.settings.partitions,
                         });
                     };
                     if offset > part.end_offset {
                         return CommandResponse::Rejected(Rejection::CommitBeyondEnd {
-                            topic,
+                            topic: topic.clone(),
                             partition,
                             offset,
                             end_offset: part.end_offset,
                         });
                     }
                 }
-                if !groups.exists(&group_name) && groups.count() >= groups_max as usize {
-                    return CommandResponse::Rejected(Rejection::TooManyGroups(groups_max));
+                if !groups.exists(group_name) && groups.count() >= *groups_max as usize {
+                    return CommandResponse::Rejected(Rejection::TooManyGroups(*groups_max));
                 }
-                let entry = groups.touch(&group_name);
-                for (partition, offset) in offsets {
+                let entry = groups.touch(group_name);
+                for &(partition, offset) in offsets {
                     let value = GroupOffset {
                         offset,
-                        committed_at_ms,
+                        committed_at_ms: *committed_at_ms,
                     };
                     batch.put_cf(
                         cf,
-                        keys::sm_group_offset(group, &group_name, state.id, partition),
+                        keys::sm_group_offset(group, group_name, state.id, partition),
                         encode(&value),
                     );
                     entry.insert((state.id, partition), value);
@@ -793,9 +794,9 @@ impl EntryRows {
         partition: u32,
         base_offset: u64,
         appended_at_ms: i64,
-        records: Vec<Record>,
+        records: &[Record],
     ) {
-        for (i, record) in records.into_iter().enumerate() {
+        for (i, record) in records.iter().enumerate() {
             let offset = base_offset + i as u64;
             let size = record.size_bytes() as u64;
             let follows = |b: &&mut PendingBatch| {
@@ -803,6 +804,12 @@ impl EntryRows {
                     && b.partition == partition
                     && b.base_offset + b.records.len() as u64 == offset
             };
+            // A clone of a record is reference counts (its buffers are `Bytes`); one with no
+            // timestamp of its own gets the time it was proposed at.
+            let mut record = record.clone();
+            if record.timestamp_ms == 0 {
+                record.timestamp_ms = appended_at_ms;
+            }
             match self.batches.iter_mut().rev().find(follows) {
                 Some(pending) if pending.header.bytes + size <= STORED_BATCH_BYTES_TARGET => {
                     pending.records.push(record);
@@ -860,7 +867,7 @@ impl StateMachine {
                 EntryPayload::Normal(command) => {
                     let mut rows = EntryRows::default();
                     let response = self.apply_command(
-                        command,
+                        &command,
                         &mut topics,
                         &mut groups,
                         &mut batch,
@@ -1427,13 +1434,16 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let (_dbs, mut sm) = open_state_machine(dir.path());
         let create = create_topic("t", 2, 1024, 10);
-        let batch = Command::Batch(vec![
-            append(0, "a", None),
-            append(1, "x", None),
-            append(0, "b", None),
-            append(0, "rejected", Some(7)),
-            append(0, "c", Some(2)),
-        ]);
+        let batch = Command::Batch(
+            vec![
+                append(0, "a", None),
+                append(1, "x", None),
+                append(0, "b", None),
+                append(0, "rejected", Some(7)),
+                append(0, "c", Some(2)),
+            ]
+            .into(),
+        );
         let responses = sm
             .apply_entries([entry(1, create), entry(2, batch)])
             .expect("apply");
@@ -1486,12 +1496,15 @@ mod tests {
         // first one's), a sixth starts the next; a record above the target stands alone.
         let (fifth, kib) = (STORED_BATCH_BYTES_TARGET as usize / 5, 1024);
         let large = STORED_BATCH_BYTES_TARGET as usize + kib;
-        let batch = Command::Batch(vec![
-            append_records((0..4).map(|i| filled(i, fifth)).collect()),
-            append_records((4..6).map(|i| filled(i, fifth)).collect()),
-            append_records(vec![filled(6, large)]),
-            append_records(vec![filled(7, kib)]),
-        ]);
+        let batch = Command::Batch(
+            vec![
+                append_records((0..4).map(|i| filled(i, fifth)).collect()),
+                append_records((4..6).map(|i| filled(i, fifth)).collect()),
+                append_records(vec![filled(6, large)]),
+                append_records(vec![filled(7, kib)]),
+            ]
+            .into(),
+        );
         sm.apply_entries([entry(1, create), entry(2, batch)])
             .expect("apply");
 
