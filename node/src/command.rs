@@ -110,6 +110,29 @@ pub struct ProducerSequence {
     pub sequence: u64,
 }
 
+impl Command {
+    /// Roughly what applying this command adds to the state machine's write batch: its records
+    /// and a row's worth for each append (a stored batch's framing and the topic row), for sizing
+    /// the batch before it is filled. Other commands write a few small rows.
+    pub fn stored_bytes_estimate(&self) -> usize {
+        /// A record's framing in a stored batch (lengths, timestamp), rounded up.
+        const PER_RECORD: usize = 16;
+        /// The stored batch's header and key, the topic row and the producer row, rounded up.
+        const PER_APPEND: usize = 256;
+        match self {
+            Command::Append { records, .. } => {
+                PER_APPEND
+                    + records
+                        .iter()
+                        .map(|r| r.size_bytes() + PER_RECORD)
+                        .sum::<usize>()
+            }
+            Command::Batch(commands) => commands.iter().map(Self::stored_bytes_estimate).sum(),
+            _ => PER_APPEND,
+        }
+    }
+}
+
 impl std::fmt::Display for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

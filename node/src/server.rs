@@ -48,6 +48,7 @@ pub async fn run(
         config.fsync_thread_nice,
     );
     let log_bytes = log_store.bytes();
+    let received_encodings = log_store.received_encodings();
     let view = state_machine.view();
     let snapshots = state_machine.snapshot_store();
     let network = PeerNetworkFactory::new(
@@ -155,6 +156,7 @@ pub async fn run(
                 METADATA_GROUP,
                 snapshots,
                 stop_rx.clone(),
+                received_encodings,
             ))
             .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::types::*;
 use super::{envelope, InOrderTimes};
 use crate::storage::encode;
+use crate::storage::log_store::ReceivedEncodings;
 use crate::storage::snapshot_store::{self, SnapshotStore};
 
 pub struct PeerService {
@@ -26,6 +27,8 @@ pub struct PeerService {
     snapshots: SnapshotStore,
     /// Turns true when the node starts its graceful stop (see `stream_append`).
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Where received entries' bytes wait for the log's append.
+    received: ReceivedEncodings,
 }
 
 type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<RaftEnvelope, Status>> + Send>>;
@@ -36,12 +39,14 @@ impl PeerService {
         group: GroupId,
         snapshots: SnapshotStore,
         stopping: tokio::sync::watch::Receiver<bool>,
+        received: ReceivedEncodings,
     ) -> Self {
         Self {
             raft,
             group,
             snapshots,
             stopping,
+            received,
         }
     }
 
@@ -95,16 +100,32 @@ fn open<T: DeserializeOwned>(group: GroupId, envelope: RaftEnvelope) -> Result<T
     }
     // Strict: the whole payload must be one message (postcard alone ignores trailing bytes,
     // so a corrupted or foreign payload could otherwise pass as a shorter valid message).
-    let undecodable = |e: String| {
-        Status::invalid_argument(format!(
-            "undecodable Raft message (peer of another version?): {e}"
-        ))
-    };
     match postcard::take_from_bytes(&envelope.payload) {
         Ok((message, [])) => Ok(message),
         Ok((_, rest)) => Err(undecodable(format!("{} trailing bytes", rest.len()))),
         Err(e) => Err(undecodable(e.to_string())),
     }
+}
+
+/// [`open`] for an AppendEntries: the entries' bytes are kept for the log's append
+/// ([`ReceivedEncodings`]).
+fn open_append_entries(
+    group: GroupId,
+    envelope: RaftEnvelope,
+    received: &ReceivedEncodings,
+) -> Result<AppendEntriesRequest, Status> {
+    if envelope.group_id != group {
+        return Err(wrong_group(group, envelope.group_id));
+    }
+    received
+        .decode_append_entries(&envelope.payload)
+        .map_err(undecodable)
+}
+
+fn undecodable(why: String) -> Status {
+    Status::invalid_argument(format!(
+        "undecodable Raft message (peer of another version?): {why}"
+    ))
 }
 
 #[tonic::async_trait]
@@ -119,7 +140,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftEnvelope>, Status> {
-        let rpc: AppendEntriesRequest = self.open(request.into_inner())?;
+        let rpc = open_append_entries(self.group, request.into_inner(), &self.received)?;
         let result = self
             .raft
             .append_entries(rpc)
@@ -137,7 +158,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<Streaming<RaftEnvelope>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        let group = self.group;
+        let (group, received) = (self.group, self.received.clone());
         let (bad_tx, bad_rx) = tokio::sync::oneshot::channel::<Status>();
         let arrived = InOrderTimes::default();
         let arriving = arrived.clone();
@@ -145,7 +166,7 @@ impl RaftService for PeerService {
             .into_inner()
             .scan(Some(bad_tx), move |bad_tx, envelope| {
                 let opened =
-                    envelope.and_then(|envelope| open::<AppendEntriesRequest>(group, envelope));
+                    envelope.and_then(|envelope| open_append_entries(group, envelope, &received));
                 futures::future::ready(match opened {
                     Ok(rpc) => {
                         arriving.started(!rpc.entries.is_empty());

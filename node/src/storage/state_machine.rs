@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::keys::{self, sm_tag};
 use super::snapshot_store::{self, SnapshotStore};
 use super::stored_batch::{self, BatchHeader};
-use super::{decode, encode, StateFlushed, CF_STATE_MACHINE};
+use super::{decode, encode, StateFlushed, CF_STATE_MACHINE, WRITE_BATCH_ROW_OVERHEAD};
 use crate::command::{
     Command, CommandResponse, ProducerSequence, Record, Rejection, TopicSettings,
 };
@@ -845,7 +845,19 @@ impl StateMachine {
         let mut topics = TopicChanges::new(&live_topics);
         let live_groups = view.groups.read().expect("group table lock");
         let mut groups = GroupChanges::new(&live_groups);
-        let mut batch = WriteBatch::default();
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        // Sized for the records up front: grown as it fills, the batch copied everything in it at
+        // each doubling.
+        let mut batch = WriteBatch::with_capacity_bytes(
+            entries
+                .iter()
+                .map(|entry| match &entry.payload {
+                    EntryPayload::Normal(command) => command.stored_bytes_estimate(),
+                    _ => 0,
+                })
+                .sum::<usize>()
+                + WRITE_BATCH_ROW_OVERHEAD,
+        );
         let mut responses = Vec::new();
         for entry in entries {
             let previous = self.last_applied;

@@ -5,7 +5,6 @@
 //!
 //! On-disk format: changing it needs a migration and a flagged commit.
 
-use super::encode;
 use crate::command::Record;
 
 const HEADER_BYTES: usize = 16;
@@ -18,12 +17,14 @@ pub struct BatchHeader {
 }
 
 pub fn encode_batch(header: BatchHeader, records: &[Record]) -> Vec<u8> {
-    let body = encode(&records);
-    let mut value = Vec::with_capacity(HEADER_BYTES + body.len());
+    // The records are encoded straight behind the header, into a buffer sized for both: no
+    // second copy of the body.
+    let body_bytes =
+        postcard::experimental::serialized_size(&records).expect("postcard size of records");
+    let mut value = Vec::with_capacity(HEADER_BYTES + body_bytes);
     value.extend_from_slice(&header.appended_at_ms.to_be_bytes());
     value.extend_from_slice(&header.bytes.to_be_bytes());
-    value.extend_from_slice(&body);
-    value
+    postcard::to_extend(&records, value).expect("postcard encoding of records")
 }
 
 pub fn header(value: &[u8]) -> Result<BatchHeader, postcard::Error> {
