@@ -11,8 +11,9 @@
 //! The names are documented with their meaning in docs/operations.md.
 
 use openraft::async_runtime::watch::WatchReceiver;
+use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::OnceLock;
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Instant;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -158,6 +159,26 @@ impl MessageMetrics {
         }
         self.seconds.record(start.elapsed().as_secs_f64());
     }
+}
+
+/// Counts a produce request's records and bytes appended to `topic` ([`RECORDS_IN`],
+/// [`BYTES_IN`]). A topic's two counters are looked up once and kept: each lookup built the
+/// topic label anew (an allocation) and hashed it, twice per request, tens of thousands of times
+/// a second at C=64. Kept for every topic that took a write, as the recorder keeps their series.
+pub fn count_appended(topic: &str, records: u64, bytes: u64) {
+    type Counters = HashMap<String, (metrics::Counter, metrics::Counter)>;
+    static TOPICS: LazyLock<Mutex<Counters>> = LazyLock::new(Mutex::default);
+    let mut topics = TOPICS.lock().expect("topic counters lock");
+    if let Some((records_in, bytes_in)) = topics.get(topic) {
+        records_in.increment(records);
+        bytes_in.increment(bytes);
+        return;
+    }
+    let records_in = metrics::counter!(RECORDS_IN, "topic" => topic.to_string());
+    let bytes_in = metrics::counter!(BYTES_IN, "topic" => topic.to_string());
+    records_in.increment(records);
+    bytes_in.increment(bytes);
+    topics.insert(topic.to_string(), (records_in, bytes_in));
 }
 
 /// Everything `/metrics` serves: the recorded metrics, then the node's state.

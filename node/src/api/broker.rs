@@ -62,10 +62,11 @@ impl AppendOutcome {
             } => {
                 // Counted where the batch is appended (the leader), once.
                 if !duplicate {
-                    metrics::counter!(crate::metrics::RECORDS_IN, "topic" => self.topic.clone())
-                        .increment(u64::from(record_count));
-                    metrics::counter!(crate::metrics::BYTES_IN, "topic" => self.topic)
-                        .increment(self.bytes);
+                    crate::metrics::count_appended(
+                        &self.topic,
+                        u64::from(record_count),
+                        self.bytes,
+                    );
                 }
                 Ok(ProduceResponse {
                     partition: self.partition,
