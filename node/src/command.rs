@@ -9,13 +9,128 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// One record as stored: the payload is kept as `Bytes` end to end.
+/// One record as stored: the payload is kept as `Bytes` end to end. Decoded inside
+/// [`shared::decoding_from`], its key and value share the message they were decoded from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    #[serde(deserialize_with = "shared::optional_bytes")]
     pub key: Option<Bytes>,
+    #[serde(deserialize_with = "shared::bytes")]
     pub value: Bytes,
     pub headers: Vec<(String, Bytes)>,
     pub timestamp_ms: i64,
+}
+
+/// Decoding records without copying their payloads out of a buffer this node keeps anyway.
+///
+/// A follower keeps each AppendEntries it receives, as the stored bytes of its entries
+/// (`storage::log_store::ReceivedEncodings`). Decoded the ordinary way, every record's key and
+/// value would be copied out of that message into an allocation of its own (serde's `Bytes`
+/// cannot borrow from the buffer being decoded): one allocation and copy per record, on every
+/// follower. Within [`decoding_from`] they are slices of the message instead. serde gives a
+/// visitor only a borrowed `&[u8]`, not the `Bytes` it lies in, so the source is named to the
+/// visitor through a thread-local for the duration of the call; bytes from anywhere else are
+/// copied, as without it. The encoding is the one `Bytes` has (length-prefixed bytes).
+pub mod shared {
+    use std::cell::RefCell;
+    use std::fmt;
+
+    use bytes::Bytes;
+    use serde::de::{Deserializer, Error, SeqAccess, Visitor};
+
+    thread_local! {
+        static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+    }
+
+    /// Runs `decode` with `source` as the buffer that decoded record payloads may share.
+    pub fn decoding_from<R>(source: &Bytes, decode: impl FnOnce() -> R) -> R {
+        /// Clears the source however `decode` ends.
+        struct Reset(Option<Bytes>);
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                SOURCE.with(|s| *s.borrow_mut() = self.0.take());
+            }
+        }
+        let previous = SOURCE.with(|s| s.borrow_mut().replace(source.clone()));
+        let _reset = Reset(previous);
+        decode()
+    }
+
+    /// `bytes` as a slice of the current source when it lies inside it, else a copy.
+    fn share_or_copy(bytes: &[u8]) -> Bytes {
+        SOURCE.with(|source| match &*source.borrow() {
+            Some(source)
+                if source.as_ptr_range().contains(&bytes.as_ptr())
+                    && bytes.as_ptr_range().end <= source.as_ptr_range().end =>
+            {
+                source.slice_ref(bytes)
+            }
+            _ => Bytes::copy_from_slice(bytes),
+        })
+    }
+
+    struct BytesVisitor;
+
+    impl<'de> Visitor<'de> for BytesVisitor {
+        type Value = Bytes;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_borrowed_bytes<E: Error>(self, v: &'de [u8]) -> Result<Bytes, E> {
+            Ok(share_or_copy(v))
+        }
+
+        fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Bytes, E> {
+            Ok(Bytes::copy_from_slice(v))
+        }
+
+        fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+            Ok(Bytes::from(v))
+        }
+
+        /// Formats that write bytes as a list of numbers.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(byte) = seq.next_element::<u8>()? {
+                out.push(byte);
+            }
+            Ok(Bytes::from(out))
+        }
+    }
+
+    pub fn bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        deserializer.deserialize_bytes(BytesVisitor)
+    }
+
+    struct OptionalBytesVisitor;
+
+    impl<'de> Visitor<'de> for OptionalBytesVisitor {
+        type Value = Option<Bytes>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("optional bytes")
+        }
+
+        fn visit_none<E: Error>(self) -> Result<Option<Bytes>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Option<Bytes>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<Bytes>, D::Error> {
+            bytes(d).map(Some)
+        }
+    }
+
+    pub fn optional_bytes<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Bytes>, D::Error> {
+        deserializer.deserialize_option(OptionalBytesVisitor)
+    }
 }
 
 impl Record {
@@ -246,6 +361,35 @@ pub enum Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inside `decoding_from` a record's key and value are slices of the message; outside it, or
+    /// decoded from other bytes, they are copies. Either way the record is the one encoded.
+    #[test]
+    fn records_decoded_from_a_kept_message_share_it() {
+        let record = Record {
+            key: Some(Bytes::from_static(b"key")),
+            value: Bytes::from(vec![7; 100]),
+            headers: vec![("h".into(), Bytes::from_static(b"v"))],
+            timestamp_ms: 3,
+        };
+        let message = Bytes::from(postcard::to_allocvec(&record).expect("encode"));
+        let inside = |b: &Bytes| message.as_ptr_range().contains(&b.as_ptr());
+
+        let shared: Record =
+            shared::decoding_from(&message, || postcard::from_bytes(&message)).expect("decode");
+        assert_eq!(shared, record);
+        assert!(inside(&shared.value) && inside(shared.key.as_ref().expect("key")));
+
+        let copied: Record = postcard::from_bytes(&message).expect("decode");
+        assert_eq!(copied, record);
+        assert!(!inside(&copied.value));
+
+        let elsewhere = message.to_vec();
+        let copied: Record =
+            shared::decoding_from(&message, || postcard::from_bytes(&elsewhere)).expect("decode");
+        assert_eq!(copied, record);
+        assert!(!inside(&copied.value));
+    }
 
     /// Entries written before `Command::Batch` became an `Arc` must read back, and the other way
     /// round: its encoding is the variant's position and then the commands as a plain list.

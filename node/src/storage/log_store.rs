@@ -313,8 +313,10 @@ impl ReceivedEncodings {
         let mut encodings = Vec::with_capacity(count);
         for _ in 0..count {
             let start = offset(rest);
+            // Records share the message, which the entry's bytes keep alive anyway.
             let (entry, after): (Entry, _) =
-                postcard::take_from_bytes(rest).map_err(|e| undecodable("entry", e))?;
+                crate::command::shared::decoding_from(payload, || postcard::take_from_bytes(rest))
+                    .map_err(|e| undecodable("entry", e))?;
             rest = after;
             encodings.push((entry.log_id, payload.slice(start..offset(rest))));
             entries.push(entry);
@@ -355,10 +357,20 @@ impl ReceivedEncodings {
     }
 
     /// The bytes `log_id`'s entry was received as, if they are still kept. Entries received
-    /// before it are dropped: appends come in the order entries arrive.
+    /// before it are dropped: appends come in the order entries arrive. When it is not kept,
+    /// entries at or below its index are dropped: openraft passed them over (they would come
+    /// again in a message of their own), and a node that has become leader receives no more
+    /// entries to push them out.
     fn take(&self, log_id: &LogId) -> Option<Bytes> {
         let mut run = self.0.lock().expect("received encodings lock");
-        let position = run.entries.iter().position(|(id, _)| id == log_id)?;
+        let Some(position) = run.entries.iter().position(|(id, _)| id == log_id) else {
+            if !run.entries.is_empty() {
+                let run = &mut *run;
+                run.entries.retain(|(id, _)| id.index > log_id.index);
+                run.bytes = run.entries.iter().map(|(_, bytes)| bytes.len()).sum();
+            }
+            return None;
+        };
         let mut taken = None;
         for _ in 0..=position {
             let (_, bytes) = run.entries.pop_front().expect("within the run");
@@ -862,9 +874,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // Cached as they are: their records own their bytes (decoded from a peer's message, or
-        // copied out of the client's request by `records_from_pb`), so the cache's byte bound is
-        // what they keep alive.
+        // Cached as they are: their records own their bytes (copied out of the client's request
+        // by `records_from_pb`) or share the peer's message that their stored bytes keep alive
+        // anyway (`ReceivedEncodings`), so the cache's byte bound is what they keep alive.
         let appended: Vec<Cached> = entries
             .into_iter()
             .map(|entry| {
@@ -1073,6 +1085,27 @@ mod tests {
         }
     }
 
+    /// Received encodings wait in arrival order: an append takes its own and drops those
+    /// received before it; an append of an entry not kept (another leader's at that index)
+    /// drops those at or below its index and keeps the later ones.
+    #[test]
+    fn received_encodings_are_taken_in_order_and_passed_over_ones_leave() {
+        let received = ReceivedEncodings::default();
+        let bytes = |i: u64| Bytes::from(vec![i as u8; 10]);
+        let kept = |received: &ReceivedEncodings| {
+            let run = received.0.lock().expect("lock");
+            let indexes: Vec<u64> = run.entries.iter().map(|(id, _)| id.index).collect();
+            (indexes, run.bytes)
+        };
+        received.received((1..=4).map(|i| (log_id(i), bytes(i))).collect());
+        assert_eq!(received.take(&log_id(2)), Some(bytes(2)));
+        assert_eq!(kept(&received), (vec![3, 4], 20));
+        assert_eq!(received.take(&log_id_in(2, 3)), None);
+        assert_eq!(kept(&received), (vec![4], 10));
+        assert_eq!(received.take(&log_id(4)), Some(bytes(4)));
+        assert_eq!(kept(&received), (vec![], 0));
+    }
+
     /// A follower decodes an AppendEntries exactly as postcard would, and its append stores
     /// each entry as the bytes it came in (slices of the message, not a new encoding), which
     /// read back as the entry; an entry openraft did not append is passed over; a message with
@@ -1106,6 +1139,18 @@ mod tests {
             .decode_append_entries(&message)
             .expect("a leader's message decodes");
         assert_eq!(encode(&decoded), encode(&rpc));
+        let message_bytes = message.as_ptr_range();
+        for entry in &decoded.entries {
+            let EntryPayload::Normal(crate::command::Command::Append { records, .. }) =
+                &entry.payload
+            else {
+                panic!("an append: {entry:?}");
+            };
+            assert!(
+                message_bytes.contains(&records[0].value.as_ptr()),
+                "a record's value shares the message"
+            );
+        }
         // openraft had entry 1 already: it appends 2 and 3.
         let (flushed_tx, flushed) = {
             use openraft::type_config::TypeConfigExt;
@@ -1120,7 +1165,6 @@ mod tests {
         flushed.await.expect("flush reported").expect("flushed");
         assert!(received.0.lock().expect("lock").entries.is_empty());
         let appended = &rpc.entries[1..];
-        let message_bytes = message.as_ptr_range();
         for (stored, entry) in log.encoded_entries().get(appended).iter().zip(appended) {
             let stored = stored.as_ref().expect("cached");
             assert_eq!(stored[..], encode(entry)[..]);
