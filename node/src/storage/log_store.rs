@@ -874,8 +874,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // Cached as they are: their records own their bytes (copied out of the client's request
-        // by `records_from_pb`) or share the peer's message that their stored bytes keep alive
+        // Cached as they are: their records own their bytes (copied out of the clients' requests
+        // by `batcher::own_record_bytes`) or share the peer's message that their stored bytes keep alive
         // anyway (`ReceivedEncodings`), so the cache's byte bound is what they keep alive.
         let appended: Vec<Cached> = entries
             .into_iter()
