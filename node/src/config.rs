@@ -443,8 +443,9 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(u64, String)>, ConfigErr
 }
 
 /// The fsync thread's nice value unless configured: ahead of the node's other threads (nice 0)
-/// when it is woken, short of the top of the range, and harmless since it uses almost no CPU. docs/benchmarks.md, session 16: the wait for an fsync to start halved under load, C=1's
-/// p50 fell ~0.05 ms, C=64 rose ~2 %.
+/// when it is woken, short of the top of the range, and harmless since it uses almost no CPU.
+/// docs/benchmarks.md, session 16: the wait for an fsync to start halved under load, C=1's p50
+/// fell ~0.05 ms, C=64 rose ~2 %.
 pub const FSYNC_THREAD_NICE_DEFAULT: i32 = -10;
 
 impl NodeConfig {

@@ -874,9 +874,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // Cached as they are: their records own their bytes (copied out of the clients' requests
-        // by `batcher::own_record_bytes`) or share the peer's message that their stored bytes keep alive
-        // anyway (`ReceivedEncodings`), so the cache's byte bound is what they keep alive.
+        // Cached as they are: their records own their bytes (copied out of the clients'
+        // requests by `batcher::own_record_bytes`) or share the peer's message that their stored
+        // bytes keep alive anyway (`ReceivedEncodings`), so the cache's byte bound is what they
+        // keep alive.
         let appended: Vec<Cached> = entries
             .into_iter()
             .map(|entry| {

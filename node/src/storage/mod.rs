@@ -396,11 +396,11 @@ fn copy_rows(legacy: &DB, state: &DB) -> Result<u64, rocksdb::Error> {
     Ok(rows)
 }
 
-/// Encodes a value stored in RocksDB (log entries, votes, state-machine rows).
 /// What one row costs a RocksDB write batch beyond its value's bytes (its tag, column family,
 /// key and two lengths; this project's keys are under 40 bytes), for sizing a batch up front.
 pub(crate) const WRITE_BATCH_ROW_OVERHEAD: usize = 64;
 
+/// Encodes a value stored in RocksDB (log entries, votes, state-machine rows).
 pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     // Serializing our own plain data types into a Vec cannot fail. Sized first (a pass that only
     // counts) so the buffer is allocated once instead of doubling (and copying) its way up to a
