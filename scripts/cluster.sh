@@ -7,8 +7,9 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 DATA_DIR="${RAFTLOG_DATA_DIR:-./data}"
-mkdir -p "$DATA_DIR"
-DATA_DIR="$(cd "$DATA_DIR" && pwd)"
+# Only starting a node creates the data dir (`down` elsewhere must not leave a stray ./data).
+case "${1:-}" in up | restart) mkdir -p "$DATA_DIR" ;; esac
+[ ! -d "$DATA_DIR" ] || DATA_DIR="$(cd "$DATA_DIR" && pwd)"
 NODES=(1 2 3)
 # Ports below Linux's ephemeral range (32768-60999): a peer that keeps reconnecting to a stopped
 # node on the same host can be handed that node's own port as its source port, connect to itself
@@ -20,6 +21,7 @@ ENDPOINTS="127.0.0.1:8051,127.0.0.1:8052,127.0.0.1:8053"
 node_dir() { echo "$DATA_DIR/node-$1"; }
 pid_of() { cat "$(node_dir "$1")/pid" 2>/dev/null || true; }
 running() { local p; p="$(pid_of "$1")"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+is_node() { local n; for n in "${NODES[@]}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
 
 start_node() {
   local n="$1" dir
@@ -55,10 +57,11 @@ wait_ready() {
   done
 }
 
+# Stops node N; returns 1 (and stops nothing) when it is not running.
 stop_node() {
   local n="$1" sig="${2:-TERM}" p
   p="$(pid_of "$n")"
-  if [ -z "$p" ] || ! kill -0 "$p" 2>/dev/null; then return; fi
+  if [ -z "$p" ] || ! kill -0 "$p" 2>/dev/null; then return 1; fi
   kill "-$sig" "$p"
   for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   kill -0 "$p" 2>/dev/null && kill -KILL "$p"
@@ -72,7 +75,7 @@ cmd="${1:-}"
 case "$cmd" in
   up)
     # RAFTLOG_NO_BUILD=1: run the binaries as they are (scripts/ab.sh runs copies of two builds).
-    if [ -z "${RAFTLOG_NO_BUILD:-}" ] && { [ ! -x "$NODE_BIN" ] || [ ! -x "$CLI_BIN" ] || [ -n "$(find "$ROOT/node" "$ROOT/client" "$ROOT/proto" -newer "$NODE_BIN" -name '*.rs' -o -newer "$NODE_BIN" -name '*.proto' 2>/dev/null | head -1)" ]; }; then
+    if [ -z "${RAFTLOG_NO_BUILD:-}" ] && { [ ! -x "$NODE_BIN" ] || [ ! -x "$CLI_BIN" ] || [ -n "$(find "$ROOT/node" "$ROOT/client" "$ROOT/cli" "$ROOT/proto" -newer "$NODE_BIN" -name '*.rs' -o -newer "$NODE_BIN" -name '*.proto' 2>/dev/null | head -1)" ]; }; then
       "$ROOT/scripts/build.sh"
     fi
     for n in "${NODES[@]}"; do start_node "$n"; done
@@ -80,12 +83,21 @@ case "$cmd" in
     status
     log "cluster is up. Try: $CLI_BIN topic create demo && $CLI_BIN produce demo hello && $CLI_BIN consume demo"
     ;;
-  down) for n in "${NODES[@]}"; do stop_node "$n"; done ;;
+  down)
+    stopped=0
+    for n in "${NODES[@]}"; do stop_node "$n" && stopped=$((stopped + 1)); done
+    [ "$stopped" -gt 0 ] || die "no node of $DATA_DIR is running: nothing to stop (a cluster started with another RAFTLOG_DATA_DIR, or from another directory?)"
+    ;;
   status) shift; status "$@" ;;
-  kill) [ -n "${2:-}" ] || die "usage: cluster.sh kill N"; stop_node "$2" KILL ;;
+  kill)
+    [ -n "${2:-}" ] || die "usage: cluster.sh kill N"
+    is_node "$2" || die "no node $2 in this cluster (nodes ${NODES[*]})"
+    stop_node "$2" KILL || die "node $2 of $DATA_DIR is not running: nothing to kill (another RAFTLOG_DATA_DIR?)"
+    ;;
   restart)
     [ -n "${2:-}" ] || die "usage: cluster.sh restart N"
-    stop_node "$2"; start_node "$2"; wait_ready "$2" ;;
+    is_node "$2" || die "no node $2 in this cluster (nodes ${NODES[*]})"
+    stop_node "$2" || true; start_node "$2"; wait_ready "$2" ;;
   logs) [ -n "${2:-}" ] || die "usage: cluster.sh logs N"; tail -n "${LINES:-100}" -f "$(node_dir "$2")/node.log" ;;
   *) echo "usage: $0 up | down | status | kill N | restart N | logs N" >&2; exit 2 ;;
 esac
