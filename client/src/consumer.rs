@@ -3,19 +3,28 @@
 //!
 //! Positions are "next offset to read", the same thing a group commits. A consumer with a group
 //! starts each partition at the group's committed offset; partitions the group has never
-//! committed start per [`StartFrom`]. There is no group membership protocol: a consumer reads the
+//! committed start per [`StartFrom`] (unless [`ConsumerConfig::reset_group`] makes the start
+//! apply to every partition). There is no group membership protocol: a consumer reads the
 //! partitions it is given (all of them by default), so run one consumer per group and topic, or
 //! give each consumer its own partitions.
+//!
+//! Failover: the consumer reads from one node at a time. When that node fails (connection lost,
+//! refused, timed out), it moves on to the next endpoint and reads on from its positions, which
+//! only ever advance past records [`Consumer::poll`] has returned: nothing is skipped and nothing
+//! is returned twice. Each move is reported by [`Consumer::take_failovers`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
 use tonic::Code;
 
 use crate::{pb, Client, Error};
 
-/// Where a partition with no committed group offset starts.
+/// Where a partition starts when the group has no committed offset for it (or the consumer has
+/// no group, or [`ConsumerConfig::reset_group`] is set). Positions outside the partition's
+/// retained range are moved into it, and each move is reported by [`Consumer::adjustments`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartFrom {
     /// The oldest retained record.
@@ -24,6 +33,13 @@ pub enum StartFrom {
     End,
     /// This offset in every partition.
     Offset(u64),
+    /// The last N records of every partition (`end - N`).
+    Last(u64),
+    /// N records after the oldest retained one (`start + N`).
+    AfterStart(u64),
+    /// The first record whose timestamp is at or after this time (ms since the Unix epoch); the
+    /// end when there is none.
+    Timestamp(i64),
 }
 
 #[derive(Debug, Clone)]
@@ -34,8 +50,16 @@ pub struct ConsumerConfig {
     /// Partitions to read; `None` means all of the topic's partitions.
     pub partitions: Option<Vec<u32>>,
     pub start: StartFrom,
+    /// With a group: ignore its committed offsets and start every partition per `start`; the
+    /// first commit then moves the group there, backwards if need be.
+    pub reset_group: bool,
+    /// Read only up to the end offsets the partitions had when the consumer was created:
+    /// [`Consumer::is_done`] tells when every partition got there.
+    pub stop_at_end: bool,
     /// Most records one fetch returns per partition.
     pub max_records: u32,
+    /// How long the consumer keeps trying when no node answers before it gives up.
+    pub unavailable_timeout: Duration,
 }
 
 impl ConsumerConfig {
@@ -45,7 +69,10 @@ impl ConsumerConfig {
             group: None,
             partitions: None,
             start: StartFrom::Beginning,
+            reset_group: false,
+            stop_at_end: false,
             max_records: 1000,
+            unavailable_timeout: Duration::from_secs(30),
         }
     }
 
@@ -72,6 +99,26 @@ pub struct ConsumedRecord {
     pub record: pb::Record,
 }
 
+/// A start position that was moved into the partition's retained range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjustment {
+    pub partition: u32,
+    /// The position asked for.
+    pub requested: u64,
+    /// The position used.
+    pub actual: u64,
+    pub start_offset: u64,
+    pub end_offset: u64,
+}
+
+/// The consumer left a node that failed and reads on from another.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    pub from: String,
+    pub to: String,
+    pub error: Error,
+}
+
 pub struct Consumer {
     client: Client,
     config: ConsumerConfig,
@@ -79,53 +126,65 @@ pub struct Consumer {
     positions: BTreeMap<u32, u64>,
     /// Positions as of the last commit, to skip committing what did not move.
     committed: BTreeMap<u32, u64>,
+    /// Partitions whose next commit may move the group's offset backwards (an explicit reset).
+    rewinding: BTreeSet<u32>,
+    /// With `stop_at_end`: where each partition stops.
+    stop_at: BTreeMap<u32, u64>,
+    adjustments: Vec<Adjustment>,
+    /// Index into the client's endpoints of the node being read from.
+    node: usize,
+    failovers: Vec<Failover>,
 }
 
 impl Consumer {
     /// Looks up the topic and the group's committed offsets and sets the starting positions.
     pub async fn new(client: Client, config: ConsumerConfig) -> Result<Self, Error> {
-        let info = client.describe_topic(&config.topic).await?;
-        let partitions = match &config.partitions {
-            Some(p) => p.clone(),
-            None => info.partitions.iter().map(|p| p.partition).collect(),
+        let resolved = resolve_start(
+            &client,
+            &config.topic,
+            config.partitions.as_deref(),
+            config.start,
+        )
+        .await?;
+        let group_offsets = match &config.group {
+            Some(group) if !config.reset_group => {
+                client.fetch_offsets(group, &config.topic).await?
+            }
+            _ => BTreeMap::new(),
         };
-        let committed = match &config.group {
-            Some(group) => client.fetch_offsets(group, &config.topic).await?,
-            None => BTreeMap::new(),
-        };
-        let mut positions = BTreeMap::new();
-        for partition in partitions {
-            let Some(p) = info.partitions.iter().find(|p| p.partition == partition) else {
-                return Err(Error::Status(tonic::Status::invalid_argument(format!(
-                    "topic '{}' has no partition {partition}",
-                    config.topic
-                ))));
-            };
-            let start = match (committed.get(&partition), config.start) {
-                (Some(&offset), _) => offset,
-                (None, StartFrom::Beginning) => p.start_offset,
-                (None, StartFrom::End) => p.end_offset,
-                (None, StartFrom::Offset(offset)) => {
-                    if offset < p.start_offset || offset > p.end_offset {
-                        return Err(Error::Status(tonic::Status::out_of_range(format!(
-                            "offset {offset} is out of range: {}/{partition} holds offsets {}..{}",
-                            config.topic, p.start_offset, p.end_offset
-                        ))));
-                    }
-                    offset
-                }
-            };
-            positions.insert(partition, start);
+        let ranges = resolved.ranges;
+        let mut positions = resolved.positions;
+        let mut adjustments = resolved.adjustments;
+        for (partition, &offset) in &group_offsets {
+            if let Some(position) = positions.get_mut(partition) {
+                *position = offset;
+                adjustments.retain(|a| a.partition != *partition);
+            }
         }
-        let committed = committed
+        let committed = group_offsets
             .into_iter()
             .filter(|(p, _)| positions.contains_key(p))
             .collect();
+        let rewinding = if config.reset_group {
+            positions.keys().copied().collect()
+        } else {
+            BTreeSet::new()
+        };
+        let stop_at = if config.stop_at_end {
+            ranges.iter().map(|(&p, &(_, end))| (p, end)).collect()
+        } else {
+            BTreeMap::new()
+        };
         Ok(Self {
             client,
             config,
             positions,
             committed,
+            rewinding,
+            stop_at,
+            adjustments,
+            node: 0,
+            failovers: Vec::new(),
         })
     }
 
@@ -134,55 +193,137 @@ impl Consumer {
         &self.positions
     }
 
+    /// Start positions that were moved into their partition's retained range.
+    pub fn adjustments(&self) -> &[Adjustment] {
+        &self.adjustments
+    }
+
+    /// The node being read from.
+    pub fn node(&self) -> &str {
+        &self.client.endpoints()[self.node]
+    }
+
+    /// The failovers since the last call, oldest first.
+    pub fn take_failovers(&mut self) -> Vec<Failover> {
+        std::mem::take(&mut self.failovers)
+    }
+
+    /// With `stop_at_end`: every partition has reached the end offset it had at the start.
+    pub fn is_done(&self) -> bool {
+        self.config.stop_at_end
+            && self
+                .positions
+                .iter()
+                .all(|(p, pos)| self.stop_at.get(p).is_some_and(|end| pos >= end))
+    }
+
+    /// Moves a partition's position. A later commit stores it even when that moves the group's
+    /// offset backwards.
     pub fn seek(&mut self, partition: u32, offset: u64) {
         self.positions.insert(partition, offset);
+        if self.committed.get(&partition).is_some_and(|&c| offset < c) {
+            self.rewinding.insert(partition);
+        }
     }
 
     /// Returns the next records of any partition, in offset order within each partition. When
     /// none is available, waits up to `max_wait` for one (long poll on every partition at once).
-    /// An empty result means nothing arrived in time.
+    /// An empty result means nothing arrived in time. A node that fails is left for the next
+    /// endpoint; the error is returned only when no node has answered for
+    /// `unavailable_timeout`.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>, Error> {
-        let records = self.fetch_all(Duration::ZERO).await?;
-        if !records.is_empty() || max_wait.is_zero() {
+        let records = self.fetch_all_failing_over(Duration::ZERO).await?;
+        if !records.is_empty() || max_wait.is_zero() || self.is_done() {
             return Ok(records);
         }
-        self.fetch_all(max_wait).await
+        self.fetch_all_failing_over(max_wait).await
     }
 
-    /// Fetches every partition concurrently; with a wait, returns as soon as one has records.
-    async fn fetch_all(&mut self, wait: Duration) -> Result<Vec<ConsumedRecord>, Error> {
+    async fn fetch_all_failing_over(
+        &mut self,
+        wait: Duration,
+    ) -> Result<Vec<ConsumedRecord>, Error> {
+        let give_up = Instant::now() + self.config.unavailable_timeout;
+        let mut backoff = Duration::from_millis(50);
+        let mut failed_in_a_row = 0;
+        loop {
+            let (records, failure) = self.fetch_all(wait).await?;
+            let Some(error) = failure else {
+                return Ok(records);
+            };
+            let from = self.node().to_string();
+            self.node = (self.node + 1) % self.client.endpoints().len();
+            failed_in_a_row += 1;
+            tracing::warn!(%from, to = %self.node(), %error, "node failed; reading from the next endpoint");
+            self.failovers.push(Failover {
+                from,
+                to: self.node().to_string(),
+                error: error.clone(),
+            });
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            if Instant::now() >= give_up {
+                return Err(error);
+            }
+            // Once every endpoint failed in turn, wait before the next round.
+            if failed_in_a_row >= self.client.endpoints().len() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Fetches every unfinished partition concurrently from the current node; with a wait,
+    /// returns as soon as one has records. Returns the records and, when the node failed, the
+    /// failure (the positions of the partitions it failed for did not move).
+    async fn fetch_all(
+        &mut self,
+        wait: Duration,
+    ) -> Result<(Vec<ConsumedRecord>, Option<Error>), Error> {
+        let node = self.node().to_string();
         let mut fetches: FuturesUnordered<_> = self
             .positions
             .iter()
+            .filter(|(p, pos)| self.stop_at.get(*p).is_none_or(|end| *pos < end))
             .map(|(&partition, &offset)| {
+                let max_records = match self.stop_at.get(&partition) {
+                    Some(end) => (end - offset).min(u64::from(self.config.max_records)) as u32,
+                    None => self.config.max_records,
+                };
                 let request = pb::FetchRequest {
                     topic: self.config.topic.clone(),
                     partition,
                     offset,
-                    max_records: self.config.max_records,
+                    max_records,
                     max_bytes: 0,
                     max_wait_ms: wait.as_millis().min(u32::MAX as u128) as u32,
                 };
-                let client = self.client.clone();
-                async move { (partition, offset, client.fetch(request).await) }
+                let (client, node) = (self.client.clone(), node.clone());
+                async move { (partition, offset, client.fetch_from(&node, request).await) }
             })
             .collect();
         let mut out = Vec::new();
+        let mut failure = None;
         while let Some((partition, offset, result)) = fetches.next().await {
             match result {
                 Ok(response) => {
-                    if let Some(last) = response.records.last() {
-                        self.positions.insert(partition, last.offset + 1);
+                    let end = self.stop_at.get(&partition).copied();
+                    let records = response
+                        .records
+                        .into_iter()
+                        .take_while(|r| end.is_none_or(|end| r.offset < end));
+                    for record in records {
+                        self.positions.insert(partition, record.offset + 1);
+                        out.push(ConsumedRecord { partition, record });
                     }
-                    out.extend(
-                        response
-                            .records
-                            .into_iter()
-                            .map(|record| ConsumedRecord { partition, record }),
-                    );
                 }
                 Err(e) if e.code() == Code::OutOfRange => {
-                    self.recover_out_of_range(partition, offset).await?;
+                    self.recover_out_of_range(partition, offset, &e).await;
+                }
+                Err(e) if is_node_failure(&e) => {
+                    failure = Some(e);
+                    break;
                 }
                 Err(e) => return Err(e),
             }
@@ -190,29 +331,27 @@ impl Consumer {
                 break; // the other long polls are dropped (cancelled)
             }
         }
-        Ok(out)
+        Ok((out, failure))
     }
 
     /// A position below the partition's start (records deleted by retention) moves to the start,
     /// as Kafka's `auto.offset.reset=earliest` does. A position above a node's end means that node
-    /// has not applied those records yet: read again shortly.
-    async fn recover_out_of_range(&mut self, partition: u32, offset: u64) -> Result<(), Error> {
-        let info = self.client.describe_topic(&self.config.topic).await?;
-        if let Some(p) = info.partitions.iter().find(|p| p.partition == partition) {
-            if offset < p.start_offset {
-                tracing::warn!(
-                    topic = %self.config.topic, partition, offset, start_offset = p.start_offset,
-                    "position below the partition's start offset; skipping to the start"
-                );
-                self.positions.insert(partition, p.start_offset);
-                return Ok(());
-            }
+    /// has not applied those records yet (a follower we failed over to, say): read again shortly.
+    async fn recover_out_of_range(&mut self, partition: u32, offset: u64, error: &Error) {
+        if let Some(start) = error.start_offset().filter(|&start| offset < start) {
+            tracing::warn!(
+                topic = %self.config.topic, partition, offset, start_offset = start,
+                "position below the partition's start offset; skipping to the start"
+            );
+            self.positions.insert(partition, start);
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        Ok(())
     }
 
-    /// Commits the current positions to the group (only partitions whose position moved).
+    /// Commits the current positions to the group (only partitions whose position moved). A
+    /// commit whose outcome is unknown (the leader failed) is repeated: storing the same offsets
+    /// again is harmless.
     pub async fn commit(&mut self) -> Result<(), Error> {
         let Some(group) = self.config.group.clone() else {
             return Err(Error::Status(tonic::Status::failed_precondition(
@@ -222,16 +361,121 @@ impl Consumer {
         let moved: Vec<(u32, u64)> = self
             .positions
             .iter()
-            .filter(|(p, o)| self.committed.get(p) != Some(o))
+            .filter(|(p, o)| self.committed.get(p) != Some(o) || self.rewinding.contains(p))
             .map(|(&p, &o)| (p, o))
             .collect();
         if moved.is_empty() {
             return Ok(());
         }
-        self.client
-            .commit_offsets(&group, &self.config.topic, moved.iter().copied())
-            .await?;
+        let rewind = moved.iter().any(|(p, _)| self.rewinding.contains(p));
+        let give_up = Instant::now() + self.config.unavailable_timeout;
+        loop {
+            let result = self
+                .client
+                .commit_offsets_with(&group, &self.config.topic, moved.iter().copied(), rewind)
+                .await;
+            match result {
+                Ok(()) => break,
+                Err(e) if is_node_failure(&e) && Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for (p, _) in &moved {
+            self.rewinding.remove(p);
+        }
         self.committed.extend(moved);
         Ok(())
     }
+}
+
+/// Where `start` puts each partition of `topic` (`partitions`: all when `None`).
+#[derive(Debug, Clone)]
+pub struct StartPositions {
+    /// Each partition's (start offset, end offset) when they were resolved.
+    pub ranges: BTreeMap<u32, (u64, u64)>,
+    pub positions: BTreeMap<u32, u64>,
+    /// Positions moved into their partition's retained range.
+    pub adjustments: Vec<Adjustment>,
+}
+
+/// Resolves a [`StartFrom`] to an offset in each partition, each partition on its own: a
+/// position outside a partition's retained range is moved into it (and reported), never an
+/// error.
+pub async fn resolve_start(
+    client: &Client,
+    topic: &str,
+    partitions: Option<&[u32]>,
+    start: StartFrom,
+) -> Result<StartPositions, Error> {
+    let info = client.describe_topic(topic).await?;
+    let partitions: Vec<u32> = match partitions {
+        Some(p) => p.to_vec(),
+        None => info.partitions.iter().map(|p| p.partition).collect(),
+    };
+    let mut ranges = BTreeMap::new();
+    for &partition in &partitions {
+        let Some(p) = info.partitions.iter().find(|p| p.partition == partition) else {
+            return Err(Error::Status(tonic::Status::invalid_argument(format!(
+                "topic '{topic}' has {} partition(s), 0 to {}; partition {partition} does not exist",
+                info.partitions.len(),
+                info.partitions.len().saturating_sub(1)
+            ))));
+        };
+        ranges.insert(partition, (p.start_offset, p.end_offset));
+    }
+    let by_time = match start {
+        StartFrom::Timestamp(ms) => {
+            // TODO(ListOffsets): resolve through the node's ListOffsets once it exists.
+            let _ = ms;
+            return Err(Error::Status(tonic::Status::unimplemented(
+                "starting at a timestamp needs the nodes' ListOffsets call",
+            )));
+        }
+        _ => BTreeMap::<u32, u64>::new(),
+    };
+    let mut positions = BTreeMap::new();
+    let mut adjustments = Vec::new();
+    for (&partition, &(first, end)) in &ranges {
+        let requested = match start {
+            StartFrom::Beginning => first,
+            StartFrom::End => end,
+            StartFrom::Offset(offset) => offset,
+            StartFrom::Last(n) => end.saturating_sub(n),
+            StartFrom::AfterStart(n) => first.saturating_add(n),
+            StartFrom::Timestamp(_) => by_time.get(&partition).copied().unwrap_or(end),
+        };
+        let actual = requested.clamp(first, end);
+        // `Last(n)` beyond the start is no surprise worth reporting: it means "all of it".
+        if actual != requested && !matches!(start, StartFrom::Last(_)) {
+            adjustments.push(Adjustment {
+                partition,
+                requested,
+                actual,
+                start_offset: first,
+                end_offset: end,
+            });
+        }
+        positions.insert(partition, actual);
+    }
+    Ok(StartPositions {
+        ranges,
+        positions,
+        adjustments,
+    })
+}
+
+/// Errors that say the node (or the way to it) failed, not the request: another node may serve
+/// the same read.
+pub fn is_node_failure(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+    )
 }

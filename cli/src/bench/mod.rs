@@ -59,6 +59,7 @@ impl ConsumeMode {
 
 #[derive(clap::Args)]
 pub struct E2eArgs {
+    /// Topic to produce to and consume from.
     #[arg(long, default_value = "bench-e2e")]
     topic: String,
     /// Create the topic with this many partitions if it does not exist.
@@ -67,11 +68,13 @@ pub struct E2eArgs {
     /// Records per second, kept whatever the latency (open loop).
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// How long to produce, in seconds.
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
     /// At least 8: each value starts with its send time.
     #[arg(long, default_value_t = 1024)]
     record_bytes: usize,
+    /// What record values hold: `fill` (one byte repeated) or `random` (incompressible).
     #[arg(long, value_enum, default_value_t = Payload::Random)]
     payload: Payload,
     /// How the consumer reads.
@@ -166,14 +169,17 @@ pub struct ProduceArgs {
     /// Records to produce (rounded up to whole requests).
     #[arg(long, default_value_t = 100_000)]
     count: u64,
+    /// Requests in flight at any time.
     #[arg(long, short, default_value_t = 64)]
     concurrency: u64,
+    /// Bytes of each record's value.
     #[arg(long, default_value_t = 1024)]
     record_bytes: usize,
     /// What record values hold: `fill` is b'x' repeated (RocksDB's LZ4 shrinks it ~250x, which
     /// flatters raftlog's disk writes); `random` gives every record distinct incompressible bytes.
     #[arg(long, value_enum, default_value_t = Payload::Fill)]
     payload: Payload,
+    /// Records in each produce request.
     #[arg(long, default_value_t = 1)]
     records_per_request: usize,
     /// The system under load.
@@ -209,6 +215,7 @@ pub struct ProduceArgs {
 
 #[derive(clap::Args)]
 pub struct ConsumeArgs {
+    /// Topic to read.
     #[arg(long, default_value = "bench")]
     topic: String,
     /// Records to read (the topic must hold at least this many).

@@ -23,7 +23,7 @@ pub async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -> anyho
         .status(pb::StatusRequest {})
         .await
     {
-        Ok(s) => crate::role_name(s.into_inner().role),
+        Ok(s) => crate::cluster::role_name(s.into_inner().role),
         Err(_) => "?",
     };
     // The topic as this node has it, once it holds `count` records (or the wait is over).

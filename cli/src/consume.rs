@@ -1,0 +1,213 @@
+//! `raftlog consume`: read records from any position, print them as text, a template or JSON, and
+//! follow new ones through node failures.
+
+use std::time::Duration;
+
+use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use raftlog_client::Client;
+
+use crate::codec::{self, Encoding, Encodings};
+use crate::diagnose::guard_call;
+use crate::format::{self, Template};
+use crate::{cluster, output, units, Ctx};
+
+const EXAMPLES: &str = "\
+Offsets (-o), per partition:
+  start | end          the oldest retained record | only records produced from now on
+  42                   offset 42 (moved into the partition's range if outside it)
+  -10 | +10            the last 10 records | 10 after the oldest
+  @-1h | @1733565600000 | @2026-12-07T10:00:00Z   the first record at or after that time
+
+Examples:
+  raftlog consume orders                          # everything, then exit
+  raftlog consume orders -o -5 -f                 # the last 5 of each partition, then follow
+  raftlog consume orders -g billing -f            # resume the group, commit as it goes
+  raftlog consume orders -p 1 -o @-10m --json     # lossless JSON lines
+  raftlog consume orders --format '%o %k %v{hex}\\n'
+  raftlog consume blobs -n 1 --format '%v{raw}' > photo.jpg
+
+Failover: when the node being read from fails, reading goes on from the next of --endpoints
+exactly after the last record printed, with a note on stderr.
+Groups store offsets only: two consumers of one group both read every partition they are given.";
+
+#[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct ConsumeArgs {
+    /// Topic to read.
+    topic: String,
+    /// Read only these partitions, e.g. -p 0 or -p 0,2 [default: all].
+    #[arg(long, short, value_delimiter = ',')]
+    partition: Option<Vec<u32>>,
+    /// Where to start: start, end, OFFSET, -N, +N, @TIME (see below) [default: start, or the
+    /// group's committed offsets].
+    #[arg(long, short, value_parser = units::offset, allow_hyphen_values = true, value_name = "POS")]
+    offset: Option<StartFrom>,
+    /// Same as -o end (kept for scripts written before -o end).
+    #[arg(long, hide = true, conflicts_with = "offset")]
+    from_end: bool,
+    /// Consumer group: start from its committed offsets (or from -o, which moves the group),
+    /// and commit what was printed.
+    #[arg(long, short)]
+    group: Option<String>,
+    /// Stop after this many records.
+    #[arg(long, short = 'n', value_name = "N")]
+    max: Option<u64>,
+    /// Keep waiting for new records (until Ctrl-C) instead of stopping at the end.
+    #[arg(long, short)]
+    follow: bool,
+    /// Read from this node only (a node id, or HOST:PORT) [default: any, failing over].
+    #[arg(long, value_name = "NODE")]
+    node: Option<String>,
+    /// How keys are printed: text (escaped), raw bytes, hex or base64.
+    #[arg(long, value_enum, default_value_t = Encoding::Text, value_name = "ENC")]
+    key_encoding: Encoding,
+    /// How values (and header values) are printed: text (escaped), raw bytes, hex or base64.
+    #[arg(long, value_enum, default_value_t = Encoding::Text, value_name = "ENC")]
+    value_encoding: Encoding,
+    /// Print each record through a template: %t %p %o %d %k %v %h %K %V %H, encodings as
+    /// %v{hex}, escapes \n \t [default: '%p\t%o\t%k\t%v\n'].
+    #[arg(long, conflicts_with = "json", value_name = "TEMPLATE")]
+    format: Option<String>,
+}
+
+pub async fn run(ctx: &Ctx, args: ConsumeArgs) -> anyhow::Result<()> {
+    let template = Template::parse(args.format.as_deref().unwrap_or(format::DEFAULT))?;
+    let reader = match &args.node {
+        Some(node) => {
+            let addr = cluster::resolve_node(ctx, node).await?;
+            Client::new([addr])?
+        }
+        None => ctx.client.clone(),
+    };
+    let start = match (args.offset, args.from_end) {
+        (Some(start), _) => start,
+        (None, true) => StartFrom::End,
+        (None, false) => StartFrom::Beginning,
+    };
+    let mut config = ConsumerConfig::new(&args.topic).start(start);
+    config.group = args.group.clone();
+    config.partitions = args.partition.clone();
+    config.reset_group = args.group.is_some() && (args.offset.is_some() || args.from_end);
+    config.stop_at_end = !args.follow;
+    config.unavailable_timeout = ctx.timeout;
+    if let Some(n) = args.max {
+        config.max_records = n.clamp(1, 1000) as u32;
+    }
+    let work = async { anyhow::Ok(Consumer::new(reader, config).await?) };
+    let needs_quorum = args.group.is_some();
+    let mut consumer = guard_call(&ctx.client, ctx.timeout, needs_quorum, work).await?;
+    for a in consumer.adjustments() {
+        eprintln!(
+            "note: {}/{}: offset {} is outside the retained {}; starting at {}",
+            args.topic,
+            a.partition,
+            a.requested,
+            output::offsets(a.start_offset, a.end_offset),
+            a.actual
+        );
+    }
+    if let (Some(group), true) = (&args.group, args.offset.is_some() || args.from_end) {
+        eprintln!("note: group {group} starts at -o, not at its committed offsets; its next commit moves it there");
+    }
+    let printer = Printer {
+        topic: args.topic.clone(),
+        template,
+        json: ctx.json,
+        encodings: Encodings {
+            key: args.key_encoding,
+            value: args.value_encoding,
+        },
+    };
+    read(
+        &mut consumer,
+        &printer,
+        args.max,
+        args.follow,
+        args.group.is_some(),
+    )
+    .await
+}
+
+async fn read(
+    consumer: &mut Consumer,
+    printer: &Printer,
+    max: Option<u64>,
+    follow: bool,
+    commit: bool,
+) -> anyhow::Result<()> {
+    let mut printed = 0u64;
+    let wait = if follow {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(1)
+    };
+    while !consumer.is_done() && max.is_none_or(|m| printed < m) {
+        let records = consumer.poll(wait).await?;
+        for f in consumer.take_failovers() {
+            let at: Vec<String> = consumer
+                .positions()
+                .iter()
+                .map(|(p, o)| format!("{}/{p} offset {o}", printer.topic))
+                .collect();
+            eprintln!(
+                "note: node {} failed ({}); reading on from {} at {}",
+                f.from,
+                failure_words(&f.error),
+                f.to,
+                at.join(", ")
+            );
+        }
+        let mut out = Vec::new();
+        let mut rewound = std::collections::HashSet::new();
+        for r in &records {
+            if max.is_some_and(|m| printed >= m) {
+                // Not printed: rewind to the first such record of each partition, so a commit
+                // never covers records nobody saw.
+                if rewound.insert(r.partition) {
+                    consumer.seek(r.partition, r.record.offset);
+                }
+                continue;
+            }
+            printer.write(&mut out, r.partition, &r.record);
+            printed += 1;
+        }
+        output::bytes(&out);
+        if commit && !records.is_empty() {
+            consumer.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+fn failure_words(e: &raftlog_client::Error) -> String {
+    let message = e
+        .status()
+        .map_or(e.to_string(), |s| s.message().to_string());
+    if message.contains("tcp connect error") {
+        "cannot connect".into()
+    } else {
+        message
+    }
+}
+
+struct Printer {
+    topic: String,
+    template: Template,
+    json: bool,
+    encodings: Encodings,
+}
+
+impl Printer {
+    fn write(&self, out: &mut Vec<u8>, partition: u32, r: &raftlog_client::pb::Record) {
+        if self.json {
+            let v = codec::record_json(&self.topic, partition, r, self.encodings);
+            out.extend_from_slice(v.to_string().as_bytes());
+            out.push(b'\n');
+        } else {
+            out.extend(
+                self.template
+                    .render(&self.topic, partition, r, self.encodings),
+            );
+        }
+    }
+}

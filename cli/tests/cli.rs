@@ -1,0 +1,534 @@
+//! The `raftlog` binary as people use it, run as a process against clusters of real node
+//! processes (raftlog-testkit): consumers that follow through a kill -9 of their node, bytes in
+//! and out in every encoding, produce streaming from stdin, offsets the Kafka way, errors that
+//! name the cause, output sized for people. Events are awaited (a long-poll fetch, a line on a
+//! pipe), never slept for.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use raftlog_client::{pb, record, Client};
+use raftlog_testkit::{NodeOptions, TestCluster};
+
+/// The endpoints of the running nodes, comma-separated, `first` first.
+fn endpoints(cluster: &TestCluster, first: u64) -> String {
+    let mut nodes: Vec<_> = cluster.nodes.iter().filter(|n| n.child.is_some()).collect();
+    nodes.sort_by_key(|n| n.id != first);
+    let addrs: Vec<&str> = nodes.iter().map(|n| n.grpc.as_str()).collect();
+    addrs.join(",")
+}
+
+fn raftlog(endpoints: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftlog"));
+    cmd.arg("--endpoints").arg(endpoints).args(args);
+    cmd.env_remove("RAFTLOG_ENDPOINTS");
+    cmd
+}
+
+/// Runs the CLI to completion with `stdin` as its input.
+fn run(endpoints: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = raftlog(endpoints, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run raftlog");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = std::thread::spawn(move || input.write_all(&stdin));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    output
+}
+
+/// Runs the CLI and requires success; returns stdout.
+fn ok(endpoints: &str, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+    let out = run(endpoints, args, stdin);
+    assert!(
+        out.status.success(),
+        "raftlog {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Runs the CLI, requires it to fail; returns stderr.
+fn fails(endpoints: &str, args: &[&str]) -> String {
+    let out = run(endpoints, args, b"");
+    assert!(!out.status.success(), "raftlog {args:?} succeeded");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// A CLI process whose stdout lines are read as they come.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(endpoints: &str, args: &[&str]) -> Self {
+        let mut child = raftlog(endpoints, args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run raftlog");
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next `n` lines, waiting up to `timeout` for them.
+    fn take(&self, n: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        (0..n)
+            .map(|i| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.lines
+                    .recv_timeout(left)
+                    .unwrap_or_else(|_| panic!("line {} of {n} did not come in {timeout:?}", i + 1))
+            })
+            .collect()
+    }
+
+    fn stop(mut self) -> String {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        stderr
+    }
+}
+
+async fn produce(client: &Client, topic: &str, partition: u32, values: &[String]) {
+    let records = values
+        .iter()
+        .map(|v| record(v.clone().into_bytes()))
+        .collect();
+    client.produce(topic, partition, records).await.unwrap();
+}
+
+/// The value stored at `topic`/`partition`/`offset`, read through the library.
+async fn stored(client: &Client, topic: &str, partition: u32, offset: u64) -> pb::Record {
+    let request = pb::FetchRequest {
+        topic: topic.into(),
+        partition,
+        offset,
+        max_records: 1,
+        max_bytes: 0,
+        max_wait_ms: 5_000,
+    };
+    let response = client.fetch(request).await.unwrap();
+    response.records.into_iter().next().expect("a record")
+}
+
+/// kill -9 of the node a following consumer reads from (the leader, so group commits lose their
+/// node too): the consumer goes on from another endpoint and prints every record exactly once,
+/// with and without a group, and the group's committed offsets end at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_follow_through_a_kill9_of_their_node_printing_each_record_once() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("f", 2).await.unwrap();
+    let values = |from: usize, to: usize| (from..to).map(|i| format!("v{i}")).collect::<Vec<_>>();
+    produce(&client, "f", 0, &values(0, 100)).await;
+    produce(&client, "f", 1, &values(100, 200)).await;
+
+    let eps = endpoints(&cluster, leader);
+    let format = ["--format", "%v\\n"];
+    let plain = Running::start(&eps, &[&["consume", "f", "-f"][..], &format].concat());
+    let grouped = Running::start(
+        &eps,
+        &[&["consume", "f", "-f", "-g", "g"][..], &format].concat(),
+    );
+    let mut seen_plain = plain.take(200, Duration::from_secs(30));
+    let mut seen_grouped = grouped.take(200, Duration::from_secs(30));
+
+    cluster.kill9(leader);
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    produce(&client, "f", 0, &values(200, 300)).await;
+    produce(&client, "f", 1, &values(300, 400)).await;
+    seen_plain.extend(plain.take(200, Duration::from_secs(60)));
+    seen_grouped.extend(grouped.take(200, Duration::from_secs(60)));
+    // Nothing more comes: a duplicate would show up here.
+    assert!(plain
+        .lines
+        .recv_timeout(Duration::from_millis(500))
+        .is_err());
+    let (plain_err, grouped_err) = (plain.stop(), grouped.stop());
+    for (seen, stderr) in [(seen_plain, plain_err), (seen_grouped, grouped_err)] {
+        let mut sorted = seen.clone();
+        sorted.sort_by_key(|v| v[1..].parse::<u32>().unwrap());
+        assert_eq!(sorted, values(0, 400), "each record exactly once");
+        let dead = &cluster.node(leader).grpc;
+        assert!(
+            stderr.contains(&format!("note: node {dead} failed")),
+            "{stderr}"
+        );
+    }
+    let group = client.describe_group("g").await.unwrap();
+    let committed: Vec<_> = group
+        .partitions
+        .iter()
+        .map(|p| p.committed_offset)
+        .collect();
+    assert_eq!((committed, group.total_lag), (vec![200, 200], 0));
+}
+
+/// Random bytes (every byte value, newlines and NULs included) go in and come out unchanged in
+/// each encoding: raw, text (escaped), hex, base64, and the JSON form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_payload_round_trips_byte_for_byte_in_every_encoding() {
+    let cluster = TestCluster::start(1, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let (client, eps) = (cluster.client(), endpoints(&cluster, 1));
+    client.create_topic("bin", 1).await.unwrap();
+    let mut payload: Vec<u8> = (0..=255u8).collect();
+    payload.extend((0..4096).map(|_| rand::random::<u8>()));
+
+    // raw: the whole of stdin is one record; the template prints the value alone.
+    ok(
+        &eps,
+        &["produce", "bin", "-p", "0", "--delimiter", ""],
+        &payload,
+    );
+    assert_eq!(stored(&client, "bin", 0, 0).await.value, payload);
+    let consume = |offset: &str, extra: &[&str]| {
+        let args = [
+            &["consume", "bin", "-p", "0", "-o", offset, "-n", "1"][..],
+            extra,
+        ]
+        .concat();
+        ok(&eps, &args, b"")
+    };
+    assert_eq!(consume("0", &["--format", "%v{raw}"]), payload);
+
+    // text, hex, base64: what consume prints, produce reads back to the same bytes.
+    for (n, encoding) in [(1, "text"), (2, "hex"), (3, "base64")] {
+        let printed = consume("0", &["--value-encoding", encoding, "--format", "%v\\n"]);
+        assert!(
+            !printed[..printed.len() - 1].contains(&b'\n'),
+            "{encoding}: one line"
+        );
+        ok(
+            &eps,
+            &["produce", "bin", "-p", "0", "--value-encoding", encoding],
+            &printed,
+        );
+        assert_eq!(
+            stored(&client, "bin", 0, n).await.value,
+            payload,
+            "{encoding}"
+        );
+        let again = consume(
+            &n.to_string(),
+            &["--value-encoding", encoding, "--format", "%v\\n"],
+        );
+        assert_eq!(again, printed, "{encoding}");
+    }
+
+    // The JSON form: not UTF-8, so the value travels as value_base64; a binary key and a
+    // repeated header keep their bytes and order.
+    let key_hex = "00ff0a";
+    ok(
+        &eps,
+        &[
+            "produce",
+            "bin",
+            "-p",
+            "0",
+            "-k",
+            key_hex,
+            "--key-encoding",
+            "hex",
+            "-H",
+            "h=1",
+            "-H",
+            "h=2",
+            "--delimiter",
+            "",
+        ],
+        &payload,
+    );
+    let line = consume("4", &["--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&line).unwrap();
+    assert!(json.get("value_base64").is_some(), "{json}");
+    ok(&eps, &["produce", "bin", "-p", "0", "--from-json"], &line);
+    let copy = stored(&client, "bin", 0, 5).await;
+    assert_eq!(copy.value, payload);
+    assert_eq!(copy.key.as_deref(), Some(&[0x00, 0xff, 0x0a][..]));
+    let headers: Vec<_> = copy
+        .headers
+        .iter()
+        .map(|h| (h.key.as_str(), &h.value[..]))
+        .collect();
+    assert_eq!(headers, vec![("h", &b"1"[..]), ("h", &b"2"[..])]);
+
+    // Control characters never reach the terminal raw in the default output.
+    ok(
+        &eps,
+        &["produce", "bin", "-p", "0", "tab\there\u{1b}[31mred"],
+        b"",
+    );
+    let shown = text(consume("6", &[]));
+    assert_eq!(shown, "0\t6\t\ttab\\there\\x1b[31mred\n");
+}
+
+/// `consume | head -1`: the closed pipe ends the CLI quietly with status 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_consume_quietly_and_stdin_streams_as_it_arrives() {
+    let cluster = TestCluster::start(1, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let (client, eps) = (cluster.client(), endpoints(&cluster, 1));
+    client.create_topic("many", 1).await.unwrap();
+    let values: Vec<String> = (0..3000).map(|i| format!("{i:0>100}")).collect();
+    produce(&client, "many", 0, &values).await;
+    let mut child = raftlog(&eps, &["consume", "many"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap(); // the reader is dropped here: the pipe closes
+    let out = child.wait_with_output().unwrap();
+    assert!(first.starts_with("0\t0\t\t"), "{first}");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // tail -f | raftlog produce: each line is visible to a consumer while stdin stays open.
+    client.create_topic("stream", 1).await.unwrap();
+    let mut producer = raftlog(&eps, &["produce", "stream", "-p", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = producer.stdin.take().unwrap();
+    let mut latencies = Vec::new();
+    for i in 0..5u64 {
+        let sent = Instant::now();
+        writeln!(stdin, "line-{i}").unwrap();
+        stdin.flush().unwrap();
+        // A long poll: answers as soon as the record is committed.
+        let r = stored(&client, "stream", 0, i).await;
+        latencies.push(sent.elapsed());
+        assert_eq!(r.value, format!("line-{i}").into_bytes());
+    }
+    eprintln!("produce from stdin, line written to record visible: {latencies:?}");
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_secs(2)),
+        "{latencies:?}"
+    );
+    drop(stdin);
+    let out = producer.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        text(out.stdout),
+        "produced 5 records to stream/0 at offsets 0 to 4\n"
+    );
+
+    // A line without the key separator is sent, with a warning.
+    let out = run(
+        &eps,
+        &["produce", "stream", "--key-separator", ":"],
+        b"k:v\nno-key\n",
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: record 2 has no ':' (--key-separator)"),
+        "{stderr}"
+    );
+}
+
+/// Offsets as Kafka users type them, each partition on its own; -o with --group moves the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_the_kafka_way_each_partition_on_its_own() {
+    let cluster = TestCluster::start(1, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let (client, eps) = (cluster.client(), endpoints(&cluster, 1));
+    client.create_topic("o", 3).await.unwrap();
+    for (p, n) in [(0u32, 2usize), (1, 3), (2, 2)] {
+        let values: Vec<String> = (0..n).map(|i| format!("p{p}-{i}")).collect();
+        produce(&client, "o", p, &values).await;
+    }
+    let consume = |args: &[&str]| {
+        let mut lines: Vec<String> = text(ok(
+            &eps,
+            &[&["consume", "o", "--format", "%v\\n"][..], args].concat(),
+            b"",
+        ))
+        .lines()
+        .map(str::to_string)
+        .collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(consume(&["-o", "-1"]), ["p0-1", "p1-2", "p2-1"]);
+    assert_eq!(consume(&["-o", "+2"]), ["p1-2"]);
+    assert_eq!(consume(&["-o", "2"]), ["p1-2"]);
+    assert_eq!(consume(&["-o", "end"]), Vec::<String>::new());
+    assert_eq!(consume(&["-o", "start"]).len(), 7);
+    // Past the end of every partition: notes, no failure.
+    let out = run(&eps, &["consume", "o", "-o", "5"], b"");
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("note: o/1: offset 5 is outside the retained offsets 0 to 2; starting at 3"),
+        "{stderr}"
+    );
+
+    // A group resumes; -o with the group moves it (and says so).
+    assert_eq!(
+        consume(&["-p", "1", "-g", "g", "-n", "2"]),
+        ["p1-0", "p1-1"]
+    );
+    assert_eq!(consume(&["-p", "1", "-g", "g"]), ["p1-2"]);
+    let out = run(
+        &eps,
+        &[
+            "consume", "o", "-p", "1", "-g", "g", "-o", "0", "-n", "1", "--format", "%v\\n",
+        ],
+        b"",
+    );
+    assert_eq!(text(out.stdout), "p1-0\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: group g starts at -o"));
+    let group = client.describe_group("g").await.unwrap();
+    assert_eq!(
+        group.partitions[0].committed_offset, 1,
+        "the group moved back to 1"
+    );
+}
+
+/// Errors name the cause and the fix: the admin port, a node id that is not a member, no quorum
+/// (within seconds), a node never initialized; `cluster status` gives a verdict and its exit
+/// status says it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_cause_and_the_fix() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let eps = endpoints(&cluster, leader);
+    cluster.client().create_topic("e", 1).await.unwrap();
+
+    let status = text(ok(&eps, &["cluster", "status"], b""));
+    assert!(status.contains("healthy: yes"), "{status}");
+    assert!(status.lines().all(|l| l.chars().count() <= 80), "{status}");
+
+    let admin = cluster.node(1).admin.clone();
+    let stderr = fails(&admin, &["topic", "list"]);
+    assert!(stderr.contains("admin HTTP port"), "{stderr}");
+    assert!(
+        stderr.contains(&cluster.node(1).grpc) || stderr.contains("805N"),
+        "{stderr}"
+    );
+
+    let stderr = fails(&eps, &["cluster", "remove", "9", "--yes"]);
+    assert!(
+        stderr.contains("node 9 is not a member: voters 1, 2, 3"),
+        "{stderr}"
+    );
+    let stderr = fails(&eps, &["cluster", "remove", "3"]);
+    assert!(stderr.contains("add --yes"), "{stderr}");
+    let stderr = fails(&eps, &["consume", "e", "--node", "9"]);
+    assert!(stderr.contains("node 9 is not a member"), "{stderr}");
+
+    // A node that was never part of a cluster.
+    let lonely = cluster.add_node_process();
+    let lonely_addr = cluster.node(lonely).grpc.clone();
+    let started = Instant::now();
+    let stderr = fails(&lonely_addr, &["topic", "create", "x"]);
+    assert!(
+        stderr.contains("not part of an initialized cluster"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("raftlog cluster init"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    cluster.kill9(lonely);
+
+    // Two of three voters down: a write fails in seconds, naming them.
+    let others: Vec<u64> = (1..=3).filter(|&id| id != leader).collect();
+    cluster.kill9(others[0]);
+    let out = run(&eps, &["cluster", "status"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(out.stdout).contains("healthy: no"));
+    cluster.kill9(others[1]);
+    let started = Instant::now();
+    let stderr = fails(&eps, &["produce", "e", "x", "--timeout", "60s"]);
+    let took = started.elapsed();
+    assert!(
+        stderr.contains("no quorum: 2 of 3 voters unreachable"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    eprintln!("no-quorum produce failed after {took:?}: {stderr}");
+}
+
+/// Output sized for people: one line per topic, the config in describe, units accepted,
+/// completion scripts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_for_people_and_units() {
+    let cluster = TestCluster::start(1, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let eps = endpoints(&cluster, 1);
+    ok(
+        &eps,
+        &[
+            "topic",
+            "create",
+            "big",
+            "-p",
+            "200",
+            "--retention",
+            "7d",
+            "--retention-bytes",
+            "1GiB",
+        ],
+        b"",
+    );
+    ok(&eps, &["topic", "create", "small"], b"");
+    let list = text(ok(&eps, &["topic", "list"], b""));
+    assert_eq!(list.lines().count(), 3, "{list}");
+    assert!(list.contains("big    200"), "{list}");
+    let describe = text(ok(&eps, &["topic", "describe", "big"], b""));
+    assert!(
+        describe.contains("7days") && describe.contains("1 GiB"),
+        "{describe}"
+    );
+    let stderr = fails(&eps, &["topic", "create", "zero", "--partitions", "0"]);
+    assert!(stderr.contains("0 is not in 1.."), "{stderr}");
+    let completion = text(ok(&eps, &["completion", "bash"], b""));
+    assert!(completion.contains("complete -F"), "{completion}");
+}
