@@ -2,8 +2,8 @@
 # Shippable binaries: raftlog-node and raftlog without their debug info, which goes to a .debug
 # file beside each (GNU debuglink), so gdb, perf and addr2line find it when it is put next to the
 # binary or under /usr/lib/debug. The release profile keeps line tables (and RocksDB's C++ its
-# -g), which makes raftlog-node ~470 MB; without it, ~26 MB (the .debug file, compressed, ~140 MB). Symbols stay in the binary, so
-# backtraces still name functions.
+# -g): raftlog-node is ~470 MB as built, ~26 MB without them (the .debug file, compressed, ~140
+# MB). Symbols stay in the binary, so backtraces still name functions.
 #   scripts/dist.sh [OUT_DIR]     (default $CARGO_TARGET_DIR/dist; builds the binaries first
 #                                  unless RAFTLOG_NO_BUILD=1)
 set -euo pipefail
