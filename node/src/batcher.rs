@@ -21,6 +21,10 @@
 //!
 //! Order: requests are proposed in the order they reach the batcher, so one producer's
 //! sequential requests keep their order.
+//!
+//! Deadlines: a request whose deadline has passed, or whose caller has gone, by the time its batch
+//! is proposed is left out and answered DEADLINE_EXCEEDED (not applied). A write that waited here
+//! behind a stalled Raft never lands long after its caller gave up.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +44,16 @@ struct Pending {
     bytes: usize,
     /// When the request reached the batcher (for the queue-wait histogram).
     queued_at: Instant,
+    /// Not proposed after this.
+    deadline: Instant,
     reply: oneshot::Sender<Result<CommandResponse, WriteError>>,
+}
+
+impl Pending {
+    /// Whether proposing it now would be too late: its deadline passed, or nobody waits for it.
+    fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline || self.reply.is_closed()
+    }
 }
 
 /// Handle to the batching task of one Raft group. Cheap to clone.
@@ -65,13 +78,15 @@ impl Batcher {
         Self { tx }
     }
 
-    /// Proposes `command` (of `bytes` record bytes) in the next batch and waits for its outcome.
+    /// Proposes `command` (of `bytes` record bytes) in the next batch, unless `deadline` passes
+    /// first, and waits for its outcome.
     pub async fn write(
         &self,
         command: Command,
         bytes: usize,
+        deadline: Instant,
     ) -> Result<CommandResponse, WriteError> {
-        self.submit(command, bytes).await.await
+        self.submit(command, bytes, deadline).await.await
     }
 
     /// Queues `command` for the next batch and returns its outcome to await. Callers that
@@ -80,6 +95,7 @@ impl Batcher {
         &self,
         command: Command,
         bytes: usize,
+        deadline: Instant,
     ) -> impl std::future::Future<Output = Result<CommandResponse, WriteError>> + Send + 'static
     {
         let (reply, outcome) = oneshot::channel();
@@ -87,6 +103,7 @@ impl Batcher {
             command,
             bytes,
             queued_at: Instant::now(),
+            deadline,
             reply,
         };
         let queued = self.tx.send(pending).await.is_ok();
@@ -200,7 +217,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, bounds: Bounds) {
         };
         let mut gathering = Gathering::new(first);
         carry = gather(&mut rx, &mut gathering, previous_len, &bounds).await;
-        let batch = gathering.batch;
+        let batch = drop_expired(gathering.batch, Instant::now());
+        if batch.is_empty() {
+            continue;
+        }
         previous_len = batch.len();
         let proposed_at = Instant::now();
         let queue_wait = metrics::histogram!(crate::metrics::GROUP_COMMIT_QUEUE_SECONDS);
@@ -211,6 +231,22 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, bounds: Bounds) {
             .record(batch.len() as f64);
         propose(&raft, batch, slot).await;
     }
+}
+
+/// Answers the requests of `batch` that are [`Pending::expired`] (not applied) and returns the
+/// others, in order.
+fn drop_expired(batch: Vec<Pending>, now: Instant) -> Vec<Pending> {
+    if !batch.iter().any(|p| p.expired(now)) {
+        return batch;
+    }
+    let (expired, live): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.expired(now));
+    metrics::counter!(crate::metrics::WRITES_EXPIRED).increment(expired.len() as u64);
+    for pending in expired {
+        let _ = pending
+            .reply
+            .send(Err(WriteError::Failed(ApiError::write_deadline_passed())));
+    }
+    live
 }
 
 /// Proposes `batch` as one entry (a lone command as itself) and answers each request when it
@@ -375,7 +411,46 @@ mod tests {
             command: Command::Batch(Vec::new().into()),
             bytes,
             queued_at: Instant::now(),
+            deadline: Instant::now() + Duration::from_secs(60),
             reply: oneshot::channel().0,
+        }
+    }
+
+    /// Requests whose deadline passed, or whose caller is gone, are answered DEADLINE_EXCEEDED
+    /// (not applied) and left out of the entry; the others keep their order.
+    #[test]
+    fn expired_requests_are_answered_and_left_out_of_the_batch() {
+        let now = Instant::now();
+        let with = |deadline: Instant| {
+            let (reply, outcome) = oneshot::channel();
+            let pending = Pending {
+                command: Command::DeleteTopic {
+                    name: format!("{:?}", deadline - now),
+                },
+                bytes: 1,
+                queued_at: now,
+                deadline,
+                reply,
+            };
+            (pending, outcome)
+        };
+        let (live_1, _keep_1) = with(now + Duration::from_secs(5));
+        let (late, mut late_outcome) = with(now - Duration::from_millis(1));
+        let (gone, gone_outcome) = with(now + Duration::from_secs(5));
+        drop(gone_outcome);
+        let (live_2, _keep_2) = with(now + Duration::from_secs(6));
+        let kept = drop_expired(vec![live_1, late, gone, live_2], now);
+        let names: Vec<_> = kept
+            .iter()
+            .map(|p| match &p.command {
+                Command::DeleteTopic { name } => name.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(names, ["5s", "6s"]);
+        match late_outcome.try_recv() {
+            Ok(Err(WriteError::Failed(ApiError::DeadlineExceeded(_)))) => {}
+            other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
         }
     }
 

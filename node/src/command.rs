@@ -184,8 +184,9 @@ pub enum Command {
     },
     /// Delete a topic, its stored batches and every group's offsets for it.
     DeleteTopic { name: String },
-    /// Store a consumer group's committed offsets for partitions of one topic. Each offset must
-    /// be at most the partition's end offset when the command applies.
+    /// Store a consumer group's committed offsets for partitions of one topic, unconditionally.
+    /// No longer proposed (see [`Command::CommitGroupOffsets`]); kept, with its meaning, for the
+    /// entries that logs and snapshots written before still hold.
     CommitOffsets {
         group: String,
         topic: String,
@@ -216,6 +217,23 @@ pub enum Command {
     /// copy of dozens of commands (a topic name and a record list each). serde writes an `Arc`
     /// as what it holds, so the encoding is that of a plain list.
     Batch(Arc<[Command]>),
+    /// Store a consumer group's committed offsets for partitions of one topic. Each offset must
+    /// be at most the partition's end offset when the command applies; unless `allow_rewind`,
+    /// none may be below the offset the group has committed (a late or repeated commit must not
+    /// move the group back: only an explicit seek or reset does). All or nothing.
+    CommitGroupOffsets {
+        group: String,
+        topic: String,
+        /// (partition, next offset to read), partitions distinct.
+        offsets: Vec<(u32, u64)>,
+        /// Leader's wall clock when it proposed the commit.
+        committed_at_ms: i64,
+        /// Group count limit at the time of the request (see `topics_max`).
+        groups_max: u32,
+        allow_rewind: bool,
+    },
+    /// Forget a consumer group: every offset it committed.
+    DeleteGroup { group: String },
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -265,6 +283,23 @@ impl std::fmt::Display for Command {
                 "CommitOffsets({group}, {topic}, {} partitions)",
                 offsets.len()
             ),
+            Command::CommitGroupOffsets {
+                group,
+                topic,
+                offsets,
+                allow_rewind,
+                ..
+            } => write!(
+                f,
+                "CommitGroupOffsets({group}, {topic}, {} partitions{})",
+                offsets.len(),
+                if *allow_rewind {
+                    ", rewind allowed"
+                } else {
+                    ""
+                }
+            ),
+            Command::DeleteGroup { group } => write!(f, "DeleteGroup({group})"),
             Command::AlterTopic { name, .. } => write!(f, "AlterTopic({name})"),
             Command::InitProducer { .. } => write!(f, "InitProducer"),
             Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
@@ -306,6 +341,7 @@ pub enum CommandResponse {
     MaintenanceDone,
     /// One response per command of a `Command::Batch`, in order.
     Batch(Vec<CommandResponse>),
+    GroupDeleted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -356,6 +392,17 @@ pub enum Rejection {
     },
     #[error("expected end offset {expected} but the partition ends at {actual}")]
     EndOffsetMismatch { expected: u64, actual: u64 },
+    #[error(
+        "consumer group '{group}' has committed offset {committed} for {topic}/{partition}; \
+         committing {requested} would move it back"
+    )]
+    CommitRewind {
+        group: String,
+        topic: String,
+        partition: u32,
+        committed: u64,
+        requested: u64,
+    },
 }
 
 #[cfg(test)]

@@ -38,6 +38,8 @@ pub struct NodeConfig {
     /// it below the node's needs CAP_SYS_NICE; without it the node says so at start and goes on.
     pub fsync_thread_nice: i32,
     pub log_format: LogFormat,
+    /// Whether log lines carry ANSI colours: `auto` when the output is a terminal.
+    pub log_color: LogColor,
     /// tracing filter, e.g. "info,openraft=warn" or "debug"; RUST_LOG overrides it.
     pub log_level: String,
 }
@@ -103,6 +105,10 @@ pub struct Limits {
     /// How long a group-commit batch smaller than the previous entry waits for more requests
     /// (`batcher`'s linger); 0 turns the wait off.
     pub group_commit_linger_ms: u64,
+    /// A write is proposed within this long of reaching the node, or not at all: the deadline of
+    /// a request that has none (no `grpc-timeout`), and the cap on a longer one. docs/guarantees.md
+    /// ("Writes that time out") states what follows from it.
+    pub write_timeout_ms_max: u64,
     pub fetch_records_max: usize,
     pub fetch_bytes_max: usize,
     /// Longest a Fetch may wait for records (long poll).
@@ -119,6 +125,15 @@ pub struct Limits {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// Colours when the log goes to a terminal, none when it goes to a file or a pipe.
+    Auto,
+    Always,
+    Never,
 }
 
 impl Default for RaftTimings {
@@ -157,6 +172,7 @@ impl Default for Limits {
             producers_max: 100_000,
             group_commit_max: 1024,
             group_commit_linger_ms: 1,
+            write_timeout_ms_max: 10_000,
             fetch_records_max: 10_000,
             fetch_bytes_max: 16 * 1024 * 1024,
             fetch_wait_ms_max: 30_000,
@@ -249,6 +265,10 @@ pub struct Args {
     /// requests, at most; 0 turns the wait off [default: 1].
     #[arg(long, env = "RAFTLOG_GROUP_COMMIT_LINGER_MS")]
     pub group_commit_linger_ms: Option<u64>,
+    /// A write not proposed within this long of reaching the node (or within its own gRPC
+    /// deadline, if shorter) is answered DEADLINE_EXCEEDED and never applied [default: 10000].
+    #[arg(long, env = "RAFTLOG_WRITE_TIMEOUT_MS_MAX")]
+    pub write_timeout_ms_max: Option<u64>,
     /// Most idempotent producer ids tracked at once [default: 100000].
     #[arg(long, env = "RAFTLOG_PRODUCERS_MAX")]
     pub producers_max: Option<u32>,
@@ -293,6 +313,10 @@ pub struct Args {
     /// Log output format [default: text]; the level comes from log_level (or RUST_LOG).
     #[arg(long, env = "RAFTLOG_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// ANSI colours in text logs: auto (only when the output is a terminal), always or never
+    /// [default: auto].
+    #[arg(long, env = "RAFTLOG_LOG_COLOR")]
+    pub log_color: Option<LogColor>,
     /// Log level / filter, e.g. "info" or "info,openraft=warn,raftlog_node=debug"; the RUST_LOG
     /// environment variable overrides it [default: info,openraft=warn].
     #[arg(long, env = "RAFTLOG_LOG_LEVEL")]
@@ -393,6 +417,8 @@ impl Args {
                     .unwrap_or(limits_default.group_commit_max),
                 group_commit_linger_ms: pick!(group_commit_linger_ms)
                     .unwrap_or(limits_default.group_commit_linger_ms),
+                write_timeout_ms_max: pick!(write_timeout_ms_max)
+                    .unwrap_or(limits_default.write_timeout_ms_max),
                 disk_free_bytes_min: pick!(disk_free_bytes_min)
                     .unwrap_or(limits_default.disk_free_bytes_min),
                 ..limits_default
@@ -417,11 +443,37 @@ impl Args {
             worker_threads: pick!(worker_threads).unwrap_or(0),
             fsync_thread_nice: pick!(fsync_thread_nice).unwrap_or(FSYNC_THREAD_NICE_DEFAULT),
             log_format: pick!(log_format).unwrap_or(LogFormat::Text),
+            log_color: pick!(log_color).unwrap_or(LogColor::Auto),
             log_level: pick!(log_level).unwrap_or_else(|| "info,openraft=warn".into()),
         };
         config.validate()?;
         Ok(config)
     }
+}
+
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `log_level` filter: every directive is a level, or `target=level`. A bare word that
+/// is not a level ("verbose", "infoo") would otherwise be taken as a target name and silently
+/// enable nothing the operator meant.
+pub fn validate_log_filter(filter: &str) -> Result<(), String> {
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = match directive.rsplit_once('=') {
+            Some((_, level)) => level,
+            None => directive,
+        };
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "'{directive}' in log_level '{filter}' is not a level: use one of {} or \
+                 target=level (e.g. info,openraft=warn)",
+                LEVELS.join(", ")
+            ));
+        }
+        directive
+            .parse::<tracing_subscriber::filter::Directive>()
+            .map_err(|e| format!("'{directive}' in log_level '{filter}': {e}"))?;
+    }
+    Ok(())
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -462,6 +514,7 @@ impl NodeConfig {
         if self.node_id == 0 {
             return invalid("node id must be positive".into());
         }
+        validate_log_filter(&self.log_level).or_else(invalid)?;
         let r = &self.raft;
         if r.heartbeat_interval_ms == 0 || r.election_timeout_ms_min <= r.heartbeat_interval_ms * 2
         {
@@ -493,6 +546,13 @@ impl NodeConfig {
             );
         }
         // Every write in a batch that lingers waits that long: seconds are a misplaced digit.
+        if l.write_timeout_ms_max < 100 {
+            return invalid(format!(
+                "write_timeout_ms_max ({}) must be at least 100: a write must have time to be \
+                 proposed",
+                l.write_timeout_ms_max
+            ));
+        }
         if l.group_commit_linger_ms > 1000 {
             return invalid(format!(
                 "group_commit_linger_ms ({}) must be at most 1000 (a batch's writes all wait \
@@ -547,6 +607,10 @@ impl NodeConfig {
             // next round of notifications: measured A/B (2 rounds, scripts/ab.sh) C=64 +3–8 %,
             // batching producer +12–25 %.
             broadcast_submitted_on_append: Some(true),
+            // A node that was partitioned or restarted first asks whether it could win, so it
+            // does not raise its term and depose a leader that a majority still follows (Raft
+            // thesis §9.6). Carried to the peer by the PreVote RPC (raft::network).
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
     }
@@ -555,6 +619,29 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_level_is_a_level_or_target_level_and_anything_else_is_refused_at_start() {
+        for good in [
+            "info",
+            "info,openraft=warn",
+            "debug,raftlog_node::raft=trace",
+            "WARN",
+        ] {
+            assert_eq!(validate_log_filter(good), Ok(()), "{good}");
+        }
+        for bad in ["verbose", "infoo", "info,openraft=loud"] {
+            let err = validate_log_filter(bad).unwrap_err();
+            assert!(err.contains("is not a level"), "{bad}: {err}");
+        }
+        let args = Args {
+            node_id: Some(1),
+            log_level: Some("verbose".into()),
+            ..Default::default()
+        };
+        let err = args.resolve().unwrap_err().to_string();
+        assert!(err.contains("'verbose'"), "{err}");
+    }
 
     #[test]
     fn example_config_file_parses_and_matches_defaults() {

@@ -16,6 +16,7 @@ pub mod config;
 pub mod disk;
 pub mod handover;
 pub mod log_retention;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod raft;

@@ -1,8 +1,7 @@
 //! `raftlog-node`: runs one raftlog server node until SIGINT or SIGTERM.
 
 use clap::Parser;
-use raftlog_node::config::{Args, LogFormat};
-use tracing_subscriber::EnvFilter;
+use raftlog_node::config::Args;
 
 fn main() -> anyhow::Result<()> {
     let config = Args::parse().resolve()?;
@@ -15,14 +14,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: raftlog_node::config::NodeConfig) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log_level))
-        .map_err(|e| anyhow::anyhow!("bad log_level '{}': {e}", config.log_level))?;
-    let subscriber = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Json => subscriber.json().init(),
-        LogFormat::Text => subscriber.init(),
-    }
+    raftlog_node::logging::init(&config)?;
     if let Err(e) = raftlog_node::server::run(config, shutdown_signal()).await {
         // One line with the whole cause chain (not a backtrace that pushes it out of a log tail).
         tracing::error!("node failed: {e:#}");

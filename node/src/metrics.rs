@@ -49,6 +49,8 @@ pub const GROUP_COMMIT_QUEUE_SECONDS: &str = "raftlog_group_commit_queue_seconds
 /// Time from proposing a group-commit entry to its apply on the leader (replication, fsyncs on
 /// a majority, commit, apply).
 pub const GROUP_COMMIT_ENTRY_SECONDS: &str = "raftlog_group_commit_entry_seconds";
+/// Writes not proposed because their deadline passed (or their caller left) while they waited.
+pub const WRITES_EXPIRED: &str = "raftlog_writes_expired_total";
 /// Writes per proposed entry.
 pub const GROUP_COMMIT_REQUESTS_PER_ENTRY: &str = "raftlog_group_commit_requests_per_entry";
 

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::api::error::ApiError;
 use crate::api::forward::Forwarder;
@@ -76,16 +77,24 @@ pub fn client_write_error(e: ClientWriteError) -> WriteError {
 }
 
 impl NodeContext {
-    /// Proposes `command` through Raft and waits until it is committed (fsynced on a majority)
-    /// and applied here; returns what applying it answered.
-    pub async fn write(&self, command: Command) -> Result<CommandResponse, WriteError> {
+    /// Proposes `command` through Raft, unless `deadline` passes first, and waits until it is
+    /// committed (fsynced on a majority) and applied here; returns what applying it answered.
+    /// A write not proposed by its deadline is answered DEADLINE_EXCEEDED and never applied.
+    pub async fn write(
+        &self,
+        command: Command,
+        deadline: Instant,
+    ) -> Result<CommandResponse, WriteError> {
         self.refuse_if_stopped()?;
         // Appends go through the batcher (group commit, or with group_commit_max = 1 each
         // request proposed at once as its own entry); rarer commands (topics, groups, producers,
         // housekeeping) are proposed on their own.
         if let Command::Append { records, .. } = &command {
             let bytes = records.iter().map(|r| r.size_bytes()).sum();
-            return self.batcher.write(command, bytes).await;
+            return self.batcher.write(command, bytes, deadline).await;
+        }
+        if Instant::now() >= deadline {
+            return Err(WriteError::Failed(ApiError::write_deadline_passed()));
         }
         match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
@@ -106,6 +115,7 @@ impl NodeContext {
     pub async fn submit_append(
         &self,
         command: Command,
+        deadline: Instant,
     ) -> Result<
         impl Future<Output = Result<CommandResponse, WriteError>> + Send + 'static,
         WriteError,
@@ -115,7 +125,7 @@ impl NodeContext {
             Command::Append { records, .. } => records.iter().map(|r| r.size_bytes()).sum(),
             _ => 0,
         };
-        Ok(self.batcher.submit(command, bytes).await)
+        Ok(self.batcher.submit(command, bytes, deadline).await)
     }
 
     /// While the node shuts down it proposes nothing: a write goes to the successor once one

@@ -318,7 +318,8 @@ async fn housekeeping(ctx: NodeContext, mut stop: tokio::sync::watch::Receiver<b
             producer_idle_ms: ctx.config.housekeeping.producer_idle_ms,
         };
         // A lost leadership or a failed round is fine: the next leader's next tick catches up.
-        if let Err(WriteError::Failed(e)) = ctx.write(command).await {
+        let deadline = std::time::Instant::now() + every;
+        if let Err(WriteError::Failed(e)) = ctx.write(command, deadline).await {
             tracing::warn!("housekeeping round failed: {e}");
         }
     }

@@ -92,12 +92,15 @@ const CLIENT_METHODS: &[&str] = &[
     "/raftlog.v1.Broker/FetchOffsets",
     "/raftlog.v1.Broker/ListGroups",
     "/raftlog.v1.Broker/DescribeGroup",
+    "/raftlog.v1.Broker/DeleteGroup",
+    "/raftlog.v1.Broker/ListOffsets",
     "/raftlog.v1.Cluster/Status",
     "/raftlog.v1.Cluster/TriggerSnapshot",
     "/raftlog.v1.Cluster/StateDigest",
 ];
 const RAFT_METHODS: &[&str] = &[
     "/raftlog.raft.v1.Raft/Vote",
+    "/raftlog.raft.v1.Raft/PreVote",
     "/raftlog.raft.v1.Raft/AppendEntries",
     "/raftlog.raft.v1.Raft/InstallSnapshot",
 ];
@@ -422,6 +425,7 @@ fn plausible(rng: &mut StdRng, path: &str) -> Vec<u8> {
                     offset: any_u64(rng),
                 })
                 .collect(),
+            allow_rewind: rng.random(),
         }
         .encode_to_vec(),
         "FetchOffsets" => pb::FetchOffsetsRequest {
@@ -431,6 +435,16 @@ fn plausible(rng: &mut StdRng, path: &str) -> Vec<u8> {
         .encode_to_vec(),
         "DescribeGroup" => pb::DescribeGroupRequest {
             group: any_name(rng),
+        }
+        .encode_to_vec(),
+        "DeleteGroup" => pb::DeleteGroupRequest {
+            group: any_name(rng),
+        }
+        .encode_to_vec(),
+        "ListOffsets" => pb::ListOffsetsRequest {
+            topic: any_name(rng),
+            partitions: (0..rng.random_range(0..5)).map(|_| any_u32(rng)).collect(),
+            timestamp_ms: rng.random_bool(0.5).then(|| rng.random()),
         }
         .encode_to_vec(),
         // Messages without fields: unknown fields of every wire type.
@@ -592,7 +606,7 @@ fn raft_payload(rng: &mut StdRng, path: &str) -> Vec<u8> {
         })
     };
     match path.rsplit('/').next().unwrap() {
-        "Vote" => encode(&VoteRequest::new(vote, log_id(rng))),
+        "Vote" | "PreVote" => encode(&VoteRequest::new(vote, log_id(rng))),
         "AppendEntries" => {
             let entries = (0..rng.random_range(0..3))
                 .map(|_| Entry {
@@ -655,7 +669,7 @@ fn raft_payload(rng: &mut StdRng, path: &str) -> Vec<u8> {
 /// on it: such payloads are not malformed and are not sent).
 fn raft_payload_decodes(path: &str, payload: &[u8]) -> bool {
     match path.rsplit('/').next().unwrap() {
-        "Vote" => decode::<VoteRequest>(payload).is_ok(),
+        "Vote" | "PreVote" => decode::<VoteRequest>(payload).is_ok(),
         "AppendEntries" => decode::<AppendEntriesRequest>(payload).is_ok(),
         _ => decode::<(Vote, SnapshotMeta)>(payload).is_ok(),
     }
@@ -779,6 +793,8 @@ enum Call {
     CommitOffsets(pb::CommitOffsetsRequest),
     FetchOffsets(pb::FetchOffsetsRequest),
     DescribeGroup(pb::DescribeGroupRequest),
+    DeleteGroup(pb::DeleteGroupRequest),
+    ListOffsets(pb::ListOffsetsRequest),
     ListTopics,
     ListGroups,
 }
@@ -796,6 +812,8 @@ impl Call {
             Call::CommitOffsets(_) => "CommitOffsets",
             Call::FetchOffsets(_) => "FetchOffsets",
             Call::DescribeGroup(_) => "DescribeGroup",
+            Call::DeleteGroup(_) => "DeleteGroup",
+            Call::ListOffsets(_) => "ListOffsets",
             Call::ListTopics => "ListTopics",
             Call::ListGroups => "ListGroups",
         }
@@ -1213,6 +1231,7 @@ fn structured_case(rng: &mut StdRng, i: usize, producer_id: u64) -> StructuredCa
                 group,
                 topic: TOPIC.into(),
                 offsets: Vec::new(),
+                allow_rewind: rng.random(),
             };
             match rng.random_range(0..8) {
                 0 => {
@@ -1290,7 +1309,32 @@ fn structured_case(rng: &mut StdRng, i: usize, producer_id: u64) -> StructuredCa
             }
             Call::FetchOffsets(request)
         }
-        91..=96 => {
+        91..=92 => {
+            // Deleting a group that is not there, or under a bad name (the test's own group, which
+            // does exist, is never deleted).
+            let group = if rng.random_bool(0.5) {
+                bad_name(rng)
+            } else {
+                missing_name(rng)
+            };
+            Call::DeleteGroup(pb::DeleteGroupRequest { group })
+        }
+        93..=94 => {
+            let mut request = pb::ListOffsetsRequest {
+                topic: TOPIC.into(),
+                partitions: Vec::new(),
+                timestamp_ms: rng.random_bool(0.5).then(|| rng.random()),
+            };
+            match rng.random_range(0..5) {
+                0 => request.topic = bad_name(rng),
+                1 => request.topic = missing_name(rng),
+                2 => request.partitions = vec![0, bad_partition(rng)],
+                3 => request.partitions = (0..=PARTITIONS_PER_TOPIC_MAX).map(|_| 0).collect(),
+                _ => may_succeed = true,
+            }
+            Call::ListOffsets(request)
+        }
+        95..=96 => {
             let group = match rng.random_range(0..3) {
                 0 => bad_name(rng),
                 1 => missing_name(rng),
@@ -1339,6 +1383,8 @@ async fn run_structured(
         Call::CommitOffsets(r) => broker.commit_offsets(r.clone()).await.map(drop),
         Call::FetchOffsets(r) => broker.fetch_offsets(r.clone()).await.map(drop),
         Call::DescribeGroup(r) => broker.describe_group(r.clone()).await.map(drop),
+        Call::DeleteGroup(r) => broker.delete_group(r.clone()).await.map(drop),
+        Call::ListOffsets(r) => broker.list_offsets(r.clone()).await.map(drop),
         Call::ListTopics => broker.list_topics(pb::ListTopicsRequest {}).await.map(drop),
         Call::ListGroups => broker.list_groups(pb::ListGroupsRequest {}).await.map(drop),
     };

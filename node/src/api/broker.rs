@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::broker_server::Broker;
@@ -15,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{group_to_pb, record_to_pb, records_from_pb, topic_to_pb};
 use super::error::ApiError;
-use super::forward::{is_forwarded, leader_unreachable, Forwarder};
+use super::forward::{is_forwarded, leader_unreachable, write_deadline, Forwarder};
 use crate::command::{Command, CommandResponse, ProducerSequence, Rejection, TopicSettings};
 use crate::node::{now_ms, NodeContext, WriteError};
 
@@ -235,9 +236,12 @@ impl BrokerService {
                 WriteError::Failed(e) => e.into(),
             }
         };
+        // A stream's messages carry no deadline of their own: each gets the node's cap from its
+        // arrival.
+        let max = std::time::Duration::from_millis(self.ctx.config.limits.write_timeout_ms_max);
         let pending = self
             .ctx
-            .submit_append(append.command)
+            .submit_append(append.command, Instant::now() + max)
             .await
             .map_err(&refused)?;
         let outcome = append.outcome;
@@ -249,11 +253,19 @@ impl BrokerService {
         })
     }
 
-    /// Proposes `command` through Raft when this node leads and maps the applied outcome with
-    /// `applied`; otherwise sends the request on to the leader with `forward`, once.
+    /// By when a write arriving with `request` must be proposed ([`super::forward::write_deadline`]).
+    fn write_deadline<T>(&self, request: &Request<T>) -> Instant {
+        let max = std::time::Duration::from_millis(self.ctx.config.limits.write_timeout_ms_max);
+        write_deadline(request.metadata(), max)
+    }
+
+    /// Proposes `command` through Raft, unless `deadline` passes first, when this node leads and
+    /// maps the applied outcome with `applied`; otherwise sends the request on to the leader with
+    /// `forward`, once (it attaches what is left of the deadline).
     async fn write_or_forward<T, Fut>(
         &self,
         forwarded: bool,
+        deadline: Instant,
         command: Command,
         applied: impl FnOnce(CommandResponse) -> Result<T, ApiError>,
         forward: impl FnOnce(BrokerClient<Channel>) -> Fut,
@@ -261,7 +273,7 @@ impl BrokerService {
     where
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
-        match self.ctx.write(command).await {
+        match self.ctx.write(command, deadline).await {
             Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
             Ok(response) => Ok(Response::new(applied(response)?)),
             Err(WriteError::NotLeader(leader)) => {
@@ -482,6 +494,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<TopicInfo>, Status> {
         crate::metrics::observe("CreateTopic", async move {
             let forwarded = is_forwarded(&request);
+            let deadline = self.write_deadline(&request);
             let req = request.into_inner();
             self.validate_topic_name(&req.name)?;
             let limits = &self.ctx.config.limits;
@@ -515,18 +528,23 @@ impl Broker for BrokerService {
             let (view, leader) = (self.ctx.view.clone(), self.ctx.id);
             let name = req.name.clone();
             self.write_or_forward(
-            forwarded,
-            command,
-            |response| match response {
-                CommandResponse::TopicCreated { .. } => view
-                    .topic(&name)
-                    .map(|t| topic_to_pb(t, leader))
-                    .ok_or_else(|| ApiError::Internal("created topic not applied".into())),
-                other => Err(unexpected(other)),
-            },
-            |mut client| async move { client.create_topic(Forwarder::forwarded(req, None)).await },
-        )
-        .await
+                forwarded,
+                deadline,
+                command,
+                |response| match response {
+                    CommandResponse::TopicCreated { .. } => view
+                        .topic(&name)
+                        .map(|t| topic_to_pb(t, leader))
+                        .ok_or_else(|| ApiError::Internal("created topic not applied".into())),
+                    other => Err(unexpected(other)),
+                },
+                |mut client| async move {
+                    client
+                        .create_topic(Forwarder::forwarded_write(req, deadline)?)
+                        .await
+                },
+            )
+            .await
         })
         .await
     }
@@ -572,21 +590,27 @@ impl Broker for BrokerService {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         crate::metrics::observe("DeleteTopic", async move {
             let forwarded = is_forwarded(&request);
+            let deadline = self.write_deadline(&request);
             let req = request.into_inner();
             self.validate_topic_name(&req.name)?;
             let command = Command::DeleteTopic {
                 name: req.name.clone(),
             };
             self.write_or_forward(
-            forwarded,
-            command,
-            |response| match response {
-                CommandResponse::TopicDeleted => Ok(DeleteTopicResponse {}),
-                other => Err(unexpected(other)),
-            },
-            |mut client| async move { client.delete_topic(Forwarder::forwarded(req, None)).await },
-        )
-        .await
+                forwarded,
+                deadline,
+                command,
+                |response| match response {
+                    CommandResponse::TopicDeleted => Ok(DeleteTopicResponse {}),
+                    other => Err(unexpected(other)),
+                },
+                |mut client| async move {
+                    client
+                        .delete_topic(Forwarder::forwarded_write(req, deadline)?)
+                        .await
+                },
+            )
+            .await
         })
         .await
     }
@@ -597,6 +621,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<ProduceResponse>, Status> {
         crate::metrics::observe("Produce", async move {
             let forwarded = is_forwarded(&request);
+            let deadline = self.write_deadline(&request);
             let append = match self.prepare_produce(request.into_inner(), forwarded)? {
                 PreparedProduce::Append(append) => append,
                 PreparedProduce::ToLeader(req) => {
@@ -606,7 +631,7 @@ impl Broker for BrokerService {
                             .route(forwarded, self.ctx.leader(), self.ctx.id)?;
                     return BrokerClient::new(channel)
                         .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
-                        .produce(Forwarder::forwarded(req, None))
+                        .produce(Forwarder::forwarded_write(req, deadline)?)
                         .await
                         .map_err(|s| leader_unreachable(s, leader));
                 }
@@ -622,9 +647,14 @@ impl Broker for BrokerService {
             } = append;
             self.write_or_forward(
                 forwarded,
+                deadline,
                 command,
                 |response| outcome.applied(response),
-                |mut client| async move { client.produce(Forwarder::forwarded(request, None)).await },
+                |mut client| async move {
+                    client
+                        .produce(Forwarder::forwarded_write(request, deadline)?)
+                        .await
+                },
             )
             .await
         })
@@ -652,6 +682,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<TopicInfo>, Status> {
         crate::metrics::observe("AlterTopic", async move {
             let forwarded = is_forwarded(&request);
+            let deadline = self.write_deadline(&request);
             let req = request.into_inner();
             self.validate_topic_name(&req.name)?;
             if req.retention_ms.is_none() && req.retention_bytes.is_none() {
@@ -667,18 +698,23 @@ impl Broker for BrokerService {
             };
             let (view, leader, name) = (self.ctx.view.clone(), self.ctx.id, req.name.clone());
             self.write_or_forward(
-            forwarded,
-            command,
-            |response| match response {
-                CommandResponse::TopicAltered => view
-                    .topic(&name)
-                    .map(|t| topic_to_pb(t, leader))
-                    .ok_or_else(|| ApiError::Internal("altered topic not applied".into())),
-                other => Err(unexpected(other)),
-            },
-            |mut client| async move { client.alter_topic(Forwarder::forwarded(req, None)).await },
-        )
-        .await
+                forwarded,
+                deadline,
+                command,
+                |response| match response {
+                    CommandResponse::TopicAltered => view
+                        .topic(&name)
+                        .map(|t| topic_to_pb(t, leader))
+                        .ok_or_else(|| ApiError::Internal("altered topic not applied".into())),
+                    other => Err(unexpected(other)),
+                },
+                |mut client| async move {
+                    client
+                        .alter_topic(Forwarder::forwarded_write(req, deadline)?)
+                        .await
+                },
+            )
+            .await
         })
         .await
     }
@@ -689,23 +725,29 @@ impl Broker for BrokerService {
     ) -> Result<Response<InitProducerResponse>, Status> {
         crate::metrics::observe("InitProducer", async move {
             let forwarded = is_forwarded(&request);
+            let deadline = self.write_deadline(&request);
             let req = request.into_inner();
             let command = Command::InitProducer {
                 now_ms: now_ms(),
                 producers_max: self.ctx.config.limits.producers_max,
             };
             self.write_or_forward(
-            forwarded,
-            command,
-            |response| match response {
-                CommandResponse::ProducerInitialized { producer_id } => {
-                    Ok(InitProducerResponse { producer_id })
-                }
-                other => Err(unexpected(other)),
-            },
-            |mut client| async move { client.init_producer(Forwarder::forwarded(req, None)).await },
-        )
-        .await
+                forwarded,
+                deadline,
+                command,
+                |response| match response {
+                    CommandResponse::ProducerInitialized { producer_id } => {
+                        Ok(InitProducerResponse { producer_id })
+                    }
+                    other => Err(unexpected(other)),
+                },
+                |mut client| async move {
+                    client
+                        .init_producer(Forwarder::forwarded_write(req, deadline)?)
+                        .await
+                },
+            )
+            .await
         })
         .await
     }
@@ -837,6 +879,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         crate::metrics::observe("CommitOffsets", async move {
             let forwarded = is_forwarded(&request);
+            let deadline = self.write_deadline(&request);
             let req = request.into_inner();
             self.validate_name("group", &req.group)?;
             self.validate_topic_name(&req.topic)?;
@@ -864,7 +907,7 @@ impl Broker for BrokerService {
                     .into());
                 }
             }
-            let command = Command::CommitOffsets {
+            let command = Command::CommitGroupOffsets {
                 group: req.group.clone(),
                 topic: req.topic.clone(),
                 offsets: req
@@ -874,21 +917,23 @@ impl Broker for BrokerService {
                     .collect(),
                 committed_at_ms: now_ms(),
                 groups_max: self.ctx.config.limits.groups_max,
+                allow_rewind: req.allow_rewind,
             };
             self.write_or_forward(
-            forwarded,
-            command,
-            |response| match response {
-                CommandResponse::OffsetsCommitted => Ok(CommitOffsetsResponse {}),
-                other => Err(unexpected(other)),
-            },
-            |mut client| async move {
-                client
-                    .commit_offsets(Forwarder::forwarded(req, None))
-                    .await
-            },
-        )
-        .await
+                forwarded,
+                deadline,
+                command,
+                |response| match response {
+                    CommandResponse::OffsetsCommitted => Ok(CommitOffsetsResponse {}),
+                    other => Err(unexpected(other)),
+                },
+                |mut client| async move {
+                    client
+                        .commit_offsets(Forwarder::forwarded_write(req, deadline)?)
+                        .await
+                },
+            )
+            .await
         })
         .await
     }
@@ -911,7 +956,7 @@ impl Broker for BrokerService {
                     let (channel, leader) =
                         self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
                     return BrokerClient::new(channel)
-                        .fetch_offsets(Forwarder::forwarded(req, None))
+                        .fetch_offsets(Forwarder::forwarded(req))
                         .await
                         .map_err(|s| leader_unreachable(s, leader));
                 }
@@ -975,6 +1020,94 @@ impl Broker for BrokerService {
                 &offsets,
                 &self.ctx.view.topics(),
             )))
+        })
+        .await
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        crate::metrics::observe("DeleteGroup", async move {
+            let forwarded = is_forwarded(&request);
+            let deadline = self.write_deadline(&request);
+            let req = request.into_inner();
+            self.validate_name("group", &req.group)?;
+            let command = Command::DeleteGroup {
+                group: req.group.clone(),
+            };
+            self.write_or_forward(
+                forwarded,
+                deadline,
+                command,
+                |response| match response {
+                    CommandResponse::GroupDeleted => Ok(DeleteGroupResponse {}),
+                    other => Err(unexpected(other)),
+                },
+                |mut client| async move {
+                    client
+                        .delete_group(Forwarder::forwarded_write(req, deadline)?)
+                        .await
+                },
+            )
+            .await
+        })
+        .await
+    }
+
+    /// Served from this node's applied state, as fetches are: a follower may be a moment behind.
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        crate::metrics::observe("ListOffsets", async move {
+            let req = request.into_inner();
+            self.validate_topic_name(&req.topic)?;
+            let topic = self
+                .ctx
+                .view
+                .topic(&req.topic)
+                .ok_or_else(|| ApiError::from(Rejection::UnknownTopic(req.topic.clone())))?;
+            let partitions_max = self.ctx.config.limits.partitions_per_topic_max as usize;
+            if req.partitions.len() > partitions_max {
+                return Err(ApiError::InvalidArgument(format!(
+                    "{} partitions asked; a topic has at most {partitions_max}",
+                    req.partitions.len()
+                ))
+                .into());
+            }
+            let partitions: Vec<u32> = if req.partitions.is_empty() {
+                (0..topic.settings.partitions).collect()
+            } else {
+                req.partitions.clone()
+            };
+            let mut answer = Vec::with_capacity(partitions.len());
+            for partition in partitions {
+                let state = topic.partitions.get(partition as usize).ok_or_else(|| {
+                    ApiError::from(Rejection::UnknownPartition {
+                        topic: req.topic.clone(),
+                        partition,
+                        partitions: topic.settings.partitions,
+                    })
+                })?;
+                let timestamp_offset = match req.timestamp_ms {
+                    None => None,
+                    Some(at_ms) => Some(
+                        self.ctx
+                            .view
+                            .offset_for_time_blocking(&req.topic, partition, at_ms)
+                            .await
+                            .map_err(ApiError::from)?,
+                    ),
+                };
+                answer.push(PartitionOffsets {
+                    partition,
+                    start_offset: state.start_offset,
+                    end_offset: state.end_offset,
+                    timestamp_offset,
+                });
+            }
+            Ok(Response::new(ListOffsetsResponse { partitions: answer }))
         })
         .await
     }

@@ -205,7 +205,7 @@ impl Cluster for ClusterService {
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
                 client
-                    .add_learner(Forwarder::forwarded(req, None))
+                    .add_learner(Forwarder::forwarded(req))
                     .await
                     .map_err(|s| leader_unreachable(s, leader))
             }
@@ -224,7 +224,7 @@ impl Cluster for ClusterService {
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
                 client
-                    .promote_voter(Forwarder::forwarded(req, None))
+                    .promote_voter(Forwarder::forwarded(req))
                     .await
                     .map_err(|s| leader_unreachable(s, leader))
             }
@@ -251,7 +251,7 @@ impl Cluster for ClusterService {
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
                 client
-                    .remove_node(Forwarder::forwarded(req, None))
+                    .remove_node(Forwarder::forwarded(req))
                     .await
                     .map_err(|s| leader_unreachable(s, leader))
             }
@@ -287,10 +287,13 @@ impl Cluster for ClusterService {
             let (mut client, leader) = self.client(forwarded, self.ctx.leader())?;
             return client
                 // Longer than the leader waits, so its answer (and its reason) comes through.
-                .transfer_leader(Forwarder::forwarded(
-                    req,
-                    Some(TRANSFER_CATCH_UP_WAIT + TRANSFER_WAIT + Duration::from_secs(1)),
-                ))
+                .transfer_leader({
+                    let mut request = Forwarder::forwarded(req);
+                    request.set_timeout(
+                        TRANSFER_CATCH_UP_WAIT + TRANSFER_WAIT + Duration::from_secs(1),
+                    );
+                    request
+                })
                 .await
                 .map_err(|s| leader_unreachable(s, leader));
         }

@@ -50,11 +50,25 @@ pub enum ApiError {
         leader: Option<(u64, String)>,
         not_applied: bool,
     },
+    /// The request's deadline passed before this node proposed it: it was not applied, and
+    /// never will be.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl ApiError {
+    /// A write whose deadline passed before it was proposed.
+    pub fn write_deadline_passed() -> Self {
+        ApiError::DeadlineExceeded(
+            "the request's deadline passed before the leader could propose it; it was not \
+             applied and never will be: retry with a longer deadline (grpc-timeout, at most \
+             write_timeout_ms_max)"
+                .into(),
+        )
+    }
+
     pub fn no_leader() -> Self {
         ApiError::Unavailable {
             message:
@@ -120,6 +134,11 @@ impl From<Rejection> for ApiError {
                 "{message}; the outcome of that batch cannot be told any more: read the partition \
                  to find out, and continue with a new producer id"
             )),
+            Rejection::CommitRewind { .. } => ApiError::FailedPrecondition(format!(
+                "{message}; nothing was committed. A consumer that resumed elsewhere may have \
+                 committed further: re-read the committed offsets. To move the group back on \
+                 purpose, commit with allow_rewind (CLI: raftlog group seek)"
+            )),
             Rejection::EndOffsetMismatch { actual, .. } => ApiError::WithOffsets {
                 code: Code::FailedPrecondition,
                 message: format!(
@@ -163,6 +182,13 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted(_) => Status::new(Code::ResourceExhausted, message),
             ApiError::OutOfRange(_) => Status::new(Code::OutOfRange, message),
             ApiError::Internal(_) => Status::new(Code::Internal, message),
+            ApiError::DeadlineExceeded(_) => {
+                let mut status = Status::new(Code::DeadlineExceeded, message);
+                status
+                    .metadata_mut()
+                    .insert(NOT_APPLIED_HEADER, MetadataValue::from_static("1"));
+                status
+            }
             ApiError::WithOffsets {
                 code,
                 start_offset,

@@ -2,6 +2,7 @@
 //! server side in [`service`]).
 
 pub mod network;
+pub mod reachability;
 pub mod service;
 pub mod types;
 

@@ -2,8 +2,8 @@
 //!
 //! One lazily connected HTTP/2 channel per peer address, shared by every replication stream to
 //! that peer and re-established by tonic after failures. A peer that is down costs the others only
-//! failed connects: connection errors are reported to openraft as `Unreachable`, which makes it
-//! back off before retrying that peer.
+//! failed connects, spaced by [`super::reachability`]'s backoff: every attempt to open a
+//! replication stream (or send a heartbeat) first waits until that peer may be tried again.
 //!
 //! Replication runs over one `StreamAppend` gRPC stream per follower: openraft feeds it
 //! AppendEntries requests without waiting for the previous answer, and the follower answers each
@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
+use super::reachability::Reachability;
 use super::types::*;
 use super::{envelope, InOrderTimes};
 use crate::storage::log_store::EncodedEntries;
@@ -49,6 +50,8 @@ pub struct PeerNetworkFactory {
     /// Size of one chunk of a snapshot's data file on the wire.
     snapshot_chunk_bytes: usize,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Per peer: whether it answers, and when to try it again if not.
+    reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
     /// The group's log's recent entries as stored: AppendEntries are built from them.
     stored: EncodedEntries,
 }
@@ -65,7 +68,22 @@ impl PeerNetworkFactory {
             connect_timeout,
             snapshot_chunk_bytes: snapshot_chunk_bytes.max(1),
             channels: Arc::default(),
+            reachability: Arc::default(),
             stored,
+        }
+    }
+
+    /// The reachability of `target` at `addr`, shared by all connections to it (a new address
+    /// starts afresh).
+    fn reachability(&self, target: NodeId, addr: &str) -> Reachability {
+        let mut peers = self.reachability.lock().expect("peer reachability lock");
+        match peers.get(&target) {
+            Some(known) if known.addr() == addr => known.clone(),
+            _ => {
+                let fresh = Reachability::new(target, addr.to_string());
+                peers.insert(target, fresh.clone());
+                fresh
+            }
         }
     }
 
@@ -95,6 +113,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
             target,
             group: self.group,
             addr: node.addr.clone(),
+            reachability: self.reachability(target, &node.addr),
             channel,
             snapshot_chunk_bytes: self.snapshot_chunk_bytes,
             stored: self.stored.clone(),
@@ -107,6 +126,7 @@ pub struct PeerClient {
     target: NodeId,
     group: GroupId,
     addr: String,
+    reachability: Reachability,
     channel: Result<Channel, tonic::transport::Error>,
     snapshot_chunk_bytes: usize,
     stored: EncodedEntries,
@@ -122,6 +142,7 @@ struct PeerError {
 
 enum Rpc {
     Vote,
+    PreVote,
     AppendEntries,
     TransferLeader,
 }
@@ -144,13 +165,19 @@ impl PeerClient {
         }
     }
 
-    /// How a failed gRPC call is reported to openraft.
+    /// How a failed gRPC call is reported to openraft; a call that did not reach the peer
+    /// counts against its reachability.
     fn status_error(&self, status: tonic::Status) -> RpcError {
         let err = self.error(format!("{}: {}", status.code(), status.message()));
         match status.code() {
             // Nothing reached the peer's Raft: back off before retrying this peer.
             tonic::Code::Unavailable | tonic::Code::Unknown => {
+                self.reachability.failed(&status.message());
                 RpcError::Unreachable(Unreachable::new(&err))
+            }
+            tonic::Code::DeadlineExceeded => {
+                self.reachability.failed(&status.message());
+                RpcError::Network(NetworkError::new(&err))
             }
             _ => RpcError::Network(NetworkError::new(&err)),
         }
@@ -180,11 +207,15 @@ impl PeerClient {
         req.set_timeout(ttl);
         let reply = match rpc {
             Rpc::Vote => client.vote(req).await,
+            Rpc::PreVote => client.pre_vote(req).await,
             Rpc::AppendEntries => client.append_entries(req).await,
             Rpc::TransferLeader => client.transfer_leader(req).await,
         };
         match reply {
-            Ok(reply) => self.open_reply(&reply.into_inner().payload),
+            Ok(reply) => {
+                self.reachability.succeeded();
+                self.open_reply(&reply.into_inner().payload)
+            }
             Err(status) => Err(self.status_error(status)),
         }
     }
@@ -261,12 +292,14 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse, RpcError> {
+        self.reachability.until_attempt_allowed().await;
         self.call(Rpc::AppendEntries, &rpc, option.soft_ttl()).await
     }
 
     /// One bidirectional gRPC stream: every request openraft produces is sent as it comes, and
     /// the follower's answers come back in order. The stream's lifetime is not bounded by the
-    /// per-request timeout; a broken connection ends it with an error and openraft opens a new one.
+    /// per-request timeout; a broken connection ends it with an error and openraft opens a new one
+    /// (after the peer's backoff, if it is failing: openraft would retry at once).
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
@@ -277,6 +310,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         let group = self.group;
         Box::pin(async move {
+            self.reachability.until_attempt_allowed().await;
             let mut client = self.client()?;
             let sent = InOrderTimes::default();
             let sending = sent.clone();
@@ -289,6 +323,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 Ok(answers) => answers.into_inner(),
                 Err(status) => return Err(self.status_error(status)),
             };
+            self.reachability.succeeded();
             let round_trip = metrics::histogram!(
                 crate::metrics::REPLICATION_ROUND_TRIP_SECONDS,
                 "follower" => self.target.to_string()
@@ -313,6 +348,16 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse, RpcError> {
         self.call(Rpc::Vote, &rpc, option.soft_ttl()).await
+    }
+
+    /// Carried to the peer for real: openraft's default grants every pre-vote, which would let a
+    /// returning node raise its term and depose a healthy leader anyway.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RpcError> {
+        self.call(Rpc::PreVote, &rpc, option.soft_ttl()).await
     }
 
     /// A built snapshot is a checkpoint; the stream a follower installs is written from it here,
@@ -341,8 +386,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
     }
 
+    /// Between the requests of an open stream, after errors it answered: the peer is reachable
+    /// then, so a short constant pause. Attempts to reach a failing peer wait in
+    /// [`Reachability::until_attempt_allowed`] instead.
     fn backoff(&self) -> Option<Backoff> {
-        // After a failure, retry an unreachable peer every 200 ms rather than spin.
         Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
     }
 }

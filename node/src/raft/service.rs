@@ -136,6 +136,19 @@ impl RaftService for PeerService {
         Ok(self.reply(&result))
     }
 
+    async fn pre_vote(
+        &self,
+        request: Request<RaftEnvelope>,
+    ) -> Result<Response<RaftEnvelope>, Status> {
+        let rpc: VoteRequest = self.open(request.into_inner())?;
+        let result = self
+            .raft
+            .pre_vote(rpc)
+            .await
+            .map_err(RaftError::unwrap_fatal);
+        Ok(self.reply(&result))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftEnvelope>,

@@ -314,6 +314,91 @@ impl StateView {
         Ok(result)
     }
 
+    /// [`Self::offset_for_time`] on tokio's blocking pool (it reads from disk), sharing the
+    /// read slots with fetches.
+    pub async fn offset_for_time_blocking(
+        self: &Arc<Self>,
+        topic: &str,
+        partition: u32,
+        at_ms: i64,
+    ) -> Result<u64, ReadError> {
+        let slot = self
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the read semaphore is never closed");
+        let (view, topic) = (self.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            view.offset_for_time(&topic, partition, at_ms)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ReadError::Storage(format!("read task failed: {e}"))))
+    }
+
+    /// The first offset of `topic`/`partition` whose batch was appended at or after `at_ms` (the
+    /// leader's clock, in each stored batch's header), or the end offset if none was.
+    ///
+    /// A binary search over the stored batches, one seek per step: append times follow offsets
+    /// (each leader stamps its own clock, so a leader change onto a node whose clock is behind
+    /// could bend that order by the clocks' difference).
+    pub fn offset_for_time(
+        &self,
+        topic: &str,
+        partition: u32,
+        at_ms: i64,
+    ) -> Result<u64, ReadError> {
+        let (topic_id, start_offset, end_offset) = {
+            let topics = self.topics.read().expect("topic table lock");
+            let state = topics
+                .get(topic)
+                .ok_or_else(|| Rejection::UnknownTopic(topic.to_string()))?;
+            let part = state.partitions.get(partition as usize).ok_or_else(|| {
+                Rejection::UnknownPartition {
+                    topic: topic.to_string(),
+                    partition,
+                    partitions: state.settings.partitions,
+                }
+            })?;
+            (state.id, part.start_offset, part.end_offset)
+        };
+        // The batch holding `offset`: its base offset and append time.
+        let batch_at = |offset: u64| -> Result<Option<(u64, i64)>, ReadError> {
+            let seek = keys::sm_batch(self.group, topic_id, partition, offset);
+            let mut back = self
+                .db
+                .iterator_cf(self.cf(), IteratorMode::From(&seek, Direction::Reverse));
+            match back.next() {
+                Some(Ok((key, value))) => match keys::parse_batch(&key) {
+                    Some((t, p, base)) if t == topic_id && p == partition => {
+                        let header = stored_batch::header(&value)
+                            .map_err(|e| ReadError::Storage(e.to_string()))?;
+                        Ok(Some((base, header.appended_at_ms)))
+                    }
+                    _ => Ok(None),
+                },
+                Some(Err(e)) => Err(ReadError::Storage(e.to_string())),
+                None => Ok(None),
+            }
+        };
+        // Invariant: every offset below `low` was appended before `at_ms`; the answer is at most
+        // `high`.
+        let (mut low, mut high) = (start_offset, end_offset);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match batch_at(middle)? {
+                // The batch holding `middle` is earlier: the answer lies past it.
+                Some((_, appended_at_ms)) if appended_at_ms < at_ms => low = middle + 1,
+                // It is not: nor is any offset of it, from its base on.
+                Some((base, _)) => high = base.max(low),
+                // No stored batch holds it (cannot happen inside start..end): search below.
+                None => high = middle,
+            }
+        }
+        Ok(low)
+    }
+
     /// SHA-256 over every row of this group's state machine, read under one RocksDB snapshot,
     /// with the applied index it corresponds to and the row count.
     pub fn digest(&self) -> Result<(u64, String, u64), ReadError> {
@@ -703,44 +788,52 @@ impl StateMachine {
                 offsets,
                 committed_at_ms,
                 groups_max,
-            } => {
-                let Some(state) = topics.get(topic) else {
-                    return CommandResponse::Rejected(Rejection::UnknownTopic(topic.clone()));
-                };
-                for &(partition, offset) in offsets {
-                    let Some(part) = state.partitions.get(partition as usize) else {
-                        return CommandResponse::Rejected(Rejection::UnknownPartition {
-                            topic: topic.clone(),
-                            partition,
-                            partitions: state.settings.partitions,
-                        });
-                    };
-                    if offset > part.end_offset {
-                        return CommandResponse::Rejected(Rejection::CommitBeyondEnd {
-                            topic: topic.clone(),
-                            partition,
-                            offset,
-                            end_offset: part.end_offset,
-                        });
-                    }
+            } => commit_offsets(
+                OffsetCommit {
+                    group: group_name,
+                    topic,
+                    offsets,
+                    committed_at_ms: *committed_at_ms,
+                    groups_max: *groups_max,
+                    allow_rewind: true,
+                },
+                topics,
+                groups,
+                (batch, cf, group),
+            ),
+            Command::CommitGroupOffsets {
+                group: group_name,
+                topic,
+                offsets,
+                committed_at_ms,
+                groups_max,
+                allow_rewind,
+            } => commit_offsets(
+                OffsetCommit {
+                    group: group_name,
+                    topic,
+                    offsets,
+                    committed_at_ms: *committed_at_ms,
+                    groups_max: *groups_max,
+                    allow_rewind: *allow_rewind,
+                },
+                topics,
+                groups,
+                (batch, cf, group),
+            ),
+            Command::DeleteGroup { group: group_name } => {
+                if !groups.exists(group_name) {
+                    return CommandResponse::Rejected(Rejection::UnknownGroup(group_name.clone()));
                 }
-                if !groups.exists(group_name) && groups.count() >= *groups_max as usize {
-                    return CommandResponse::Rejected(Rejection::TooManyGroups(*groups_max));
-                }
-                let entry = groups.touch(group_name);
-                for &(partition, offset) in offsets {
-                    let value = GroupOffset {
-                        offset,
-                        committed_at_ms: *committed_at_ms,
-                    };
-                    batch.put_cf(
+                let offsets = groups.touch(group_name);
+                for &(topic_id, partition) in offsets.keys() {
+                    batch.delete_cf(
                         cf,
-                        keys::sm_group_offset(group, group_name, state.id, partition),
-                        encode(&value),
+                        keys::sm_group_offset(group, group_name, topic_id, partition),
                     );
-                    entry.insert((state.id, partition), value);
                 }
-                CommandResponse::OffsetsCommitted
+                offsets.clear();
+                CommandResponse::GroupDeleted
             }
         }
     }
@@ -1181,6 +1274,77 @@ impl<'a> TopicChanges<'a> {
     }
 }
 
+/// A commit of a group's offsets for partitions of one topic, as a command carries it.
+struct OffsetCommit<'c> {
+    group: &'c str,
+    topic: &'c str,
+    offsets: &'c [(u32, u64)],
+    committed_at_ms: i64,
+    groups_max: u32,
+    allow_rewind: bool,
+}
+
+/// Applies an offset commit, all or nothing: every offset at most its partition's end, and
+/// (unless `allow_rewind`) none below what the group has committed for that partition.
+fn commit_offsets(
+    commit: OffsetCommit<'_>,
+    topics: &TopicChanges<'_>,
+    groups: &mut GroupChanges<'_>,
+    (batch, cf, group): (&mut WriteBatch, &rocksdb::ColumnFamily, GroupId),
+) -> CommandResponse {
+    let Some(state) = topics.get(commit.topic) else {
+        return CommandResponse::Rejected(Rejection::UnknownTopic(commit.topic.to_string()));
+    };
+    for &(partition, offset) in commit.offsets {
+        let Some(part) = state.partitions.get(partition as usize) else {
+            return CommandResponse::Rejected(Rejection::UnknownPartition {
+                topic: commit.topic.to_string(),
+                partition,
+                partitions: state.settings.partitions,
+            });
+        };
+        if offset > part.end_offset {
+            return CommandResponse::Rejected(Rejection::CommitBeyondEnd {
+                topic: commit.topic.to_string(),
+                partition,
+                offset,
+                end_offset: part.end_offset,
+            });
+        }
+        if commit.allow_rewind {
+            continue;
+        }
+        if let Some(committed) = groups.offset(commit.group, state.id, partition) {
+            if offset < committed {
+                return CommandResponse::Rejected(Rejection::CommitRewind {
+                    group: commit.group.to_string(),
+                    topic: commit.topic.to_string(),
+                    partition,
+                    committed,
+                    requested: offset,
+                });
+            }
+        }
+    }
+    if !groups.exists(commit.group) && groups.count() >= commit.groups_max as usize {
+        return CommandResponse::Rejected(Rejection::TooManyGroups(commit.groups_max));
+    }
+    let entry = groups.touch(commit.group);
+    for &(partition, offset) in commit.offsets {
+        let value = GroupOffset {
+            offset,
+            committed_at_ms: commit.committed_at_ms,
+        };
+        batch.put_cf(
+            cf,
+            keys::sm_group_offset(group, commit.group, state.id, partition),
+            encode(&value),
+        );
+        entry.insert((state.id, partition), value);
+    }
+    CommandResponse::OffsetsCommitted
+}
+
 /// The groups one apply call changes: copies of the touched groups' offsets, published to the
 /// shared table only after the write batch is in RocksDB. A group whose copy ends up empty is
 /// gone. Counting is exact (not an estimate), so limits apply identically on every node however
@@ -1212,6 +1376,12 @@ impl<'a> GroupChanges<'a> {
                 .iter()
                 .map(|(name, offsets)| (name, !offsets.is_empty())),
         )
+    }
+
+    /// The offset `name` has committed for a partition, as this apply call has left it.
+    fn offset(&self, name: &str, topic_id: u64, partition: u32) -> Option<u64> {
+        let offsets = self.touched.get(name).or_else(|| self.live.get(name))?;
+        offsets.get(&(topic_id, partition)).map(|o| o.offset)
     }
 
     fn touch(&mut self, name: &str) -> &mut GroupOffsets {
