@@ -486,12 +486,26 @@ impl Client {
             .map_err(Error::Status)
     }
 
-    /// Stores `group`'s next offsets to read for partitions of `topic`.
+    /// Stores `group`'s next offsets to read for partitions of `topic`. A commit that would move
+    /// a partition's offset backwards is refused (FAILED_PRECONDITION); see
+    /// [`Self::commit_offsets_with`].
     pub async fn commit_offsets(
         &self,
         group: &str,
         topic: &str,
         offsets: impl IntoIterator<Item = (u32, u64)>,
+    ) -> Result<(), Error> {
+        self.commit_offsets_with(group, topic, offsets, false).await
+    }
+
+    /// [`Self::commit_offsets`], optionally allowed to move offsets backwards (`allow_rewind`:
+    /// an explicit reset, such as `raftlog group seek`).
+    pub async fn commit_offsets_with(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: impl IntoIterator<Item = (u32, u64)>,
+        allow_rewind: bool,
     ) -> Result<(), Error> {
         let request = pb::CommitOffsetsRequest {
             group: group.to_string(),
@@ -500,7 +514,7 @@ impl Client {
                 .into_iter()
                 .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
                 .collect(),
-            allow_rewind: false,
+            allow_rewind,
         };
         self.with_leader(|addr| {
             let request = request.clone();
@@ -538,6 +552,21 @@ impl Client {
                         .map(|o| (o.partition, o.offset))
                         .collect()
                 })
+        })
+        .await
+    }
+
+    /// Removes every committed offset of `group` (NOT_FOUND when it has none).
+    pub async fn delete_group(&self, group: &str) -> Result<(), Error> {
+        self.with_leader(|addr| async move {
+            let request = pb::DeleteGroupRequest {
+                group: group.to_string(),
+            };
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .delete_group(request)
+                .await
+                .map(|_| ())
         })
         .await
     }
