@@ -7,7 +7,7 @@ use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
 use raftlog_client::Client;
 
 use crate::codec::{self, Encoding, Encodings};
-use crate::diagnose::guard_call;
+use crate::diagnose::{guard_call, CliError};
 use crate::format::{self, Template};
 use crate::{cluster, output, units, Ctx};
 
@@ -173,10 +173,29 @@ async fn read(
         }
         output::bytes(&out);
         if commit && !records.is_empty() {
-            consumer.commit().await?;
+            consumer.commit().await.map_err(commit_refused)?;
         }
     }
     Ok(())
+}
+
+/// A commit the group refused because its offset is already further: someone else moved it.
+fn commit_refused(e: raftlog_client::Error) -> anyhow::Error {
+    if e.code() != tonic::Code::FailedPrecondition {
+        return e.into();
+    }
+    let message = e
+        .status()
+        .map_or(e.to_string(), |s| s.message().to_string());
+    CliError::new(
+        "FailedPrecondition",
+        format!("the group refused this consumer's commit: {message}"),
+    )
+    .hint(
+        "another consumer of the group committed further (members of a group do not share \
+             partitions: give each its own -p), or the group was moved with `raftlog group seek`",
+    )
+    .into()
 }
 
 fn failure_words(e: &raftlog_client::Error) -> String {

@@ -245,6 +245,14 @@ pub async fn run(ctx: &Ctx, args: ProduceArgs) -> anyhow::Result<()> {
     .await;
     parser.finish();
     stream.print_summary(ctx.json);
+    let unacknowledged = stream.pending.lock().expect("pending lock").len();
+    if result.is_err() && unacknowledged > 0 {
+        eprintln!(
+            "note: {} sent but not acknowledged: each may or may not be stored (a cluster that \
+             recovers can still commit them)",
+            plural(unacknowledged as u64, "record")
+        );
+    }
     result
 }
 

@@ -427,6 +427,60 @@ async fn offsets_the_kafka_way_each_partition_on_its_own() {
         group.partitions[0].committed_offset, 1,
         "the group moved back to 1"
     );
+
+    // By time: the first batch appended at or after it (the leader's clock).
+    let t = stored(&client, "o", 1, 2).await.timestamp_ms;
+    while now_ms() <= t {
+        tokio::time::sleep(Duration::from_millis(1)).await; // the next batch gets a later time
+    }
+    produce(&client, "o", 1, &["p1-3".to_string()]).await;
+    assert_eq!(
+        consume(&["-p", "1", "-o", &format!("@{}", t + 1)]),
+        ["p1-3"]
+    );
+    assert_eq!(consume(&["-p", "1", "-o", "@-1h"]).len(), 4);
+
+    // Group admin: seek (backwards too), commit by hand, reset, delete.
+    let committed = |offsets: &[(u32, u64)]| {
+        let json = ok(&eps, &["--json", "group", "describe", "g"], b"");
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let got: Vec<(u32, u64)> = v["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["partition"].as_u64().unwrap() as u32,
+                    p["committed_offset"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, offsets);
+    };
+    ok(&eps, &["group", "seek", "g", "-t", "o", "--to", "end"], b"");
+    committed(&[(0, 2), (1, 4), (2, 2)]);
+    ok(
+        &eps,
+        &["group", "seek", "g", "-t", "o", "--to", "-1", "-p", "1"],
+        b"",
+    );
+    committed(&[(0, 2), (1, 3), (2, 2)]);
+    ok(
+        &eps,
+        &["group", "commit", "g", "-t", "o", "0=1", "2=0"],
+        b"",
+    );
+    committed(&[(0, 1), (1, 3), (2, 0)]);
+    ok(&eps, &["group", "reset", "g", "-t", "o"], b"");
+    committed(&[(0, 0), (1, 0), (2, 0)]);
+    assert!(fails(&eps, &["group", "delete", "g"]).contains("add --yes"));
+    ok(&eps, &["group", "delete", "g", "--yes"], b"");
+    assert!(fails(&eps, &["group", "describe", "g"]).contains("NotFound"));
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since_epoch.unwrap().as_millis() as i64
 }
 
 /// Errors name the cause and the fix: the admin port, a node id that is not a member, no quorum

@@ -426,14 +426,13 @@ pub async fn resolve_start(
         ranges.insert(partition, (p.start_offset, p.end_offset));
     }
     let by_time = match start {
-        StartFrom::Timestamp(ms) => {
-            // TODO(ListOffsets): resolve through the node's ListOffsets once it exists.
-            let _ = ms;
-            return Err(Error::Status(tonic::Status::unimplemented(
-                "starting at a timestamp needs the nodes' ListOffsets call",
-            )));
-        }
-        _ => BTreeMap::<u32, u64>::new(),
+        StartFrom::Timestamp(ms) => client
+            .list_offsets(topic, &partitions, Some(ms))
+            .await?
+            .into_iter()
+            .map(|p| (p.partition, p.timestamp_offset.unwrap_or(p.end_offset)))
+            .collect(),
+        _ => BTreeMap::new(),
     };
     let mut positions = BTreeMap::new();
     let mut adjustments = Vec::new();

@@ -571,6 +571,30 @@ impl Client {
         .await
     }
 
+    /// Each partition's start and end offsets (`partitions` empty: all of the topic's), and with
+    /// `timestamp_ms` the first offset whose record timestamp is at or after it (the end offset
+    /// when there is none).
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partitions: &[u32],
+        timestamp_ms: Option<i64>,
+    ) -> Result<Vec<pb::PartitionOffsets>, Error> {
+        self.with_any(|addr| async move {
+            let request = pb::ListOffsetsRequest {
+                topic: topic.to_string(),
+                partitions: partitions.to_vec(),
+                timestamp_ms,
+            };
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .list_offsets(request)
+                .await
+                .map(|r| r.into_inner().partitions)
+        })
+        .await
+    }
+
     pub async fn list_groups(&self) -> Result<Vec<pb::GroupInfo>, Error> {
         self.with_any(|addr| async move {
             self.broker_at(&addr)
