@@ -87,49 +87,8 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
             let work = async { anyhow::Ok(client.add_learner(node_id, &addr, true).await?) };
             print_membership(ctx, &guard_call(client, ctx.timeout, true, work).await?);
         }
-        ClusterCmd::Promote { node_id, yes } => {
-            let health = diagnose::probe(client).await;
-            match member(&health, node_id) {
-                Some((_, "learner")) => {}
-                Some((_, _)) => {
-                    return Err(CliError::new(
-                        "FailedPrecondition",
-                        format!("node {node_id} is already a voter"),
-                    )
-                    .into())
-                }
-                None => return Err(not_a_member(&health, node_id).into()),
-            }
-            let voters = health.voters().len();
-            confirm(
-                yes,
-                &format!(
-                    "Promote node {node_id} to voter ({voters} voters become {})?",
-                    voters + 1
-                ),
-            )?;
-            let work = async { anyhow::Ok(client.promote_voter(node_id).await?) };
-            print_membership(ctx, &guard_call(client, ctx.timeout, true, work).await?);
-        }
-        ClusterCmd::Remove { node_id, yes } => {
-            let health = diagnose::probe(client).await;
-            let Some((m, kind)) = member(&health, node_id) else {
-                return Err(not_a_member(&health, node_id).into());
-            };
-            let voters = health.voters().len();
-            let question = if kind == "voter" {
-                format!(
-                    "Remove voter {node_id} ({})? {voters} voters become {}.",
-                    m.addr,
-                    voters - 1
-                )
-            } else {
-                format!("Remove learner {node_id} ({})?", m.addr)
-            };
-            confirm(yes, &question)?;
-            let work = async { anyhow::Ok(client.remove_node(node_id).await?) };
-            print_membership(ctx, &guard_call(client, ctx.timeout, true, work).await?);
-        }
+        ClusterCmd::Promote { node_id, yes } => promote(ctx, node_id, yes).await?,
+        ClusterCmd::Remove { node_id, yes } => remove(ctx, node_id, yes).await?,
         ClusterCmd::TransferLeader { node_id } => transfer_leader(ctx, node_id).await?,
         ClusterCmd::Snapshot { node } => {
             let addr = resolve_node(ctx, &node).await?;
@@ -150,6 +109,57 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<ExitCode> {
         ClusterCmd::Digest => digest(ctx).await?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes a learner a voter, after checking it is one and asking.
+async fn promote(ctx: &Ctx, node_id: u64, yes: bool) -> anyhow::Result<()> {
+    let client = &ctx.client;
+    let health = diagnose::probe(client).await;
+    match member(&health, node_id) {
+        Some((_, "learner")) => {}
+        Some((_, _)) => {
+            return Err(CliError::new(
+                "FailedPrecondition",
+                format!("node {node_id} is already a voter"),
+            )
+            .into())
+        }
+        None => return Err(not_a_member(&health, node_id).into()),
+    }
+    let voters = health.voters().len();
+    confirm(
+        yes,
+        &format!(
+            "Promote node {node_id} to voter ({voters} voters become {})?",
+            voters + 1
+        ),
+    )?;
+    let work = async { anyhow::Ok(client.promote_voter(node_id).await?) };
+    print_membership(ctx, &guard_call(client, ctx.timeout, true, work).await?);
+    Ok(())
+}
+
+/// Removes a member, after checking it is one and asking.
+async fn remove(ctx: &Ctx, node_id: u64, yes: bool) -> anyhow::Result<()> {
+    let client = &ctx.client;
+    let health = diagnose::probe(client).await;
+    let Some((m, kind)) = member(&health, node_id) else {
+        return Err(not_a_member(&health, node_id).into());
+    };
+    let voters = health.voters().len();
+    let question = if kind == "voter" {
+        format!(
+            "Remove voter {node_id} ({})? {voters} voters become {}.",
+            m.addr,
+            voters - 1
+        )
+    } else {
+        format!("Remove learner {node_id} ({})?", m.addr)
+    };
+    confirm(yes, &question)?;
+    let work = async { anyhow::Ok(client.remove_node(node_id).await?) };
+    print_membership(ctx, &guard_call(client, ctx.timeout, true, work).await?);
+    Ok(())
 }
 
 /// The member with this id and whether it is a "voter" or a "learner".
@@ -364,84 +374,103 @@ async fn status(ctx: &Ctx) -> ExitCode {
         .max()
         .unwrap_or(0);
     if ctx.json {
-        let nodes: Vec<_> = health
-            .nodes
-            .iter()
-            .map(|(addr, s)| match s {
-                Ok(s) => json!({
-                    "endpoint": addr, "node_id": s.node_id, "role": role_name(s.role), "term": s.term,
-                    "leader_id": if s.has_leader { Some(s.leader_id) } else { None },
-                    "last_log_index": s.last_log_index, "committed_index": s.committed_index,
-                    "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
-                    "purged_index": s.purged_index,
-                    "voters": s.voters.iter().map(|m| m.node_id).collect::<Vec<_>>(),
-                    "learners": s.learners.iter().map(|m| m.node_id).collect::<Vec<_>>(),
-                }),
-                Err(e) => json!({"endpoint": addr, "error": e.to_string()}),
-            })
-            .collect();
-        output::json_pretty(&json!({
-            "healthy": problems.is_empty(), "problems": problems, "leader_id": health.leader(),
-            "voters": voters.iter().map(|m| m.node_id).collect::<Vec<_>>(),
-            "learners": learners.iter().map(|m| m.node_id).collect::<Vec<_>>(),
-            "nodes": nodes,
-        }));
+        status_json(&health, &problems, &voters, &learners);
     } else {
-        let mut table = Table::new([
-            "node", "endpoint", "role", "term", "leader", "applied", "behind",
-        ]);
-        for (addr, s) in &health.nodes {
-            match s {
-                Ok(s) => table.row([
-                    s.node_id.to_string(),
-                    addr.clone(),
-                    role_name(s.role).to_string(),
-                    s.term.to_string(),
-                    if s.has_leader {
-                        s.leader_id.to_string()
-                    } else {
-                        "-".into()
-                    },
-                    s.applied_index.to_string(),
-                    committed.saturating_sub(s.applied_index).to_string(),
-                ]),
-                Err(_) => {
-                    let id = voters.iter().find(|m| m.addr == *addr);
-                    let id = id.map_or("-".into(), |m| m.node_id.to_string());
-                    let dash = || "-".to_string();
-                    table.row([
-                        id,
-                        addr.clone(),
-                        "down".into(),
-                        dash(),
-                        dash(),
-                        dash(),
-                        dash(),
-                    ]);
-                }
-            }
-        }
-        table.print();
-        output::line(&format!(
-            "voters: {}; learners: {}",
-            ids(&voters),
-            ids(&learners)
-        ));
-        if problems.is_empty() {
-            output::line(&format!(
-                "healthy: yes (leader {}, {} of {} voters up)",
-                health.leader().unwrap_or(0),
-                voters.len(),
-                voters.len()
-            ));
-        } else {
-            output::line(&format!("healthy: no: {}", problems.join("; ")));
-        }
+        status_table(&health, &problems, &voters, &learners, committed);
     }
     if problems.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn status_json(
+    health: &Health,
+    problems: &[String],
+    voters: &[pb::Member],
+    learners: &[pb::Member],
+) {
+    let nodes: Vec<_> = health
+        .nodes
+        .iter()
+        .map(|(addr, s)| match s {
+            Ok(s) => json!({
+                "endpoint": addr, "node_id": s.node_id, "role": role_name(s.role), "term": s.term,
+                "leader_id": if s.has_leader { Some(s.leader_id) } else { None },
+                "last_log_index": s.last_log_index, "committed_index": s.committed_index,
+                "applied_index": s.applied_index, "snapshot_index": s.snapshot_index,
+                "purged_index": s.purged_index,
+                "voters": s.voters.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+                "learners": s.learners.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+            }),
+            Err(e) => json!({"endpoint": addr, "error": e.to_string()}),
+        })
+        .collect();
+    output::json_pretty(&json!({
+        "healthy": problems.is_empty(), "problems": problems, "leader_id": health.leader(),
+        "voters": voters.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+        "learners": learners.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+        "nodes": nodes,
+    }));
+}
+
+fn status_table(
+    health: &Health,
+    problems: &[String],
+    voters: &[pb::Member],
+    learners: &[pb::Member],
+    committed: u64,
+) {
+    let mut table = Table::new([
+        "node", "endpoint", "role", "term", "leader", "applied", "behind",
+    ]);
+    for (addr, s) in &health.nodes {
+        match s {
+            Ok(s) => table.row([
+                s.node_id.to_string(),
+                addr.clone(),
+                role_name(s.role).to_string(),
+                s.term.to_string(),
+                if s.has_leader {
+                    s.leader_id.to_string()
+                } else {
+                    "-".into()
+                },
+                s.applied_index.to_string(),
+                committed.saturating_sub(s.applied_index).to_string(),
+            ]),
+            Err(_) => {
+                let id = voters.iter().find(|m| m.addr == *addr);
+                let id = id.map_or("-".into(), |m| m.node_id.to_string());
+                let dash = || "-".to_string();
+                table.row([
+                    id,
+                    addr.clone(),
+                    "down".into(),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                ]);
+            }
+        }
+    }
+    table.print();
+    output::line(&format!(
+        "voters: {}; learners: {}",
+        ids(voters),
+        ids(learners)
+    ));
+    if problems.is_empty() {
+        output::line(&format!(
+            "healthy: yes (leader {}, {} of {} voters up)",
+            health.leader().unwrap_or(0),
+            voters.len(),
+            voters.len()
+        ));
+    } else {
+        output::line(&format!("healthy: no: {}", problems.join("; ")));
     }
 }
 

@@ -81,6 +81,8 @@ fn with_flag_names(message: &str) -> String {
 /// What the nodes say about the cluster, asked at once of every endpoint and every voter.
 pub struct Health {
     pub nodes: Vec<(String, Result<pb::NodeStatus, Error>)>,
+    /// For an endpoint that answered HTTP: the gRPC address its node's `/status` names.
+    pub grpc_of_admin: Vec<(String, String)>,
 }
 
 /// Asks every endpoint, then every voter they name that is not an endpoint, for its status.
@@ -96,7 +98,40 @@ pub async fn probe(client: &Client) -> Health {
     more.sort();
     more.dedup();
     nodes.extend(status_of(client, more).await);
-    Health { nodes }
+    let mut grpc_of_admin = Vec::new();
+    for (addr, status) in &nodes {
+        if status.as_ref().err().is_some_and(answered_http) {
+            if let Some(grpc) = grpc_addr_from_admin(addr).await {
+                grpc_of_admin.push((addr.clone(), grpc));
+            }
+        }
+    }
+    Health {
+        nodes,
+        grpc_of_admin,
+    }
+}
+
+/// The gRPC address of the node whose admin HTTP port is `admin`, from its `/status` (openraft's
+/// metrics: `id` and `membership_config.membership.nodes[id].addr`). Best effort: `None` when
+/// anything is not as expected.
+async fn grpc_addr_from_admin(admin: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let request = format!("GET /status HTTP/1.0\r\nHost: {admin}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let start = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let status: serde_json::Value = serde_json::from_slice(&response[start..]).ok()?;
+        let id = status.get("id")?.as_u64()?.to_string();
+        let nodes = status.pointer("/membership_config/membership/nodes")?;
+        Some(nodes.get(&id)?.get("addr")?.as_str()?.to_string())
+    };
+    tokio::time::timeout(Duration::from_secs(1), get)
+        .await
+        .ok()?
 }
 
 async fn status_of(
@@ -223,7 +258,10 @@ impl Health {
         if http.is_empty() {
             return None;
         }
-        let grpc: Vec<&str> = self.reachable().map(|s| s.addr.as_str()).collect();
+        let mut grpc: Vec<&str> = self.grpc_of_admin.iter().map(|(_, g)| g.as_str()).collect();
+        if grpc.is_empty() {
+            grpc = self.reachable().map(|s| s.addr.as_str()).collect();
+        }
         let where_grpc = if grpc.is_empty() {
             "the node's listen_addr (127.0.0.1:805N in scripts/cluster.sh's cluster; the admin \
              port is 909N)"
