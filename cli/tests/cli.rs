@@ -27,14 +27,19 @@ fn raftlog(endpoints: &str, args: &[&str]) -> Command {
     cmd
 }
 
-/// Runs the CLI to completion with `stdin` as its input.
-fn run(endpoints: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = raftlog(endpoints, args)
-        .stdin(Stdio::piped())
+/// Starts the CLI with its stdout and stderr piped to the test.
+fn spawn(endpoints: &str, args: &[&str], stdin: Stdio) -> Child {
+    raftlog(endpoints, args)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run raftlog");
+        .expect("run raftlog")
+}
+
+/// Runs the CLI to completion with `stdin` as its input.
+fn run(endpoints: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = spawn(endpoints, args, Stdio::piped());
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_vec();
     let writer = std::thread::spawn(move || input.write_all(&stdin));
@@ -75,12 +80,7 @@ struct Running {
 
 impl Running {
     fn start(endpoints: &str, args: &[&str]) -> Self {
-        let mut child = raftlog(endpoints, args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run raftlog");
+        let mut child = spawn(endpoints, args, Stdio::null());
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -305,11 +305,7 @@ async fn a_closed_pipe_ends_consume_quietly_and_stdin_streams_as_it_arrives() {
     client.create_topic("many", 1).await.unwrap();
     let values: Vec<String> = (0..3000).map(|i| format!("{i:0>100}")).collect();
     produce(&client, "many", 0, &values).await;
-    let mut child = raftlog(&eps, &["consume", "many"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(&eps, &["consume", "many"], Stdio::null());
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
@@ -325,12 +321,7 @@ async fn a_closed_pipe_ends_consume_quietly_and_stdin_streams_as_it_arrives() {
 
     // tail -f | raftlog produce: each line is visible to a consumer while stdin stays open.
     client.create_topic("stream", 1).await.unwrap();
-    let mut producer = raftlog(&eps, &["produce", "stream", "-p", "0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut producer = spawn(&eps, &["produce", "stream", "-p", "0"], Stdio::piped());
     let mut stdin = producer.stdin.take().unwrap();
     let mut latencies = Vec::new();
     for i in 0..5u64 {
