@@ -107,7 +107,15 @@ pub async fn run(ctx: &Ctx, args: ConsumeArgs) -> anyhow::Result<()> {
         );
     }
     if let (Some(group), true) = (&args.group, args.offset.is_some() || args.from_end) {
-        eprintln!("note: group {group} starts at -o, not at its committed offsets; its next commit moves it there");
+        eprintln!(
+            "note: group {group} starts at -o, not at its committed offsets, and moves there"
+        );
+    }
+    if args.group.is_some() {
+        // The start positions are the group's from now on (a new group exists at once, with its
+        // lag; -o moves it now), even if nothing is read.
+        let work = async { anyhow::Ok(consumer.commit().await.map_err(commit_refused)?) };
+        guard_call(&ctx.client, ctx.timeout, true, work).await?;
     }
     let printer = Printer {
         topic: args.topic.clone(),

@@ -398,6 +398,11 @@ async fn offsets_the_kafka_way_each_partition_on_its_own() {
         "{stderr}"
     );
 
+    // A new group exists once it starts reading, even with nothing to read.
+    assert_eq!(consume(&["-g", "new", "-o", "end"]), Vec::<String>::new());
+    let new = client.describe_group("new").await.unwrap();
+    assert_eq!(new.partitions.len(), 3);
+
     // A group resumes; -o with the group moves it (and says so).
     assert_eq!(
         consume(&["-p", "1", "-g", "g", "-n", "2"]),
