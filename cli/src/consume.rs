@@ -16,7 +16,7 @@ Offsets (-o), per partition:
   start | end          the oldest retained record | only records produced from now on
   42                   offset 42 (moved into the partition's range if outside it)
   -10 | +10            the last 10 records | 10 after the oldest
-  @-1h | @1733565600000 | @2026-12-07T10:00:00Z   the first record at or after that time
+  @-1h | @1733565600000 | @2026-12-07T10:00:00Z   the first record appended at or after then
 
 Examples:
   raftlog consume orders                          # everything, then exit
@@ -150,7 +150,9 @@ async fn read(
         Duration::from_secs(1)
     };
     while !consumer.is_done() && max.is_none_or(|m| printed < m) {
-        let records = consumer.poll(wait).await?;
+        let mut records = consumer.poll(wait).await?;
+        // Partition by partition (a stable sort keeps each partition's offset order).
+        records.sort_by_key(|r| r.partition);
         for f in consumer.take_failovers() {
             let at: Vec<String> = consumer
                 .positions()
