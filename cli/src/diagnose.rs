@@ -208,13 +208,14 @@ impl Health {
         }
         if self.voters().is_empty() {
             let addrs: Vec<&str> = self.reachable().map(|s| s.addr.as_str()).collect();
+            let who = match addrs.as_slice() {
+                [one] => format!("the node at {one} is"),
+                many => format!("the nodes at {} are", many.join(", ")),
+            };
             return Some(
                 CliError::new(
                     "Uninitialized",
-                    format!(
-                        "the node(s) at {} are not part of an initialized cluster (no voters)",
-                        addrs.join(", ")
-                    ),
+                    format!("{who} not part of an initialized cluster (no voters)"),
                 )
                 .hint(
                     "start every node with the same initial_cluster (RAFTLOG_INITIAL_CLUSTER, \

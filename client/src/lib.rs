@@ -6,7 +6,8 @@
 //!   keyed records by the documented key hash, keeps each partition's order.
 //! - [`produce_stream::ProduceStream`]: many produce requests in flight on one stream to the
 //!   leader (the pipelined form of [`Client::produce_request`]).
-//! - [`consumer::Consumer`]: reads a topic's partitions, commits and resumes a group's offsets.
+//! - [`consumer::Consumer`]: reads a topic's partitions from any position, commits and resumes a
+//!   group's offsets, and fails over to another endpoint when its node fails.
 //!
 //! Retries: a write is retried only when the node said it was definitely not applied (no leader,
 //! not the leader) or the connection was never made. Any other failure of a write is reported as
