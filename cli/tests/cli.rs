@@ -80,7 +80,11 @@ struct Running {
 
 impl Running {
     fn start(endpoints: &str, args: &[&str]) -> Self {
-        let mut child = spawn(endpoints, args, Stdio::null());
+        Self::of(spawn(endpoints, args, Stdio::null()))
+    }
+
+    /// Reads the stdout of a child started with a piped stdout.
+    fn of(mut child: Child) -> Self {
         let stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -91,6 +95,19 @@ impl Running {
             }
         });
         Self { child, lines }
+    }
+
+    /// Waits up to `timeout` for a line that contains `text`; returns it.
+    fn wait_for(&self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with '{text}' in {timeout:?}"),
+            }
+        }
     }
 
     /// The next `n` lines, waiting up to `timeout` for them.
@@ -345,6 +362,38 @@ async fn a_closed_pipe_ends_consume_quietly_and_stdin_streams_as_it_arrives() {
         text(out.stdout),
         "produced 5 records to stream/0 at offsets 0 to 4\n"
     );
+
+    // At a terminal (a pty from util-linux's `script`), produce is interactive: a hint, then
+    // each record's offset as soon as it is acknowledged, before the next line is typed.
+    if Command::new("script").arg("--version").output().is_ok() {
+        let cli = env!("CARGO_BIN_EXE_raftlog");
+        let command = format!("{cli} --endpoints {eps} produce stream -p 0");
+        let mut terminal = Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut keyboard = terminal.stdin.take().unwrap();
+        let screen = Running::of(terminal);
+        screen.wait_for("Type one record per line", Duration::from_secs(10));
+        for offset in [5, 6] {
+            keyboard
+                .write_all(format!("typed-{offset}\n").as_bytes())
+                .unwrap();
+            let ack = format!("-> stream/0 offset {offset}");
+            screen.wait_for(&ack, Duration::from_secs(10));
+        }
+        keyboard.write_all(b"\x04").unwrap(); // Ctrl-D
+        screen.wait_for(
+            "produced 2 records to stream/0 at offsets 5 to 6",
+            Duration::from_secs(10),
+        );
+        screen.stop();
+    } else {
+        eprintln!("no `script` (util-linux): the interactive produce check is skipped");
+    }
 
     // A line without the key separator is sent, with a warning.
     let out = run(
