@@ -45,6 +45,9 @@ pub enum TopicCmd {
         name: String,
         #[command(flatten)]
         retention: Retention,
+        /// Refused with an explanation: the partition count is fixed at creation.
+        #[arg(long, short = 'p', hide = true)]
+        partitions: Option<u32>,
     },
     /// Delete a topic, its records and every group's offsets for it.
     Delete {
@@ -94,7 +97,22 @@ pub async fn run(ctx: &Ctx, cmd: TopicCmd) -> anyhow::Result<()> {
             let info = guard_call(client, ctx.timeout, true, work).await?;
             describe(ctx, &info, Some("created"));
         }
-        TopicCmd::Alter { name, retention } => {
+        TopicCmd::Alter {
+            name,
+            retention,
+            partitions,
+        } => {
+            if partitions.is_some() {
+                return Err(CliError::new(
+                    "InvalidArgument",
+                    "a topic's partition count is fixed at creation; raftlog cannot add partitions",
+                )
+                .hint(format!(
+                    "create a topic with more and copy the records: raftlog topic create {name}-2 \
+                     -p N && raftlog consume {name} --json | raftlog produce {name}-2 --from-json"
+                ))
+                .into());
+            }
             let (ms, bytes) = (retention.ms(), retention.retention_bytes);
             if ms.is_none() && bytes.is_none() {
                 return Err(CliError::new("InvalidArgument", "nothing to change")

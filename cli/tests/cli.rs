@@ -625,6 +625,11 @@ async fn output_for_people_and_units() {
     );
     let stderr = fails(&eps, &["topic", "create", "zero", "--partitions", "0"]);
     assert!(stderr.contains("0 is not in 1.."), "{stderr}");
+    let stderr = fails(&eps, &["topic", "alter", "big", "--partitions", "400"]);
+    assert!(
+        stderr.contains("partition count is fixed at creation"),
+        "{stderr}"
+    );
     let completion = text(ok(&eps, &["completion", "bash"], b""));
     assert!(completion.contains("complete -F"), "{completion}");
 }
