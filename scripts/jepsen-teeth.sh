@@ -1,26 +1,46 @@
 #!/usr/bin/env bash
-# Shows the fault-injection harness has teeth: a node built with a deliberate safety bug (the
-# `unsafe-early-ack` feature acknowledges a produce before it commits) must be caught by a short
-# run with kill faults. Exits 0 when the checker reports anomalies, 1 when it misses the bug.
+# Shows the fault-injection harness has teeth: a node built with deliberate bugs (the
+# `unsafe-test-bugs` feature, the bug chosen by RAFTLOG_UNSAFE_BUG) must be caught by short runs:
+#   early-ack   acknowledges a produce before it commits: 30 s of kill-leader faults must find
+#               safety anomalies;
+#   late-write  proposes one produce in 20 five seconds late, its deadline ignored: 20 s without
+#               faults must find `late-write`.
+# Exits 0 when every bug is caught, 1 when one is missed.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
-UNSAFE_BIN="$PROFILE_DIR/raftlog-node-unsafe-early-ack"
-log "building raftlog-node with the unsafe-early-ack feature (test only)"
-cargo build --release -p raftlog-node --features unsafe-early-ack --bin raftlog-node
+UNSAFE_BIN="$PROFILE_DIR/raftlog-node-unsafe-test-bugs"
+log "building raftlog-node with the unsafe-test-bugs feature (test only)"
+cargo build --release -p raftlog-node --features unsafe-test-bugs --bin raftlog-node
 cp "$NODE_BIN" "$UNSAFE_BIN"
 # Put the real node binary back in place (cargo keeps both builds; this only re-links/copies).
 cargo build --release -p raftlog-node --bin raftlog-node
 touch "$NODE_BIN"
 out="${1:-$(mktemp -d /tmp/raftlog-teeth.XXXXXX)}"
-set +e
-"$PROFILE_DIR/raftlog-jepsen" --node-bin "$UNSAFE_BIN" --time 30 --nemesis kill-leader --fault-secs 2,4 \
-  --quiet-secs 2,4 --producers 8 --consumers 3 --out "$out"
-rc=$?
-set -e
-if [ $rc -eq 1 ]; then
-  log "the checker caught the unsafe node; anomalies in $out/results.json"
-  exit 0
-fi
-log "the checker did NOT catch the unsafe node (exit $rc); see $out"
-exit 1
+
+# caught BUG EXPECTED_ANOMALY ARGS...: runs the harness against the bug; true if the checker
+# reported anomalies (EXPECTED_ANOMALY among them, when not empty).
+caught() {
+  local bug="$1" expected="$2"
+  shift 2
+  set +e
+  RAFTLOG_UNSAFE_BUG="$bug" "$PROFILE_DIR/raftlog-jepsen" --node-bin "$UNSAFE_BIN" \
+    --out "$out/$bug" "$@"
+  local rc=$?
+  set -e
+  if [ $rc -ne 1 ]; then
+    log "the checker did NOT catch the $bug bug (exit $rc); see $out/$bug"
+    return 1
+  fi
+  if [ -n "$expected" ] && ! grep -q "\"$expected\"" "$out/$bug/results.json"; then
+    log "the checker found anomalies with the $bug bug, but not $expected; see $out/$bug"
+    return 1
+  fi
+  log "the checker caught the $bug bug; anomalies in $out/$bug/results.json"
+}
+
+missed=0
+caught early-ack "" --time 30 --nemesis kill-leader --fault-secs 2,4 --quiet-secs 2,4 \
+  --producers 8 --consumers 3 || missed=1
+caught late-write late-write --time 20 --nemesis none --producers 4 --consumers 3 || missed=1
+exit $missed

@@ -168,6 +168,8 @@ impl Client {
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        // Channels carry the request timeout: the ones made with the old policy go.
+        self.channels = Arc::default();
         self
     }
 

@@ -1,7 +1,8 @@
 //! The checker: reads a [`History`] and looks for the anomalies Jepsen's Kafka checker looks for
 //! (lost writes, inconsistent offsets, duplicates, non-monotonic sends and polls, skipped
 //! offsets, reads of values never or unsuccessfully written, real-time order violations), plus
-//! consumer-group offset regressions; it also tallies outcomes and availability over time.
+//! consumer-group offset regressions, and unknown-outcome writes that took effect too late; it also
+//! tallies outcomes and availability over time.
 //!
 //! Everything is a hash-map lookup per record or a sort per partition, so a history of a million
 //! ops checks in seconds; nothing compares all pairs of operations.
@@ -21,7 +22,7 @@ const MAX_OPS: usize = 8;
 const MAX_SKIPPED: usize = 16;
 
 /// Every anomaly kind that makes a history invalid, in report order.
-pub const FATAL_KINDS: [&str; 11] = [
+pub const FATAL_KINDS: [&str; 12] = [
     "lost-write",
     "inconsistent-offsets",
     "duplicate",
@@ -33,7 +34,13 @@ pub const FATAL_KINDS: [&str; 11] = [
     "g1a",
     "realtime-order",
     "group-offset-regression",
+    "late-write",
 ];
+
+/// How much later than its invocation a write may be stamped by the leader that takes it: the
+/// workload's client deadline (no node proposes a write after its deadline, and the stamp comes
+/// before the proposal), plus one second for the ms-rounded stamp and the two clocks' reading.
+pub const LATE_WRITE_BOUND_MS: i64 = 4_000;
 
 /// Name under which a malformed history shows up in [`CheckResult::anomaly_types`].
 pub const MALFORMED_HISTORY: &str = "malformed-history";
@@ -209,6 +216,32 @@ pub struct GroupOffsetRegression {
     pub offset: Option<u64>,
 }
 
+/// A send with an unknown outcome that took effect later than [`LATE_WRITE_BOUND_MS`] after it
+/// was invoked: the client had given up on it long before, yet it landed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LateWrite {
+    pub partition: u32,
+    pub value: u64,
+    pub invoke_op: u64,
+    /// ms since the test start.
+    pub invoked_ms: i64,
+    /// The leader's stamp, ms since the test start.
+    pub stamped_ms: i64,
+    pub late_by_ms: i64,
+}
+
+/// Sends whose outcome was unknown to the client and that the final reads show took effect, with
+/// how long after their invocation the leader took them (informational; over the bound is the
+/// `late-write` anomaly).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LandedUnknowns {
+    pub count: u64,
+    /// Unknown-outcome sends that the final reads do not hold: they never took effect.
+    pub never_landed: u64,
+    pub max_late_ms: i64,
+    pub bound_ms: i64,
+}
+
 /// An acknowledged send that no consumer's poll ever returned (informational).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unseen {
@@ -233,11 +266,12 @@ pub struct Anomalies {
     pub g1a: Examples<G1a>,
     pub realtime_order: Examples<RealtimeOrder>,
     pub group_offset_regression: Examples<GroupOffsetRegression>,
+    pub late_write: Examples<LateWrite>,
 }
 
 impl Anomalies {
     /// `(kind, count)` for every kind, in [`FATAL_KINDS`] order.
-    pub fn counts(&self) -> [(&'static str, usize); 11] {
+    pub fn counts(&self) -> [(&'static str, usize); 12] {
         let c = [
             self.lost_write.count,
             self.inconsistent_offsets.count,
@@ -250,6 +284,7 @@ impl Anomalies {
             self.g1a.count,
             self.realtime_order.count,
             self.group_offset_regression.count,
+            self.late_write.count,
         ];
         std::array::from_fn(|i| (FATAL_KINDS[i], c[i]))
     }
@@ -286,6 +321,12 @@ pub struct CheckResult {
     /// Acknowledged values no poll returned. Not fatal: consumers may simply not have caught up;
     /// a value truly gone shows up as a lost write against the final reads.
     pub unseen: Examples<Unseen>,
+    #[serde(default)]
+    pub landed_unknowns: LandedUnknowns,
+    /// Lines each node logged, and its busiest second (set by the run from the nodes' log files;
+    /// a node over `logs::LINES_PER_SECOND_MAX` makes the run invalid as `log-flood`).
+    #[serde(default)]
+    pub node_logs: Vec<crate::logs::LogRate>,
     pub op_counts: BTreeMap<OpF, OutcomeCounts>,
     /// One bucket per second from the first completion to the last, empty seconds included
     /// (a second with no completions at all is the starkest unavailability).
@@ -331,6 +372,8 @@ struct SendInfo {
     outcome: OpKind,
     /// The completion op, if any.
     completion_op: Option<u64>,
+    invoke_op: u64,
+    invoke_ns: u64,
 }
 
 struct OkSend {
@@ -414,6 +457,8 @@ pub fn check(history: &History) -> CheckResult {
     let mut ok_sends: Vec<OkSend> = Vec::new();
     let mut reads: Vec<Read<'_>> = Vec::new();
     let mut groups: BTreeMap<(&str, u32), GroupEvents> = BTreeMap::new();
+    // (partition, value) -> the leader's stamp, from final reads that carry stamps.
+    let mut stamped: FastMap<(u32, u64), i64> = FastMap::default();
 
     for pair in &pairs {
         let inv = &ops[pair.invoke];
@@ -446,6 +491,8 @@ pub fn check(history: &History) -> CheckResult {
                     SendInfo {
                         outcome: kind,
                         completion_op: comp.map(|c| c.index),
+                        invoke_op: inv.index,
+                        invoke_ns: inv.time_ns,
                     },
                 );
                 if let Some(c) = comp.filter(|c| c.kind == OpKind::Ok) {
@@ -469,8 +516,18 @@ pub fn check(history: &History) -> CheckResult {
             }
             OpValue::Poll { .. } | OpValue::FinalRead { .. } => {
                 if let Some(c) = comp.filter(|c| c.kind == OpKind::Ok) {
-                    let node = match c.value {
-                        OpValue::FinalRead { node, .. } => Some(node),
+                    let node = match &c.value {
+                        OpValue::FinalRead {
+                            node,
+                            records,
+                            stamps_ms,
+                            partition,
+                        } => {
+                            for (record, stamp) in records.iter().zip(stamps_ms) {
+                                stamped.insert((*partition, record.value), *stamp);
+                            }
+                            Some(*node)
+                        }
                         _ => None,
                     };
                     reads.push(Read {
@@ -906,6 +963,39 @@ pub fn check(history: &History) -> CheckResult {
         |x| (x.partition, x.offset, x.value),
     );
 
+    // --- Unknown outcomes that took effect: never later than the bound after their invocation. ---
+    let mut landed_unknowns = LandedUnknowns {
+        bound_ms: LATE_WRITE_BOUND_MS,
+        ..Default::default()
+    };
+    let mut late = Vec::new();
+    if !stamped.is_empty() {
+        for (&(partition, value), send) in &sends {
+            if send.outcome != OpKind::Info {
+                continue;
+            }
+            let Some(&stamped_ms) = stamped.get(&(partition, value)) else {
+                landed_unknowns.never_landed += 1;
+                continue;
+            };
+            let invoked_ms = (send.invoke_ns / 1_000_000) as i64;
+            let late_by_ms = stamped_ms - invoked_ms;
+            landed_unknowns.count += 1;
+            landed_unknowns.max_late_ms = landed_unknowns.max_late_ms.max(late_by_ms);
+            if late_by_ms > LATE_WRITE_BOUND_MS {
+                late.push(LateWrite {
+                    partition,
+                    value,
+                    invoke_op: send.invoke_op,
+                    invoked_ms,
+                    stamped_ms,
+                    late_by_ms,
+                });
+            }
+        }
+    }
+    anomalies.late_write = Examples::sorted_by_key(late, |x| (x.partition, x.invoke_op));
+
     let availability = availability(ops);
 
     let mut anomaly_types: Vec<String> = anomalies
@@ -928,6 +1018,8 @@ pub fn check(history: &History) -> CheckResult {
         history_errors,
         anomalies,
         unseen,
+        landed_unknowns,
+        node_logs: Vec::new(),
         op_counts,
         availability,
     }
@@ -1255,6 +1347,48 @@ mod tests {
         assert_only(&r, "offset-gap");
         let x = &r.anomalies.offset_gap.examples[0];
         assert_eq!((x.node, x.prev_offset, x.offset), (1, 0, 2));
+    }
+
+    /// Ticks are 1 ms apart: the info send of value 11 is invoked at 3 ms.
+    #[test]
+    fn late_write_of_an_unknown_outcome() {
+        let stamped = |stamp_11: i64| {
+            let mut b = B::default();
+            b.send_ok(0, 0, 10, 0).send_info(1, 0, 11);
+            b.inv(100, OpValue::final_read(1, 0)).done(
+                100,
+                OpKind::Ok,
+                OpValue::final_read_stamped(1, 0, [(0, 10), (1, 11)], vec![1, stamp_11]),
+            );
+            b.check()
+        };
+        let in_time = stamped(3 + LATE_WRITE_BOUND_MS);
+        assert!(in_time.valid, "{in_time:#?}");
+        assert_eq!(in_time.landed_unknowns.count, 1);
+        assert_eq!(in_time.landed_unknowns.max_late_ms, LATE_WRITE_BOUND_MS);
+
+        let r = stamped(40_003);
+        assert_only(&r, "late-write");
+        let x = &r.anomalies.late_write.examples[0];
+        assert_eq!((x.partition, x.value, x.invoke_op), (0, 11, 2));
+        assert_eq!(
+            (x.invoked_ms, x.stamped_ms, x.late_by_ms),
+            (3, 40_003, 40_000)
+        );
+    }
+
+    #[test]
+    fn an_unknown_outcome_that_never_landed_is_not_late() {
+        let mut b = B::default();
+        b.send_ok(0, 0, 10, 0).send_info(1, 0, 11);
+        b.inv(100, OpValue::final_read(1, 0)).done(
+            100,
+            OpKind::Ok,
+            OpValue::final_read_stamped(1, 0, [(0, 10)], vec![1]),
+        );
+        let r = b.check();
+        assert!(r.valid, "{r:#?}");
+        assert_eq!(r.landed_unknowns.never_landed, 1);
     }
 
     #[test]

@@ -146,6 +146,10 @@ impl Cluster {
             .arg(admin)
             .arg("--initial-cluster")
             .arg(&self.initial_cluster)
+            // No write is proposed after the workload's client has given up on it (checked as
+            // `late-write`).
+            .arg("--write-timeout-ms-max")
+            .arg(crate::workload::CLIENT_DEADLINE.as_millis().to_string())
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -117,6 +117,11 @@ pub enum OpValue {
         /// The node's whole partition; empty on the invocation.
         #[serde(skip_serializing_if = "Vec::is_empty")]
         records: Vec<Record>,
+        /// For each of `records`: when it was stamped by the leader that took it (the leader's
+        /// clock when the write reached it, which is before it was proposed), in ms since the
+        /// start of the test. Empty when not recorded.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        stamps_ms: Vec<i64>,
     },
     CommitOffset {
         group: String,
@@ -193,6 +198,7 @@ impl OpValue {
             node,
             partition,
             records: Vec::new(),
+            stamps_ms: Vec::new(),
         }
     }
 
@@ -202,10 +208,21 @@ impl OpValue {
         partition: u32,
         records: impl IntoIterator<Item = (u64, u64)>,
     ) -> Self {
+        Self::final_read_stamped(node, partition, records, Vec::new())
+    }
+
+    /// Ok completion of a final read with each record's leader stamp (ms since the test start).
+    pub fn final_read_stamped(
+        node: u64,
+        partition: u32,
+        records: impl IntoIterator<Item = (u64, u64)>,
+        stamps_ms: Vec<i64>,
+    ) -> Self {
         OpValue::FinalRead {
             node,
             partition,
             records: records.into_iter().map(Record::from).collect(),
+            stamps_ms,
         }
     }
 
@@ -293,6 +310,8 @@ struct RawValue {
     offset: Option<u64>,
     #[serde(default)]
     records: Vec<Record>,
+    #[serde(default)]
+    stamps_ms: Vec<i64>,
     node: Option<u64>,
     group: Option<String>,
 }
@@ -319,6 +338,7 @@ impl TryFrom<RawOp> for Op {
                 node: v.node.ok_or_else(|| missing("node"))?,
                 partition,
                 records: v.records,
+                stamps_ms: v.stamps_ms,
             },
             OpF::CommitOffset => OpValue::CommitOffset {
                 group: v.group.ok_or_else(|| missing("group"))?,
@@ -542,6 +562,8 @@ pub struct Recorder {
 #[derive(Debug)]
 struct RecorderInner {
     start: Instant,
+    /// The wall clock at `start`, ms since the Unix epoch: converts the nodes' timestamps.
+    start_wall_ms: i64,
     history: Mutex<History>,
     next_process: AtomicU64,
 }
@@ -563,6 +585,7 @@ impl Recorder {
         Recorder {
             inner: Arc::new(RecorderInner {
                 start,
+                start_wall_ms: wall_ms() - start.elapsed().as_millis() as i64,
                 history: Mutex::new(History::new()),
                 next_process: AtomicU64::new(0),
             }),
@@ -571,6 +594,11 @@ impl Recorder {
 
     pub fn start(&self) -> Instant {
         self.inner.start
+    }
+
+    /// A wall-clock time (ms since the Unix epoch, as nodes stamp records) in ms since time zero.
+    pub fn since_start_ms(&self, wall_ms: i64) -> i64 {
+        wall_ms - self.inner.start_wall_ms
     }
 
     /// Nanoseconds since time zero, for nemesis intervals.
@@ -614,6 +642,13 @@ impl Recorder {
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         self.history().write(path)
     }
+}
+
+/// This machine's wall clock, ms since the Unix epoch.
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Parses a history and fails on the first malformed line or rule violation; handy in tools that

@@ -10,6 +10,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod logs;
 pub mod nemesis;
 pub mod net;
 pub mod report;

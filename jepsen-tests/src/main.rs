@@ -14,7 +14,7 @@ use raftlog_jepsen::history::Recorder;
 use raftlog_jepsen::nemesis::{Fault, Nemesis, Schedule};
 use raftlog_jepsen::net::Network;
 use raftlog_jepsen::workload::{self, Workload};
-use raftlog_jepsen::{checker, report};
+use raftlog_jepsen::{checker, logs, report};
 
 #[derive(Parser)]
 #[command(
@@ -180,7 +180,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
 
     let history = recorder.history();
     history.write(&out.join("history.jsonl"))?;
-    let result = checker::check(&history);
+    let mut result = checker::check(&history);
+    result.node_logs = logs::rates(&out.join("data"), args.nodes)?;
+    if logs::flooded(&result.node_logs) {
+        result.valid = false;
+        result.anomaly_types.push(logs::LOG_FLOOD.to_owned());
+    }
     report::write_report(&out, &history, &result, &nemesis.intervals)?;
     println!(
         "{}",

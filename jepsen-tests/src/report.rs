@@ -530,7 +530,38 @@ code { font-size: 12px; }
         result.unseen.count,
         examples_cell(unseen.get("examples"))
     );
+    let landed = &result.landed_unknowns;
+    let _ = write!(
+        h,
+        r#"<tr class="zero"><td>unknown outcomes that took effect (informational)</td><td>{}</td><td>latest {} ms after its invocation (bound {} ms); {} never took effect</td></tr>"#,
+        landed.count, landed.max_late_ms, landed.bound_ms, landed.never_landed
+    );
     h.push_str("</table>");
+
+    if !result.node_logs.is_empty() {
+        let _ = write!(
+            h,
+            "<h3>Node logs</h3><table><tr><th>node</th><th>lines</th><th>busiest second</th>\
+             <th>lines in it (at most {})</th></tr>",
+            crate::logs::LINES_PER_SECOND_MAX
+        );
+        for r in &result.node_logs {
+            let class = if r.busiest_second_lines > crate::logs::LINES_PER_SECOND_MAX {
+                r#" class="invalid""#
+            } else {
+                ""
+            };
+            let _ = write!(
+                h,
+                "<tr{class}><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                r.node,
+                r.lines,
+                esc(&r.busiest_second),
+                r.busiest_second_lines
+            );
+        }
+        h.push_str("</table>");
+    }
 
     if !result.history_errors.is_empty() {
         h.push_str(

@@ -28,10 +28,15 @@ pub struct Workload {
     pub deadline: Instant,
 }
 
+/// How long a client operation may take, retries included; an op that outlives it is `info`.
+/// The nodes are started with the same `write_timeout_ms_max`, so no write of the workload is
+/// proposed later than this after it was sent (checked as `late-write`).
+pub const CLIENT_DEADLINE: Duration = Duration::from_secs(3);
+
 fn client(endpoints: &[String]) -> anyhow::Result<Client> {
-    // Short deadlines keep operations flowing through faults; an op that outlives them is `info`.
+    // Short deadlines keep operations flowing through faults.
     Ok(Client::new(endpoints.to_vec())?.with_retry(RetryPolicy {
-        deadline: Duration::from_secs(3),
+        deadline: CLIENT_DEADLINE,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
         request_timeout: Duration::from_secs(2),
@@ -264,6 +269,7 @@ pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
             w.recorder
                 .invoke(process, OpValue::final_read(node as u64 + 1, partition));
             let mut records = Vec::new();
+            let mut stamps_ms = Vec::new();
             let mut offset = 0;
             let outcome = loop {
                 let request = pb::FetchRequest {
@@ -280,6 +286,12 @@ pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
                         let batch = parse_records(&r.records);
                         offset = batch.last().map_or(offset, |(o, _)| o + 1);
                         records.extend(batch);
+                        // The workload sends records without a timestamp: the leader stamps them.
+                        stamps_ms.extend(
+                            r.records
+                                .iter()
+                                .map(|r| w.recorder.since_start_ms(r.timestamp_ms)),
+                        );
                     }
                     Err(e) => break Err(e),
                 }
@@ -288,7 +300,7 @@ pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
                 Ok(()) => w.recorder.complete(
                     process,
                     OpKind::Ok,
-                    OpValue::final_read_ok(node as u64 + 1, partition, records),
+                    OpValue::final_read_stamped(node as u64 + 1, partition, records, stamps_ms),
                 ),
                 Err(e) => {
                     w.recorder.complete(

@@ -14,6 +14,8 @@
 //! unit a connection interleaves streams at, so a 1 MiB frame may delay a small message on the
 //! same connection by the time it takes to write 1 MiB.
 
+use std::time::Duration;
+
 use tonic::transport::{Endpoint, Server};
 
 /// Largest DATA frame a raftlog endpoint accepts (HTTP/2 allows up to 16 MiB - 1; hyper's
@@ -41,6 +43,27 @@ pub fn client_endpoint(endpoint: Endpoint) -> Endpoint {
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(CLIENT_STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CLIENT_CONNECTION_WINDOW_BYTES)
+}
+
+/// How often a node pings a peer over an open connection (Raft replication, forwarding).
+///
+/// A partition drops packets without closing anything: a connection that was open when it began
+/// stays open, and requests written into it wait for TCP's retransmissions, whose interval has
+/// grown to seconds by the time the partition heals. Pinging finds such a connection dead within
+/// [`NODE_KEEP_ALIVE_INTERVAL`] + [`NODE_KEEP_ALIVE_TIMEOUT`], so the node reconnects (with its
+/// backoff) and a healed peer is reached again within about a second.
+pub const NODE_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection counts as dead. Two seconds: a node
+/// on a busy 2-core machine can take a while to answer, and a false alarm costs a reconnection.
+pub const NODE_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Applies raftlog's HTTP/2 settings to a node's channel to another node: those of
+/// [`client_endpoint`], and pings that find a connection a partition has silently cut.
+pub fn node_endpoint(endpoint: Endpoint) -> Endpoint {
+    client_endpoint(endpoint)
+        .http2_keep_alive_interval(NODE_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(NODE_KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
 }
 
 /// Applies raftlog's HTTP/2 settings to the node's gRPC server.

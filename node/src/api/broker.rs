@@ -459,14 +459,23 @@ fn count_out(topic: &str, records: &[(u64, crate::command::Record)]) {
         .increment(bytes as u64);
 }
 
-#[cfg(feature = "unsafe-early-ack")]
+/// Which test-only bug a node built with the `unsafe-test-bugs` feature plants, from the
+/// `RAFTLOG_UNSAFE_BUG` environment variable: `early-ack` or `late-write`.
+#[cfg(feature = "unsafe-test-bugs")]
+fn unsafe_bug() -> Option<String> {
+    std::env::var("RAFTLOG_UNSAFE_BUG").ok()
+}
+
+#[cfg(feature = "unsafe-test-bugs")]
 impl BrokerService {
-    /// TEST-ONLY SAFETY BUG, compiled only with the `unsafe-early-ack` feature, to prove the
-    /// fault-injection harness catches it: the leader proposes the batch without waiting for it
-    /// to commit and acknowledges at the offset it guesses from its applied state. Acks can then
-    /// name offsets that other batches take, or records a crash loses.
+    /// TEST-ONLY SAFETY BUG (`early-ack`), to prove the fault-injection harness catches it: the
+    /// leader proposes the batch without waiting for it to commit and acknowledges at the offset
+    /// it guesses from its applied state. Acks can then name offsets that other batches take, or
+    /// records a crash loses.
     async fn unsafe_early_ack(&self, append: &PreparedAppend) -> Option<ProduceResponse> {
-        if self.ctx.raft.current_leader().await != Some(self.ctx.id) {
+        if unsafe_bug().as_deref() != Some("early-ack")
+            || self.ctx.raft.current_leader().await != Some(self.ctx.id)
+        {
             return None;
         }
         let partition = append.outcome.partition;
@@ -483,6 +492,43 @@ impl BrokerService {
             record_count: append.request.records.len() as u32,
             duplicate: false,
         })
+    }
+
+    /// TEST-ONLY BUG (`late-write`): one produce in 20 is held for 5 s, as a request stuck on its
+    /// way would be, then stamped and proposed with its deadline ignored, whether or not its
+    /// caller still waits. The harness must report it as a `late-write`.
+    async fn unsafe_late_write(
+        &self,
+        append: &PreparedAppend,
+    ) -> Option<Result<ProduceResponse, Status>> {
+        use rand::Rng;
+        if unsafe_bug().as_deref() != Some("late-write") || !rand::rng().random_ratio(1, 20) {
+            return None;
+        }
+        let (ctx, mut command) = (self.ctx.clone(), append.command.clone());
+        let outcome = AppendOutcome {
+            topic: append.outcome.topic.clone(),
+            ..append.outcome
+        };
+        // A task of its own: it goes on when the caller gives up and this handler is dropped.
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            if let Command::Append { proposed_at_ms, .. } = &mut command {
+                *proposed_at_ms = now_ms();
+            }
+            let far = Instant::now() + std::time::Duration::from_secs(60);
+            match ctx.write(command, far).await {
+                Ok(response) => outcome.applied(response).map_err(Status::from),
+                Err(WriteError::NotLeader(leader)) => {
+                    Err(ApiError::not_leader(ctx.id, leader).into())
+                }
+                Err(WriteError::Failed(e)) => Err(e.into()),
+            }
+        });
+        Some(
+            late.await
+                .unwrap_or_else(|e| Err(Status::internal(e.to_string()))),
+        )
     }
 }
 
@@ -636,9 +682,13 @@ impl Broker for BrokerService {
                         .map_err(|s| leader_unreachable(s, leader));
                 }
             };
-            #[cfg(feature = "unsafe-early-ack")]
+            #[cfg(feature = "unsafe-test-bugs")]
             if let Some(ack) = self.unsafe_early_ack(&append).await {
                 return Ok(Response::new(ack));
+            }
+            #[cfg(feature = "unsafe-test-bugs")]
+            if let Some(late) = self.unsafe_late_write(&append).await {
+                return late.map(Response::new);
             }
             let PreparedAppend {
                 command,

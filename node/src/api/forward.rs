@@ -96,7 +96,7 @@ impl Forwarder {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = raftlog_proto::http2::client_endpoint(
+        let channel = raftlog_proto::http2::node_endpoint(
             Endpoint::from_shared(format!("http://{addr}"))
                 .map_err(|e| ApiError::Internal(format!("bad leader address {addr}: {e}")))?,
         )

@@ -93,11 +93,9 @@ impl PeerNetworkFactory {
             return Ok(channel.clone());
         }
         let channel =
-            raftlog_proto::http2::client_endpoint(Endpoint::from_shared(format!("http://{addr}"))?)
+            raftlog_proto::http2::node_endpoint(Endpoint::from_shared(format!("http://{addr}"))?)
                 .connect_timeout(self.connect_timeout)
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
                 .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
