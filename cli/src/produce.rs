@@ -67,7 +67,7 @@ pub struct ProduceArgs {
     #[arg(long, value_enum, default_value_t = Encoding::Raw, value_name = "ENC")]
     value_encoding: Encoding,
     /// What ends a record on stdin: one byte (\n, \0, \t, ',') or '' for all of stdin as one
-    /// record.
+    /// record. With \n, a \r before it is dropped too (Windows line ends).
     #[arg(long, short = 'd', default_value = "\\n", value_name = "BYTE")]
     delimiter: String,
     /// Each record on stdin is a JSON object as `raftlog consume --json` prints it (value or
