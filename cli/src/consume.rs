@@ -154,8 +154,14 @@ async fn read(
         // Partition by partition (a stable sort keeps each partition's offset order).
         records.sort_by_key(|r| r.partition);
         for f in consumer.take_failovers() {
-            let at: Vec<String> = consumer
-                .positions()
+            // Where reading went on: the first record of this batch, or the position.
+            let mut resumed = consumer.positions().clone();
+            for r in &records {
+                resumed
+                    .entry(r.partition)
+                    .and_modify(|o| *o = (*o).min(r.record.offset));
+            }
+            let at: Vec<String> = resumed
                 .iter()
                 .map(|(p, o)| format!("{}/{p} offset {o}", printer.topic))
                 .collect();

@@ -111,7 +111,8 @@ pub struct Adjustment {
     pub end_offset: u64,
 }
 
-/// The consumer left a node that failed and reads on from another.
+/// The consumer left a node that failed and reads on from another (reported once the other
+/// answered).
 #[derive(Debug, Clone)]
 pub struct Failover {
     pub from: String,
@@ -133,6 +134,9 @@ pub struct Consumer {
     adjustments: Vec<Adjustment>,
     /// Index into the client's endpoints of the node being read from.
     node: usize,
+    /// The node that failed and why, until another one answers (then it becomes a
+    /// [`Failover`]): one report per failover, however many endpoints were tried on the way.
+    failed_from: Option<(String, Error)>,
     failovers: Vec<Failover>,
 }
 
@@ -184,6 +188,7 @@ impl Consumer {
             stop_at,
             adjustments,
             node: 0,
+            failed_from: None,
             failovers: Vec::new(),
         })
     }
@@ -249,17 +254,18 @@ impl Consumer {
         loop {
             let (records, failure) = self.fetch_all(wait).await?;
             let Some(error) = failure else {
+                // A node answered: the failover that led here, if any, is complete.
+                if let Some((from, error)) = self.failed_from.take() {
+                    let to = self.node().to_string();
+                    self.failovers.push(Failover { from, to, error });
+                }
                 return Ok(records);
             };
             let from = self.node().to_string();
             self.node = (self.node + 1) % self.client.endpoints().len();
             failed_in_a_row += 1;
             tracing::warn!(%from, to = %self.node(), %error, "node failed; reading from the next endpoint");
-            self.failovers.push(Failover {
-                from,
-                to: self.node().to_string(),
-                error: error.clone(),
-            });
+            self.failed_from.get_or_insert((from, error.clone()));
             if !records.is_empty() {
                 return Ok(records);
             }
