@@ -590,6 +590,28 @@ async fn errors_name_the_cause_and_the_fix() {
     );
     assert!(took < Duration::from_secs(10), "took {took:?}");
     eprintln!("no-quorum produce failed after {took:?}: {stderr}");
+
+    // The last node paused (SIGSTOP): it accepts connections and never answers. A read gives up
+    // within its --timeout, saying no node answered, instead of waiting on each node in turn.
+    let pid = cluster
+        .node(leader)
+        .child
+        .as_ref()
+        .unwrap()
+        .id()
+        .to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let started = Instant::now();
+    let stderr = fails(&eps, &["topic", "list", "--timeout", "2s"]);
+    let took = started.elapsed();
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert!(stderr.contains("no node answered"), "{stderr}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    eprintln!("paused cluster: topic list --timeout 2s failed after {took:?}: {stderr}");
 }
 
 /// Output sized for people: one line per topic, the config in describe, units accepted,
