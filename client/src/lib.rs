@@ -144,6 +144,15 @@ pub struct Client {
     retry: RetryPolicy,
 }
 
+tokio::task_local! {
+    /// The timeout of the attempt `Client::with_leader` is making, for the writes it sends.
+    static ATTEMPT_TIMEOUT: Duration;
+}
+
+/// Least time an attempt gets, even at the end of the retry deadline: a request with less would
+/// only fail.
+const ATTEMPT_TIMEOUT_MIN: Duration = Duration::from_millis(100);
+
 /// Largest message this client accepts (fetch responses).
 const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
@@ -227,7 +236,15 @@ impl Client {
         loop {
             let target = self.write_target(attempt);
             attempt += 1;
-            match op(target.clone()).await {
+            // The attempt's deadline, which its write carries to the node (`Self::deadlined`):
+            // the request timeout, within what is left of the retry deadline.
+            let left = self.retry.deadline.saturating_sub(start.elapsed());
+            let timeout = self
+                .retry
+                .request_timeout
+                .min(left)
+                .max(ATTEMPT_TIMEOUT_MIN);
+            match ATTEMPT_TIMEOUT.scope(timeout, op(target.clone())).await {
                 Ok(value) => {
                     *self.leader.lock().expect("leader lock") = Some(target);
                     return Ok(value);
@@ -263,6 +280,18 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// `message` as a request with the current attempt's deadline as its `grpc-timeout`, so the
+    /// node gives up on it when this client does: a write not proposed by then is never applied
+    /// (docs/api.md, "Deadlines").
+    fn deadlined<T>(&self, message: T) -> tonic::Request<T> {
+        let timeout = ATTEMPT_TIMEOUT
+            .try_with(|t| *t)
+            .unwrap_or(self.retry.request_timeout);
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        request
     }
 
     /// Runs a read on the first node that answers, in endpoint order starting at `preferred`.
@@ -313,7 +342,7 @@ impl Client {
             async move {
                 self.broker_at(&addr)
                     .map_err(to_status)?
-                    .create_topic(request)
+                    .create_topic(self.deadlined(request))
                     .await
                     .map(|r| r.into_inner())
             }
@@ -336,7 +365,7 @@ impl Client {
             };
             self.broker_at(&addr)
                 .map_err(to_status)?
-                .alter_topic(request)
+                .alter_topic(self.deadlined(request))
                 .await
                 .map(|r| r.into_inner())
         })
@@ -348,7 +377,7 @@ impl Client {
         self.with_leader(|addr| async move {
             self.broker_at(&addr)
                 .map_err(to_status)?
-                .init_producer(pb::InitProducerRequest {})
+                .init_producer(self.deadlined(pb::InitProducerRequest {}))
                 .await
                 .map(|r| r.into_inner().producer_id)
         })
@@ -363,7 +392,7 @@ impl Client {
             };
             self.broker_at(&addr)
                 .map_err(to_status)?
-                .delete_topic(request)
+                .delete_topic(self.deadlined(request))
                 .await
                 .map(|_| ())
         })
@@ -422,7 +451,7 @@ impl Client {
             async move {
                 self.broker_at(&addr)
                     .map_err(to_status)?
-                    .produce(request)
+                    .produce(self.deadlined(request))
                     .await
                     .map(|r| r.into_inner())
             }
@@ -524,7 +553,7 @@ impl Client {
             async move {
                 self.broker_at(&addr)
                     .map_err(to_status)?
-                    .commit_offsets(request)
+                    .commit_offsets(self.deadlined(request))
                     .await
                     .map(|_| ())
             }
@@ -567,7 +596,7 @@ impl Client {
             };
             self.broker_at(&addr)
                 .map_err(to_status)?
-                .delete_group(request)
+                .delete_group(self.deadlined(request))
                 .await
                 .map(|_| ())
         })
