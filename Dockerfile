@@ -8,14 +8,16 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release -p raftlog-node -p raftlog-client --bins \
- && cp target/release/raftlog-node target/release/raftlog /usr/local/bin/
+# scripts/dist.sh strips the debug info into raftlog-node.debug / raftlog.debug (kept in /dist of
+# this stage for whoever debugs a crash; the image ships only the stripped binaries).
+RUN cargo build --release -p raftlog-node -p raftlog-cli --bins \
+ && CARGO_TARGET_DIR=/src/target RAFTLOG_NO_BUILD=1 scripts/dist.sh /dist
 
 # --- runtime stage: just the binaries.
 FROM debian:bookworm-slim
 RUN useradd --system --uid 10001 --home-dir /var/lib/raftlog --shell /usr/sbin/nologin raftlog \
  && mkdir -p /var/lib/raftlog && chown raftlog:raftlog /var/lib/raftlog
-COPY --from=build /usr/local/bin/raftlog-node /usr/local/bin/raftlog /usr/local/bin/
+COPY --from=build /dist/raftlog-node /dist/raftlog /usr/local/bin/
 USER raftlog
 VOLUME ["/var/lib/raftlog"]
 # gRPC (clients and peers) and admin HTTP (/healthz, /readyz, /metrics).

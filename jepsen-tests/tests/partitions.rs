@@ -19,14 +19,7 @@ async fn cluster(dir: &std::path::Path) -> Cluster {
     }
     Network::cleanup_stale();
     let net = Network::create(3).expect("network namespaces");
-    // Test binaries live in target/<profile>/deps; the node binary one level up.
-    let node_bin = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("raftlog-node");
-    assert!(node_bin.exists(), "{} not built", node_bin.display());
+    let node_bin = raftlog_testkit::node_binary();
     let cluster = Cluster::start(3, node_bin, dir.to_path_buf(), Some(net)).unwrap();
     cluster
         .wait_recovered(Duration::from_secs(60))

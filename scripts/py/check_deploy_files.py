@@ -24,6 +24,10 @@ def check_dockerfile(root):
     assert re.search(r"^STOPSIGNAL\s+SIGTERM", text, re.M)
     assert re.search(r"^ENTRYPOINT\s+\[\"/usr/local/bin/raftlog-node\"\]", text, re.M)
     assert (root / ".dockerignore").read_text().splitlines()[0] == "target"
+    # Every crate that ships a binary is built, and the binaries shipped are the stripped ones.
+    for package in ("raftlog-node", "raftlog-cli"):
+        assert f"-p {package}" in text, f"the image must build {package}"
+    assert "scripts/dist.sh" in text, "the image ships the binaries scripts/dist.sh strips"
 
 
 def check_compose(root):

@@ -90,9 +90,7 @@ pub type GroupOffsets = BTreeMap<(u64, u32), GroupOffset>;
 pub enum ReadError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
-    #[error(
-        "offset {offset} is out of range: the partition holds offsets {start_offset}..{end_offset}"
-    )]
+    #[error("offset {offset} is out of range: {}", held(*start_offset, *end_offset))]
     OffsetOutOfRange {
         offset: u64,
         start_offset: u64,
@@ -100,6 +98,24 @@ pub enum ReadError {
     },
     #[error("storage error: {0}")]
     Storage(String),
+}
+
+/// What a partition holds, in words: "it holds offsets 3 to 9 (the next is 10)", or "it is
+/// empty; the next offset is 10" (after retention, "older records were deleted by retention").
+fn held(start_offset: u64, end_offset: u64) -> String {
+    let deleted = if start_offset > 0 {
+        "; older records were deleted by retention"
+    } else {
+        ""
+    };
+    if start_offset == end_offset {
+        format!("the partition is empty; the next offset is {end_offset}{deleted}")
+    } else {
+        format!(
+            "the partition holds offsets {start_offset} to {} (the next is {end_offset}){deleted}",
+            end_offset - 1
+        )
+    }
 }
 
 /// Records read from one partition.
