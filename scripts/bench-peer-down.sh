@@ -37,7 +37,8 @@ cpu_ticks() { # utime + stime of node $1, in clock ticks
 leader() { # the node that says it leads, from its admin /status
   local n
   for n in 1 2 3; do
-    if curl -fsS "127.0.0.1:909$n/status" 2>/dev/null | grep -q '"state":"Leader"'; then
+    # "role":"leader" since /status has its own schema; "state":"Leader" before (openraft's).
+    if curl -fsS "127.0.0.1:909$n/status" 2>/dev/null | grep -qE '"role":"leader"|"state":"Leader"'; then
       echo "$n"; return
     fi
   done

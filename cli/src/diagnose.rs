@@ -112,9 +112,8 @@ pub async fn probe(client: &Client) -> Health {
     }
 }
 
-/// The gRPC address of the node whose admin HTTP port is `admin`, from its `/status` (openraft's
-/// metrics: `id` and `membership_config.membership.nodes[id].addr`). Best effort: `None` when
-/// anything is not as expected.
+/// The gRPC address of the node whose admin HTTP port is `admin`, from its `/status` (`addr`,
+/// docs/operations.md). Best effort: `None` when anything is not as expected.
 async fn grpc_addr_from_admin(admin: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let get = async {
@@ -125,9 +124,7 @@ async fn grpc_addr_from_admin(admin: &str) -> Option<String> {
         stream.read_to_end(&mut response).await.ok()?;
         let start = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
         let status: serde_json::Value = serde_json::from_slice(&response[start..]).ok()?;
-        let id = status.get("id")?.as_u64()?.to_string();
-        let nodes = status.pointer("/membership_config/membership/nodes")?;
-        Some(nodes.get(&id)?.get("addr")?.as_str()?.to_string())
+        Some(status.get("addr")?.as_str()?.to_string())
     };
     tokio::time::timeout(Duration::from_secs(1), get)
         .await

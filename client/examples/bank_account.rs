@@ -9,7 +9,8 @@
 //!   two decisions are ever made on the same version.
 //!
 //! Run against a cluster (`scripts/cluster.sh up`):
-//!   cargo run --release --example bank_account -- 127.0.0.1:8051,127.0.0.1:8052
+//!   CARGO_TARGET_DIR=~/.cache/raftlog/target cargo run --release -p raftlog-client \
+//!     --example bank_account -- 127.0.0.1:8051,127.0.0.1:8052
 //! Several tellers withdraw concurrently from an account holding 1000; the run checks that the
 //! balance never went negative and that replaying the log gives the same balance on every node.
 

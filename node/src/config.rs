@@ -205,13 +205,15 @@ pub struct Args {
     pub data_dir: Option<PathBuf>,
     /// gRPC listen address [default: 127.0.0.1:8051; below the kernel's ephemeral port range, so
     /// that no outgoing connection on this host can take it while the node is down].
-    #[arg(long, env = "RAFTLOG_LISTEN_ADDR")]
+    #[arg(long, env = "RAFTLOG_LISTEN_ADDR", value_parser = parse_bind_addr)]
+    #[serde(default, deserialize_with = "deserialize_bind_addr")]
     pub listen_addr: Option<SocketAddr>,
     /// gRPC address advertised to peers and clients [default: the listen address].
     #[arg(long, env = "RAFTLOG_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
     /// Admin HTTP listen address [default: 127.0.0.1:9091].
-    #[arg(long, env = "RAFTLOG_ADMIN_ADDR")]
+    #[arg(long, env = "RAFTLOG_ADMIN_ADDR", value_parser = parse_bind_addr)]
+    #[serde(default, deserialize_with = "deserialize_bind_addr")]
     pub admin_addr: Option<SocketAddr>,
     /// Static initial membership, e.g. "1=127.0.0.1:8051,2=127.0.0.1:8052,3=127.0.0.1:8053".
     #[arg(long, env = "RAFTLOG_INITIAL_CLUSTER")]
@@ -340,6 +342,43 @@ pub enum ConfigError {
 }
 
 impl Args {
+    /// The command line (and `RAFTLOG_*` variables). clap names a bad value by its flag even when
+    /// it came from the environment; such an error is reported under the variable's name, the
+    /// one the operator actually set. Exits on an error, as clap does.
+    pub fn parse_or_exit() -> Args {
+        use clap::error::{ContextKind, ContextValue, ErrorKind};
+        let error = match Args::try_parse() {
+            Ok(args) => return args,
+            Err(error) => error,
+        };
+        if matches!(
+            error.kind(),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation
+        ) {
+            if let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) {
+                // "--batch-bytes-max <BATCH_BYTES_MAX>"
+                let flag = arg.split_whitespace().next().unwrap_or(arg);
+                let variable = format!(
+                    "RAFTLOG_{}",
+                    flag.trim_start_matches('-')
+                        .replace('-', "_")
+                        .to_uppercase()
+                );
+                let given_as_flag =
+                    std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+                if !given_as_flag && std::env::var_os(&variable).is_some() {
+                    let text = error.to_string().replace(
+                        &format!("for '{arg}'"),
+                        &format!("for {variable} (set in the environment; the flag is {flag})"),
+                    );
+                    eprint!("{text}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        error.exit()
+    }
+
     /// Merges flags/env (self) over the TOML file, then defaults, and validates the result.
     pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
         let file = match &self.config {
@@ -360,8 +399,13 @@ impl Args {
                 self.$field.or(file.$field)
             };
         }
-        let node_id =
-            pick!(node_id).ok_or_else(|| ConfigError::Invalid("--node-id is required".into()))?;
+        let node_id = pick!(node_id).ok_or_else(|| {
+            ConfigError::Invalid(
+                "this node's id is required: --node-id, RAFTLOG_NODE_ID or node_id in the \
+                 --config file"
+                    .into(),
+            )
+        })?;
         let listen_addr = pick!(listen_addr)
             .unwrap_or_else(|| "127.0.0.1:8051".parse().expect("literal address"));
         let initial_cluster = match pick!(initial_cluster) {
@@ -474,6 +518,31 @@ pub fn validate_log_filter(filter: &str) -> Result<(), String> {
             .map_err(|e| format!("'{directive}' in log_level '{filter}': {e}"))?;
     }
     Ok(())
+}
+
+/// A listen address: `IP:port`, or `host:port` with a host name that resolves (`localhost:8051`),
+/// taking its first address.
+pub fn parse_bind_addr(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let mut resolved = value.to_socket_addrs().map_err(|e| {
+        format!("'{value}' is not an address to listen on (IP:port or host:port, e.g. 0.0.0.0:8051): {e}")
+    })?;
+    resolved
+        .next()
+        .ok_or_else(|| format!("'{value}' resolves to no address"))
+}
+
+fn deserialize_bind_addr<'de, D>(deserializer: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value: Option<String> = Option::deserialize(deserializer)?;
+    value
+        .map(|v| parse_bind_addr(&v).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Parses `1=host:port,2=host:port`.
@@ -619,6 +688,17 @@ impl NodeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_take_an_ip_or_a_host_name() {
+        assert_eq!(
+            parse_bind_addr("0.0.0.0:8051").unwrap(),
+            "0.0.0.0:8051".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(parse_bind_addr("localhost:8071").unwrap().port(), 8071);
+        let err = parse_bind_addr("no-such-host.invalid:1").unwrap_err();
+        assert!(err.contains("IP:port or host:port"), "{err}");
+    }
 
     #[test]
     fn a_log_level_is_a_level_or_target_level_and_anything_else_is_refused_at_start() {

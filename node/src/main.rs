@@ -1,10 +1,16 @@
 //! `raftlog-node`: runs one raftlog server node until SIGINT or SIGTERM.
 
-use clap::Parser;
 use raftlog_node::config::Args;
 
 fn main() -> anyhow::Result<()> {
-    let config = Args::parse().resolve()?;
+    let config = match Args::parse_or_exit().resolve() {
+        Ok(config) => config,
+        // One line that says it all (anyhow's report would repeat the cause as "Caused by").
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
     // Built by hand rather than by `#[tokio::main]`: the thread count is configuration.
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.runtime_threads())

@@ -162,7 +162,7 @@ pub async fn run(
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
         .add_service(
-            BrokerServer::new(BrokerService::new(ctx.clone()))
+            BrokerServer::new(BrokerService::new(ctx.clone(), stop_rx.clone()))
                 .max_decoding_message_size(client_message_bytes_max)
                 .max_encoding_message_size(config.limits.fetch_bytes_max + 1024 * 1024),
         )
@@ -260,6 +260,11 @@ async fn raft_failure(raft: Raft) -> String {
     }
 }
 
+/// An optional id or index as a log field shows it: the number, or `none`.
+fn or_none(value: Option<u64>) -> String {
+    value.map_or_else(|| "none".to_string(), |v| v.to_string())
+}
+
 /// One log line per leader change and per membership change, with the ids that matter. Watches
 /// the server metrics only, which change with the vote, role, leader or membership (see
 /// [`raft_failure`]).
@@ -273,8 +278,8 @@ async fn log_raft_changes(ctx: NodeContext) {
                 tracing::info!(
                     node_id = ctx.id,
                     term = m.vote.leader_id.term,
-                    leader = ?m.current_leader,
-                    previous = ?leader,
+                    leader = %or_none(m.current_leader),
+                    previous = %or_none(leader),
                     "leader changed"
                 );
                 leader = m.current_leader;
@@ -284,7 +289,7 @@ async fn log_raft_changes(ctx: NodeContext) {
                 let config = m.membership_config.membership();
                 tracing::info!(
                     node_id = ctx.id,
-                    log_index = ?current,
+                    log_index = %or_none(current),
                     voters = ?config.voter_ids().collect::<Vec<_>>(),
                     learners = ?config.learner_ids().collect::<Vec<_>>(),
                     "membership changed"

@@ -627,3 +627,89 @@ fn fsync_thread_nice(pid: u32) -> i32 {
     }
     panic!("node {pid} has no raft-log-fsync thread");
 }
+
+/// SIGTERM of a node with an open Subscribe stream and a pending long poll: both end at once with
+/// the node's stop (the subscriber is told where to resume), so the graceful stop does not wait out
+/// its 5 s drain on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_subscriptions_and_long_polls_end_when_their_node_stops() {
+    use tokio_stream::StreamExt;
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let node = (1..=3).find(|id| *id != leader).unwrap();
+    let client = cluster.client();
+    client.create_topic("tail", 1).await.unwrap();
+    produce_values(&client, "tail", 0, "v", 3).await;
+    cluster.wait_caught_up(&[node]).await;
+
+    let mut broker = client.broker_at(&cluster.node(node).grpc).unwrap();
+    let mut stream = broker
+        .subscribe(pb::SubscribeRequest {
+            topic: "tail".into(),
+            partition: 0,
+            offset: 0,
+            max_records: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.records.len(), 3);
+    let long_poll = tokio::spawn({
+        let mut broker = broker.clone();
+        async move {
+            broker
+                .fetch(pb::FetchRequest {
+                    topic: "tail".into(),
+                    partition: 0,
+                    offset: 3,
+                    max_wait_ms: 30_000,
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+
+    assert!(cluster.terminate(node).success());
+    let ended = stream.next().await.expect("the stream says why it ends");
+    let status = ended.expect_err("an error, not a record");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("offset 3"), "{status:?}");
+    let polled = long_poll.await.unwrap().expect("the long poll answers");
+    assert!(polled.into_inner().records.is_empty());
+    let log = std::fs::read_to_string(cluster.node(node).data_dir.join("node.log")).unwrap();
+    assert!(
+        !log.contains("requests still open"),
+        "the stop waited out its drain:\n{log}"
+    );
+}
+
+/// Configuration mistakes are refused at start with one line that names what the operator set:
+/// the `RAFTLOG_*` variable when the bad value came from the environment, the level that is not
+/// one, every place a missing node id can come from.
+#[test]
+fn configuration_errors_name_what_was_set() {
+    let node = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(support::node_binary());
+        command.args(args).env_remove("RUST_LOG");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let out = command.output().expect("run raftlog-node");
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let err = node(&["--node-id", "1"], &[("RAFTLOG_BATCH_BYTES_MAX", "lots")]);
+    assert!(err.contains("RAFTLOG_BATCH_BYTES_MAX"), "{err}");
+    let err = node(&["--node-id", "1", "--log-level", "verbose"], &[]);
+    assert!(
+        err.contains("'verbose'") && err.contains("not a level"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    let err = node(&[], &[]);
+    assert!(
+        err.contains("--node-id") && err.contains("RAFTLOG_NODE_ID"),
+        "{err}"
+    );
+}

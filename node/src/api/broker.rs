@@ -23,6 +23,9 @@ use crate::node::{now_ms, NodeContext, WriteError};
 #[derive(Clone)]
 pub struct BrokerService {
     ctx: NodeContext,
+    /// Turns true when the node starts to stop: Subscribe streams and long polls end then, so
+    /// the graceful stop does not wait out its drain on them (the client goes on elsewhere).
+    stopping: tokio::sync::watch::Receiver<bool>,
     /// Next partition for round-robin produce; per node, so not a global rotation, but each node
     /// spreads its own traffic evenly.
     round_robin: Arc<AtomicU32>,
@@ -83,9 +86,10 @@ impl AppendOutcome {
 }
 
 impl BrokerService {
-    pub fn new(ctx: NodeContext) -> Self {
+    pub fn new(ctx: NodeContext, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         Self {
             ctx,
+            stopping,
             round_robin: Arc::new(AtomicU32::new(0)),
         }
     }
@@ -823,6 +827,7 @@ impl Broker for BrokerService {
         // The bounded channel is the flow control: when the client reads slowly, `send` waits and
         // this task stops reading the log; at most `subscribe_buffer_messages` are held.
         let (tx, rx) = tokio::sync::mpsc::channel(limits.subscribe_buffer_messages.max(1));
+        let mut stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut applied = view.applied();
             let mut offset = req.offset;
@@ -848,10 +853,19 @@ impl Broker for BrokerService {
                         }
                     }
                     Ok(_) => {
-                        // Caught up: sleep until the next apply, or until the client goes away.
+                        // Caught up: sleep until the next apply, until the client goes away, or
+                        // until this node stops (the client resubscribes elsewhere).
                         tokio::select! {
                             changed = applied.changed() => if changed.is_err() { return },
                             _ = tx.closed() => return,
+                            _ = stopped(&mut stopping) => {
+                                let status = Status::unavailable(format!(
+                                    "node shutting down; subscribe on another node from offset \
+                                     {offset}"
+                                ));
+                                let _ = tx.send(Err(status)).await;
+                                return;
+                            }
                         }
                     }
                     Err(e) => {
@@ -904,9 +918,14 @@ impl Broker for BrokerService {
                 if !result.records.is_empty() || wait.is_zero() {
                     break result;
                 }
-                match tokio::time::timeout_at(deadline, applied.changed()).await {
-                    Ok(Ok(())) => continue,
-                    _ => break result,
+                // A long poll ends early, empty, when the node starts to stop.
+                let mut stopping = self.stopping.clone();
+                tokio::select! {
+                    changed = tokio::time::timeout_at(deadline, applied.changed()) => match changed {
+                        Ok(Ok(())) => continue,
+                        _ => break result,
+                    },
+                    _ = stopped(&mut stopping) => break result,
                 }
             };
             count_out(&req.topic, &result.records);
@@ -1161,6 +1180,11 @@ impl Broker for BrokerService {
         })
         .await
     }
+}
+
+/// Resolves once the node has started to stop (at once if it has).
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
 }
 
 /// A produce stream's form of the status Produce would have answered.

@@ -62,6 +62,75 @@ impl ClusterService {
         Self { ctx }
     }
 
+    /// This node's view of the cluster. Role, term, leader, commit index and membership come from
+    /// one read of the Raft engine's own state, not from its metrics: openraft publishes metrics
+    /// only between rounds of its event loop, so right after an election (a leader transfer, say)
+    /// they can still show a candidate that has already won, and a status asked for once the
+    /// transfer has been answered would contradict it.
+    pub async fn node_status(&self) -> NodeStatus {
+        let live = self
+            .ctx
+            .raft
+            .with_raft_state(|s| {
+                let vote = s.vote_ref();
+                LiveState {
+                    state: s.server_state,
+                    term: vote.leader_id.term,
+                    leader: vote.committed.then_some(vote.leader_id.node_id),
+                    committed: s.local_committed().map(|l| l.index),
+                    membership: s.membership_state.effective().membership().clone(),
+                }
+            })
+            .await
+            .ok();
+        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
+        let live = live.unwrap_or(LiveState {
+            state: metrics.state,
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+            committed: None,
+            membership: metrics.membership_config.membership().clone(),
+        });
+        let (voters, learners) = members(&live.membership);
+        let role = match live.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let leader = live
+            .leader
+            .and_then(|id| Forwarder::with_addr(&live.membership, id));
+        let replication = metrics
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        NodeStatus {
+            node_id: self.ctx.id,
+            addr: self.ctx.config.advertise_addr.clone(),
+            role: role as i32,
+            term: live.term,
+            leader_id: leader.as_ref().map_or(0, |l| l.0),
+            has_leader: leader.is_some(),
+            leader_addr: leader.map(|l| l.1).unwrap_or_default(),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            committed_index: live.committed.unwrap_or(0),
+            applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+            purged_index: metrics.purged.map_or(0, |l| l.index),
+            voters,
+            learners,
+            group_id: self.ctx.view.group(),
+            replication,
+        }
+    }
+
     /// The membership a finished change wrote. Taken from openraft's answer, not its metrics:
     /// those are published between rounds of its event loop, so right after the change they can
     /// still show the membership before it (a removed node still a voter).
@@ -348,73 +417,9 @@ impl Cluster for ClusterService {
         Ok(Response::new(TransferLeaderResponse {}))
     }
 
-    /// This node's view of the cluster. Role, term, leader, commit index and membership come from
-    /// one read of the Raft engine's own state, not from its metrics: openraft publishes metrics
-    /// only between rounds of its event loop, so right after an election (a leader transfer, say)
-    /// they can still show a candidate that has already won, and a status asked for once the
-    /// transfer has been answered would contradict it.
+    /// This node's view of the cluster ([`ClusterService::node_status`]).
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        let live = self
-            .ctx
-            .raft
-            .with_raft_state(|s| {
-                let vote = s.vote_ref();
-                LiveState {
-                    state: s.server_state,
-                    term: vote.leader_id.term,
-                    leader: vote.committed.then_some(vote.leader_id.node_id),
-                    committed: s.local_committed().map(|l| l.index),
-                    membership: s.membership_state.effective().membership().clone(),
-                }
-            })
-            .await
-            .ok();
-        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
-        let live = live.unwrap_or(LiveState {
-            state: metrics.state,
-            term: metrics.current_term,
-            leader: metrics.current_leader,
-            committed: None,
-            membership: metrics.membership_config.membership().clone(),
-        });
-        let (voters, learners) = members(&live.membership);
-        let role = match live.state {
-            ServerState::Leader => Role::Leader,
-            ServerState::Follower => Role::Follower,
-            ServerState::Candidate => Role::Candidate,
-            ServerState::Learner => Role::Learner,
-            ServerState::Shutdown => Role::Shutdown,
-        };
-        let leader = live
-            .leader
-            .and_then(|id| Forwarder::with_addr(&live.membership, id));
-        let replication = metrics
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(Response::new(NodeStatus {
-            node_id: self.ctx.id,
-            addr: self.ctx.config.advertise_addr.clone(),
-            role: role as i32,
-            term: live.term,
-            leader_id: leader.as_ref().map_or(0, |l| l.0),
-            has_leader: leader.is_some(),
-            leader_addr: leader.map(|l| l.1).unwrap_or_default(),
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed_index: live.committed.unwrap_or(0),
-            applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
-            purged_index: metrics.purged.map_or(0, |l| l.index),
-            voters,
-            learners,
-            group_id: self.ctx.view.group(),
-            replication,
-        }))
+        Ok(Response::new(self.node_status().await))
     }
 
     async fn trigger_snapshot(

@@ -1502,7 +1502,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .publish_received(&snapshot_id, meta, &received)
             .map_err(snap_err)?;
         metrics::counter!(crate::metrics::SNAPSHOTS_INSTALLED).increment(1);
-        tracing::info!(snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
+        tracing::info!(
+            snapshot_id,
+            last_log_index = meta.last_log_id.as_ref().map_or(0, |l| l.index),
+            "installed snapshot"
+        );
         Ok(())
     }
 
@@ -1529,7 +1533,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .await
             .map_err(snap_err)?
             .map_err(snap_err)?;
-        tracing::info!(snapshot_id, last_log_id = ?meta.last_log_id, "built snapshot");
+        tracing::info!(
+            snapshot_id,
+            last_log_index = meta.last_log_id.as_ref().map_or(0, |l| l.index),
+            "built snapshot"
+        );
         // The checkpoint flushed the memtable, and its meta was read from the flushed files.
         self.view
             .flushed
