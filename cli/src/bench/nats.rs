@@ -55,6 +55,9 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
         }
     };
     let replicas = stream.cached_info().config.num_replicas;
+    // As raftlog's client follows its leader, NATS's goes to the stream's leader: a publish to
+    // any other server is relayed to it, one more hop than raftlog's requests make.
+    let (js, leader) = connect_to_stream_leader(&args, js, &stream_name(&args)).await?;
     let payloads = super::Payloads::new(args.payload, args.record_bytes);
     let value = payloads.next();
     // A stream just created may answer "no stream found" for a moment (its Raft group is still
@@ -94,10 +97,60 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
         hist,
         secs,
         extra: json!({"nats": {"server_version": server_version, "stream_replicas": replicas,
-                               "storage": "file"}}),
+                               "storage": "file", "connected_to_stream_leader": leader}}),
     }
     .print(as_json);
     Ok(())
+}
+
+fn stream_name(args: &ProduceArgs) -> String {
+    args.topic.clone()
+}
+
+/// A JetStream context on a connection to the server that leads `stream` (its name, or `None`
+/// when the stream has no leader to name, e.g. one replica on the server connected to), found by
+/// asking the stream and connecting to each of `--nats-url` until one is that server.
+async fn connect_to_stream_leader(
+    args: &ProduceArgs,
+    js: jetstream::Context,
+    stream: &str,
+) -> anyhow::Result<(jetstream::Context, Option<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let mut handle = js
+            .get_stream(stream)
+            .await
+            .with_context(|| format!("looking up stream '{stream}'"))?;
+        let info = handle
+            .info()
+            .await
+            .with_context(|| format!("stream '{stream}' info"))?
+            .cluster
+            .clone()
+            .and_then(|c| c.leader);
+        match info {
+            Some(leader) => break leader,
+            // Just created: its Raft group may still be electing.
+            None if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            None => return Ok((js, None)),
+        }
+    };
+    for url in &args.nats_url {
+        let server = url.parse::<async_nats::ServerAddr>().context("--nats-url")?;
+        // Only this server: no reconnecting elsewhere behind the benchmark's back.
+        let client = async_nats::ConnectOptions::new()
+            .name("raftlog-bench")
+            .ignore_discovered_servers()
+            .connect(server)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+        if client.server_info().server_name == leader {
+            return Ok((jetstream::new(client), Some(leader)));
+        }
+    }
+    bail!("stream '{stream}' is led by server {leader}, which is none of --nats-url")
 }
 
 /// Whether stream creation failed only because the meta leader does not yet see enough servers
