@@ -138,7 +138,9 @@ async fn connect_to_stream_leader(
         }
     };
     for url in &args.nats_url {
-        let server = url.parse::<async_nats::ServerAddr>().context("--nats-url")?;
+        let server = url
+            .parse::<async_nats::ServerAddr>()
+            .context("--nats-url")?;
         // Only this server: no reconnecting elsewhere behind the benchmark's back.
         let client = async_nats::ConnectOptions::new()
             .name("raftlog-bench")
