@@ -14,7 +14,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use raftlog_node::command::{Command, Record, TopicSettings};
-use raftlog_node::raft::types::{CommittedLeaderId, Entry, EntryPayload, LogId, METADATA_GROUP};
+use raftlog_node::types::{CommittedLeaderId, Entry, EntryPayload, LogId, METADATA_GROUP};
 use raftlog_node::storage::state_machine::StateMachine;
 use raftlog_node::storage::stored_batch::{self, BatchHeader};
 use raftlog_node::storage::{self, decode, encode};

@@ -8,10 +8,12 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use openraft::async_runtime::watch::WatchReceiver;
+use std::fmt::Write;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::node::NodeContext;
+use crate::storage::state_machine::group_lag;
 
 pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Receiver<bool>) {
     let app = Router::new()
@@ -50,9 +52,7 @@ async fn readyz(State(ctx): State<NodeContext>) -> (StatusCode, String) {
 }
 
 async fn status(State(ctx): State<NodeContext>) -> Json<serde_json::Value> {
-    let status = crate::api::cluster::ClusterService::new(ctx)
-        .node_status()
-        .await;
+    let status = crate::api::cluster::node_status(&ctx).await;
     Json(status_json(&status))
 }
 
@@ -103,6 +103,157 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        crate::metrics::render(&ctx).await,
+        render(&ctx).await,
     )
+}
+
+/// Everything `/metrics` serves: the recorded metrics, then the node's state.
+pub async fn render(ctx: &NodeContext) -> String {
+    let handle = crate::metrics::install();
+    handle.run_upkeep();
+    let mut out = handle.render();
+    render_state(ctx, &mut out).await;
+    out
+}
+
+fn gauge(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+async fn render_state(ctx: &NodeContext, out: &mut String) {
+    let m = ctx.raft.metrics().borrow_watched().clone();
+    let node = ctx.id;
+    let is_leader = m.current_leader == Some(node);
+    gauge(
+        out,
+        "raftlog_raft_is_leader",
+        "1 on the Raft leader, else 0",
+    );
+    let _ = writeln!(
+        out,
+        "raftlog_raft_is_leader{{node=\"{node}\"}} {}",
+        u8::from(is_leader)
+    );
+    gauge(
+        out,
+        "raftlog_raft_has_leader",
+        "1 when this node knows a leader",
+    );
+    let _ = writeln!(
+        out,
+        "raftlog_raft_has_leader{{node=\"{node}\"}} {}",
+        u8::from(m.current_leader.is_some())
+    );
+    gauge(
+        out,
+        "raftlog_raft_leader_id",
+        "node id of the leader this node knows (0: none)",
+    );
+    let _ = writeln!(
+        out,
+        "raftlog_raft_leader_id{{node=\"{node}\"}} {}",
+        m.current_leader.unwrap_or(0)
+    );
+    gauge(out, "raftlog_raft_term", "current Raft term");
+    let _ = writeln!(
+        out,
+        "raftlog_raft_term{{node=\"{node}\"}} {}",
+        m.current_term
+    );
+    let index = |l: Option<crate::types::LogId>| l.map_or(0, |l| l.index);
+    let committed = ctx
+        .raft
+        .with_raft_state(|s| s.local_committed().map(|l| l.index))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    for (name, help, value) in [
+        (
+            "raftlog_raft_last_log_index",
+            "last log index written here",
+            m.last_log_index.unwrap_or(0),
+        ),
+        (
+            "raftlog_raft_committed_index",
+            "last index known committed",
+            committed,
+        ),
+        (
+            "raftlog_raft_applied_index",
+            "last index applied to the state machine",
+            index(m.last_applied),
+        ),
+        (
+            "raftlog_raft_snapshot_index",
+            "last index covered by the snapshot",
+            index(m.snapshot),
+        ),
+        (
+            "raftlog_raft_purged_index",
+            "last log index purged",
+            index(m.purged),
+        ),
+    ] {
+        gauge(out, name, help);
+        let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
+    }
+    if let Some(replication) = &m.replication {
+        gauge(
+            out,
+            "raftlog_raft_replication_lag_entries",
+            "leader only: entries a follower is behind the leader's last log index",
+        );
+        let last = m.last_log_index.unwrap_or(0);
+        for (follower, matched) in replication.iter().filter(|(id, _)| **id != node) {
+            let lag = last.saturating_sub(index(*matched));
+            let _ = writeln!(
+                out,
+                "raftlog_raft_replication_lag_entries{{node=\"{node}\",follower=\"{follower}\"}} {lag}"
+            );
+        }
+    }
+    let topics = ctx.view.topics();
+    gauge(
+        out,
+        "raftlog_partition_end_offset",
+        "next offset to be written, per partition",
+    );
+    for t in &topics {
+        for (p, part) in t.partitions.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "raftlog_partition_end_offset{{topic=\"{}\",partition=\"{p}\"}} {}",
+                t.name, part.end_offset
+            );
+        }
+    }
+    gauge(
+        out,
+        "raftlog_partition_start_offset",
+        "first retained offset, per partition",
+    );
+    for t in &topics {
+        for (p, part) in t.partitions.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "raftlog_partition_start_offset{{topic=\"{}\",partition=\"{p}\"}} {}",
+                t.name, part.start_offset
+            );
+        }
+    }
+    gauge(
+        out,
+        "raftlog_group_lag",
+        "records committed but not yet consumed by a group: end offset - committed offset",
+    );
+    for (group, offsets) in ctx.view.groups() {
+        for p in group_lag(&offsets, &topics) {
+            let _ = writeln!(
+                out,
+                "raftlog_group_lag{{group=\"{group}\",topic=\"{}\",partition=\"{}\"}} {}",
+                p.topic, p.partition, p.lag
+            );
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! Every Raft entry costs a log append, an fsync on each node, an AppendEntries round and an
 //! apply call; a broker is fast because it pays that per batch, not per request (as an OS merges
-//! disk writes or TCP fills a packet). The batcher keeps at most [`IN_FLIGHT`] entries proposed
+//! disk writes or TCP fills a packet). The batcher keeps at most [`GROUP_COMMIT_ENTRIES_IN_FLIGHT`] entries proposed
 //! and not yet applied; requests that arrive meanwhile wait in its queue, and when a slot frees
 //! up everything queued (up to the size bounds) is proposed as one `Command::Batch`. Under light
 //! load a request goes alone and at once; under heavy load batches grow by themselves. Applying a
@@ -31,13 +31,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::api::error::ApiError;
 use crate::command::{Command, CommandResponse};
-use crate::node::{client_write_error, WriteError};
-use crate::raft::types::Raft;
-
-/// Entries proposed but not yet applied. 2 lets one batch replicate while the next one fills.
-pub const IN_FLIGHT: usize = 2;
+use crate::limits::{GROUP_COMMIT_ENTRIES_IN_FLIGHT, GROUP_COMMIT_QUEUE_MAX};
+use crate::raft::Raft;
+use crate::write::{client_write_error, WriteError};
 
 struct Pending {
     command: Command,
@@ -68,7 +65,7 @@ impl Batcher {
     /// then its own entry, proposed at once with no cap on entries in flight). A batch smaller
     /// than the previous entry waits up to `linger` for more (zero: never).
     pub fn start(raft: Raft, commands_max: usize, bytes_max: usize, linger: Duration) -> Self {
-        let (tx, rx) = mpsc::channel(4096);
+        let (tx, rx) = mpsc::channel(GROUP_COMMIT_QUEUE_MAX);
         let bounds = Bounds {
             commands_max: commands_max.max(1),
             bytes_max,
@@ -117,11 +114,7 @@ impl Batcher {
 }
 
 fn stopped() -> WriteError {
-    WriteError::Failed(ApiError::Unavailable {
-        message: "the node is shutting down; use another node".into(),
-        leader: None,
-        not_applied: false,
-    })
+    WriteError::OutcomeUnknown("the node is shutting down; use another node".into())
 }
 
 /// What one batch entry may hold, and how long it waits to fill.
@@ -192,7 +185,7 @@ async fn gather(
 }
 
 async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, bounds: Bounds) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let slots = Arc::new(Semaphore::new(GROUP_COMMIT_ENTRIES_IN_FLIGHT));
     // A request that did not fit the previous batch opens the next one.
     let mut carry: Option<Pending> = None;
     // How many requests the previous entry held: what a smaller batch lingers for.
@@ -242,9 +235,7 @@ fn drop_expired(batch: Vec<Pending>, now: Instant) -> Vec<Pending> {
     let (expired, live): (Vec<_>, Vec<_>) = batch.into_iter().partition(|p| p.expired(now));
     metrics::counter!(crate::metrics::WRITES_EXPIRED).increment(expired.len() as u64);
     for pending in expired {
-        let _ = pending
-            .reply
-            .send(Err(WriteError::Failed(ApiError::write_deadline_passed())));
+        let _ = pending.reply.send(Err(WriteError::DeadlinePassed));
     }
     live
 }
@@ -270,11 +261,8 @@ async fn propose(
     match raft.client_write_ff(command, Some(responder)).await {
         Ok(()) => {}
         Err(fatal) => {
-            let error = WriteError::Failed(ApiError::Unavailable {
-                message: format!("Raft has stopped: {fatal}; use another node"),
-                leader: None,
-                not_applied: false,
-            });
+            let error =
+                WriteError::OutcomeUnknown(format!("Raft has stopped: {fatal}; use another node"));
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
             }
@@ -449,7 +437,7 @@ mod tests {
             .collect();
         assert_eq!(names, ["5s", "6s"]);
         match late_outcome.try_recv() {
-            Ok(Err(WriteError::Failed(ApiError::DeadlineExceeded(_)))) => {}
+            Ok(Err(WriteError::DeadlinePassed)) => {}
             other => panic!("expected DEADLINE_EXCEEDED, got {other:?}"),
         }
     }

@@ -609,7 +609,7 @@ impl NodeConfig {
                 "batch_bytes_max must be at least record_bytes_max, and both positive".into(),
             );
         }
-        if l.batch_bytes_max > crate::raft::network::PEER_MESSAGE_BYTES_MAX / 2 {
+        if l.batch_bytes_max > crate::limits::PEER_MESSAGE_BYTES_MAX / 2 {
             return invalid(
                 "batch_bytes_max must stay below half the peer message size (128 MiB)".into(),
             );

@@ -16,21 +16,13 @@ use std::time::{Duration, Instant};
 use openraft::async_runtime::watch::WatchReceiver;
 
 use crate::node::NodeContext;
-use crate::raft::types::{NodeId, RaftMetrics};
+use crate::raft::replicated_index;
+use crate::types::NodeId;
 
 /// How long the successor may take to catch up with the leader's log.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 /// How long the election may take before we give up and shut down anyway.
 const ELECTION_WAIT: Duration = Duration::from_secs(2);
-
-/// The last log index the leader knows `voter` to hold (its replication progress), if any.
-pub fn replicated_index(metrics: &RaftMetrics, voter: NodeId) -> Option<u64> {
-    metrics
-        .replication
-        .as_ref()
-        .and_then(|r| r.get(&voter).cloned().flatten())
-        .map(|l| l.index)
-}
 
 /// If this node leads, hands leadership to the most caught-up voter. Returns the new leader, or
 /// `None` if this node was not leading or the handover did not complete (both are logged).

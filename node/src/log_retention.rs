@@ -18,7 +18,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 use std::time::Duration;
 
 use crate::config::SnapshotPolicy;
-use crate::raft::types::Raft;
+use crate::raft::Raft;
 use crate::storage::log_store::LogBytes;
 
 /// How often the log's size is looked at: at 100 MB/s, 2 MB of entries between two looks.

@@ -6,22 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::api::error::ApiError;
-use crate::api::forward::Forwarder;
-use crate::command::{Command, CommandResponse};
-use crate::config::NodeConfig;
 use openraft::error::LinearizableReadError;
 
-use crate::raft::types::{ClientWriteError, NodeId, Raft, RaftError};
+use crate::command::{Command, CommandResponse};
+use crate::config::NodeConfig;
+use crate::raft::Raft;
 use crate::storage::state_machine::StateView;
-
-/// This node's wall clock in ms since the Unix epoch: the leader stamps it into commands (apply
-/// never reads a clock).
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::types::{NodeId, RaftError};
+use crate::write::{client_write_error, Leader, WriteError};
 
 /// Everything a request handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -30,50 +22,11 @@ pub struct NodeContext {
     pub raft: Raft,
     pub view: Arc<StateView>,
     pub config: Arc<NodeConfig>,
-    pub forwarder: Forwarder,
     pub batcher: crate::batcher::Batcher,
     /// Set while the node shuts down: it proposes nothing more (see [`crate::handover`]).
     pub writes_stopped: Arc<AtomicBool>,
     /// Free space of the data dir, for the produce guard (`limits.disk_free_bytes_min`).
     pub disk: crate::disk::DiskSpace,
-}
-
-/// Why a write did not produce a replicated outcome on this node.
-#[derive(Debug, Clone)]
-pub enum WriteError {
-    /// This node is not the leader: the write should go to this one (if known).
-    NotLeader(Option<(NodeId, String)>),
-    Failed(ApiError),
-}
-
-/// Maps openraft's refusal of a write.
-pub fn client_write_error(e: ClientWriteError) -> WriteError {
-    match e {
-        ClientWriteError::ForwardToLeader(f) => {
-            let leader = match (f.leader_id, f.leader_node) {
-                (Some(id), Some(node)) => Some((id, node.addr)),
-                _ => None,
-            };
-            WriteError::NotLeader(leader)
-        }
-        // Appended here, then replaced by another leader's log: it may have committed or not.
-        ClientWriteError::LogEntryDiscarded(f) => WriteError::Failed(ApiError::Unavailable {
-            message: format!(
-                "leadership changed before the write was acknowledged (leader now {:?}); its \
-                 outcome is unknown, retry idempotently",
-                f.leader_id
-            ),
-            leader: None,
-            not_applied: false,
-        }),
-        ClientWriteError::ChangeMembershipError(e) => {
-            WriteError::Failed(ApiError::FailedPrecondition(e.to_string()))
-        }
-        // raftlog proposes nothing with a precondition.
-        ClientWriteError::PreconditionFailed(e) => {
-            WriteError::Failed(ApiError::FailedPrecondition(e.to_string()))
-        }
-    }
 }
 
 impl NodeContext {
@@ -94,19 +47,15 @@ impl NodeContext {
             return self.batcher.write(command, bytes, deadline).await;
         }
         if Instant::now() >= deadline {
-            return Err(WriteError::Failed(ApiError::write_deadline_passed()));
+            return Err(WriteError::DeadlinePassed);
         }
         match self.raft.client_write(command).await {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(e)) => Err(client_write_error(e)),
-            Err(RaftError::Fatal(e)) => Err(WriteError::Failed(ApiError::Unavailable {
-                message: format!(
-                    "node {} cannot serve writes: {e}; use another node",
-                    self.id
-                ),
-                leader: None,
-                not_applied: false,
-            })),
+            Err(RaftError::Fatal(e)) => Err(WriteError::OutcomeUnknown(format!(
+                "node {} cannot serve writes: {e}; use another node",
+                self.id
+            ))),
         }
     }
 
@@ -137,11 +86,10 @@ impl NodeContext {
         if let Some(leader) = self.leader().filter(|(id, _)| *id != self.id) {
             return Err(WriteError::NotLeader(Some(leader)));
         }
-        Err(WriteError::Failed(ApiError::Unavailable {
-            message: format!("node {} is shutting down; retry on another node", self.id),
-            leader: None,
-            not_applied: true,
-        }))
+        Err(WriteError::NotApplied(format!(
+            "node {} is shutting down; retry on another node",
+            self.id
+        )))
     }
 
     /// Waits until this node may serve a linearizable read: it confirms with a quorum that it is
@@ -162,17 +110,15 @@ impl NodeContext {
                 Err(WriteError::NotLeader(leader))
             }
             Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e))) => {
-                Err(WriteError::Failed(ApiError::Unavailable {
-                    message: format!("leader {} cannot reach a quorum ({e}); retry", self.id),
-                    leader: None,
-                    not_applied: true,
-                }))
+                Err(WriteError::NotApplied(format!(
+                    "leader {} cannot reach a quorum ({e}); retry",
+                    self.id
+                )))
             }
-            Err(RaftError::Fatal(e)) => Err(WriteError::Failed(ApiError::Unavailable {
-                message: format!("node {} cannot serve reads: {e}; use another node", self.id),
-                leader: None,
-                not_applied: true,
-            })),
+            Err(RaftError::Fatal(e)) => Err(WriteError::NotApplied(format!(
+                "node {} cannot serve reads: {e}; use another node",
+                self.id
+            ))),
         }
     }
 
@@ -182,7 +128,7 @@ impl NodeContext {
     }
 
     /// The leader as this node currently sees it.
-    pub fn leader(&self) -> Option<(NodeId, String)> {
-        Forwarder::leader(&self.raft)
+    pub fn leader(&self) -> Option<Leader> {
+        crate::raft::leader(&self.raft)
     }
 }

@@ -19,13 +19,16 @@ use crate::api::cluster::ClusterService;
 use crate::api::forward::Forwarder;
 use crate::command::Command;
 use crate::config::NodeConfig;
-use crate::node::{NodeContext, WriteError};
-use crate::raft::network::{PeerNetworkFactory, PEER_MESSAGE_BYTES_MAX};
+use crate::limits::{APPEND_ENTRIES_BYTES_TARGET, GRPC_FRAMING_BYTES, PEER_MESSAGE_BYTES_MAX};
+use crate::node::NodeContext;
+use crate::raft::network::PeerNetworkFactory;
 use crate::raft::service::PeerService;
-use crate::raft::types::{Node, Raft, METADATA_GROUP};
+use crate::raft::Raft;
 use crate::storage::log_store::LogStore;
 use crate::storage::state_machine::StateMachine;
 use crate::storage::{self, CF_STATE_MACHINE};
+use crate::types::{Node, METADATA_GROUP};
+use crate::write::WriteError;
 
 /// Runs a node until `shutdown` resolves, then stops serving, stops Raft and flushes storage.
 pub async fn run(
@@ -78,7 +81,6 @@ pub async fn run(
         raft: raft.clone(),
         view,
         config: config.clone(),
-        forwarder: Forwarder::default(),
         disk: crate::disk::DiskSpace::watch(config.data_dir.clone()),
         // An entry bigger than what one AppendEntries carries could not be replicated in time
         // (see APPEND_ENTRIES_BYTES_TARGET): group commit stops adding requests there.
@@ -88,7 +90,7 @@ pub async fn run(
             config
                 .limits
                 .batch_bytes_max
-                .min(crate::raft::network::APPEND_ENTRIES_BYTES_TARGET),
+                .min(APPEND_ENTRIES_BYTES_TARGET),
             Duration::from_millis(config.limits.group_commit_linger_ms),
         ),
         writes_stopped: Default::default(),
@@ -144,8 +146,10 @@ pub async fn run(
         .build_v1alpha()
         .context("building gRPC reflection service (v1alpha)")?;
 
+    // One cache of connections to the leader for both services' forwarded requests.
+    let forwarder = Forwarder::default();
     // A produce request may carry a full batch plus protobuf framing.
-    let client_message_bytes_max = config.limits.batch_bytes_max + 1024 * 1024;
+    let client_message_bytes_max = config.limits.batch_bytes_max + GRPC_FRAMING_BYTES;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
     let grpc = raftlog_proto::http2::server(tonic::transport::Server::builder())
@@ -162,11 +166,18 @@ pub async fn run(
             .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         )
         .add_service(
-            BrokerServer::new(BrokerService::new(ctx.clone(), stop_rx.clone()))
-                .max_decoding_message_size(client_message_bytes_max)
-                .max_encoding_message_size(config.limits.fetch_bytes_max + 1024 * 1024),
+            BrokerServer::new(BrokerService::new(
+                ctx.clone(),
+                forwarder.clone(),
+                stop_rx.clone(),
+            ))
+            .max_decoding_message_size(client_message_bytes_max)
+            .max_encoding_message_size(config.limits.fetch_bytes_max + GRPC_FRAMING_BYTES),
         )
-        .add_service(ClusterServer::new(ClusterService::new(ctx.clone())))
+        .add_service(ClusterServer::new(ClusterService::new(
+            ctx.clone(),
+            forwarder,
+        )))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -319,13 +330,14 @@ async fn housekeeping(ctx: NodeContext, mut stop: tokio::sync::watch::Receiver<b
             continue;
         }
         let command = Command::Maintenance {
-            now_ms: crate::node::now_ms(),
+            now_ms: crate::write::now_ms(),
             producer_idle_ms: ctx.config.housekeeping.producer_idle_ms,
         };
         // A lost leadership or a failed round is fine: the next leader's next tick catches up.
         let deadline = std::time::Instant::now() + every;
-        if let Err(WriteError::Failed(e)) = ctx.write(command, deadline).await {
-            tracing::warn!("housekeeping round failed: {e}");
+        match ctx.write(command, deadline).await {
+            Ok(_) | Err(WriteError::NotLeader(_)) => {}
+            Err(e) => tracing::warn!("housekeeping round failed: {e}"),
         }
     }
 }

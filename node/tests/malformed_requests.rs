@@ -42,7 +42,7 @@ use futures::StreamExt;
 use prost::Message;
 use raftlog_client::{pb, record};
 use raftlog_node::command::{Command, ProducerSequence, Record as StoredRecord, TopicSettings};
-use raftlog_node::raft::types::{
+use raftlog_node::types::{
     AppendEntriesRequest, CommittedLeaderId, Entry, LogId, SnapshotMeta, Vote, VoteRequest,
 };
 use raftlog_node::storage::{decode, encode};

@@ -3,7 +3,7 @@
 
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
-use raftlog_node::raft::types::{TypeConfig, METADATA_GROUP};
+use raftlog_node::types::{TypeConfig, METADATA_GROUP};
 use raftlog_node::storage;
 use raftlog_node::storage::log_store::LogStore;
 use raftlog_node::storage::state_machine::StateMachine;

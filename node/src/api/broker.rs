@@ -18,11 +18,17 @@ use super::convert::{group_to_pb, record_to_pb, records_from_pb, topic_to_pb};
 use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, write_deadline, Forwarder};
 use crate::command::{Command, CommandResponse, ProducerSequence, Rejection, TopicSettings};
-use crate::node::{now_ms, NodeContext, WriteError};
+use crate::limits::{
+    FORWARDED_RESPONSE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX, PRODUCE_STREAM_IN_FLIGHT_MAX,
+};
+use crate::node::NodeContext;
+use crate::write::{now_ms, WriteError};
 
 #[derive(Clone)]
 pub struct BrokerService {
     ctx: NodeContext,
+    /// Connections to the leader, for the writes this node forwards.
+    forwarder: Forwarder,
     /// Turns true when the node starts to stop: Subscribe streams and long polls end then, so
     /// the graceful stop does not wait out its drain on them (the client goes on elsewhere).
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -30,10 +36,6 @@ pub struct BrokerService {
     /// spreads its own traffic evenly.
     round_robin: Arc<AtomicU32>,
 }
-
-/// Requests a produce stream may have proposed and not yet answered; the stream stops reading
-/// while this many wait (backpressure on the client instead of memory on the node).
-const STREAM_IN_FLIGHT_MAX: usize = 1024;
 
 /// A produce request checked and placed on a partition, or one only the leader can place.
 enum PreparedProduce {
@@ -86,9 +88,14 @@ impl AppendOutcome {
 }
 
 impl BrokerService {
-    pub fn new(ctx: NodeContext, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub fn new(
+        ctx: NodeContext,
+        forwarder: Forwarder,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
             ctx,
+            forwarder,
             stopping,
             round_robin: Arc::new(AtomicU32::new(0)),
         }
@@ -173,7 +180,7 @@ impl BrokerService {
         let mut broken: Option<Status> = None;
         while reading || !in_flight.is_empty() {
             tokio::select! {
-                next = inbound.next(), if reading && in_flight.len() < STREAM_IN_FLIGHT_MAX => {
+                next = inbound.next(), if reading && in_flight.len() < PRODUCE_STREAM_IN_FLIGHT_MAX => {
                     let message = match next {
                         Some(Ok(message)) => message,
                         // Client done, gone or sending garbage: answer what is in flight, then end.
@@ -234,12 +241,7 @@ impl BrokerService {
         // A stream is served by the leader only: a write this node cannot make names the leader
         // and is never forwarded.
         let ctx = self.ctx.clone();
-        let refused = move |e: WriteError| -> Status {
-            match e {
-                WriteError::NotLeader(leader) => ApiError::not_leader(ctx.id, leader).into(),
-                WriteError::Failed(e) => e.into(),
-            }
-        };
+        let refused = move |e: WriteError| -> Status { ApiError::write_failed(ctx.id, e).into() };
         // A stream's messages carry no deadline of their own: each gets the node's cap from its
         // arrival.
         let max = std::time::Duration::from_millis(self.ctx.config.limits.write_timeout_ms_max);
@@ -281,15 +283,15 @@ impl BrokerService {
             Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
             Ok(response) => Ok(Response::new(applied(response)?)),
             Err(WriteError::NotLeader(leader)) => {
-                let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+                let (channel, leader) = self.forwarder.route(forwarded, leader, self.ctx.id)?;
                 let client = BrokerClient::new(channel)
-                    .max_decoding_message_size(64 * 1024 * 1024)
-                    .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX);
+                    .max_decoding_message_size(FORWARDED_RESPONSE_BYTES_MAX)
+                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
                 forward(client)
                     .await
                     .map_err(|s| leader_unreachable(s, leader))
             }
-            Err(WriteError::Failed(e)) => Err(e.into()),
+            Err(e) => Err(ApiError::write_failed(self.ctx.id, e).into()),
         }
     }
 
@@ -523,10 +525,7 @@ impl BrokerService {
             let far = Instant::now() + std::time::Duration::from_secs(60);
             match ctx.write(command, far).await {
                 Ok(response) => outcome.applied(response).map_err(Status::from),
-                Err(WriteError::NotLeader(leader)) => {
-                    Err(ApiError::not_leader(ctx.id, leader).into())
-                }
-                Err(WriteError::Failed(e)) => Err(e.into()),
+                Err(e) => Err(ApiError::write_failed(ctx.id, e).into()),
             }
         });
         Some(
@@ -676,11 +675,10 @@ impl Broker for BrokerService {
                 PreparedProduce::Append(append) => append,
                 PreparedProduce::ToLeader(req) => {
                     let (channel, leader) =
-                        self.ctx
-                            .forwarder
+                        self.forwarder
                             .route(forwarded, self.ctx.leader(), self.ctx.id)?;
                     return BrokerClient::new(channel)
-                        .max_encoding_message_size(crate::raft::network::PEER_MESSAGE_BYTES_MAX)
+                        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
                         .produce(Forwarder::forwarded_write(req, deadline)?)
                         .await
                         .map_err(|s| leader_unreachable(s, leader));
@@ -723,7 +721,7 @@ impl Broker for BrokerService {
         request: Request<tonic::Streaming<ProduceStreamRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
         let inbound = request.into_inner();
-        let (answers, stream) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT_MAX);
+        let (answers, stream) = tokio::sync::mpsc::channel(PRODUCE_STREAM_IN_FLIGHT_MAX);
         tokio::spawn(self.clone().serve_produce_stream(inbound, answers));
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
             stream,
@@ -1022,14 +1020,13 @@ impl Broker for BrokerService {
             match self.ctx.read_barrier().await {
                 Ok(()) => {}
                 Err(WriteError::NotLeader(leader)) => {
-                    let (channel, leader) =
-                        self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+                    let (channel, leader) = self.forwarder.route(forwarded, leader, self.ctx.id)?;
                     return BrokerClient::new(channel)
                         .fetch_offsets(Forwarder::forwarded(req))
                         .await
                         .map_err(|s| leader_unreachable(s, leader));
                 }
-                Err(WriteError::Failed(e)) => return Err(e.into()),
+                Err(e) => return Err(ApiError::write_failed(self.ctx.id, e).into()),
             }
             let topic = self
                 .ctx

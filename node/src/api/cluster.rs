@@ -13,9 +13,9 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, Forwarder};
-use crate::handover::replicated_index;
 use crate::node::NodeContext;
-use crate::raft::types::{ClientWriteResponse, Membership, Node, NodeId, RaftMetrics};
+use crate::raft::{replicated_index, with_addr};
+use crate::types::{ClientWriteResponse, Membership, Node, NodeId, RaftMetrics};
 
 /// How long a leader transfer may take before TransferLeader answers UNAVAILABLE.
 const TRANSFER_WAIT: Duration = Duration::from_secs(5);
@@ -25,6 +25,8 @@ const TRANSFER_CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 
 pub struct ClusterService {
     ctx: NodeContext,
+    /// Connections to the leader, for the changes this node forwards.
+    forwarder: Forwarder,
 }
 
 /// The voters and learners of `membership`, with their addresses.
@@ -57,78 +59,75 @@ enum ChangeOutcome {
     NotLeader(Option<(NodeId, String)>),
 }
 
-impl ClusterService {
-    pub fn new(ctx: NodeContext) -> Self {
-        Self { ctx }
+/// This node's view of the cluster. Role, term, leader, commit index and membership come from
+/// one read of the Raft engine's own state, not from its metrics: openraft publishes metrics only
+/// between rounds of its event loop, so right after an election (a leader transfer, say) they can
+/// still show a candidate that has already won, and a status asked for once the transfer has been
+/// answered would contradict it.
+pub async fn node_status(ctx: &NodeContext) -> NodeStatus {
+    let live = ctx
+        .raft
+        .with_raft_state(|s| {
+            let vote = s.vote_ref();
+            LiveState {
+                state: s.server_state,
+                term: vote.leader_id.term,
+                leader: vote.committed.then_some(vote.leader_id.node_id),
+                committed: s.local_committed().map(|l| l.index),
+                membership: s.membership_state.effective().membership().clone(),
+            }
+        })
+        .await
+        .ok();
+    let metrics = ctx.raft.metrics().borrow_watched().clone();
+    let live = live.unwrap_or(LiveState {
+        state: metrics.state,
+        term: metrics.current_term,
+        leader: metrics.current_leader,
+        committed: None,
+        membership: metrics.membership_config.membership().clone(),
+    });
+    let (voters, learners) = members(&live.membership);
+    let role = match live.state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Follower => Role::Follower,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Shutdown,
+    };
+    let leader = live.leader.and_then(|id| with_addr(&live.membership, id));
+    let replication = metrics
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
+                .collect()
+        })
+        .unwrap_or_default();
+    NodeStatus {
+        node_id: ctx.id,
+        addr: ctx.config.advertise_addr.clone(),
+        role: role as i32,
+        term: live.term,
+        leader_id: leader.as_ref().map_or(0, |l| l.0),
+        has_leader: leader.is_some(),
+        leader_addr: leader.map(|l| l.1).unwrap_or_default(),
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        committed_index: live.committed.unwrap_or(0),
+        applied_index: metrics.last_applied.map_or(0, |l| l.index),
+        snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+        purged_index: metrics.purged.map_or(0, |l| l.index),
+        voters,
+        learners,
+        group_id: ctx.view.group(),
+        replication,
     }
+}
 
-    /// This node's view of the cluster. Role, term, leader, commit index and membership come from
-    /// one read of the Raft engine's own state, not from its metrics: openraft publishes metrics
-    /// only between rounds of its event loop, so right after an election (a leader transfer, say)
-    /// they can still show a candidate that has already won, and a status asked for once the
-    /// transfer has been answered would contradict it.
-    pub async fn node_status(&self) -> NodeStatus {
-        let live = self
-            .ctx
-            .raft
-            .with_raft_state(|s| {
-                let vote = s.vote_ref();
-                LiveState {
-                    state: s.server_state,
-                    term: vote.leader_id.term,
-                    leader: vote.committed.then_some(vote.leader_id.node_id),
-                    committed: s.local_committed().map(|l| l.index),
-                    membership: s.membership_state.effective().membership().clone(),
-                }
-            })
-            .await
-            .ok();
-        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
-        let live = live.unwrap_or(LiveState {
-            state: metrics.state,
-            term: metrics.current_term,
-            leader: metrics.current_leader,
-            committed: None,
-            membership: metrics.membership_config.membership().clone(),
-        });
-        let (voters, learners) = members(&live.membership);
-        let role = match live.state {
-            ServerState::Leader => Role::Leader,
-            ServerState::Follower => Role::Follower,
-            ServerState::Candidate => Role::Candidate,
-            ServerState::Learner => Role::Learner,
-            ServerState::Shutdown => Role::Shutdown,
-        };
-        let leader = live
-            .leader
-            .and_then(|id| Forwarder::with_addr(&live.membership, id));
-        let replication = metrics
-            .replication
-            .as_ref()
-            .map(|r| {
-                r.iter()
-                    .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        NodeStatus {
-            node_id: self.ctx.id,
-            addr: self.ctx.config.advertise_addr.clone(),
-            role: role as i32,
-            term: live.term,
-            leader_id: leader.as_ref().map_or(0, |l| l.0),
-            has_leader: leader.is_some(),
-            leader_addr: leader.map(|l| l.1).unwrap_or_default(),
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed_index: live.committed.unwrap_or(0),
-            applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
-            purged_index: metrics.purged.map_or(0, |l| l.index),
-            voters,
-            learners,
-            group_id: self.ctx.view.group(),
-            replication,
-        }
+impl ClusterService {
+    pub fn new(ctx: NodeContext, forwarder: Forwarder) -> Self {
+        Self { ctx, forwarder }
     }
 
     /// The membership a finished change wrote. Taken from openraft's answer, not its metrics:
@@ -153,10 +152,7 @@ impl ClusterService {
     fn outcome(
         result: Result<
             ClientWriteResponse,
-            RaftError<
-                crate::raft::types::TypeConfig,
-                ClientWriteError<crate::raft::types::TypeConfig>,
-            >,
+            RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
         >,
     ) -> Result<ChangeOutcome, ApiError> {
         match result {
@@ -197,7 +193,7 @@ impl ClusterService {
         forwarded: bool,
         leader: Option<(NodeId, String)>,
     ) -> Result<(ClusterClient<tonic::transport::Channel>, (NodeId, String)), Status> {
-        let (channel, leader) = self.ctx.forwarder.route(forwarded, leader, self.ctx.id)?;
+        let (channel, leader) = self.forwarder.route(forwarded, leader, self.ctx.id)?;
         Ok((ClusterClient::new(channel), leader))
     }
 }
@@ -417,9 +413,9 @@ impl Cluster for ClusterService {
         Ok(Response::new(TransferLeaderResponse {}))
     }
 
-    /// This node's view of the cluster ([`ClusterService::node_status`]).
+    /// This node's view of the cluster ([`node_status`]).
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
-        Ok(Response::new(self.node_status().await))
+        Ok(Response::new(node_status(&self.ctx).await))
     }
 
     async fn trigger_snapshot(

@@ -3,7 +3,7 @@
 use raftlog_proto::v1 as pb;
 
 use crate::command::Record;
-use crate::storage::state_machine::{GroupOffsets, TopicState};
+use crate::storage::state_machine::{group_lag, GroupOffsets, TopicState};
 
 /// The records of one produce request as stored. Their bytes are still slices of the gRPC
 /// receive buffer: the batcher copies an entry's records into one allocation of their own when it
@@ -65,21 +65,15 @@ pub fn topic_to_pb(topic: TopicState, leader_id: u64) -> pb::TopicInfo {
 /// A group's offsets with lag against this node's committed end offsets. Offsets of topics that
 /// no longer exist are not listed (deleting a topic deletes them in the same command).
 pub fn group_to_pb(name: String, offsets: &GroupOffsets, topics: &[TopicState]) -> pb::GroupInfo {
-    let by_id: std::collections::HashMap<u64, &TopicState> =
-        topics.iter().map(|t| (t.id, t)).collect();
-    let partitions: Vec<pb::GroupPartition> = offsets
-        .iter()
-        .filter_map(|(&(topic_id, partition), committed)| {
-            let topic = by_id.get(&topic_id)?;
-            let end_offset = topic.partitions.get(partition as usize)?.end_offset;
-            Some(pb::GroupPartition {
-                topic: topic.name.clone(),
-                partition,
-                committed_offset: committed.offset,
-                end_offset,
-                lag: end_offset.saturating_sub(committed.offset),
-                committed_at_ms: committed.committed_at_ms,
-            })
+    let partitions: Vec<pb::GroupPartition> = group_lag(offsets, topics)
+        .into_iter()
+        .map(|p| pb::GroupPartition {
+            topic: p.topic,
+            partition: p.partition,
+            committed_offset: p.committed_offset,
+            end_offset: p.end_offset,
+            lag: p.lag,
+            committed_at_ms: p.committed_at_ms,
         })
         .collect();
     pb::GroupInfo {

@@ -5,6 +5,8 @@ use tonic::{Code, Status};
 
 use crate::command::Rejection;
 use crate::storage::state_machine::ReadError;
+use crate::types::NodeId;
+use crate::write::WriteError;
 
 /// Metadata key carrying the current leader's gRPC address on UNAVAILABLE answers.
 pub const LEADER_ADDR_HEADER: &str = "raftlog-leader";
@@ -79,11 +81,25 @@ impl ApiError {
         }
     }
 
+    /// How a write that node `self_id` could not make is answered: where it should go when this
+    /// node does not lead, else whether it may have been applied.
+    pub fn write_failed(self_id: NodeId, e: WriteError) -> Self {
+        let unavailable = |message, not_applied| ApiError::Unavailable {
+            message,
+            leader: None,
+            not_applied,
+        };
+        match e {
+            WriteError::NotLeader(leader) => Self::not_leader(self_id, leader),
+            WriteError::DeadlinePassed => Self::write_deadline_passed(),
+            WriteError::NotApplied(message) => unavailable(message, true),
+            WriteError::OutcomeUnknown(message) => unavailable(message, false),
+            WriteError::Refused(message) => ApiError::FailedPrecondition(message),
+        }
+    }
+
     /// This node does not lead: the write was not applied; send it to `leader` (if known).
-    pub fn not_leader(
-        self_id: crate::raft::types::NodeId,
-        leader: Option<(crate::raft::types::NodeId, String)>,
-    ) -> Self {
+    pub fn not_leader(self_id: NodeId, leader: Option<(NodeId, String)>) -> Self {
         match leader {
             None => Self::no_leader(),
             Some((leader_id, addr)) => ApiError::Unavailable {

@@ -8,7 +8,6 @@
 //! so a request held up in a stuck connection (a partition) would arrive with its whole timeout
 //! ahead of it, long after its caller gave up; the absolute deadline lets the leader refuse it.
 
-use openraft::async_runtime::watch::WatchReceiver;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
 use super::error::ApiError;
-use crate::raft::types::{Membership, NodeId, Raft};
+use crate::types::NodeId;
 
 /// Metadata key set on forwarded requests.
 pub const FORWARDED_HEADER: &str = "raftlog-forwarded";
@@ -43,7 +42,7 @@ pub fn write_deadline(metadata: &tonic::metadata::MetadataMap, max: Duration) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
     {
-        let left_ms = at_ms.saturating_sub(crate::node::now_ms()).max(0);
+        let left_ms = at_ms.saturating_sub(crate::write::now_ms()).max(0);
         deadline = deadline.min(now + Duration::from_millis(left_ms as u64));
     }
     deadline
@@ -75,21 +74,6 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    /// The leader this node knows of, with its address, if any.
-    pub fn leader(raft: &Raft) -> Option<(NodeId, String)> {
-        let metrics = raft.metrics().borrow_watched().clone();
-        Self::with_addr(
-            metrics.membership_config.membership(),
-            metrics.current_leader?,
-        )
-    }
-
-    /// `node` with its address in `membership`, if it is a member.
-    pub fn with_addr(membership: &Membership, node: NodeId) -> Option<(NodeId, String)> {
-        let addr = membership.get_node(&node)?.addr.clone();
-        Some((node, addr))
-    }
-
     /// A channel to `addr`, reused across requests.
     pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
         let mut channels = self.channels.lock().expect("forward channel cache lock");
@@ -142,7 +126,7 @@ impl Forwarder {
         }
         let mut request = Self::forwarded(message);
         request.set_timeout(left);
-        let at_ms = crate::node::now_ms().saturating_add(left.as_millis() as i64);
+        let at_ms = crate::write::now_ms().saturating_add(left.as_millis() as i64);
         request
             .metadata_mut()
             .insert(DEADLINE_HEADER, tonic::metadata::MetadataValue::from(at_ms));
@@ -227,7 +211,7 @@ mod tests {
         let mut late = Request::new(());
         late.metadata_mut()
             .insert("grpc-timeout", "3S".parse().unwrap());
-        let past = crate::node::now_ms() - 40_000;
+        let past = crate::write::now_ms() - 40_000;
         late.metadata_mut()
             .insert(DEADLINE_HEADER, past.to_string().parse().unwrap());
         assert!(write_deadline(late.metadata(), Duration::from_secs(10)) <= Instant::now());

@@ -4,11 +4,46 @@
 pub mod network;
 pub mod reachability;
 pub mod service;
-pub mod types;
+
+/// A Raft group's handle: openraft over this node's state machine. Named here, above storage, so
+/// that the vocabulary in [`crate::types`] never names a concrete store.
+pub type Raft =
+    openraft::Raft<crate::types::TypeConfig, crate::storage::state_machine::StateMachine>;
+
+/// The leader `raft` currently knows of, with its address, if any.
+pub fn leader(raft: &Raft) -> Option<(crate::types::NodeId, String)> {
+    use openraft::async_runtime::watch::WatchReceiver;
+    let metrics = raft.metrics().borrow_watched().clone();
+    with_addr(
+        metrics.membership_config.membership(),
+        metrics.current_leader?,
+    )
+}
+
+/// `node` with its address in `membership`, if it is a member.
+pub fn with_addr(
+    membership: &crate::types::Membership,
+    node: crate::types::NodeId,
+) -> Option<(crate::types::NodeId, String)> {
+    let addr = membership.get_node(&node)?.addr.clone();
+    Some((node, addr))
+}
+
+/// The last log index the leader knows `voter` to hold (its replication progress), if any.
+pub fn replicated_index(
+    metrics: &crate::types::RaftMetrics,
+    voter: crate::types::NodeId,
+) -> Option<u64> {
+    metrics
+        .replication
+        .as_ref()
+        .and_then(|r| r.get(&voter).cloned().flatten())
+        .map(|l| l.index)
+}
 
 /// The peer envelope of one Raft group around `payload` (an encoded message, or a snapshot chunk).
 pub(crate) fn envelope(
-    group: types::GroupId,
+    group: crate::types::GroupId,
     payload: impl Into<bytes::Bytes>,
 ) -> raftlog_proto::raft::v1::RaftEnvelope {
     raftlog_proto::raft::v1::RaftEnvelope {

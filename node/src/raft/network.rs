@@ -25,22 +25,11 @@ use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
 
 use super::reachability::Reachability;
-use super::types::*;
 use super::{envelope, InOrderTimes};
+use crate::limits::PEER_MESSAGE_BYTES_MAX;
 use crate::storage::log_store::EncodedEntries;
 use crate::storage::{decode, encode};
-
-/// Largest peer message accepted or sent (AppendEntries batches, snapshot chunks).
-pub const PEER_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
-
-/// Most bytes of entries one AppendEntries carries (unless a single entry is larger): the log
-/// reader stops there (`LogStore::limited_get_log_entries`).
-///
-/// openraft gives every AppendEntries `heartbeat_interval` (150 ms) to complete, follower fsync
-/// included, and sends up to `max_payload_entries` entries at once. A follower behind by hundreds
-/// of ~1 MiB entries (the batching producer's batches) would get hundreds of MiB per attempt, time
-/// out every time and never catch up (seen with `raftlog bench produce --producer` on 0.9).
-pub const APPEND_ENTRIES_BYTES_TARGET: usize = 1024 * 1024;
+use crate::types::*;
 
 /// Creates one [`PeerClient`] per target node, reusing channels by address.
 #[derive(Clone)]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use super::types::NodeId;
+use crate::types::NodeId;
 
 /// First wait after a failed attempt; each further failure doubles it up to [`BACKOFF_MAX`].
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(50);

@@ -14,11 +14,12 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::types::*;
+use super::Raft;
 use super::{envelope, InOrderTimes};
 use crate::storage::encode;
 use crate::storage::log_store::ReceivedEncodings;
 use crate::storage::snapshot_store::{self, SnapshotStore};
+use crate::types::*;
 
 pub struct PeerService {
     raft: Raft,

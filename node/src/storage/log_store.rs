@@ -31,9 +31,8 @@ use super::{
     decode, encode, Databases, StateFlushed, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE,
     WRITE_BATCH_ROW_OVERHEAD,
 };
-use crate::raft::types::{
-    AppendEntriesRequest, Entry, GroupId, LogId, StorageError, TypeConfig, Vote,
-};
+use crate::limits::{RECEIVED_ENCODINGS_BYTES_MAX, RECENT_ENTRIES_BYTES_MAX};
+use crate::types::{AppendEntriesRequest, Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
 
 /// The log of one Raft group. Cheap to clone: clones share the database (openraft's log reader is
 /// such a clone).
@@ -121,9 +120,6 @@ struct RecentRun {
     /// [`Cached::bytes`] of `entries`.
     bytes: usize,
 }
-
-/// Memory the entries [`RecentEntries`] keeps may hold (16 MiB of encoded entries).
-const RECENT_ENTRIES_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Drops what left the cache: inline for a few entries (an append evicting the oldest), on
 /// tokio's blocking pool for more. A purge takes up to [`RECENT_ENTRIES_BYTES_MAX`] of cached
@@ -287,12 +283,6 @@ struct ReceivedRun {
     /// Sum of the encodings' lengths.
     bytes: usize,
 }
-
-/// Most bytes of received encodings kept waiting for their append. Entries openraft does not
-/// append (it already had them, or a newer leader's replace them) leave only when later appends
-/// pass them or when this bound pushes them out; an append normally follows its message within
-/// a few messages.
-const RECEIVED_ENCODINGS_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 impl ReceivedEncodings {
     /// Decodes an AppendEntries (the postcard encoding of [`AppendEntriesRequest`]: a head, the
@@ -810,16 +800,13 @@ impl RaftLogReader<TypeConfig> for LogStore {
 
     /// What replication sends in one AppendEntries: openraft accepts fewer entries than asked
     /// for, so this is where a request's size is bounded
-    /// ([`crate::raft::network::APPEND_ENTRIES_BYTES_TARGET`]).
+    /// ([`crate::limits::APPEND_ENTRIES_BYTES_TARGET`]).
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.read_entries(
-            start..end,
-            crate::raft::network::APPEND_ENTRIES_BYTES_TARGET,
-        )
+        self.read_entries(start..end, crate::limits::APPEND_ENTRIES_BYTES_TARGET)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -988,8 +975,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::types::EntryPayload;
     use crate::storage::test_support::{log_id, log_id_in, open_databases};
+    use crate::types::EntryPayload;
 
     /// An entry that counts 1 MiB against the cache's bound.
     fn entry(index: u64) -> Cached {
@@ -1037,7 +1024,7 @@ mod tests {
             |tid| rustix::process::getpriority_process(Some(tid)).expect("the thread's nice value");
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs = open_databases(dir.path());
-        let group = crate::raft::types::METADATA_GROUP;
+        let group = crate::types::METADATA_GROUP;
         let own = rustix::process::getpriority_process(None).expect("own nice value");
         let lowered = LogStore::new(&dbs, group, StateFlushed::default(), 5);
         assert_eq!(nice_of(lowered.flusher.thread_id), 5);
@@ -1051,7 +1038,7 @@ mod tests {
     async fn the_committed_id_rides_with_the_next_append_and_is_written_at_close() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs = open_databases(dir.path());
-        let group = crate::raft::types::METADATA_GROUP;
+        let group = crate::types::METADATA_GROUP;
         let stored = |log: &LogStore| {
             log.get_meta::<Option<LogId>>(MetaKey::Committed)
                 .expect("read the committed id")
@@ -1115,7 +1102,7 @@ mod tests {
     async fn a_follower_stores_entries_as_they_were_received() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs = open_databases(dir.path());
-        let group = crate::raft::types::METADATA_GROUP;
+        let group = crate::types::METADATA_GROUP;
         let mut log = LogStore::new(&dbs, group, StateFlushed::default(), 0);
         let received = log.received_encodings();
         let rpc = AppendEntriesRequest {

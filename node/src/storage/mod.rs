@@ -30,6 +30,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::limits::{
+    LOG_WAL_FILES_RECYCLED, LOG_WAL_TOTAL_BYTES_MAX, META_MEMTABLE_BYTES, STATE_BLOB_BYTES_MIN,
+};
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch,
     WriteBufferManager, WriteOptions, DB,
@@ -42,16 +45,6 @@ pub const CF_STATE_MACHINE: &str = "state_machine";
 /// Where the two databases live under a node's data dir.
 pub const LOG_DB_DIR: &str = "db";
 pub const STATE_DB_DIR: &str = "state";
-
-/// WAL files the log database keeps for reuse. Overwriting a recycled file's blocks (still in the
-/// page cache) costs a fraction of writing new ones, and its fdatasync has no inode or extent
-/// update to commit (measured here: a 4 KiB append + fdatasync ~150 µs, the same overwrite
-/// ~100 µs; page-cache writes to new pages ~0.8 GB/s, to cached ones ~9 GB/s).
-const LOG_WAL_FILES_RECYCLED: usize = 4;
-
-/// Live WAL bytes of the log database before RocksDB flushes the column families holding the
-/// oldest WAL file (two of RocksDB's default 64 MiB write buffers).
-const LOG_WAL_TOTAL_BYTES_MAX: u64 = 128 << 20;
 
 /// A node's two RocksDB databases.
 ///
@@ -215,9 +208,6 @@ impl SharedMemory {
     }
 }
 
-/// Memtable size of the tiny `raft_meta` column family (vote, committed, last purged).
-const META_MEMTABLE_BYTES: usize = 4 * 1024 * 1024;
-
 /// Opens (creating if needed) the node's databases under `data_dir`, first moving a state machine
 /// left in the log database by an older version into its own database.
 pub fn open(data_dir: &Path, options: &StorageOptions) -> Result<Databases, rocksdb::Error> {
@@ -284,11 +274,6 @@ fn open_state_db(path: &Path, memory: &SharedMemory) -> Result<DB, rocksdb::Erro
     opts.set_advise_random_on_open(false);
     DB::open_cf_descriptors(&opts, path, cfs)
 }
-
-/// Stored batch rows at least this large go to blob files (RocksDB's integrated BlobDB); the
-/// LSM tree keeps only their keys and a reference. Below it (e.g. one 1 KiB record per request) a
-/// row stays inline, where a blob reference would cost more than it saves.
-const STATE_BLOB_BYTES_MIN: u64 = 4 * 1024;
 
 /// Options of the state machine column family.
 ///
@@ -418,7 +403,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, postcar
 /// Helpers the storage modules' unit tests share.
 #[cfg(test)]
 pub(crate) mod test_support {
-    use crate::raft::types::{CommittedLeaderId, LogId};
+    use crate::types::{CommittedLeaderId, LogId};
 
     /// The log id of `index` under leader 1 of `term`.
     pub fn log_id_in(term: u64, index: u64) -> LogId {

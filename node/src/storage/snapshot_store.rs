@@ -33,15 +33,7 @@ use rocksdb::{checkpoint::Checkpoint, Direction, IteratorMode, Options, ReadOpti
 
 use super::keys::{self, sm_tag};
 use super::{decode, encode, snapshot_file, CF_STATE_MACHINE};
-use crate::raft::types::{GroupId, LogId, Snapshot, SnapshotMeta, StoredMembership};
-
-/// A snapshot's data as openraft carries it: a file (a stream, or a pointer to a checkpoint) and
-/// the id that names the snapshot's files in the snapshot directory.
-#[derive(Debug)]
-pub struct SnapshotData {
-    pub id: String,
-    pub file: tokio::fs::File,
-}
+use crate::types::{GroupId, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
 
 /// What `current.meta` holds. Laid out as openraft 0.9's `SnapshotMeta` was (which carried the
 /// id), so a snapshot directory written before the move to 0.10 still reads.

@@ -30,7 +30,8 @@ use super::{decode, encode, StateFlushed, CF_STATE_MACHINE, WRITE_BATCH_ROW_OVER
 use crate::command::{
     Command, CommandResponse, ProducerSequence, Record, Rejection, TopicSettings,
 };
-use crate::raft::types::{
+use crate::limits::{PRODUCER_BATCHES_REMEMBERED, READS_PARALLEL, STORED_BATCH_BYTES_TARGET};
+use crate::types::{
     Entry, EntryPayload, GroupId, LogId, Snapshot, SnapshotData, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
 };
@@ -43,10 +44,6 @@ pub struct PartitionState {
     /// Record bytes held in `start_offset..end_offset` (what size-based retention bounds).
     pub bytes: u64,
 }
-
-/// How many of a producer's latest batches per partition are remembered for deduplication (as
-/// Kafka does: a client keeps at most this many requests in flight per partition).
-pub const PRODUCER_BATCHES_REMEMBERED: usize = 5;
 
 /// Idempotence state of one producer id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +81,41 @@ pub struct GroupOffset {
 
 /// A group's committed offsets by (topic id, partition).
 pub type GroupOffsets = BTreeMap<(u64, u32), GroupOffset>;
+
+/// Where a consumer group stands on one partition: what it committed, against the end offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: u32,
+    pub committed_offset: u64,
+    pub committed_at_ms: i64,
+    pub end_offset: u64,
+    /// Records committed to the partition and not yet consumed by the group.
+    pub lag: u64,
+}
+
+/// A group's lag per partition against the end offsets of `topics`, in (topic id, partition)
+/// order. Offsets of topics that no longer exist are left out (deleting a topic deletes them in
+/// the same command).
+pub fn group_lag(offsets: &GroupOffsets, topics: &[TopicState]) -> Vec<PartitionLag> {
+    let by_id: std::collections::HashMap<u64, &TopicState> =
+        topics.iter().map(|t| (t.id, t)).collect();
+    offsets
+        .iter()
+        .filter_map(|(&(topic_id, partition), committed)| {
+            let topic = by_id.get(&topic_id)?;
+            let end_offset = topic.partitions.get(partition as usize)?.end_offset;
+            Some(PartitionLag {
+                topic: topic.name.clone(),
+                partition,
+                committed_offset: committed.offset,
+                committed_at_ms: committed.committed_at_ms,
+                end_offset,
+                lag: end_offset.saturating_sub(committed.offset),
+            })
+        })
+        .collect()
+}
 
 /// Why a read could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -140,11 +172,6 @@ pub struct StateView {
     /// Reads running on the blocking pool ([`Self::read_blocking`]), at most [`READS_PARALLEL`].
     read_slots: Arc<tokio::sync::Semaphore>,
 }
-
-/// Reads of record batches that run at once on a node. Each holds up to `fetch_bytes_max` of
-/// batches in memory while it runs, so this bounds that memory; four keep a disk busy while the
-/// CPU decodes (the catch-up benchmark reads four partitions at once).
-pub const READS_PARALLEL: usize = 4;
 
 impl StateView {
     fn cf(&self) -> &rocksdb::ColumnFamily {
@@ -884,15 +911,6 @@ struct PendingBatch {
     records: Vec<Record>,
 }
 
-/// Stored batches are cut at about this many record bytes. A fetch reads whole stored batches
-/// (a RocksDB value is read in full), so a batch of 1 MiB (the batching producer's default
-/// `batch_bytes`) cost every 100-record fetch inside it a 1 MiB read and decode. Measured
-/// (benchmarks.md, session 14), catch-up of 1 KiB records in 100-record fetches: 50 MB/s with
-/// 1 MiB batches, 137 MB/s with 256 KiB, 218 MB/s with 64 KiB; in 10,000-record fetches 630,
-/// 608 and 515 MB/s (each batch is a read of its own). 256 KiB keeps the large fetches' rate.
-/// Far above the blob threshold, so batches stay in blob files.
-pub const STORED_BATCH_BYTES_TARGET: u64 = 256 * 1024;
-
 impl EntryRows {
     /// Adds an append's records: to the partition's pending batch when they follow it (always,
     /// within one entry: nothing else moves a partition's end offset) and it has room, else as
@@ -1573,7 +1591,7 @@ mod tests {
         let dbs = open_databases(dir);
         let sm = StateMachine::open(
             dbs.state.clone(),
-            crate::raft::types::METADATA_GROUP,
+            crate::types::METADATA_GROUP,
             dir.join("snapshots"),
         )
         .expect("open the state machine");
@@ -1787,7 +1805,7 @@ mod tests {
         assert_eq!(end_offsets(sm.view().topics()), expected);
         let reopened = StateMachine::open(
             dbs.state,
-            crate::raft::types::METADATA_GROUP,
+            crate::types::METADATA_GROUP,
             dir.path().join("snapshots"),
         )
         .expect("reopen the state machine");
@@ -1810,12 +1828,8 @@ mod tests {
         ] {
             std::fs::write(snapshots.join(name), b"partial").unwrap();
         }
-        StateMachine::open(
-            dbs.state,
-            crate::raft::types::METADATA_GROUP,
-            snapshots.clone(),
-        )
-        .expect("open the state machine");
+        StateMachine::open(dbs.state, crate::types::METADATA_GROUP, snapshots.clone())
+            .expect("open the state machine");
         let left: Vec<_> = std::fs::read_dir(&snapshots)
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -1833,7 +1847,7 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("temporary directory");
         let (dbs, mut sm) = open_state_machine(dir.path());
-        let group = crate::raft::types::METADATA_GROUP;
+        let group = crate::types::METADATA_GROUP;
         let mut log = super::super::log_store::LogStore::new(&dbs, group, sm.flushed(), 0);
         let create = create_topic("t", 1, 1024, 10);
         sm.apply_entries([entry(1, create), entry(2, append(0, "a", None))])

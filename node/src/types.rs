@@ -21,10 +21,15 @@ pub type NodeId = u64;
 pub type GroupId = u64;
 pub const METADATA_GROUP: GroupId = 0;
 
-/// Snapshots are files on disk, streamed in chunks: they never have to fit in memory.
-pub type SnapshotData = crate::storage::snapshot_store::SnapshotData;
+/// A snapshot's data as openraft carries it: a file (a stream, or a pointer to a checkpoint) and
+/// the id that names the snapshot's files in the snapshot directory. Snapshots are files on disk,
+/// streamed in chunks: they never have to fit in memory.
+#[derive(Debug)]
+pub struct SnapshotData {
+    pub id: String,
+    pub file: tokio::fs::File,
+}
 
-pub type Raft = openraft::Raft<TypeConfig, crate::storage::state_machine::StateMachine>;
 pub type Node = openraft::BasicNode;
 pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
