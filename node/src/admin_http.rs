@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::node::NodeContext;
-use crate::storage::state_machine::group_lag;
+use raftlog_core::group_lag;
 
 pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Receiver<bool>) {
     let app = Router::new()
@@ -160,7 +160,7 @@ async fn render_state(ctx: &NodeContext, out: &mut String) {
         "raftlog_raft_term{{node=\"{node}\"}} {}",
         m.current_term
     );
-    let index = |l: Option<crate::types::LogId>| l.map_or(0, |l| l.index);
+    let index = |l: Option<raftlog_core::types::LogId>| l.map_or(0, |l| l.index);
     let committed = ctx
         .raft
         .with_raft_state(|s| s.local_committed().map(|l| l.index))

@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::command::{Command, CommandResponse};
-use crate::limits::{GROUP_COMMIT_ENTRIES_IN_FLIGHT, GROUP_COMMIT_QUEUE_MAX};
 use crate::raft::Raft;
 use crate::write::{client_write_error, WriteError};
+use raftlog_core::limits::{GROUP_COMMIT_ENTRIES_IN_FLIGHT, GROUP_COMMIT_QUEUE_MAX};
+use raftlog_core::{Command, CommandResponse};
 
 struct Pending {
     command: Command,
@@ -344,8 +344,8 @@ mod tests {
     /// end, outside the buffer their requests were decoded from.
     #[test]
     fn an_entrys_records_own_one_copy_of_their_bytes() {
-        use crate::command::Record;
         use bytes::Bytes;
+        use raftlog_core::Record;
         let received = Bytes::from((0..4096).map(|i| i as u8).collect::<Vec<_>>());
         let record = |key: Option<std::ops::Range<usize>>, value: std::ops::Range<usize>| Record {
             key: key.map(|k| received.slice(k)),

@@ -30,7 +30,7 @@ pub struct NodeConfig {
     pub housekeeping: Housekeeping,
     /// RocksDB's memory (memtables and block cache) for both databases together, and whether it
     /// reads and writes its files with O_DIRECT.
-    pub storage: crate::storage::StorageOptions,
+    pub storage: raftlog_store::StorageOptions,
     /// Threads of the async runtime (request handling, Raft, replication); 0 means one per core.
     /// Nodes that share a machine (scripts/cluster.sh) each get a share of its cores.
     pub worker_threads: usize,
@@ -118,6 +118,24 @@ pub struct Limits {
     /// Produce is refused (RESOURCE_EXHAUSTED) while the data dir's file system has less than
     /// this available; 0 turns the check off.
     pub disk_free_bytes_min: u64,
+}
+
+/// `storage_compression` as flags, environment variables and the TOML file spell it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressionArg {
+    #[default]
+    Lz4,
+    None,
+}
+
+impl From<CompressionArg> for raftlog_store::Compression {
+    fn from(arg: CompressionArg) -> Self {
+        match arg {
+            CompressionArg::Lz4 => raftlog_store::Compression::Lz4,
+            CompressionArg::None => raftlog_store::Compression::None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -300,7 +318,7 @@ pub struct Args {
     /// Compression of stored record batches: lz4 or none (for records that do not compress, e.g.
     /// compressed by their producer; saves the CPU of every flush on every node) [default: lz4].
     #[arg(long, env = "RAFTLOG_STORAGE_COMPRESSION")]
-    pub storage_compression: Option<crate::storage::Compression>,
+    pub storage_compression: Option<CompressionArg>,
     /// Threads of the async runtime; 0 is one per core [default: 0]. Give each node a share of
     /// the cores when several share a machine.
     #[arg(long, env = "RAFTLOG_WORKER_THREADS")]
@@ -473,16 +491,16 @@ impl Args {
                 producer_idle_ms: pick!(producer_idle_ms)
                     .unwrap_or(Housekeeping::default().producer_idle_ms),
             },
-            storage: crate::storage::StorageOptions {
-                memory: crate::storage::MemoryBudget {
+            storage: raftlog_store::StorageOptions {
+                memory: raftlog_store::MemoryBudget {
                     memtable_bytes: pick!(storage_memtable_bytes)
-                        .unwrap_or(crate::storage::MemoryBudget::default().memtable_bytes),
+                        .unwrap_or(raftlog_store::MemoryBudget::default().memtable_bytes),
                     block_cache_bytes: pick!(storage_block_cache_bytes)
-                        .unwrap_or(crate::storage::MemoryBudget::default().block_cache_bytes),
+                        .unwrap_or(raftlog_store::MemoryBudget::default().block_cache_bytes),
                 },
                 direct_io: pick!(storage_direct_io)
-                    .unwrap_or(crate::storage::StorageOptions::default().direct_io),
-                compression: pick!(storage_compression).unwrap_or_default(),
+                    .unwrap_or(raftlog_store::StorageOptions::default().direct_io),
+                compression: pick!(storage_compression).unwrap_or_default().into(),
             },
             worker_threads: pick!(worker_threads).unwrap_or(0),
             fsync_thread_nice: pick!(fsync_thread_nice).unwrap_or(FSYNC_THREAD_NICE_DEFAULT),
@@ -609,7 +627,7 @@ impl NodeConfig {
                 "batch_bytes_max must be at least record_bytes_max, and both positive".into(),
             );
         }
-        if l.batch_bytes_max > crate::limits::PEER_MESSAGE_BYTES_MAX / 2 {
+        if l.batch_bytes_max > raftlog_core::limits::PEER_MESSAGE_BYTES_MAX / 2 {
             return invalid(
                 "batch_bytes_max must stay below half the peer message size (128 MiB)".into(),
             );

@@ -17,7 +17,7 @@ use openraft::async_runtime::watch::WatchReceiver;
 
 use crate::node::NodeContext;
 use crate::raft::replicated_index;
-use crate::types::NodeId;
+use raftlog_core::NodeId;
 
 /// How long the successor may take to catch up with the leader's log.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(2);

@@ -1,27 +1,27 @@
 //! raftlog node: a replicated, append-only log served over gRPC.
 //!
-//! Write path: [`api`] validates a request and proposes a [`command::Command`] through
-//! [`raft`] (openraft); entries are made durable by [`storage::log_store`] (fsync before the
+//! Write path: [`api`] validates a request and proposes a [`raftlog_core::Command`] through
+//! [`raft`] (openraft); entries are made durable by [`raftlog_store::LogStore`] (fsync before the
 //! flushed callback), replicated to peers by [`raft::network`], and once committed applied by
-//! [`storage::state_machine`], whose answer becomes the client's ack.
-//! Read path: [`api`] serves fetches from this node's applied state ([`storage::state_machine::StateView`]).
+//! [`raftlog_store::StateMachine`], whose answer becomes the client's ack.
+//! Read path: [`api`] serves fetches from this node's applied state ([`raftlog_store::StateView`]).
 //! [`server`] assembles the parts; [`config`] resolves the configuration; [`admin_http`] serves
 //! health, status and [`metrics`].
 
-pub mod admin_http;
-pub mod api;
-pub mod batcher;
-pub mod command;
-pub mod config;
-pub mod disk;
-pub mod handover;
-pub mod limits;
-pub mod log_retention;
-pub mod logging;
-pub mod metrics;
-pub mod node;
-pub mod raft;
-pub mod server;
-pub mod storage;
-pub mod types;
-pub mod write;
+mod admin_http;
+mod api;
+mod batcher;
+mod config;
+mod disk;
+mod handover;
+mod log_retention;
+mod logging;
+mod metrics;
+mod node;
+mod raft;
+mod server;
+mod write;
+
+pub use config::{Args, NodeConfig};
+pub use logging::init as init_logging;
+pub use server::run;

@@ -3,7 +3,7 @@
 //! Records are in the log (fsynced, for replication) and in the state machine (for reads). The
 //! log's copy is only needed until the state machine's is on disk and every follower has the
 //! entry, so this task keeps the log short: it asks for a snapshot (a cheap checkpoint,
-//! [`crate::storage::snapshot_store`]) every `log_bytes_since_last_max` bytes of entries and then
+//! [`raftlog_store::snapshot_store`]) every `log_bytes_since_last_max` bytes of entries and then
 //! purges up to it, while the entries are still in RocksDB's memtable: they are never flushed to
 //! an SST file, and a record is written to disk once per node besides the WAL, not twice.
 //!
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::config::SnapshotPolicy;
 use crate::raft::Raft;
-use crate::storage::log_store::LogBytes;
+use raftlog_store::LogBytes;
 
 /// How often the log's size is looked at: at 100 MB/s, 2 MB of entries between two looks.
 const CHECK_INTERVAL: Duration = Duration::from_millis(20);

@@ -1,6 +1,6 @@
 //! `raftlog-node`: runs one raftlog server node until SIGINT or SIGTERM.
 
-use raftlog_node::config::Args;
+use raftlog_node::Args;
 
 fn main() -> anyhow::Result<()> {
     let config = match Args::parse_or_exit().resolve() {
@@ -19,9 +19,9 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(config))
 }
 
-async fn run(config: raftlog_node::config::NodeConfig) -> anyhow::Result<()> {
-    raftlog_node::logging::init(&config)?;
-    if let Err(e) = raftlog_node::server::run(config, shutdown_signal()).await {
+async fn run(config: raftlog_node::NodeConfig) -> anyhow::Result<()> {
+    raftlog_node::init_logging(&config)?;
+    if let Err(e) = raftlog_node::run(config, shutdown_signal()).await {
         // One line with the whole cause chain (not a backtrace that pushes it out of a log tail).
         tracing::error!("node failed: {e:#}");
         std::process::exit(1);

@@ -19,27 +19,14 @@ use tonic::{Response, Status};
 
 pub const REQUESTS: &str = "raftlog_requests_total";
 pub const REQUEST_SECONDS: &str = "raftlog_request_duration_seconds";
-pub const FSYNC_SECONDS: &str = "raftlog_log_fsync_duration_seconds";
-pub const APPENDS_PER_FSYNC: &str = "raftlog_log_appends_per_fsync";
-/// Time an append waits, after its write, for the fsync that covers it to start.
-pub const FSYNC_WAIT_SECONDS: &str = "raftlog_log_fsync_wait_seconds";
-/// The nice value the Raft log's fsync thread runs at (`fsync_thread_nice`, if it was allowed).
-pub const FSYNC_THREAD_NICE: &str = "raftlog_log_fsync_thread_nice";
-/// One purge of the Raft log (openraft's core waits for it).
-pub const LOG_PURGE_SECONDS: &str = "raftlog_log_purge_seconds";
 /// Leader: an AppendEntries carrying entries, from being sent to a follower to its answer.
 pub const REPLICATION_ROUND_TRIP_SECONDS: &str = "raftlog_replication_round_trip_seconds";
 /// Follower: an AppendEntries carrying entries, from its arrival to the answer (after its fsync).
 pub const FOLLOWER_APPEND_SECONDS: &str = "raftlog_follower_append_seconds";
-/// One apply call of the state machine (a run of committed entries, one RocksDB write).
-pub const APPLY_SECONDS: &str = "raftlog_apply_seconds";
 pub const RECORDS_IN: &str = "raftlog_records_in_total";
 pub const BYTES_IN: &str = "raftlog_bytes_in_total";
 pub const RECORDS_OUT: &str = "raftlog_records_out_total";
 pub const BYTES_OUT: &str = "raftlog_bytes_out_total";
-pub const SNAPSHOTS_BUILT: &str = "raftlog_snapshots_built_total";
-pub const SNAPSHOTS_INSTALLED: &str = "raftlog_snapshots_installed_total";
-pub const SNAPSHOT_SECONDS: &str = "raftlog_snapshot_build_duration_seconds";
 /// Time a write waits in the leader's group-commit queue before its entry is proposed.
 pub const GROUP_COMMIT_QUEUE_SECONDS: &str = "raftlog_group_commit_queue_seconds";
 /// Time from proposing a group-commit entry to its apply on the leader (replication, fsyncs on
@@ -68,7 +55,9 @@ pub fn install() -> &'static PrometheusHandle {
             .set_buckets(&buckets)
             .expect("non-empty bucket list")
             .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full(APPENDS_PER_FSYNC.into()),
+                metrics_exporter_prometheus::Matcher::Full(
+                    raftlog_store::metrics::APPENDS_PER_FSYNC.into(),
+                ),
                 &per_fsync,
             )
             .expect("non-empty bucket list")

@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use openraft::error::LinearizableReadError;
 
-use crate::command::{Command, CommandResponse};
 use crate::config::NodeConfig;
 use crate::raft::Raft;
-use crate::storage::state_machine::StateView;
-use crate::types::{NodeId, RaftError};
 use crate::write::{client_write_error, Leader, WriteError};
+use raftlog_core::types::RaftError;
+use raftlog_core::NodeId;
+use raftlog_core::{Command, CommandResponse};
+use raftlog_store::StateView;
 
 /// Everything a request handler needs. Cheap to clone.
 #[derive(Clone)]

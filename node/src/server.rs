@@ -17,18 +17,19 @@ use crate::admin_http;
 use crate::api::broker::BrokerService;
 use crate::api::cluster::ClusterService;
 use crate::api::forward::Forwarder;
-use crate::command::Command;
 use crate::config::NodeConfig;
-use crate::limits::{APPEND_ENTRIES_BYTES_TARGET, GRPC_FRAMING_BYTES, PEER_MESSAGE_BYTES_MAX};
 use crate::node::NodeContext;
 use crate::raft::network::PeerNetworkFactory;
 use crate::raft::service::PeerService;
 use crate::raft::Raft;
-use crate::storage::log_store::LogStore;
-use crate::storage::state_machine::StateMachine;
-use crate::storage::{self, CF_STATE_MACHINE};
-use crate::types::{Node, METADATA_GROUP};
 use crate::write::WriteError;
+use raftlog_core::limits::{
+    APPEND_ENTRIES_BYTES_TARGET, GRPC_FRAMING_BYTES, PEER_MESSAGE_BYTES_MAX,
+};
+use raftlog_core::types::Node;
+use raftlog_core::Command;
+use raftlog_core::METADATA_GROUP;
+use raftlog_store::{LogStore, StateMachine};
 
 /// Runs a node until `shutdown` resolves, then stops serving, stops Raft and flushes storage.
 pub async fn run(
@@ -38,12 +39,9 @@ pub async fn run(
     crate::metrics::install();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
-    let dbs = storage::open(&config.data_dir, &config.storage).context("opening RocksDB")?;
-    let state_machine = StateMachine::open(
-        dbs.state.clone(),
-        METADATA_GROUP,
-        config.data_dir.join("snapshots"),
-    )?;
+    let dbs = raftlog_store::open(&config.data_dir, &config.storage).context("opening RocksDB")?;
+    let state_machine =
+        StateMachine::open(&dbs, METADATA_GROUP, config.data_dir.join("snapshots"))?;
     let log_store = LogStore::new(
         &dbs,
         METADATA_GROUP,
@@ -242,9 +240,7 @@ pub async fn run(
         tracing::warn!("raft shutdown: {e}");
     }
     // The state machine is written without WAL: flush it so the next start need not re-apply.
-    if let Some(cf) = dbs.state.cf_handle(CF_STATE_MACHINE) {
-        dbs.state.flush_cf(cf).context("flushing state machine")?;
-    }
+    dbs.flush_state().context("flushing state machine")?;
     tracing::info!(node_id = config.node_id, "stopped");
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! produce a replicated outcome on this node. Nothing here knows gRPC: the API layer maps a
 //! [`WriteError`] to a status with its retry advice (`api::error`).
 
-use crate::types::{ClientWriteError, NodeId};
+use raftlog_core::types::ClientWriteError;
+use raftlog_core::NodeId;
 
 /// This node's wall clock in ms since the Unix epoch: the leader stamps it into commands (apply
 /// never reads a clock).

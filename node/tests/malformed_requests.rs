@@ -41,12 +41,12 @@ use bytes::{Buf, BufMut, Bytes};
 use futures::StreamExt;
 use prost::Message;
 use raftlog_client::{pb, record};
-use raftlog_node::command::{Command, ProducerSequence, Record as StoredRecord, TopicSettings};
-use raftlog_node::types::{
+use raftlog_core::types::{
     AppendEntriesRequest, CommittedLeaderId, Entry, LogId, SnapshotMeta, Vote, VoteRequest,
 };
-use raftlog_node::storage::{decode, encode};
+use raftlog_core::{Command, ProducerSequence, Record as StoredRecord, TopicSettings};
 use raftlog_proto::raft::v1::RaftEnvelope;
+use raftlog_store::{decode, encode};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use support::{read_all, NodeOptions, TestCluster};
@@ -578,6 +578,7 @@ fn raw_body_is_unsafe(path: &str, body: &[u8]) -> bool {
         "CreateTopic" => pb::CreateTopicRequest::decode(body)
             .is_ok_and(|r| valid_name(&r.name) && r.name != TOPIC),
         "DeleteTopic" => pb::DeleteTopicRequest::decode(body).is_ok_and(|r| r.name == TOPIC),
+        "DeleteGroup" => pb::DeleteGroupRequest::decode(body).is_ok_and(|r| r.group == GROUP),
         "AlterTopic" => pb::AlterTopicRequest::decode(body).is_ok_and(|r| r.name == TOPIC),
         // Every well-formed InitProducer request is granted a producer id.
         "InitProducer" => pb::InitProducerRequest::decode(body).is_ok(),

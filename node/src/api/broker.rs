@@ -17,12 +17,12 @@ use tonic::{Request, Response, Status};
 use super::convert::{group_to_pb, record_to_pb, records_from_pb, topic_to_pb};
 use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, write_deadline, Forwarder};
-use crate::command::{Command, CommandResponse, ProducerSequence, Rejection, TopicSettings};
-use crate::limits::{
-    FORWARDED_RESPONSE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX, PRODUCE_STREAM_IN_FLIGHT_MAX,
-};
 use crate::node::NodeContext;
 use crate::write::{now_ms, WriteError};
+use raftlog_core::limits::{
+    FORWARDED_RESPONSE_BYTES_MAX, PEER_MESSAGE_BYTES_MAX, PRODUCE_STREAM_IN_FLIGHT_MAX,
+};
+use raftlog_core::{Command, CommandResponse, ProducerSequence, Rejection, TopicSettings};
 
 #[derive(Clone)]
 pub struct BrokerService {
@@ -454,7 +454,7 @@ impl BrokerService {
 }
 
 /// Records and bytes served to consumers (Fetch and Subscribe), per topic.
-fn count_out(topic: &str, records: &[(u64, crate::command::Record)]) {
+fn count_out(topic: &str, records: &[(u64, raftlog_core::Record)]) {
     if records.is_empty() {
         return;
     }

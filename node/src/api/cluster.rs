@@ -15,7 +15,8 @@ use super::error::ApiError;
 use super::forward::{is_forwarded, leader_unreachable, Forwarder};
 use crate::node::NodeContext;
 use crate::raft::{replicated_index, with_addr};
-use crate::types::{ClientWriteResponse, Membership, Node, NodeId, RaftMetrics};
+use raftlog_core::types::{ClientWriteResponse, Membership, Node, RaftMetrics};
+use raftlog_core::NodeId;
 
 /// How long a leader transfer may take before TransferLeader answers UNAVAILABLE.
 const TRANSFER_WAIT: Duration = Duration::from_secs(5);
@@ -152,7 +153,10 @@ impl ClusterService {
     fn outcome(
         result: Result<
             ClientWriteResponse,
-            RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
+            RaftError<
+                raftlog_core::types::TypeConfig,
+                ClientWriteError<raftlog_core::types::TypeConfig>,
+            >,
         >,
     ) -> Result<ChangeOutcome, ApiError> {
         match result {

@@ -2,8 +2,8 @@
 
 use raftlog_proto::v1 as pb;
 
-use crate::command::Record;
-use crate::storage::state_machine::{group_lag, GroupOffsets, TopicState};
+use raftlog_core::Record;
+use raftlog_core::{group_lag, GroupOffsets, TopicState};
 
 /// The records of one produce request as stored. Their bytes are still slices of the gRPC
 /// receive buffer: the batcher copies an entry's records into one allocation of their own when it

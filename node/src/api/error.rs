@@ -3,10 +3,10 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::command::Rejection;
-use crate::storage::state_machine::ReadError;
-use crate::types::NodeId;
 use crate::write::WriteError;
+use raftlog_core::NodeId;
+use raftlog_core::Rejection;
+use raftlog_store::ReadError;
 
 /// Metadata key carrying the current leader's gRPC address on UNAVAILABLE answers.
 pub const LEADER_ADDR_HEADER: &str = "raftlog-leader";

@@ -16,7 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Request;
 
 use super::error::ApiError;
-use crate::types::NodeId;
+use raftlog_core::NodeId;
 
 /// Metadata key set on forwarded requests.
 pub const FORWARDED_HEADER: &str = "raftlog-forwarded";

@@ -7,11 +7,10 @@ pub mod service;
 
 /// A Raft group's handle: openraft over this node's state machine. Named here, above storage, so
 /// that the vocabulary in [`crate::types`] never names a concrete store.
-pub type Raft =
-    openraft::Raft<crate::types::TypeConfig, crate::storage::state_machine::StateMachine>;
+pub type Raft = openraft::Raft<raftlog_core::types::TypeConfig, raftlog_store::StateMachine>;
 
 /// The leader `raft` currently knows of, with its address, if any.
-pub fn leader(raft: &Raft) -> Option<(crate::types::NodeId, String)> {
+pub fn leader(raft: &Raft) -> Option<(raftlog_core::NodeId, String)> {
     use openraft::async_runtime::watch::WatchReceiver;
     let metrics = raft.metrics().borrow_watched().clone();
     with_addr(
@@ -22,17 +21,17 @@ pub fn leader(raft: &Raft) -> Option<(crate::types::NodeId, String)> {
 
 /// `node` with its address in `membership`, if it is a member.
 pub fn with_addr(
-    membership: &crate::types::Membership,
-    node: crate::types::NodeId,
-) -> Option<(crate::types::NodeId, String)> {
+    membership: &raftlog_core::types::Membership,
+    node: raftlog_core::NodeId,
+) -> Option<(raftlog_core::NodeId, String)> {
     let addr = membership.get_node(&node)?.addr.clone();
     Some((node, addr))
 }
 
 /// The last log index the leader knows `voter` to hold (its replication progress), if any.
 pub fn replicated_index(
-    metrics: &crate::types::RaftMetrics,
-    voter: crate::types::NodeId,
+    metrics: &raftlog_core::types::RaftMetrics,
+    voter: raftlog_core::NodeId,
 ) -> Option<u64> {
     metrics
         .replication
@@ -43,7 +42,7 @@ pub fn replicated_index(
 
 /// The peer envelope of one Raft group around `payload` (an encoded message, or a snapshot chunk).
 pub(crate) fn envelope(
-    group: crate::types::GroupId,
+    group: raftlog_core::GroupId,
     payload: impl Into<bytes::Bytes>,
 ) -> raftlog_proto::raft::v1::RaftEnvelope {
     raftlog_proto::raft::v1::RaftEnvelope {

@@ -26,10 +26,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::reachability::Reachability;
 use super::{envelope, InOrderTimes};
-use crate::limits::PEER_MESSAGE_BYTES_MAX;
-use crate::storage::log_store::EncodedEntries;
-use crate::storage::{decode, encode};
-use crate::types::*;
+use raftlog_core::limits::PEER_MESSAGE_BYTES_MAX;
+use raftlog_core::types::*;
+use raftlog_core::{GroupId, NodeId, SnapshotData, TypeConfig};
+use raftlog_store::EncodedEntries;
+use raftlog_store::{decode, encode};
 
 /// Creates one [`PeerClient`] per target node, reusing channels by address.
 #[derive(Clone)]
@@ -216,7 +217,7 @@ impl PeerClient {
     ) -> Result<SnapshotResponse, StreamingError<TypeConfig>> {
         let network =
             |e: &dyn std::fmt::Display| StreamingError::Network(NetworkError::new(&self.error(e)));
-        let snapshot = crate::storage::snapshot_store::for_sending(snapshot)
+        let snapshot = raftlog_store::for_sending(snapshot)
             .await
             .map_err(|e| network(&e))?;
         let mut client = self.client().map_err(|e| network(&e))?;
@@ -348,7 +349,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 
     /// A built snapshot is a checkpoint; the stream a follower installs is written from it here,
-    /// off the apply path, the first time one is needed (`snapshot_store::for_sending`). Failing
+    /// off the apply path, the first time one is needed (`raftlog_store::for_sending`). Failing
     /// that (the snapshot was replaced meanwhile, say) is a network-level error: openraft backs off
     /// and retries with the current snapshot.
     async fn full_snapshot(

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::types::NodeId;
+use raftlog_core::NodeId;
 
 /// First wait after a failed attempt; each further failure doubles it up to [`BACKOFF_MAX`].
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
@@ -155,7 +155,8 @@ impl Reachability {
         }
     }
 
-    /// Whether the peer is currently failing (for tests and status).
+    /// Whether the peer is currently failing.
+    #[cfg(test)]
     pub fn is_unreachable(&self) -> bool {
         self.state
             .lock()

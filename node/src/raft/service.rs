@@ -16,10 +16,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Raft;
 use super::{envelope, InOrderTimes};
-use crate::storage::encode;
-use crate::storage::log_store::ReceivedEncodings;
-use crate::storage::snapshot_store::{self, SnapshotStore};
-use crate::types::*;
+use raftlog_core::types::*;
+use raftlog_core::{GroupId, SnapshotData};
+use raftlog_store::{encode, ReceivedEncodings, SnapshotStore};
 
 pub struct PeerService {
     raft: Raft,
@@ -81,7 +80,7 @@ impl PeerService {
         // truncated file would fail inside openraft's state machine, which stops this node's
         // Raft: check the stream's end marker and row count here and refuse it instead.
         let check = path.to_path_buf();
-        tokio::task::spawn_blocking(move || crate::storage::snapshot_file::read(&check, |_, _| {}))
+        tokio::task::spawn_blocking(move || raftlog_store::check_stream(&check))
             .await
             .map_err(|e| Status::internal(format!("checking a received snapshot: {e}")))?
             .map_err(|e| Status::data_loss(format!("received an incomplete snapshot: {e}")))?;
@@ -242,7 +241,7 @@ impl RaftService for PeerService {
         let received = self.receive_snapshot_data(&mut chunks, &path).await;
         let result = match received {
             Ok(file) => {
-                let id = snapshot_store::new_snapshot_id(meta.last_log_id.as_ref());
+                let id = raftlog_store::new_snapshot_id(meta.last_log_id.as_ref());
                 let snapshot = Snapshot {
                     meta,
                     snapshot: SnapshotData { id, file },

@@ -1,36 +1,10 @@
-//! Durable storage of one node: two RocksDB databases — one for the Raft log ([`log_store`]), one
-//! for the state machine ([`state_machine`]); see [`Databases`] for why two — plus snapshot files.
-//!
-//! Durability contract (what the rest of the node relies on):
-//! - Log entries and votes are written with `sync = true`: they are fsynced before openraft is told
-//!   they are flushed, and so before this node answers a peer or acknowledges a client.
-//! - The state machine is written without RocksDB's WAL: the Raft log is its WAL. Everything the
-//!   state machine holds lives in ONE column family, so that whatever survives a crash is a prefix
-//!   of its write batches (memtables of one column family flush in order), and the last-applied id
-//!   stored with the data says where openraft must resume re-applying.
-//! - The log is never purged past what the state machine has durably flushed (see
-//!   [`log_store::LogStore::purge`]).
-//!
-//! Memory: both databases share one write-buffer budget and one block cache ([`MemoryBudget`]),
-//! so what RocksDB holds is bounded by configuration, not by the data or the number of column
-//! families.
-//!
-//! Disk I/O: flushes and compactions write with O_DIRECT, and the state machine's record batches
-//! are read with O_DIRECT, where the file system allows it ([`StorageOptions::direct_io`]); the
-//! log's WAL goes through the page cache.
-
-pub mod keys;
-pub mod log_store;
-pub mod snapshot_file;
-pub mod snapshot_store;
-pub mod state_machine;
-pub mod stored_batch;
+//! A node's two RocksDB databases: how they are laid out, opened and tuned, and the upgrade of a
+//! data dir written by an older layout.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::limits::{
+use raftlog_core::limits::{
     LOG_WAL_FILES_RECYCLED, LOG_WAL_TOTAL_BYTES_MAX, META_MEMTABLE_BYTES, STATE_BLOB_BYTES_MIN,
 };
 use rocksdb::{
@@ -55,33 +29,20 @@ pub const STATE_DB_DIR: &str = "state";
 #[derive(Clone)]
 pub struct Databases {
     /// The Raft log and its metadata (vote, committed, last purged): `raft_log`, `raft_meta`.
-    pub log: Arc<DB>,
+    pub(crate) log: Arc<DB>,
     /// The state machine (`state_machine`), written without WAL.
-    pub state: Arc<DB>,
+    pub(crate) state: Arc<DB>,
 }
 
-/// How far one Raft group's state machine is known to be on disk: the highest applied log index
-/// whose effects are in flushed files of the state database. Shared by the group's state machine,
-/// which learns it when it opens, builds a snapshot (a checkpoint flushes the memtable) or installs
-/// one, and its log, which must keep every entry above it: the state machine is written without a
-/// WAL, so after a crash it is re-applied from the log from there. Knowing it lets a purge skip
-/// the memtable flush it would otherwise need (a disk write and fsyncs inside Raft's core task).
-/// Only ever underestimates: RocksDB's own flushes are not counted.
-#[derive(Clone, Default, Debug)]
-pub struct StateFlushed(Arc<AtomicU64>);
-
-impl StateFlushed {
-    /// Whether the state machine's effects of entry `index` are known to be on disk.
-    pub fn covers(&self, index: u64) -> bool {
-        // Holds index + 1 of the highest covered entry; 0 covers nothing.
-        self.0.load(Ordering::Acquire) > index
-    }
-
-    /// Records that everything applied through `index` is on disk.
-    pub fn advance(&self, index: Option<u64>) {
-        if let Some(index) = index {
-            self.0.fetch_max(index + 1, Ordering::AcqRel);
-        }
+impl Databases {
+    /// Flushes the state machine's memtable, so that a restart need not re-apply what it holds
+    /// (the state machine is written without WAL): at the end of a clean shutdown.
+    pub fn flush_state(&self) -> Result<(), rocksdb::Error> {
+        let cf = self
+            .state
+            .cf_handle(CF_STATE_MACHINE)
+            .expect("state_machine column family is created at open");
+        self.state.flush_cf(cf)
     }
 }
 
@@ -139,8 +100,7 @@ impl Default for StorageOptions {
 /// on every node at every flush; records that do not compress (already compressed by their
 /// producer, encrypted, random) cost that CPU for nothing, since RocksDB then stores them as they
 /// were. The Raft log is never compressed: its entries live only until the next purge.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Compression {
     #[default]
     Lz4,
@@ -379,46 +339,6 @@ fn copy_rows(legacy: &DB, state: &DB) -> Result<u64, rocksdb::Error> {
     state.write_opt(batch, &no_wal)?;
     state.flush_cf(to)?;
     Ok(rows)
-}
-
-/// What one row costs a RocksDB write batch beyond its value's bytes (its tag, column family,
-/// key and two lengths; this project's keys are under 40 bytes), for sizing a batch up front.
-pub(crate) const WRITE_BATCH_ROW_OVERHEAD: usize = 64;
-
-/// Encodes a value stored in RocksDB (log entries, votes, state-machine rows).
-pub fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    // Serializing our own plain data types into a Vec cannot fail. Sized first (a pass that only
-    // counts) so the buffer is allocated once instead of doubling (and copying) its way up to a
-    // megabyte-sized entry.
-    let size =
-        postcard::experimental::serialized_size(value).expect("postcard size of a storage value");
-    postcard::to_extend(value, Vec::with_capacity(size))
-        .expect("postcard encoding of a storage value")
-}
-
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::Error> {
-    postcard::from_bytes(bytes)
-}
-
-/// Helpers the storage modules' unit tests share.
-#[cfg(test)]
-pub(crate) mod test_support {
-    use crate::types::{CommittedLeaderId, LogId};
-
-    /// The log id of `index` under leader 1 of `term`.
-    pub fn log_id_in(term: u64, index: u64) -> LogId {
-        LogId::new(CommittedLeaderId { term, node_id: 1 }, index)
-    }
-
-    /// The log id of `index` under leader 1 of term 1.
-    pub fn log_id(index: u64) -> LogId {
-        log_id_in(1, index)
-    }
-
-    /// Both databases of a data dir at `dir`, with default options.
-    pub fn open_databases(dir: &std::path::Path) -> super::Databases {
-        super::open(dir, &super::StorageOptions::default()).expect("open RocksDB")
-    }
 }
 
 #[cfg(test)]

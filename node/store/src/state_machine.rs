@@ -19,103 +19,26 @@ use futures::StreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::RaftSnapshotBuilder;
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use super::keys::{self, sm_tag};
-use super::snapshot_store::{self, SnapshotStore};
-use super::stored_batch::{self, BatchHeader};
-use super::{decode, encode, StateFlushed, CF_STATE_MACHINE, WRITE_BATCH_ROW_OVERHEAD};
-use crate::command::{
-    Command, CommandResponse, ProducerSequence, Record, Rejection, TopicSettings,
+use crate::codec::{decode, encode, WRITE_BATCH_ROW_OVERHEAD};
+use crate::db::CF_STATE_MACHINE;
+use crate::keys::{self, sm_tag};
+use crate::snapshot_store::{self, SnapshotStore};
+use crate::stored_batch::{self, BatchHeader};
+use crate::StateFlushed;
+use raftlog_core::limits::{
+    PRODUCER_BATCHES_REMEMBERED, READS_PARALLEL, STORED_BATCH_BYTES_TARGET,
 };
-use crate::limits::{PRODUCER_BATCHES_REMEMBERED, READS_PARALLEL, STORED_BATCH_BYTES_TARGET};
-use crate::types::{
-    Entry, EntryPayload, GroupId, LogId, Snapshot, SnapshotData, SnapshotMeta, StorageError,
-    StoredMembership, TypeConfig,
+use raftlog_core::types::{
+    Entry, EntryPayload, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
 };
-
-/// A partition's offsets. `end_offset` is the next offset to be written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionState {
-    pub start_offset: u64,
-    pub end_offset: u64,
-    /// Record bytes held in `start_offset..end_offset` (what size-based retention bounds).
-    pub bytes: u64,
-}
-
-/// Idempotence state of one producer id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerState {
-    /// Leader time of its grant or latest append; it expires `producer_idle_ms` after this.
-    pub last_seen_ms: i64,
-    /// Per (topic id, partition).
-    pub partitions: BTreeMap<(u64, u32), ProducerPartition>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerPartition {
-    /// Sequence the next batch must start at.
-    pub next_sequence: u64,
-    /// (first sequence, record count, base offset) of the latest batches, oldest first.
-    pub recent: Vec<(u64, u32, u64)>,
-}
-
-/// A topic row, as stored and as cached in memory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicState {
-    pub id: u64,
-    pub name: String,
-    pub settings: TopicSettings,
-    pub partitions: Vec<PartitionState>,
-}
-
-/// One committed offset of a consumer group, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupOffset {
-    /// The next offset the group reads.
-    pub offset: u64,
-    pub committed_at_ms: i64,
-}
-
-/// A group's committed offsets by (topic id, partition).
-pub type GroupOffsets = BTreeMap<(u64, u32), GroupOffset>;
-
-/// Where a consumer group stands on one partition: what it committed, against the end offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PartitionLag {
-    pub topic: String,
-    pub partition: u32,
-    pub committed_offset: u64,
-    pub committed_at_ms: i64,
-    pub end_offset: u64,
-    /// Records committed to the partition and not yet consumed by the group.
-    pub lag: u64,
-}
-
-/// A group's lag per partition against the end offsets of `topics`, in (topic id, partition)
-/// order. Offsets of topics that no longer exist are left out (deleting a topic deletes them in
-/// the same command).
-pub fn group_lag(offsets: &GroupOffsets, topics: &[TopicState]) -> Vec<PartitionLag> {
-    let by_id: std::collections::HashMap<u64, &TopicState> =
-        topics.iter().map(|t| (t.id, t)).collect();
-    offsets
-        .iter()
-        .filter_map(|(&(topic_id, partition), committed)| {
-            let topic = by_id.get(&topic_id)?;
-            let end_offset = topic.partitions.get(partition as usize)?.end_offset;
-            Some(PartitionLag {
-                topic: topic.name.clone(),
-                partition,
-                committed_offset: committed.offset,
-                committed_at_ms: committed.committed_at_ms,
-                end_offset,
-                lag: end_offset.saturating_sub(committed.offset),
-            })
-        })
-        .collect()
-}
+use raftlog_core::{
+    Command, CommandResponse, GroupOffset, GroupOffsets, PartitionState, ProducerSequence,
+    ProducerState, Record, Rejection, TopicSettings, TopicState,
+};
+use raftlog_core::{GroupId, SnapshotData, TypeConfig};
 
 /// Why a read could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -496,7 +419,12 @@ fn snap_err(e: impl std::fmt::Display) -> StorageError {
 
 impl StateMachine {
     /// Opens the state machine of `group`, loading its applied state and topic table.
-    pub fn open(db: Arc<DB>, group: GroupId, snapshot_dir: PathBuf) -> Result<Self, StorageError> {
+    pub fn open(
+        dbs: &crate::Databases,
+        group: GroupId,
+        snapshot_dir: PathBuf,
+    ) -> Result<Self, StorageError> {
+        let db = dbs.state.clone();
         let snapshots = SnapshotStore::open(snapshot_dir, group).map_err(snap_err)?;
         let (applied_tx, _) = watch::channel(None);
         let view = Arc::new(StateView {
@@ -1576,8 +1504,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::TopicSettings;
-    use crate::storage::test_support::{log_id, open_databases};
+    use crate::test_support::{log_id, open_databases};
+    use raftlog_core::TopicSettings;
 
     fn entry(index: u64, command: Command) -> Entry {
         Entry {
@@ -1587,14 +1515,10 @@ mod tests {
     }
 
     /// The databases under `dir` and the metadata group's state machine on them.
-    fn open_state_machine(dir: &std::path::Path) -> (super::super::Databases, StateMachine) {
+    fn open_state_machine(dir: &std::path::Path) -> (crate::Databases, StateMachine) {
         let dbs = open_databases(dir);
-        let sm = StateMachine::open(
-            dbs.state.clone(),
-            crate::types::METADATA_GROUP,
-            dir.join("snapshots"),
-        )
-        .expect("open the state machine");
+        let sm = StateMachine::open(&dbs, raftlog_core::METADATA_GROUP, dir.join("snapshots"))
+            .expect("open the state machine");
         (dbs, sm)
     }
 
@@ -1804,8 +1728,8 @@ mod tests {
         let expected = vec![("b".to_string(), 1), ("c".to_string(), 2)];
         assert_eq!(end_offsets(sm.view().topics()), expected);
         let reopened = StateMachine::open(
-            dbs.state,
-            crate::types::METADATA_GROUP,
+            &dbs,
+            raftlog_core::METADATA_GROUP,
             dir.path().join("snapshots"),
         )
         .expect("reopen the state machine");
@@ -1828,7 +1752,7 @@ mod tests {
         ] {
             std::fs::write(snapshots.join(name), b"partial").unwrap();
         }
-        StateMachine::open(dbs.state, crate::types::METADATA_GROUP, snapshots.clone())
+        StateMachine::open(&dbs, raftlog_core::METADATA_GROUP, snapshots.clone())
             .expect("open the state machine");
         let left: Vec<_> = std::fs::read_dir(&snapshots)
             .unwrap()
@@ -1847,8 +1771,8 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("temporary directory");
         let (dbs, mut sm) = open_state_machine(dir.path());
-        let group = crate::types::METADATA_GROUP;
-        let mut log = super::super::log_store::LogStore::new(&dbs, group, sm.flushed(), 0);
+        let group = raftlog_core::METADATA_GROUP;
+        let mut log = crate::LogStore::new(&dbs, group, sm.flushed(), 0);
         let create = create_topic("t", 1, 1024, 10);
         sm.apply_entries([entry(1, create), entry(2, append(0, "a", None))])
             .expect("apply");

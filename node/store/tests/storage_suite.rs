@@ -3,10 +3,8 @@
 
 use openraft::testing::log::{StoreBuilder, Suite};
 use openraft::StorageError;
-use raftlog_node::types::{TypeConfig, METADATA_GROUP};
-use raftlog_node::storage;
-use raftlog_node::storage::log_store::LogStore;
-use raftlog_node::storage::state_machine::StateMachine;
+use raftlog_core::{TypeConfig, METADATA_GROUP};
+use raftlog_store::{LogStore, StateMachine};
 
 struct RocksBuilder;
 
@@ -15,14 +13,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Roc
         &self,
     ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let dbs =
-            storage::open(dir.path(), &storage::StorageOptions::default()).expect("open RocksDB");
-        let sm = StateMachine::open(
-            dbs.state.clone(),
-            METADATA_GROUP,
-            dir.path().join("snapshots"),
-        )
-        .expect("open the state machine");
+        let dbs = raftlog_store::open(dir.path(), &raftlog_store::StorageOptions::default())
+            .expect("open RocksDB");
+        let sm = StateMachine::open(&dbs, METADATA_GROUP, dir.path().join("snapshots"))
+            .expect("open the state machine");
         let log = LogStore::new(&dbs, METADATA_GROUP, sm.flushed(), 0);
         Ok((dir, log, sm))
     }

@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the per-record work on a node's write path, on the real types and a real
-//! RocksDB (`cargo bench -p raftlog-node --bench storage`):
+//! RocksDB (`cargo bench -p raftlog-store --bench storage`):
 //! - `entry_codec`: a group-commit entry (64 produce requests of one 1 KiB record) encoded as the
 //!   Raft log and the peer protocol store it (postcard), and decoded back.
 //! - `stored_batch`: one partition batch (64 records of 1 KiB) in its on-disk row form.
@@ -13,11 +13,10 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use raftlog_node::command::{Command, Record, TopicSettings};
-use raftlog_node::types::{CommittedLeaderId, Entry, EntryPayload, LogId, METADATA_GROUP};
-use raftlog_node::storage::state_machine::StateMachine;
-use raftlog_node::storage::stored_batch::{self, BatchHeader};
-use raftlog_node::storage::{self, decode, encode};
+use raftlog_core::types::{CommittedLeaderId, Entry, EntryPayload, LogId};
+use raftlog_core::{Command, Record, TopicSettings, METADATA_GROUP};
+use raftlog_store::stored_batch::{self, BatchHeader};
+use raftlog_store::{decode, encode, StateMachine};
 
 const RECORDS: usize = 64;
 const RECORD_BYTES: usize = 1024;
@@ -92,8 +91,9 @@ fn stored_batch_rows(c: &mut Criterion) {
 
 fn apply(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let dbs = storage::open(dir.path(), &storage::StorageOptions::default()).expect("open RocksDB");
-    let mut sm = StateMachine::open(dbs.state, METADATA_GROUP, dir.path().join("snapshots"))
+    let dbs = raftlog_store::open(dir.path(), &raftlog_store::StorageOptions::default())
+        .expect("open RocksDB");
+    let mut sm = StateMachine::open(&dbs, METADATA_GROUP, dir.path().join("snapshots"))
         .expect("open the state machine");
     let create = Command::CreateTopic {
         name: "bench".into(),

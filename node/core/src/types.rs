@@ -1,7 +1,9 @@
-//! The one place that names openraft's generics. Everything else in the node uses these aliases,
-//! so a change of openraft version or of a type parameter touches only this file.
+//! The one place that names openraft's generics. The store and the node use these aliases, so a
+//! change of openraft version or of a type parameter touches only this file (and the `Raft`
+//! alias in the node's `raft` module, which names the concrete state machine).
 
 use crate::command::{Command, CommandResponse};
+use crate::ids::NodeId;
 
 openraft::declare_raft_types!(
     /// raftlog's Raft type configuration. Leader ids are openraft's default `leader_id_adv` with a
@@ -13,13 +15,6 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         AsyncRuntime = openraft::TokioRuntime,
 );
-
-/// Node ids are chosen by the operator (`--node-id`), never 0.
-pub type NodeId = u64;
-/// Identifies a Raft group. Phase 1 runs only [`METADATA_GROUP`]; every storage key and RPC
-/// carries it so that multi-Raft needs no change of protocol or on-disk format.
-pub type GroupId = u64;
-pub const METADATA_GROUP: GroupId = 0;
 
 /// A snapshot's data as openraft carries it: a file (a stream, or a pointer to a checkpoint) and
 /// the id that names the snapshot's files in the snapshot directory. Snapshots are files on disk,

@@ -24,7 +24,7 @@ pub struct Record {
 /// Decoding records without copying their payloads out of a buffer this node keeps anyway.
 ///
 /// A follower keeps each AppendEntries it receives, as the stored bytes of its entries
-/// (`storage::log_store::ReceivedEncodings`). Decoded the ordinary way, every record's key and
+/// (the store's `ReceivedEncodings`). Decoded the ordinary way, every record's key and
 /// value would be copied out of that message into an allocation of its own (serde's `Bytes`
 /// cannot borrow from the buffer being decoded): one allocation and copy per record, on every
 /// follower. Within [`decoding_from`] they are slices of the message instead. serde gives a

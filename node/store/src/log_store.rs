@@ -26,13 +26,13 @@ use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, RaftLogReader};
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
 
-use super::keys::{self, MetaKey};
-use super::{
-    decode, encode, Databases, StateFlushed, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE,
-    WRITE_BATCH_ROW_OVERHEAD,
-};
-use crate::limits::{RECEIVED_ENCODINGS_BYTES_MAX, RECENT_ENTRIES_BYTES_MAX};
-use crate::types::{AppendEntriesRequest, Entry, GroupId, LogId, StorageError, TypeConfig, Vote};
+use crate::codec::{decode, encode, WRITE_BATCH_ROW_OVERHEAD};
+use crate::db::{Databases, CF_RAFT_LOG, CF_RAFT_META, CF_STATE_MACHINE};
+use crate::keys::{self, MetaKey};
+use crate::StateFlushed;
+use raftlog_core::limits::{RECEIVED_ENCODINGS_BYTES_MAX, RECENT_ENTRIES_BYTES_MAX};
+use raftlog_core::types::{AppendEntriesRequest, Entry, LogId, StorageError, Vote};
+use raftlog_core::{GroupId, TypeConfig};
 
 /// The log of one Raft group. Cheap to clone: clones share the database (openraft's log reader is
 /// such a clone).
@@ -305,7 +305,7 @@ impl ReceivedEncodings {
             let start = offset(rest);
             // Records share the message, which the entry's bytes keep alive anyway.
             let (entry, after): (Entry, _) =
-                crate::command::shared::decoding_from(payload, || postcard::take_from_bytes(rest))
+                raftlog_core::shared::decoding_from(payload, || postcard::take_from_bytes(rest))
                     .map_err(|e| undecodable("entry", e))?;
             rest = after;
             encodings.push((entry.log_id, payload.slice(start..offset(rest))));
@@ -800,13 +800,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
 
     /// What replication sends in one AppendEntries: openraft accepts fewer entries than asked
     /// for, so this is where a request's size is bounded
-    /// ([`crate::limits::APPEND_ENTRIES_BYTES_TARGET`]).
+    /// ([`raftlog_core::limits::APPEND_ENTRIES_BYTES_TARGET`]).
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        self.read_entries(start..end, crate::limits::APPEND_ENTRIES_BYTES_TARGET)
+        self.read_entries(
+            start..end,
+            raftlog_core::limits::APPEND_ENTRIES_BYTES_TARGET,
+        )
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -975,8 +978,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::test_support::{log_id, log_id_in, open_databases};
-    use crate::types::EntryPayload;
+    use crate::test_support::{log_id, log_id_in, open_databases};
+    use raftlog_core::types::EntryPayload;
 
     /// An entry that counts 1 MiB against the cache's bound.
     fn entry(index: u64) -> Cached {
@@ -992,7 +995,7 @@ mod tests {
 
     /// An append of one record of `300 * index` bytes at `index` of term 2.
     fn append_in_term_2(index: u64) -> Entry {
-        use crate::command::{Command, Record};
+        use raftlog_core::{Command, Record};
         Entry {
             log_id: log_id_in(2, index),
             payload: EntryPayload::Normal(Command::Append {
@@ -1024,7 +1027,7 @@ mod tests {
             |tid| rustix::process::getpriority_process(Some(tid)).expect("the thread's nice value");
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs = open_databases(dir.path());
-        let group = crate::types::METADATA_GROUP;
+        let group = raftlog_core::METADATA_GROUP;
         let own = rustix::process::getpriority_process(None).expect("own nice value");
         let lowered = LogStore::new(&dbs, group, StateFlushed::default(), 5);
         assert_eq!(nice_of(lowered.flusher.thread_id), 5);
@@ -1038,7 +1041,7 @@ mod tests {
     async fn the_committed_id_rides_with_the_next_append_and_is_written_at_close() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs = open_databases(dir.path());
-        let group = crate::types::METADATA_GROUP;
+        let group = raftlog_core::METADATA_GROUP;
         let stored = |log: &LogStore| {
             log.get_meta::<Option<LogId>>(MetaKey::Committed)
                 .expect("read the committed id")
@@ -1102,7 +1105,7 @@ mod tests {
     async fn a_follower_stores_entries_as_they_were_received() {
         let dir = tempfile::tempdir().expect("temporary directory");
         let dbs = open_databases(dir.path());
-        let group = crate::types::METADATA_GROUP;
+        let group = raftlog_core::METADATA_GROUP;
         let mut log = LogStore::new(&dbs, group, StateFlushed::default(), 0);
         let received = log.received_encodings();
         let rpc = AppendEntriesRequest {
@@ -1129,7 +1132,7 @@ mod tests {
         assert_eq!(encode(&decoded), encode(&rpc));
         let message_bytes = message.as_ptr_range();
         for entry in &decoded.entries {
-            let EntryPayload::Normal(crate::command::Command::Append { records, .. }) =
+            let EntryPayload::Normal(raftlog_core::Command::Append { records, .. }) =
                 &entry.payload
             else {
                 panic!("an append: {entry:?}");

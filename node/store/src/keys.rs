@@ -4,7 +4,7 @@
 //!
 //! On-disk format: changing anything here needs a migration and a flagged commit.
 
-use crate::types::GroupId;
+use raftlog_core::GroupId;
 
 /// `raft_log` column family: group · log index.
 pub fn log_entry(group: GroupId, index: u64) -> [u8; 16] {

@@ -31,9 +31,12 @@ use std::sync::Mutex;
 
 use rocksdb::{checkpoint::Checkpoint, Direction, IteratorMode, Options, ReadOptions, DB};
 
-use super::keys::{self, sm_tag};
-use super::{decode, encode, snapshot_file, CF_STATE_MACHINE};
-use crate::types::{GroupId, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership};
+use crate::codec::{decode, encode};
+use crate::db::CF_STATE_MACHINE;
+use crate::keys::{self, sm_tag};
+use crate::snapshot_file;
+use raftlog_core::types::{LogId, Snapshot, SnapshotMeta, StoredMembership};
+use raftlog_core::{GroupId, SnapshotData};
 
 /// What `current.meta` holds. Laid out as openraft 0.9's `SnapshotMeta` was (which carried the
 /// id), so a snapshot directory written before the move to 0.10 still reads.
@@ -420,6 +423,13 @@ pub fn read_rows(
             Ok(count)
         }
     }
+}
+
+/// Checks that the file at `path` is a whole snapshot stream (its end marker and row count), as a
+/// received snapshot must be before openraft installs it: installing a truncated one would fail
+/// inside the state machine and stop this node's Raft. Returns the row count.
+pub fn check_stream(path: &Path) -> io::Result<u64> {
+    snapshot_file::read(path, |_, _| {})
 }
 
 /// The snapshot as a stream a peer can install: `snapshot` itself when its data is a stream,

@@ -5,7 +5,7 @@
 //!
 //! On-disk format: changing it needs a migration and a flagged commit.
 
-use crate::command::Record;
+use raftlog_core::Record;
 
 const HEADER_BYTES: usize = 16;
 

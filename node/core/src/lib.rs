@@ -1,0 +1,30 @@
+//! raftlog-core: the vocabulary every other part of a node speaks, and nothing else.
+//!
+//! - [`ids`](NodeId): node, Raft group and topic ids;
+//! - [`Command`] / [`CommandResponse`] / [`Rejection`] / [`Record`]: what goes into the Raft log
+//!   and what applying it answers (an on-disk and on-wire format);
+//! - the model ([`TopicState`], [`PartitionState`], [`GroupOffsets`], [`ProducerState`]): the
+//!   replicated state's rows (an on-disk format);
+//! - [`types`]: openraft's type configuration and the aliases of its generics, the one place that
+//!   names them;
+//! - [`limits`]: every sizing constant, with the relationships between them asserted at compile
+//!   time.
+//!
+//! **Architecture invariant**: this crate knows no storage engine (RocksDB), no gRPC (tonic,
+//! prost, the wire types) and no networking. `scripts/check-layers.py` holds it.
+
+mod command;
+mod ids;
+pub mod limits;
+mod model;
+pub mod types;
+
+pub use command::{
+    shared, Command, CommandResponse, ProducerSequence, Record, Rejection, TopicSettings,
+};
+pub use ids::{GroupId, NodeId, TopicId, METADATA_GROUP};
+pub use model::{
+    group_lag, GroupOffset, GroupOffsets, PartitionLag, PartitionState, ProducerPartition,
+    ProducerState, TopicState,
+};
+pub use types::{SnapshotData, TypeConfig};
