@@ -62,11 +62,11 @@ cpu_ticks() { # utime + stime of the three nodes together, in clock ticks
   echo "$total"
 }
 
-# The first cluster started after this script starts runs slow (build A's first round came out
-# low in nearly every run before this warm-up, with the writeback above already done): one
-# fresh cluster of A takes a short load first, and is not measured. Its C=64 part was added
-# after two runs where A's first C=64 round still came out 10 % low (CPU per request +12 %)
-# behind a producer-only warm-up.
+# The first cluster started after this script starts runs slow, even with the writeback above
+# done: without a warm-up, build A's first round came out low in nearly every run. So one fresh
+# cluster of A takes a short load first and is not measured. The load includes C=64: behind a
+# producer-only warm-up A's first C=64 round still came out ~10 % low (CPU per request +12 %).
+# (docs/benchmarks.md, "Two builds against each other".)
 export CARGO_TARGET_DIR="$work/A"
 rm -rf "$RAFTLOG_DATA_DIR"
 "$ROOT/scripts/cluster.sh" up >/dev/null

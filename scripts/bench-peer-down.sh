@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a down follower costs the leader: CPU per record and throughput at C=64 with all three
 # nodes up, and with one follower killed, side by side in one run on fresh clusters (the order
-# alternating by round). Before the per-peer backoff, a down follower was retried in a tight loop
-# that wrote two warnings per try; this shows what is left of that.
+# alternating by round). Without raftlog's per-peer backoff (docs/decisions.md, "Backoff for
+# unreachable peers") a down follower is retried in a tight loop that writes two warnings per
+# try; this measures what a down follower costs with it (docs/benchmarks.md, "A follower down").
 #
 #   scripts/bench-peer-down.sh [--rounds N] [--requests N]
 #

@@ -15,8 +15,9 @@
 #   it (in memory / page cache) and fsyncs files every 2 minutes (sync_interval, "2m").
 # --sync always: `sync_interval: always`, an fsync per write, like raftlog's acks. That option
 #   exists from nats-server 2.10.0 on; Debian bookworm ships 2.9.10, which rejects it ("unknown
-#   field"), so there this mode fails with a message (see docs/benchmarks.md). A newer
-#   nats-server found first on $PATH (or NATS_SERVER_BIN) is used instead of Debian's.
+#   field"), so there this mode fails with a message (docs/benchmarks.md, "How NATS is set
+#   up"). A newer nats-server found first on $PATH (or NATS_SERVER_BIN) is used instead of
+#   Debian's.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 

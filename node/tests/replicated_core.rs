@@ -255,9 +255,10 @@ async fn a_fourth_node_joins_as_learner_becomes_voter_and_is_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_far_behind_on_large_entries_catches_up() {
-    // openraft 0.9 gives each AppendEntries one heartbeat interval (150 ms) and sends up to 300
-    // entries at once: a follower 300 entries of ~1 MiB behind once never caught up. The node now
-    // caps each AppendEntries near 1 MiB.
+    // openraft gives each AppendEntries one heartbeat interval (150 ms) and sends up to 300
+    // entries at once: a follower 300 entries of ~1 MiB behind would never catch up, so the node
+    // caps each AppendEntries near 1 MiB (docs/decisions.md, "AppendEntries carry about 1 MiB at
+    // most").
     let mut cluster = TestCluster::start(3, NodeOptions::default());
     let leader = cluster.wait_for_leader().await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();

@@ -5,9 +5,10 @@
 //! `batch_bytes_max`, AppendEntries near 1 MiB, fetch responses of up to `fetch_bytes_max`).
 //! With 16 KiB frames a 1 MiB message is 64 DATA frames, each parsed, accounted against flow
 //! control and handed on separately, and a 16 MiB fetch response stalls on window updates.
-//! Measured on one machine, same binary, one run (docs/benchmarks.md, "HTTP/2 framing"): 1 MiB
-//! frames plus the windows below took the batching producer from ~85 to ~118 MB/s and catch-up
-//! consumption from ~560 to ~745 MB/s.
+//! Measured with `scripts/ab.sh` (docs/decisions.md, "HTTP/2 frames of up to 1 MiB, windows sized
+//! for the largest message"): 1 MiB frames plus the windows below took the batching producer from
+//! 86-101 to 108-122 MB/s and catch-up consumption from 431-516 to 558-768 MB/s; the frames are
+//! the lever, the windows alone gained nothing.
 //!
 //! What the settings cost: a window is what a peer may send before the receiver reads it, so it
 //! bounds the memory one connection can hold (per stream and per connection); a frame is the

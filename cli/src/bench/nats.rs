@@ -2,7 +2,7 @@
 //! scripts/nats-cluster.sh): the same closed loop as raftlog's, one message per request, each
 //! waiting for its publish ack (which JetStream sends once the stream's Raft group has the
 //! message on a majority of its replicas; whether that means fsynced depends on the servers'
-//! `sync_interval`, see docs/benchmarks.md).
+//! `sync_interval`, see docs/benchmarks.md, "How NATS is set up").
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
