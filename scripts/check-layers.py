@@ -32,7 +32,7 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.environ.get("CHECK_LAYERS_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Crate -> packages it must not depend on, through normal dependencies (transitively).
 FORBIDDEN_CRATE_DEPS = {
@@ -56,10 +56,10 @@ LAYERS = {
     "raftlog-node": [
         {"config", "disk", "metrics"},
         {"raft"},
-        {"write", "batcher", "log_retention"},
+        {"group"},
         {"node"},
         {"api"},
-        {"admin_http", "handover", "logging", "server"},
+        {"admin_http", "logging", "server"},
     ],
 }
 
@@ -439,7 +439,8 @@ def check_function_lengths(crate, errors):
 
 
 def check_crates(errors):
-    out = subprocess.run(["cargo", "metadata", "--format-version", "1", "--locked"],
+    lock = ["--offline"] if os.environ.get("CHECK_LAYERS_UNLOCKED") else ["--locked"]
+    out = subprocess.run(["cargo", "metadata", "--format-version", "1", *lock],
                          cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         errors.append(f"cargo metadata failed: {out.stderr.strip()}")
@@ -517,5 +518,54 @@ def main():
     return 0
 
 
+# --self-test: the check has teeth. Each case plants one violation in a copy of the tree and
+# expects the check to fail with a message naming it.
+PLANTED = [
+    ("a lower layer uses a higher one", "node/src/group/registry.rs",
+     "\nfn planted() { let _ = crate::api::error::LEADER_ID_HEADER; }\n", "group"),
+    ("gRPC in the write path", "node/src/group/write.rs",
+     "\nfn planted(_: tonic::Code) {}\n", "tonic"),
+    ("a status built outside api/error.rs", "node/src/api/broker/topics.rs",
+     "\nfn planted() -> tonic::Status { tonic::Status::internal(\"x\") }\n", "api/error.rs"),
+    ("gRPC in the model", "node/core/src/ids.rs", "\npub fn planted(_: tonic::Code) {}\n", "tonic"),
+    ("an import cycle", "node/src/raft/mod.rs",
+     "\nfn planted() { let _ = crate::node::NodeContext::leader; }\n", "raft"),
+    ("a long function", "node/core/src/ids.rs",
+     "\npub fn planted() {\n" + "    let _ = 1;\n" * 90 + "}\n", "code lines"),
+    ("the storage crate depends on gRPC", "node/store/Cargo.toml",
+     ("[dependencies]\n", "[dependencies]\ntonic.workspace = true\n"), "raftlog-store"),
+]
+
+
+def self_test():
+    import shutil
+    import tempfile
+    failures = 0
+    for what, path, addition, expected in PLANTED:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = os.path.join(tmp, "tree")
+            shutil.copytree(ROOT, root, ignore=shutil.ignore_patterns(".git", "target"))
+            target = os.path.join(root, path)
+            with open(target) as f:
+                text = f.read()
+            if isinstance(addition, tuple):
+                text = text.replace(*addition, 1)
+            else:
+                text += addition
+            with open(target, "w") as f:
+                f.write(text)
+            # A planted dependency changes Cargo.lock: let cargo metadata update the copy's.
+            out = subprocess.run([sys.executable, os.path.abspath(__file__)],
+                                 env={**os.environ, "CHECK_LAYERS_ROOT": root,
+                                      "CHECK_LAYERS_UNLOCKED": "1"},
+                                 capture_output=True, text=True)
+            caught = out.returncode != 0 and expected in out.stdout
+            print(f"self-test: {what}: {'caught' if caught else 'NOT CAUGHT'}")
+            if not caught:
+                print(out.stdout + out.stderr)
+                failures += 1
+    return 1 if failures else 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(self_test() if sys.argv[1:] == ["--self-test"] else main())

@@ -34,12 +34,13 @@ pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Rec
 
 async fn readyz(State(ctx): State<NodeContext>) -> (StatusCode, String) {
     let committed = ctx
+        .metadata()
         .raft
         .with_raft_state(|s| s.local_committed().map(|l| l.index))
         .await
         .ok()
         .flatten();
-    let metrics = ctx.raft.metrics().borrow_watched().clone();
+    let metrics = ctx.metadata().raft.metrics().borrow_watched().clone();
     let applied = metrics.last_applied.map(|l| l.index);
     match metrics.current_leader {
         None => (StatusCode::SERVICE_UNAVAILABLE, "no leader known\n".into()),
@@ -120,8 +121,15 @@ fn gauge(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 
+/// The node's state as gauges: its Raft group's role and indices, then partitions and groups.
 async fn render_state(ctx: &NodeContext, out: &mut String) {
-    let m = ctx.raft.metrics().borrow_watched().clone();
+    render_raft(ctx, out).await;
+    render_partitions_and_groups(ctx, out);
+}
+
+/// Role, term, log indices and (on the leader) each follower's lag.
+async fn render_raft(ctx: &NodeContext, out: &mut String) {
+    let m = ctx.metadata().raft.metrics().borrow_watched().clone();
     let node = ctx.id;
     let is_leader = m.current_leader == Some(node);
     gauge(
@@ -162,6 +170,7 @@ async fn render_state(ctx: &NodeContext, out: &mut String) {
     );
     let index = |l: Option<raftlog_core::types::LogId>| l.map_or(0, |l| l.index);
     let committed = ctx
+        .metadata()
         .raft
         .with_raft_state(|s| s.local_committed().map(|l| l.index))
         .await
@@ -198,6 +207,12 @@ async fn render_state(ctx: &NodeContext, out: &mut String) {
         gauge(out, name, help);
         let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
     }
+    render_replication_lag(&m, node, out);
+}
+
+/// Leader only: how many entries each follower is behind the leader's last log index.
+fn render_replication_lag(m: &raftlog_core::types::RaftMetrics, node: u64, out: &mut String) {
+    let index = |l: Option<raftlog_core::types::LogId>| l.map_or(0, |l| l.index);
     if let Some(replication) = &m.replication {
         gauge(
             out,
@@ -213,7 +228,11 @@ async fn render_state(ctx: &NodeContext, out: &mut String) {
             );
         }
     }
-    let topics = ctx.view.topics();
+}
+
+/// Each partition's start and end offset, and each consumer group's lag per partition.
+fn render_partitions_and_groups(ctx: &NodeContext, out: &mut String) {
+    let topics = ctx.metadata().view.topics();
     gauge(
         out,
         "raftlog_partition_end_offset",
@@ -247,7 +266,7 @@ async fn render_state(ctx: &NodeContext, out: &mut String) {
         "raftlog_group_lag",
         "records committed but not yet consumed by a group: end offset - committed offset",
     );
-    for (group, offsets) in ctx.view.groups() {
+    for (group, offsets) in ctx.metadata().view.groups() {
         for p in group_lag(&offsets, &topics) {
             let _ = writeln!(
                 out,

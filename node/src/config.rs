@@ -398,6 +398,8 @@ impl Args {
     }
 
     /// Merges flags/env (self) over the TOML file, then defaults, and validates the result.
+    // Long: one line per setting, flag over file over default; split up, the reader would have to
+    // look in several places to see where a setting comes from.
     pub fn resolve(self) -> Result<NodeConfig, ConfigError> {
         let file = match &self.config {
             None => Args::default(),
@@ -583,8 +585,8 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(u64, String)>, ConfigErr
 
 /// The fsync thread's nice value unless configured: ahead of the node's other threads (nice 0)
 /// when it is woken, short of the top of the range, and harmless since it uses almost no CPU.
-/// docs/benchmarks.md, session 16: the wait for an fsync to start halved under load, C=1's p50
-/// fell ~0.05 ms, C=64 rose ~2 %.
+/// The wait for an fsync to start halved under load, C=1's p50 fell ~0.05 ms, C=64 rose ~2 %
+/// (docs/decisions.md, "The fsync thread runs ahead of the rest").
 pub const FSYNC_THREAD_NICE_DEFAULT: i32 = -10;
 
 impl NodeConfig {
@@ -687,7 +689,7 @@ impl NodeConfig {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                 self.snapshot.logs_since_last_max,
             ),
-            // Purging is decided by crate::log_retention (it keeps what lagging followers need);
+            // Purging is decided by crate::group::log_retention (it keeps what lagging followers need);
             // openraft's own count-based purge is off.
             max_in_snapshot_log_to_keep: u64::MAX,
             // Replicate an entry as soon as the leader's append returns, not after openraft's

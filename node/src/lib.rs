@@ -10,17 +10,14 @@
 
 mod admin_http;
 mod api;
-mod batcher;
 mod config;
 mod disk;
-mod handover;
-mod log_retention;
+mod group;
 mod logging;
 mod metrics;
 mod node;
 mod raft;
 mod server;
-mod write;
 
 pub use config::{Args, NodeConfig};
 pub use logging::init as init_logging;

@@ -15,7 +15,6 @@ use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Instant;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tonic::{Response, Status};
 
 pub const REQUESTS: &str = "raftlog_requests_total";
 pub const REQUEST_SECONDS: &str = "raftlog_request_duration_seconds";
@@ -75,20 +74,11 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
-/// Records one gRPC call: its count by method and status code, and its latency.
-pub async fn observe<T>(
-    method: &'static str,
-    call: impl std::future::Future<Output = Result<Response<T>, Status>>,
-) -> Result<Response<T>, Status> {
-    let start = Instant::now();
-    let result = call.await;
-    let code = match &result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
-    };
+/// Records one gRPC call that arrived at `start` and was answered with `code`: its count by
+/// method and code, and its latency (called by `api::request_metrics`).
+pub fn observed(method: &'static str, code: tonic::Code, start: Instant) {
     metrics::counter!(REQUESTS, "method" => method, "code" => code_label(code)).increment(1);
     metrics::histogram!(REQUEST_SECONDS, "method" => method).record(start.elapsed().as_secs_f64());
-    result
 }
 
 /// The `code` label of a status code: its name, as `{code:?}` prints it, without formatting a

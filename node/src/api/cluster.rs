@@ -67,6 +67,7 @@ enum ChangeOutcome {
 /// answered would contradict it.
 pub async fn node_status(ctx: &NodeContext) -> NodeStatus {
     let live = ctx
+        .metadata()
         .raft
         .with_raft_state(|s| {
             let vote = s.vote_ref();
@@ -80,7 +81,7 @@ pub async fn node_status(ctx: &NodeContext) -> NodeStatus {
         })
         .await
         .ok();
-    let metrics = ctx.raft.metrics().borrow_watched().clone();
+    let metrics = ctx.metadata().raft.metrics().borrow_watched().clone();
     let live = live.unwrap_or(LiveState {
         state: metrics.state,
         term: metrics.current_term,
@@ -121,7 +122,7 @@ pub async fn node_status(ctx: &NodeContext) -> NodeStatus {
         purged_index: metrics.purged.map_or(0, |l| l.index),
         voters,
         learners,
-        group_id: ctx.view.group(),
+        group_id: ctx.metadata().view.group(),
         replication,
     }
 }
@@ -139,7 +140,7 @@ impl ClusterService {
             Some(membership) => members(membership),
             // A change that changed nothing writes no membership entry.
             None => {
-                let metrics = self.ctx.raft.metrics().borrow_watched().clone();
+                let metrics = self.ctx.metadata().raft.metrics().borrow_watched().clone();
                 members(metrics.membership_config.membership())
             }
         };
@@ -231,7 +232,7 @@ impl Cluster for ClusterService {
             ))
             .into());
         }
-        match self.ctx.raft.initialize(nodes).await {
+        match self.ctx.metadata().raft.initialize(nodes).await {
             Ok(()) => Ok(Response::new(InitializeResponse {})),
             Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(
                 ApiError::AlreadyExists(format!("the cluster is already initialized ({e})")).into(),
@@ -266,6 +267,7 @@ impl Cluster for ClusterService {
         }
         let result = self
             .ctx
+            .metadata()
             .raft
             .add_learner(member.node_id, Node { addr: member.addr }, req.blocking)
             .await;
@@ -288,7 +290,13 @@ impl Cluster for ClusterService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([req.node_id]));
-        match Self::outcome(self.ctx.raft.change_membership(change, false).await)? {
+        match Self::outcome(
+            self.ctx
+                .metadata()
+                .raft
+                .change_membership(change, false)
+                .await,
+        )? {
             ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(&r))),
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
@@ -306,7 +314,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MembershipResponse>, Status> {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
-        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
+        let metrics = self.ctx.metadata().raft.metrics().borrow_watched().clone();
         let membership = metrics.membership_config.membership();
         let is_voter = membership.voter_ids().any(|id| id == req.node_id);
         let change = if is_voter {
@@ -315,7 +323,13 @@ impl Cluster for ClusterService {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([req.node_id]))
         };
-        match Self::outcome(self.ctx.raft.change_membership(change, false).await)? {
+        match Self::outcome(
+            self.ctx
+                .metadata()
+                .raft
+                .change_membership(change, false)
+                .await,
+        )? {
             ChangeOutcome::Done(r) => Ok(Response::new(self.membership_response(&r))),
             ChangeOutcome::NotLeader(leader) => {
                 let (mut client, leader) = self.client(forwarded, leader)?;
@@ -337,7 +351,7 @@ impl Cluster for ClusterService {
         let forwarded = is_forwarded(&request);
         let req = request.into_inner();
         let target = req.node_id;
-        let metrics = self.ctx.raft.metrics().borrow_watched().clone();
+        let metrics = self.ctx.metadata().raft.metrics().borrow_watched().clone();
         if !metrics
             .membership_config
             .membership()
@@ -379,6 +393,7 @@ impl Cluster for ClusterService {
         let last_index = metrics.last_log_index.unwrap_or(0);
         let matched = |m: &RaftMetrics| replicated_index(m, target).unwrap_or(0);
         self.ctx
+            .metadata()
             .raft
             .wait(Some(TRANSFER_CATCH_UP_WAIT))
             .metrics(
@@ -387,7 +402,7 @@ impl Cluster for ClusterService {
             )
             .await
             .map_err(|_| {
-                let now = self.ctx.raft.metrics().borrow_watched().clone();
+                let now = self.ctx.metadata().raft.metrics().borrow_watched().clone();
                 unavailable(format!(
                     "node {target} holds the log up to index {} of {last_index} after {} s; it \
                      may be down or slow. Leadership did not move; check `raftlog cluster \
@@ -397,12 +412,14 @@ impl Cluster for ClusterService {
                 ))
             })?;
         self.ctx
+            .metadata()
             .raft
             .trigger()
             .transfer_leader(target)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         self.ctx
+            .metadata()
             .raft
             .wait(Some(TRANSFER_WAIT))
             .metrics(|m| m.current_leader == Some(target), "the target leads")
@@ -428,12 +445,14 @@ impl Cluster for ClusterService {
     ) -> Result<Response<TriggerSnapshotResponse>, Status> {
         let applied = self
             .ctx
+            .metadata()
             .raft
             .metrics()
             .borrow_watched()
             .last_applied
             .map_or(0, |l| l.index);
         self.ctx
+            .metadata()
             .raft
             .trigger()
             .snapshot()
@@ -445,6 +464,7 @@ impl Cluster for ClusterService {
             })?;
         let metrics = self
             .ctx
+            .metadata()
             .raft
             .wait(Some(Duration::from_secs(60)))
             .metrics(
@@ -462,7 +482,8 @@ impl Cluster for ClusterService {
         &self,
         _: Request<StateDigestRequest>,
     ) -> Result<Response<StateDigestResponse>, Status> {
-        let (applied_index, sha256, keys) = self.ctx.view.digest().map_err(ApiError::from)?;
+        let (applied_index, sha256, keys) =
+            self.ctx.metadata().view.digest().map_err(ApiError::from)?;
         Ok(Response::new(StateDigestResponse {
             applied_index,
             sha256,

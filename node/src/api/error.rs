@@ -3,7 +3,7 @@
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
-use crate::write::WriteError;
+use crate::group::WriteError;
 use raftlog_core::NodeId;
 use raftlog_core::Rejection;
 use raftlog_store::ReadError;

@@ -42,7 +42,7 @@ pub fn write_deadline(metadata: &tonic::metadata::MetadataMap, max: Duration) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i64>().ok())
     {
-        let left_ms = at_ms.saturating_sub(crate::write::now_ms()).max(0);
+        let left_ms = at_ms.saturating_sub(crate::group::now_ms()).max(0);
         deadline = deadline.min(now + Duration::from_millis(left_ms as u64));
     }
     deadline
@@ -126,7 +126,7 @@ impl Forwarder {
         }
         let mut request = Self::forwarded(message);
         request.set_timeout(left);
-        let at_ms = crate::write::now_ms().saturating_add(left.as_millis() as i64);
+        let at_ms = crate::group::now_ms().saturating_add(left.as_millis() as i64);
         request
             .metadata_mut()
             .insert(DEADLINE_HEADER, tonic::metadata::MetadataValue::from(at_ms));
@@ -211,7 +211,7 @@ mod tests {
         let mut late = Request::new(());
         late.metadata_mut()
             .insert("grpc-timeout", "3S".parse().unwrap());
-        let past = crate::write::now_ms() - 40_000;
+        let past = crate::group::now_ms() - 40_000;
         late.metadata_mut()
             .insert(DEADLINE_HEADER, past.to_string().parse().unwrap());
         assert!(write_deadline(late.metadata(), Duration::from_secs(10)) <= Instant::now());

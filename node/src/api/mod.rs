@@ -8,3 +8,4 @@ pub mod cluster;
 pub mod convert;
 pub mod error;
 pub mod forward;
+pub mod request_metrics;

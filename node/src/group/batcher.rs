@@ -15,8 +15,8 @@
 //! of them would take the free slot alone and the rest the next entry, so entries would hold
 //! half of them each, and every entry costs a Raft round and an fsync on each node (1 KiB records,
 //! 64 clients: 29 requests per entry without the wait, 64 with it, +15 % throughput and -22 %
-//! CPU per request; docs/benchmarks.md, session 15). Under light load entries hold one request,
-//! so a lone request never waits; when the load falls, one batch waits the whole linger and the
+//! CPU per request; docs/decisions.md, "Group commit waits for as many requests as the previous
+//! entry held"). Under light load entries hold one request, so a lone request never waits; when the load falls, one batch waits the whole linger and the
 //! next one's target follows it down. The wait counts in `raftlog_group_commit_queue_seconds`.
 //!
 //! Order: requests are proposed in the order they reach the batcher, so one producer's
@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use super::write::{client_write_error, WriteError};
 use crate::raft::Raft;
-use crate::write::{client_write_error, WriteError};
 use raftlog_core::limits::{GROUP_COMMIT_ENTRIES_IN_FLIGHT, GROUP_COMMIT_QUEUE_MAX};
 use raftlog_core::{Command, CommandResponse};
 
@@ -304,7 +304,8 @@ async fn propose(
 /// Records decoded from a request are slices of the gRPC receive buffer, which can be far larger
 /// than they are (one buffer serves every message of a stream, and grows to the largest). Held on
 /// to by the log's cache of recent entries or a pending apply, such slices would keep that whole
-/// buffer alive (peak RSS once doubled, docs/decisions.md); one copy here bounds what an entry
+/// buffer alive (peak RSS doubled in scripts/bench.sh; docs/decisions.md, "The log keeps its
+/// newest entries, decoded and as stored"); one copy here bounds what an entry
 /// keeps to its own bytes, so everything downstream may hold records as they are. One allocation
 /// per entry rather than per request: at C=64 that is 2 instead of 128.
 fn own_record_bytes(commands: &mut [Command]) {

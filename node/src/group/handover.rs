@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use openraft::async_runtime::watch::WatchReceiver;
 
-use crate::node::NodeContext;
+use super::Group;
 use crate::raft::replicated_index;
 use raftlog_core::NodeId;
 
@@ -26,26 +26,29 @@ const ELECTION_WAIT: Duration = Duration::from_secs(2);
 
 /// If this node leads, hands leadership to the most caught-up voter. Returns the new leader, or
 /// `None` if this node was not leading or the handover did not complete (both are logged).
-pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
+pub async fn hand_over_leadership(group: &Group) -> Option<NodeId> {
     let started = Instant::now();
-    let metrics = ctx.raft.metrics().borrow_watched().clone();
-    if metrics.current_leader != Some(ctx.id) {
+    let metrics = group.raft.metrics().borrow_watched().clone();
+    if metrics.current_leader != Some(group.node_id) {
         return None;
     }
     let membership = metrics.membership_config.membership().clone();
     // The voter whose log is longest: the one that catches up soonest.
     let successor = membership
         .voter_ids()
-        .filter(|id| *id != ctx.id)
+        .filter(|id| *id != group.node_id)
         .max_by_key(|id| replicated_index(&metrics, *id));
     let Some(successor) = successor else {
-        tracing::info!(node_id = ctx.id, "no other voter to hand leadership to");
+        tracing::info!(
+            node_id = group.node_id,
+            "no other voter to hand leadership to"
+        );
         return None;
     };
     // From here on no new write is proposed by this node, so its log stops growing and the
     // successor can hold all of it (a vote needs the candidate's log to be at least as long).
-    ctx.stop_taking_writes();
-    let caught_up = ctx
+    group.stop_taking_writes();
+    let caught_up = group
         .raft
         .wait(Some(CATCH_UP_WAIT))
         .metrics(
@@ -57,25 +60,25 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
         )
         .await;
     if let Err(e) = caught_up {
-        tracing::warn!(node_id = ctx.id, successor, "no handover: {e}");
+        tracing::warn!(node_id = group.node_id, successor, "no handover: {e}");
         return None;
     }
-    if let Err(e) = ctx.raft.trigger().transfer_leader(successor).await {
-        tracing::warn!(node_id = ctx.id, successor, "no handover: {e}");
+    if let Err(e) = group.raft.trigger().transfer_leader(successor).await {
+        tracing::warn!(node_id = group.node_id, successor, "no handover: {e}");
         return None;
     }
-    let elected = ctx
+    let elected = group
         .raft
         .wait(Some(ELECTION_WAIT))
         .metrics(
-            |m| m.current_leader.is_some_and(|l| l != ctx.id),
+            |m| m.current_leader.is_some_and(|l| l != group.node_id),
             "another node leads",
         )
         .await;
     match elected {
         Ok(m) => {
             tracing::info!(
-                node_id = ctx.id,
+                node_id = group.node_id,
                 new_leader = ?m.current_leader,
                 term = m.current_term,
                 elapsed_ms = started.elapsed().as_millis() as u64,
@@ -85,7 +88,7 @@ pub async fn hand_over_leadership(ctx: &NodeContext) -> Option<NodeId> {
         }
         Err(e) => {
             tracing::warn!(
-                node_id = ctx.id,
+                node_id = group.node_id,
                 successor,
                 "handover did not complete: {e}"
             );
