@@ -5,6 +5,8 @@
 //!   and what applying it answers (an on-disk and on-wire format);
 //! - the model ([`TopicState`], [`PartitionState`], [`GroupOffsets`], [`ProducerState`]): the
 //!   replicated state's rows (an on-disk format);
+//! - [`coordination`]: consumer-group membership and assignment, a pure function of the
+//!   replicated state;
 //! - [`types`]: openraft's type configuration and the aliases of its generics, the one place that
 //!   names them;
 //! - [`limits`]: every sizing constant, with the relationships between them asserted at compile
@@ -14,6 +16,7 @@
 //! prost, the wire types) and no networking. `scripts/check-layers.py` holds it.
 
 mod command;
+pub mod coordination;
 mod ids;
 pub mod limits;
 mod model;
