@@ -1,0 +1,301 @@
+//! Tests of applying and reading across the command families (appends and reads, topic changes
+//! within one apply call), of opening the state machine, and of its purge contract with the log.
+
+use rocksdb::IteratorMode;
+
+use super::StateMachine;
+use crate::keys;
+use crate::stored_batch;
+use crate::test_support::{log_id, open_databases};
+use raftlog_core::limits::STORED_BATCH_BYTES_TARGET;
+use raftlog_core::types::{Entry, EntryPayload};
+use raftlog_core::{Command, CommandResponse, Record, Rejection, TopicSettings, TopicState};
+
+fn entry(index: u64, command: Command) -> Entry {
+    Entry {
+        log_id: log_id(index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+/// The databases under `dir` and the metadata group's state machine on them.
+fn open_state_machine(dir: &std::path::Path) -> (crate::Databases, StateMachine) {
+    let dbs = open_databases(dir);
+    let sm = StateMachine::open(&dbs, raftlog_core::METADATA_GROUP, dir.join("snapshots"))
+        .expect("open the state machine");
+    (dbs, sm)
+}
+
+fn create_topic(name: &str, partitions: u32, max_record_bytes: u32, topics_max: u32) -> Command {
+    Command::CreateTopic {
+        name: name.into(),
+        settings: TopicSettings {
+            partitions,
+            retention_ms: 0,
+            retention_bytes: 0,
+            max_record_bytes,
+        },
+        topics_max,
+    }
+}
+
+fn record(value: impl Into<bytes::Bytes>) -> Record {
+    Record {
+        key: None,
+        value: value.into(),
+        headers: Vec::new(),
+        timestamp_ms: 0,
+    }
+}
+
+fn append_to(
+    topic: &str,
+    partition: u32,
+    records: Vec<Record>,
+    expected_end_offset: Option<u64>,
+) -> Command {
+    Command::Append {
+        topic: topic.into(),
+        partition,
+        records,
+        proposed_at_ms: 1,
+        producer: None,
+        expected_end_offset,
+    }
+}
+
+fn append(partition: u32, value: &str, expected_end_offset: Option<u64>) -> Command {
+    append_to(
+        "t",
+        partition,
+        vec![record(value.to_string())],
+        expected_end_offset,
+    )
+}
+
+/// A group-commit entry's appends to one partition become one stored batch, and every
+/// request still gets its own offsets and reads back from any offset, the middle of that
+/// batch included; a rejected append in between takes no offset.
+#[test]
+fn appends_of_one_entry_share_a_stored_batch_and_keep_their_offsets() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (_dbs, mut sm) = open_state_machine(dir.path());
+    let create = create_topic("t", 2, 1024, 10);
+    let batch = Command::Batch(
+        vec![
+            append(0, "a", None),
+            append(1, "x", None),
+            append(0, "b", None),
+            append(0, "rejected", Some(7)),
+            append(0, "c", Some(2)),
+        ]
+        .into(),
+    );
+    let responses = sm
+        .apply_entries([entry(1, create), entry(2, batch)])
+        .expect("apply");
+    let CommandResponse::Batch(answers) = &responses[1] else {
+        panic!("a batch answers a batch: {responses:?}");
+    };
+    let offsets: Vec<_> = answers
+        .iter()
+        .map(|a| match a {
+            CommandResponse::Appended { base_offset, .. } => Some(*base_offset),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(offsets, [Some(0), Some(0), Some(1), None, Some(2)]);
+
+    let view = sm.view();
+    let values = |partition, from| -> Vec<(u64, String)> {
+        let read = view.read("t", partition, from, 100, 1 << 20).expect("read");
+        read.records
+            .into_iter()
+            .map(|(o, r)| (o, String::from_utf8(r.value.to_vec()).unwrap()))
+            .collect()
+    };
+    let abc = |o: u64, v: &str| (o, v.to_string());
+    assert_eq!(values(0, 0), [abc(0, "a"), abc(1, "b"), abc(2, "c")]);
+    assert_eq!(values(0, 1), [abc(1, "b"), abc(2, "c")]);
+    assert_eq!(values(1, 0), [abc(0, "x")]);
+
+    // One row per partition: the three appends to partition 0 were stored together.
+    let cf = view.cf();
+    let rows = view
+        .db
+        .iterator_cf(cf, IteratorMode::Start)
+        .filter_map(|item| keys::parse_batch(&item.expect("row").0))
+        .count();
+    assert_eq!(rows, 2);
+}
+
+/// An entry's appends to a partition are cut into stored batches of at most
+/// `STORED_BATCH_BYTES_TARGET` record bytes (a larger record alone), each with its own byte
+/// count, and every offset still reads back.
+#[test]
+fn stored_batches_are_cut_at_the_byte_target() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (_dbs, mut sm) = open_state_machine(dir.path());
+    let create = create_topic("t", 1, 1 << 20, 10);
+    let filled = |fill: u8, len: usize| record(vec![fill; len]);
+    let append_records = |records: Vec<Record>| append_to("t", 0, records, None);
+    // Records of a fifth of the target: five fit one batch (the second append joins the
+    // first one's), a sixth starts the next; a record above the target stands alone.
+    let (fifth, kib) = (STORED_BATCH_BYTES_TARGET as usize / 5, 1024);
+    let large = STORED_BATCH_BYTES_TARGET as usize + kib;
+    let batch = Command::Batch(
+        vec![
+            append_records((0..4).map(|i| filled(i, fifth)).collect()),
+            append_records((4..6).map(|i| filled(i, fifth)).collect()),
+            append_records(vec![filled(6, large)]),
+            append_records(vec![filled(7, kib)]),
+        ]
+        .into(),
+    );
+    sm.apply_entries([entry(1, create), entry(2, batch)])
+        .expect("apply");
+
+    let view = sm.view();
+    let cf = view.cf();
+    let batches: Vec<(u64, usize, u64)> = view
+        .db
+        .iterator_cf(cf, IteratorMode::Start)
+        .map(|item| item.expect("row"))
+        .filter_map(|(key, value)| {
+            let (_, _, base) = keys::parse_batch(&key)?;
+            let header = stored_batch::header(&value).expect("header");
+            let records =
+                stored_batch::records_shared(bytes::Bytes::from(value.to_vec())).expect("records");
+            Some((base, records.len(), header.bytes))
+        })
+        .collect();
+    let (fifth, large, kib) = (fifth as u64, large as u64, kib as u64);
+    assert_eq!(
+        batches,
+        [(0, 5, 5 * fifth), (5, 1, fifth), (6, 1, large), (7, 1, kib)]
+    );
+    for offset in 0..8u64 {
+        let read = view.read("t", 0, offset, 1, 1 << 20).expect("read");
+        assert_eq!(read.records.len(), 1, "offset {offset}");
+        assert_eq!(read.records[0].0, offset);
+        assert_eq!(read.records[0].1.value[0], offset as u8);
+    }
+}
+
+/// Topics created, deleted and appended to within one apply call see each other (the topic
+/// limit counts exactly), reach the shared view only as the call's end result, and are what
+/// a state machine reopened on the same rows loads.
+#[test]
+fn topic_changes_of_one_apply_call_see_each_other_and_are_published_together() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (dbs, mut sm) = open_state_machine(dir.path());
+    let create = |name: &str| create_topic(name, 1, 1024, 2);
+    let append_v = |topic: &str| append_to(topic, 0, vec![record("v")], None);
+    let responses = sm
+        .apply_entries([
+            entry(1, create("a")),
+            entry(2, create("b")),
+            entry(3, create("c")),
+            entry(4, Command::DeleteTopic { name: "a".into() }),
+            entry(5, create("c")),
+            entry(6, append_v("c")),
+            entry(7, append_v("a")),
+        ])
+        .expect("apply");
+    assert!(matches!(
+        responses[2],
+        CommandResponse::Rejected(Rejection::TooManyTopics(2))
+    ));
+    assert!(matches!(responses[4], CommandResponse::TopicCreated { .. }));
+    assert!(matches!(
+        responses[5],
+        CommandResponse::Appended { base_offset: 0, .. }
+    ));
+    assert!(matches!(
+        &responses[6],
+        CommandResponse::Rejected(Rejection::UnknownTopic(name)) if name == "a"
+    ));
+    // A later call starts from the published table.
+    sm.apply_entries([entry(8, append_v("c")), entry(9, append_v("b"))])
+        .expect("apply");
+    let end_offsets = |topics: Vec<TopicState>| -> Vec<(String, u64)> {
+        topics
+            .into_iter()
+            .map(|t| (t.name, t.partitions[0].end_offset))
+            .collect()
+    };
+    let expected = vec![("b".to_string(), 1), ("c".to_string(), 2)];
+    assert_eq!(end_offsets(sm.view().topics()), expected);
+    let reopened = StateMachine::open(
+        &dbs,
+        raftlog_core::METADATA_GROUP,
+        dir.path().join("snapshots"),
+    )
+    .expect("reopen the state machine");
+    assert_eq!(end_offsets(reopened.view().topics()), expected);
+}
+
+/// What a crash or a failed build leaves in the snapshot dir is gone once the state machine
+/// opens: a partial build on a full disk would otherwise keep its space for good.
+#[test]
+fn opening_removes_unfinished_snapshot_files() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let dbs = open_databases(dir.path());
+    let snapshots = dir.path().join("snapshots");
+    std::fs::create_dir_all(&snapshots).unwrap();
+    for name in [
+        "building-1-1-5-0000abcd.snap",
+        "receiving-0000abcd.snap",
+        "current.meta.tmp",
+        "snap-orphan.snap",
+    ] {
+        std::fs::write(snapshots.join(name), b"partial").unwrap();
+    }
+    StateMachine::open(&dbs, raftlog_core::METADATA_GROUP, snapshots.clone())
+        .expect("open the state machine");
+    let left: Vec<_> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The state machine is written without a WAL, so a purge must never drop a log entry whose
+/// effects are only in its memtable (after a crash the log is what rebuilds them). Up to a
+/// snapshot the checkpoint has already flushed them and the purge writes nothing more to the
+/// state database; past it, the purge flushes first.
+#[tokio::test]
+async fn a_purge_flushes_the_state_machine_only_past_what_a_snapshot_flushed() {
+    use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let (dbs, mut sm) = open_state_machine(dir.path());
+    let group = raftlog_core::METADATA_GROUP;
+    let mut log = crate::LogStore::new(&dbs, group, sm.flushed(), 0);
+    let create = create_topic("t", 1, 1024, 10);
+    sm.apply_entries([entry(1, create), entry(2, append(0, "a", None))])
+        .expect("apply");
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build a snapshot");
+    sm.apply_entries([entry(3, append(0, "b", None))])
+        .expect("apply");
+    let view = sm.view();
+    let in_memtable = || {
+        view.db
+            .property_int_value_cf(view.cf(), "rocksdb.num-entries-active-mem-table")
+            .expect("memtable property")
+            .expect("memtable property")
+    };
+    assert!(in_memtable() > 0, "entry 3 is applied, not flushed");
+
+    log.purge(log_id(2))
+        .await
+        .expect("purge up to the snapshot");
+    assert!(in_memtable() > 0, "covered by the snapshot: no flush");
+
+    log.purge(log_id(3)).await.expect("purge past the snapshot");
+    assert_eq!(in_memtable(), 0, "entry 3 flushed before its purge");
+}

@@ -1,0 +1,104 @@
+//! The applied state as readers see it: [`StateView`], shared between the state machine (its only
+//! writer) and the API. It owns the in-memory topic and group tables and the last applied id;
+//! what is read from RocksDB through it (records, offsets by time, the digest) is in `read.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use rocksdb::DB;
+use tokio::sync::watch;
+
+use crate::db::CF_STATE_MACHINE;
+use crate::StateFlushed;
+use raftlog_core::limits::READS_PARALLEL;
+use raftlog_core::types::LogId;
+use raftlog_core::{GroupId, GroupOffsets, TopicSettings, TopicState};
+
+/// Read access to the applied state, shared between the state machine (which writes it) and the
+/// API (which serves reads from it).
+pub struct StateView {
+    pub(super) db: Arc<DB>,
+    pub(super) group: GroupId,
+    pub(super) topics: RwLock<BTreeMap<String, TopicState>>,
+    pub(super) groups: RwLock<BTreeMap<String, GroupOffsets>>,
+    pub(super) applied: watch::Sender<Option<LogId>>,
+    /// How far the applied state is on disk; the group's log reads it before a purge.
+    pub(super) flushed: StateFlushed,
+    /// Reads running on the blocking pool ([`Self::read_blocking`]), at most [`READS_PARALLEL`].
+    pub(super) read_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl StateView {
+    /// An empty view of `group`'s state in `db`, for the state machine to load.
+    pub(super) fn new(db: Arc<DB>, group: GroupId) -> Self {
+        let (applied_tx, _) = watch::channel(None);
+        Self {
+            db,
+            group,
+            topics: RwLock::new(BTreeMap::new()),
+            groups: RwLock::new(BTreeMap::new()),
+            applied: applied_tx,
+            flushed: StateFlushed::default(),
+            read_slots: Arc::new(tokio::sync::Semaphore::new(READS_PARALLEL)),
+        }
+    }
+
+    pub(super) fn cf(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(CF_STATE_MACHINE)
+            .expect("state_machine column family is created at open")
+    }
+
+    pub fn group(&self) -> GroupId {
+        self.group
+    }
+
+    /// The last applied log id; subscribe to wait for the next apply.
+    pub fn applied(&self) -> watch::Receiver<Option<LogId>> {
+        self.applied.subscribe()
+    }
+
+    pub fn topics(&self) -> Vec<TopicState> {
+        self.topics
+            .read()
+            .expect("topic table lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn topic(&self, name: &str) -> Option<TopicState> {
+        self.topics
+            .read()
+            .expect("topic table lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// A topic's settings: what a produce request is checked against, without copying the
+    /// topic's partition table (up to `partitions_per_topic_max` entries) per request.
+    pub fn topic_settings(&self, name: &str) -> Option<TopicSettings> {
+        self.topics
+            .read()
+            .expect("topic table lock")
+            .get(name)
+            .map(|topic| topic.settings.clone())
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.read().expect("topic table lock").len()
+    }
+
+    /// Every group with its committed offsets, by name.
+    pub fn groups(&self) -> BTreeMap<String, GroupOffsets> {
+        self.groups.read().expect("group table lock").clone()
+    }
+
+    pub fn group_offsets(&self, name: &str) -> Option<GroupOffsets> {
+        self.groups
+            .read()
+            .expect("group table lock")
+            .get(name)
+            .cloned()
+    }
+}
