@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// How many bytes the log holds after a given index, for the entries appended since the process
-/// started (what [`crate::log_retention`] decides snapshots and purges by). Entries found in the
+/// started (what raftlog-node's `log_retention` decides snapshots and purges by). Entries found in the
 /// log at start are not counted: they are purged with the first snapshot.
 #[derive(Clone, Default)]
 pub struct LogBytes(Arc<Mutex<LogBytesInner>>);

@@ -148,7 +148,7 @@ impl RecentEntries {
 }
 
 /// The stored encoding of recently appended entries, for the replication streams: an
-/// AppendEntries is the entries' encodings end to end ([`crate::raft::network`]), so an entry is
+/// AppendEntries is the entries' encodings end to end (raftlog-node's `raft::network`), so an entry is
 /// encoded once, when it is appended, instead of once more for every follower. Cheap to clone.
 #[derive(Clone)]
 pub struct EncodedEntries(pub(super) RecentEntries);

@@ -6,7 +6,7 @@
 //! - Applying is deterministic: no clock, no randomness, no I/O but this node's RocksDB. Every
 //!   node that applies the same entries holds byte-identical rows (compare [`StateView::digest`]).
 //! - One apply call is one RocksDB write batch that also records the last applied log id, written
-//!   without WAL (the Raft log is the WAL; see the `storage` module doc). After a crash the
+//!   without WAL (the Raft log is the WAL; see the crate doc). After a crash the
 //!   state machine is at some earlier applied id and openraft re-applies from there.
 //! - The in-memory topic and group tables are updated only after the write batch is in RocksDB,
 //!   so a reader that sees an end offset finds every batch below it.
