@@ -29,9 +29,10 @@ fn count_after_changes<'a, V>(
 }
 
 /// The topics one apply call changes: copies of the touched topics, published to the shared
-/// table only after the write batch is in RocksDB (`None`: deleted). Applying used to copy the
-/// whole table per call, which made every entry cost O(topics): 2,000 topics of 4 partitions
-/// halved 1 KiB C=64 throughput (benchmarks.md, session 14), and a node may hold 10,000.
+/// table only after the write batch is in RocksDB (`None`: deleted). A copy of the whole table per
+/// call would make every entry cost O(topics) on every node: with 2,000 other topics 1 KiB C=64
+/// fell by a third, with 10,000 (the default topics_max) to a quarter (docs/decisions.md, "An
+/// apply call copies only the topics it changes").
 pub(super) struct TopicChanges<'a> {
     live: &'a BTreeMap<String, TopicState>,
     /// What the call changed, by name; taken out to be published.
