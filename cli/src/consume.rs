@@ -28,7 +28,10 @@ Examples:
 
 Failover: when the node being read from fails, reading goes on from the next of --endpoints
 exactly after the last record printed, with a note on stderr.
-Groups store offsets only: two consumers of one group both read every partition they are given.";
+Groups: with -g and no -p, the consumer joins the group and the cluster assigns it partitions;
+start more consumers of the group and the partitions are split between them (each change noted
+on stderr); a consumer that stops or dies hands its partitions on. With -p, it reads exactly
+those partitions, which the cluster allows only while the group has no joined members.";
 
 #[derive(clap::Args)]
 #[command(after_help = EXAMPLES)]
@@ -45,10 +48,14 @@ pub struct ConsumeArgs {
     /// Same as -o end (kept for scripts written before -o end).
     #[arg(long, hide = true, conflicts_with = "offset")]
     from_end: bool,
-    /// Consumer group: start from its committed offsets (or from -o, which moves the group),
-    /// and commit what was printed.
+    /// Consumer group: join it and read the partitions it assigns (without -p), from its
+    /// committed offsets (or from -o, which moves the group), and commit what was printed.
     #[arg(long, short)]
     group: Option<String>,
+    /// Static group membership: a consumer restarted with the same id takes its partitions
+    /// back at once instead of a rebalance.
+    #[arg(long, requires = "group", value_name = "ID")]
+    instance_id: Option<String>,
     /// Stop after this many records.
     #[arg(long, short = 'n', value_name = "N")]
     max: Option<u64>,
@@ -89,6 +96,7 @@ pub async fn run(ctx: &Ctx, args: ConsumeArgs) -> anyhow::Result<()> {
     config.partitions = args.partition.clone();
     config.reset_group = args.group.is_some() && (args.offset.is_some() || args.from_end);
     config.stop_at_end = !args.follow;
+    config.instance_id = args.instance_id.clone();
     config.unavailable_timeout = ctx.timeout;
     if let Some(n) = args.max {
         config.max_records = n.clamp(1, 1000) as u32;
@@ -126,14 +134,16 @@ pub async fn run(ctx: &Ctx, args: ConsumeArgs) -> anyhow::Result<()> {
             value: args.value_encoding,
         },
     };
-    read(
-        &mut consumer,
-        &printer,
-        args.max,
-        args.follow,
-        args.group.is_some(),
-    )
-    .await
+    let result = tokio::select! {
+        result = read(&mut consumer, &printer, args.max, args.follow, args.group.is_some()) => result,
+        // Ctrl-C: leave the group at once (below) rather than after the session timeout.
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    if args.group.is_some() {
+        let work = async { anyhow::Ok(consumer.close().await.map_err(commit_refused)?) };
+        guard_call(&ctx.client, ctx.timeout, true, work).await?;
+    }
+    result
 }
 
 async fn read(
@@ -151,6 +161,9 @@ async fn read(
     };
     while !consumer.is_done() && max.is_none_or(|m| printed < m) {
         let mut records = consumer.poll(wait).await?;
+        for change in consumer.take_assignment_changes() {
+            eprintln!("note: {}", assignment_words(&printer.topic, &change));
+        }
         // Partition by partition (a stable sort keeps each partition's offset order).
         records.sort_by_key(|r| r.partition);
         for f in consumer.take_failovers() {
@@ -208,10 +221,40 @@ fn commit_refused(e: raftlog_client::Error) -> anyhow::Error {
         format!("the group refused this consumer's commit: {message}"),
     )
     .hint(
-        "another consumer of the group committed further (members of a group do not share \
-             partitions: give each its own -p), or the group was moved with `raftlog group seek`",
+        "another consumer of the group committed further, the partition was assigned to another \
+         member, or the group was moved with `raftlog group seek`",
     )
     .into()
+}
+
+/// "member 3f2a… (epoch 4) reads orders/0,1 (+1: 1; -1: 2)".
+fn assignment_words(topic: &str, c: &raftlog_client::consumer::AssignmentChange) -> String {
+    let list = |set: &std::collections::BTreeSet<u32>| {
+        set.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    };
+    let reads = if c.partitions.is_empty() {
+        "reads no partition (the others' members have them all)".to_string()
+    } else {
+        format!("reads {topic}/{}", list(&c.partitions))
+    };
+    let mut changes = Vec::new();
+    if !c.added.is_empty() {
+        changes.push(format!("+{}", list(&c.added)));
+    }
+    if !c.removed.is_empty() {
+        changes.push(format!("-{}", list(&c.removed)));
+    }
+    let fenced = if c.fenced {
+        "; it had lost its membership and rejoined"
+    } else {
+        ""
+    };
+    format!(
+        "member {} (epoch {}) {reads} ({}){fenced}",
+        c.member_id,
+        c.member_epoch,
+        changes.join(" ")
+    )
 }
 
 fn failure_words(e: &raftlog_client::Error) -> String {

@@ -16,7 +16,8 @@ use crate::{units, Ctx};
 pub enum GroupCmd {
     /// Every group with its total lag (records produced but not yet consumed).
     List,
-    /// A group's committed offset, end offset and lag for each partition it has committed.
+    /// A group's state, members and their partitions, and its committed offset, end offset and
+    /// lag for each partition it has committed.
     Describe {
         /// Group name.
         group: String,
@@ -61,6 +62,13 @@ pub enum GroupCmd {
         /// PARTITION=OFFSET pairs.
         #[arg(required = true, value_name = "PARTITION=OFFSET")]
         offsets: Vec<String>,
+    },
+    /// Remove a member from a coordinated group: its partitions move to the others at once.
+    RemoveMember {
+        /// Group name.
+        group: String,
+        /// The member id (`raftlog group describe` lists them).
+        member: String,
     },
     /// Forget a group: every committed offset it has.
     Delete {
@@ -123,6 +131,15 @@ pub async fn run(ctx: &Ctx, cmd: GroupCmd) -> anyhow::Result<()> {
             commit(ctx, &group, &topic, offsets).await?;
         }
         GroupCmd::Delete { group, yes } => delete(ctx, &group, yes).await?,
+        GroupCmd::RemoveMember { group, member } => {
+            let work = async { anyhow::Ok(client.remove_group_member(&group, &member).await?) };
+            guard_call(client, ctx.timeout, true, work).await?;
+            if ctx.json {
+                output::json(&json!({"removed": member, "group": group}));
+            } else {
+                output::line(&format!("removed member {member} from group {group}"));
+            }
+        }
     }
     Ok(())
 }
@@ -217,11 +234,49 @@ async fn delete(ctx: &Ctx, group: &str, yes: bool) -> anyhow::Result<()> {
 }
 
 pub fn group_json(g: &pb::GroupInfo) -> serde_json::Value {
-    json!({"group": g.group, "total_lag": g.total_lag,
+    let partitions = |tps: &[pb::TopicPartitions]| {
+        tps.iter()
+            .map(|tp| json!({"topic": tp.topic, "partitions": tp.partitions}))
+            .collect::<Vec<_>>()
+    };
+    json!({"group": g.group, "total_lag": g.total_lag, "state": g.state, "epoch": g.epoch,
+           "assignor": g.assignor, "session_timeout_ms": g.session_timeout_ms,
+           "rebalances": g.rebalances, "partitions_unassigned": g.partitions_unassigned,
+           "members": g.members.iter().map(|m| json!({
+               "member_id": m.member_id, "instance_id": m.instance_id, "client_id": m.client_id,
+               "client_host": m.client_host, "member_epoch": m.member_epoch,
+               "joined_at_ms": m.joined_at_ms, "last_heartbeat_ms": m.last_heartbeat_ms,
+               "subscription": m.subscription, "assigned": partitions(&m.assigned),
+               "revoking": partitions(&m.revoking),
+           })).collect::<Vec<_>>(),
            "partitions": g.partitions.iter().map(|p| json!({
                "topic": p.topic, "partition": p.partition, "committed_offset": p.committed_offset,
                "end_offset": p.end_offset, "lag": p.lag, "committed_at_ms": p.committed_at_ms,
            })).collect::<Vec<_>>()})
+}
+
+/// "orders/0,1 billing/3".
+fn partitions_words(tps: &[pb::TopicPartitions]) -> String {
+    let words: Vec<String> = tps
+        .iter()
+        .map(|tp| {
+            let ps: Vec<String> = tp.partitions.iter().map(u32::to_string).collect();
+            format!("{}/{}", tp.topic, ps.join(","))
+        })
+        .collect();
+    if words.is_empty() {
+        "-".into()
+    } else {
+        words.join(" ")
+    }
+}
+
+/// Milliseconds since the Unix epoch as a UTC time of day with the date.
+fn time_words(ms: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64),
+    )
+    .to_string()
 }
 
 pub fn print_group(ctx: &Ctx, g: &pb::GroupInfo) {
@@ -239,6 +294,50 @@ pub fn print_group(ctx: &Ctx, g: &pb::GroupInfo) {
             p.lag.to_string(),
         ]);
     }
-    output::line(&format!("group {}: total lag {}", g.group, g.total_lag));
+    if g.members.is_empty() {
+        output::line(&format!(
+            "group {}: {}, total lag {}",
+            g.group, g.state, g.total_lag
+        ));
+    } else {
+        output::line(&format!(
+            "group {}: {}, epoch {}, assignor {}, session timeout {} ms, {} member(s), {} \
+             partition(s) unassigned, {} rebalance(s), total lag {}",
+            g.group,
+            g.state,
+            g.epoch,
+            g.assignor,
+            g.session_timeout_ms,
+            g.members.len(),
+            g.partitions_unassigned,
+            g.rebalances,
+            g.total_lag
+        ));
+        let mut members = Table::new([
+            "member",
+            "client",
+            "host",
+            "joined",
+            "last heartbeat",
+            "assigned",
+            "revoking",
+        ]);
+        for m in &g.members {
+            let id = match m.instance_id.as_str() {
+                "" => m.member_id.clone(),
+                instance => format!("{} ({instance})", m.member_id),
+            };
+            members.row([
+                id,
+                m.client_id.clone(),
+                m.client_host.clone(),
+                time_words(m.joined_at_ms),
+                time_words(m.last_heartbeat_ms),
+                partitions_words(&m.assigned),
+                partitions_words(&m.revoking),
+            ]);
+        }
+        members.print();
+    }
     table.print();
 }

@@ -4,9 +4,13 @@
 //! Positions are "next offset to read", the same thing a group commits. A consumer with a group
 //! starts each partition at the group's committed offset; partitions the group has never
 //! committed start per [`StartFrom`] (unless [`ConsumerConfig::reset_group`] makes the start
-//! apply to every partition). There is no group membership protocol: a consumer reads the
-//! partitions it is given (all of them by default), so run one consumer per group and topic, or
-//! give each consumer its own partitions.
+//! apply to every partition).
+//!
+//! With a group and no partitions of its own, the consumer is a member of the coordinated group
+//! ([`crate::membership`]): the cluster assigns it partitions, moves them when members come and
+//! go, and accepts its commits only for what it owns. Start, stop and scale consumers freely:
+//! each partition is read by one of them. With partitions given, it reads exactly those as a
+//! "simple" group, which the cluster allows only while the group has no coordinated members.
 //!
 //! Failover: the consumer reads from one node at a time. When that node fails (connection lost,
 //! refused, timed out), it moves on to the next endpoint and reads on from its positions, which
@@ -20,6 +24,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 use tonic::Code;
 
+use crate::membership::{MemberConfig, Membership};
 use crate::{pb, Client, Error};
 
 /// Where a partition starts when the group has no committed offset for it (or the consumer has
@@ -60,6 +65,16 @@ pub struct ConsumerConfig {
     pub max_records: u32,
     /// How long the consumer keeps trying when no node answers before it gives up.
     pub unavailable_timeout: Duration,
+    /// With a group and no `partitions`: join the group as a coordinated member (the default).
+    /// Off, the consumer reads every partition as a simple group.
+    pub coordinate: bool,
+    /// Static membership (see [`crate::membership::MemberConfig::instance_id`]).
+    pub instance_id: Option<String>,
+    /// The group's session timeout, asked for when the group has no members yet (0: the
+    /// node's default, 10 s).
+    pub session_timeout_ms: u32,
+    /// The group's assignor, when it has no members yet: "uniform" (default) or "range".
+    pub assignor: String,
 }
 
 impl ConsumerConfig {
@@ -73,7 +88,16 @@ impl ConsumerConfig {
             stop_at_end: false,
             max_records: 1000,
             unavailable_timeout: Duration::from_secs(30),
+            coordinate: true,
+            instance_id: None,
+            session_timeout_ms: 0,
+            assignor: String::new(),
         }
+    }
+
+    /// Whether this configuration makes a coordinated group member.
+    pub fn is_coordinated(&self) -> bool {
+        self.group.is_some() && self.partitions.is_none() && self.coordinate
     }
 
     pub fn group(mut self, group: impl Into<String>) -> Self {
@@ -138,18 +162,54 @@ pub struct Consumer {
     /// [`Failover`]): one report per failover, however many endpoints were tried on the way.
     failed_from: Option<(String, Error)>,
     failovers: Vec<Failover>,
+    /// As a coordinated group member: the membership and what the reader last acted on.
+    membership: Option<Membership>,
+    fences_seen: u64,
+    /// Assignment changes since the last call (for a program to print them).
+    assignments: Vec<AssignmentChange>,
+}
+
+/// The partitions a coordinated member reads changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignmentChange {
+    pub member_id: String,
+    pub member_epoch: u64,
+    /// The partitions it reads now.
+    pub partitions: BTreeSet<u32>,
+    pub added: BTreeSet<u32>,
+    pub removed: BTreeSet<u32>,
+    /// It lost every partition at once (fenced, or its session ran out) and rejoined.
+    pub fenced: bool,
 }
 
 impl Consumer {
-    /// Looks up the topic and the group's committed offsets and sets the starting positions.
+    /// Looks up the topic and the group's committed offsets and sets the starting positions; as
+    /// a coordinated member, joins the group first and starts on the partitions it is given.
     pub async fn new(client: Client, config: ConsumerConfig) -> Result<Self, Error> {
-        let resolved = resolve_start(
-            &client,
-            &config.topic,
-            config.partitions.as_deref(),
-            config.start,
-        )
-        .await?;
+        let membership = match (&config.group, config.is_coordinated()) {
+            (Some(group), true) => Some(
+                Membership::join(
+                    client.clone(),
+                    MemberConfig {
+                        group: group.clone(),
+                        topic: config.topic.clone(),
+                        instance_id: config.instance_id.clone(),
+                        session_timeout_ms: config.session_timeout_ms,
+                        assignor: config.assignor.clone(),
+                        client_id: format!("raftlog-client/{}", env!("CARGO_PKG_VERSION")),
+                    },
+                )
+                .await?,
+            ),
+            _ => None,
+        };
+        // A member starts with nothing: its partitions are taken up by the first poll.
+        let partitions = match &membership {
+            Some(_) => Some(Vec::new()),
+            None => config.partitions.clone(),
+        };
+        let resolved =
+            resolve_start(&client, &config.topic, partitions.as_deref(), config.start).await?;
         let group_offsets = match &config.group {
             Some(group) if !config.reset_group => {
                 client.fetch_offsets(group, &config.topic).await?
@@ -190,7 +250,106 @@ impl Consumer {
             node: 0,
             failed_from: None,
             failovers: Vec::new(),
+            membership,
+            fences_seen: 0,
+            assignments: Vec::new(),
         })
+    }
+
+    /// The assignment changes since the last call, oldest first (coordinated members only).
+    pub fn take_assignment_changes(&mut self) -> Vec<AssignmentChange> {
+        std::mem::take(&mut self.assignments)
+    }
+
+    /// The member id and epoch, as a coordinated member.
+    pub fn member(&self) -> Option<(String, i64)> {
+        self.membership.as_ref().map(Membership::member)
+    }
+
+    /// Acts on what the group told the member since the last read: drops (after committing
+    /// them) the partitions taken from it and reports them released; starts the ones given to
+    /// it at the group's committed offsets. After a fence it drops everything without
+    /// committing (another member may own those partitions now).
+    async fn follow_assignment(&mut self) -> Result<(), Error> {
+        let Some(membership) = &self.membership else {
+            return Ok(());
+        };
+        let assignment = membership.assignment()?;
+        let held: BTreeSet<u32> = self.positions.keys().copied().collect();
+        let fenced = assignment.fences != self.fences_seen;
+        if fenced {
+            self.fences_seen = assignment.fences;
+            self.positions.clear();
+            self.committed.clear();
+            self.rewinding.clear();
+        } else {
+            let removed: Vec<u32> = held.difference(&assignment.partitions).copied().collect();
+            if !removed.is_empty() {
+                // Commit before letting go: the next owner starts where this one stopped.
+                if let Err(e) = self.commit().await {
+                    tracing::warn!(error = %e, "commit before releasing partitions failed");
+                }
+                for p in &removed {
+                    self.positions.remove(p);
+                    self.committed.remove(p);
+                    self.rewinding.remove(p);
+                }
+            }
+        }
+        let added: Vec<u32> = assignment
+            .partitions
+            .iter()
+            .filter(|p| !self.positions.contains_key(p))
+            .copied()
+            .collect();
+        if !added.is_empty() {
+            self.take_up(&added).await?;
+        }
+        let now: BTreeSet<u32> = self.positions.keys().copied().collect();
+        if let Some(membership) = &self.membership {
+            membership.set_held(now.clone());
+        }
+        if now != held || fenced {
+            self.assignments.push(AssignmentChange {
+                member_id: assignment.member_id,
+                member_epoch: assignment.member_epoch,
+                added: now.difference(&held).copied().collect(),
+                removed: held.difference(&now).copied().collect(),
+                partitions: now,
+                fenced,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts reading `partitions` at the group's committed offsets (per `start` where the
+    /// group has none).
+    async fn take_up(&mut self, partitions: &[u32]) -> Result<(), Error> {
+        let resolved = resolve_start(
+            &self.client,
+            &self.config.topic,
+            Some(partitions),
+            self.config.start,
+        )
+        .await?;
+        let group = self.config.group.as_deref().unwrap_or_default();
+        let committed = self.client.fetch_offsets(group, &self.config.topic).await?;
+        if self.config.stop_at_end {
+            for (&partition, &(_, end)) in &resolved.ranges {
+                self.stop_at.insert(partition, end);
+            }
+        }
+        for (partition, mut position) in resolved.positions {
+            if self.config.reset_group {
+                // A reset moves the group back where `start` says, committed or not.
+                self.rewinding.insert(partition);
+            } else if let Some(&offset) = committed.get(&partition) {
+                position = offset;
+                self.committed.insert(partition, offset);
+            }
+            self.positions.insert(partition, position);
+        }
+        Ok(())
     }
 
     /// Next offset to read, per partition.
@@ -215,7 +374,10 @@ impl Consumer {
 
     /// With `stop_at_end`: every partition has reached the end offset it had at the start.
     pub fn is_done(&self) -> bool {
+        // A member that holds nothing yet has not started (its partitions may come).
+        let started = self.membership.is_none() || !self.positions.is_empty();
         self.config.stop_at_end
+            && started
             && self
                 .positions
                 .iter()
@@ -237,6 +399,19 @@ impl Consumer {
     /// endpoint; the error is returned only when no node has answered for
     /// `unavailable_timeout`.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>, Error> {
+        // A member looks at its assignment at least this often while it waits for records.
+        const ASSIGNMENT_CHECK: Duration = Duration::from_millis(500);
+        let max_wait = match &self.membership {
+            Some(_) => {
+                self.follow_assignment().await?;
+                if self.positions.is_empty() {
+                    tokio::time::sleep(max_wait.min(ASSIGNMENT_CHECK)).await;
+                    return Ok(Vec::new());
+                }
+                max_wait.min(ASSIGNMENT_CHECK)
+            }
+            None => max_wait,
+        };
         let records = self.fetch_all_failing_over(Duration::ZERO).await?;
         if !records.is_empty() || max_wait.is_zero() || self.is_done() {
             return Ok(records);
@@ -375,10 +550,17 @@ impl Consumer {
         }
         let rewind = moved.iter().any(|(p, _)| self.rewinding.contains(p));
         let give_up = Instant::now() + self.config.unavailable_timeout;
+        let member = self.membership.as_ref().map(Membership::member);
         loop {
             let result = self
                 .client
-                .commit_offsets_with(&group, &self.config.topic, moved.iter().copied(), rewind)
+                .commit_offsets_as(
+                    &group,
+                    &self.config.topic,
+                    moved.iter().copied(),
+                    rewind,
+                    member.as_ref().map(|(id, epoch)| (id.as_str(), *epoch)),
+                )
                 .await;
             match result {
                 Ok(()) => break,
@@ -393,6 +575,20 @@ impl Consumer {
         }
         self.committed.extend(moved);
         Ok(())
+    }
+}
+
+impl Consumer {
+    /// Commits what was read and, as a coordinated member, leaves the group: its partitions
+    /// move to the other members at once.
+    pub async fn close(mut self) -> Result<(), Error> {
+        if self.config.group.is_some() {
+            self.commit().await?;
+        }
+        match self.membership.take() {
+            Some(membership) => membership.leave().await,
+            None => Ok(()),
+        }
     }
 }
 

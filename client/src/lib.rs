@@ -24,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub mod consumer;
+pub mod membership;
 pub mod produce_stream;
 pub mod producer;
 
@@ -32,6 +33,7 @@ pub const LEADER_ADDR_HEADER: &str = "raftlog-leader";
 pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
 pub const END_OFFSET_HEADER: &str = "raftlog-end-offset";
 pub const START_OFFSET_HEADER: &str = "raftlog-start-offset";
+pub const MEMBER_FENCED_HEADER: &str = "raftlog-member-fenced";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -81,6 +83,14 @@ impl Error {
             .ok()?
             .parse()
             .ok()
+    }
+
+    /// A consumer-group member's heartbeat or commit was refused because the member is no longer
+    /// in its group (its session expired, it was removed): it must drop every partition and join
+    /// again.
+    pub fn is_member_fenced(&self) -> bool {
+        self.status()
+            .is_some_and(|s| s.metadata().get(MEMBER_FENCED_HEADER).is_some())
     }
 
     /// True when a failed write certainly did not happen.
@@ -539,6 +549,21 @@ impl Client {
         offsets: impl IntoIterator<Item = (u32, u64)>,
         allow_rewind: bool,
     ) -> Result<(), Error> {
+        self.commit_offsets_as(group, topic, offsets, allow_rewind, None)
+            .await
+    }
+
+    /// [`Client::commit_offsets_with`] by a member (id, epoch) of a coordinated group: refused
+    /// unless it owns every partition committed.
+    pub async fn commit_offsets_as(
+        &self,
+        group: &str,
+        topic: &str,
+        offsets: impl IntoIterator<Item = (u32, u64)>,
+        allow_rewind: bool,
+        member: Option<(&str, i64)>,
+    ) -> Result<(), Error> {
+        let (member_id, member_epoch) = member.unwrap_or_default();
         let request = pb::CommitOffsetsRequest {
             group: group.to_string(),
             topic: topic.to_string(),
@@ -547,6 +572,8 @@ impl Client {
                 .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
                 .collect(),
             allow_rewind,
+            member_id: member_id.to_string(),
+            member_epoch,
         };
         self.with_leader(|addr| {
             let request = request.clone();
@@ -623,6 +650,41 @@ impl Client {
                 .list_offsets(request)
                 .await
                 .map(|r| r.into_inner().partitions)
+        })
+        .await
+    }
+
+    /// One heartbeat of a coordinated group's member, sent to the leader (see
+    /// [`membership::Membership`], which sends them).
+    pub async fn group_heartbeat(
+        &self,
+        request: pb::GroupHeartbeatRequest,
+    ) -> Result<pb::GroupHeartbeatResponse, Error> {
+        self.with_leader(|addr| {
+            let request = request.clone();
+            async move {
+                self.broker_at(&addr)
+                    .map_err(to_status)?
+                    .group_heartbeat(self.deadlined(request))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// Removes a member from a coordinated group: its partitions move at once.
+    pub async fn remove_group_member(&self, group: &str, member_id: &str) -> Result<(), Error> {
+        self.with_leader(|addr| async move {
+            let request = pb::RemoveGroupMemberRequest {
+                group: group.to_string(),
+                member_id: member_id.to_string(),
+            };
+            self.broker_at(&addr)
+                .map_err(to_status)?
+                .remove_group_member(self.deadlined(request))
+                .await
+                .map(|_| ())
         })
         .await
     }

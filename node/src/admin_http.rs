@@ -168,6 +168,13 @@ async fn render_raft(ctx: &NodeContext, out: &mut String) {
         "raftlog_raft_term{{node=\"{node}\"}} {}",
         m.current_term
     );
+    render_indices(ctx, &m, out).await;
+    render_replication_lag(&m, node, out);
+}
+
+/// The log's indices on this node: last written, committed, applied, snapshot, purged.
+async fn render_indices(ctx: &NodeContext, m: &raftlog_core::types::RaftMetrics, out: &mut String) {
+    let node = ctx.id;
     let index = |l: Option<raftlog_core::types::LogId>| l.map_or(0, |l| l.index);
     let committed = ctx
         .metadata()
@@ -207,7 +214,6 @@ async fn render_raft(ctx: &NodeContext, out: &mut String) {
         gauge(out, name, help);
         let _ = writeln!(out, "{name}{{node=\"{node}\"}} {value}");
     }
-    render_replication_lag(&m, node, out);
 }
 
 /// Leader only: how many entries each follower is behind the leader's last log index.

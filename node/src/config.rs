@@ -99,6 +99,15 @@ pub struct Limits {
     pub partitions_per_topic_max: u32,
     pub topics_max: u32,
     pub groups_max: u32,
+    /// Most members of one coordinated consumer group.
+    pub group_members_max: u32,
+    /// Most topics one member may subscribe to.
+    pub group_subscription_topics_max: u32,
+    /// The session timeout of a group whose first member asks for none.
+    pub group_session_timeout_ms_default: u32,
+    /// The range a member may ask for as its group's session timeout.
+    pub group_session_timeout_ms_min: u32,
+    pub group_session_timeout_ms_max: u32,
     pub producers_max: u32,
     /// Most produce requests coalesced into one Raft entry (group commit); 1 turns it off.
     pub group_commit_max: usize,
@@ -187,6 +196,11 @@ impl Default for Limits {
             partitions_per_topic_max: 1024,
             topics_max: 10_000,
             groups_max: 10_000,
+            group_members_max: 1000,
+            group_subscription_topics_max: 100,
+            group_session_timeout_ms_default: 10_000,
+            group_session_timeout_ms_min: 1000,
+            group_session_timeout_ms_max: 300_000,
             producers_max: 100_000,
             group_commit_max: 1024,
             group_commit_linger_ms: 1,
@@ -277,6 +291,22 @@ pub struct Args {
     /// Most consumer groups in the cluster [default: 10000].
     #[arg(long, env = "RAFTLOG_GROUPS_MAX")]
     pub groups_max: Option<u32>,
+    /// Most members of one coordinated consumer group [default: 1000].
+    #[arg(long, env = "RAFTLOG_GROUP_MEMBERS_MAX")]
+    pub group_members_max: Option<u32>,
+    /// Most topics one group member may subscribe to [default: 100].
+    #[arg(long, env = "RAFTLOG_GROUP_SUBSCRIPTION_TOPICS_MAX")]
+    pub group_subscription_topics_max: Option<u32>,
+    /// A group member that has not heartbeated for this long leaves its group, unless its first
+    /// member asked for another timeout [default: 10000].
+    #[arg(long, env = "RAFTLOG_GROUP_SESSION_TIMEOUT_MS_DEFAULT")]
+    pub group_session_timeout_ms_default: Option<u32>,
+    /// Shortest session timeout a group may ask for [default: 1000].
+    #[arg(long, env = "RAFTLOG_GROUP_SESSION_TIMEOUT_MS_MIN")]
+    pub group_session_timeout_ms_min: Option<u32>,
+    /// Longest session timeout a group may ask for [default: 300000].
+    #[arg(long, env = "RAFTLOG_GROUP_SESSION_TIMEOUT_MS_MAX")]
+    pub group_session_timeout_ms_max: Option<u32>,
     /// Most produce requests coalesced into one Raft entry (group commit); 1 turns it off
     /// [default: 1024].
     #[arg(long, env = "RAFTLOG_GROUP_COMMIT_MAX")]
@@ -476,6 +506,16 @@ impl Args {
                     .unwrap_or(limits_default.partitions_per_topic_max),
                 topics_max: pick!(topics_max).unwrap_or(limits_default.topics_max),
                 groups_max: pick!(groups_max).unwrap_or(limits_default.groups_max),
+                group_members_max: pick!(group_members_max)
+                    .unwrap_or(limits_default.group_members_max),
+                group_subscription_topics_max: pick!(group_subscription_topics_max)
+                    .unwrap_or(limits_default.group_subscription_topics_max),
+                group_session_timeout_ms_default: pick!(group_session_timeout_ms_default)
+                    .unwrap_or(limits_default.group_session_timeout_ms_default),
+                group_session_timeout_ms_min: pick!(group_session_timeout_ms_min)
+                    .unwrap_or(limits_default.group_session_timeout_ms_min),
+                group_session_timeout_ms_max: pick!(group_session_timeout_ms_max)
+                    .unwrap_or(limits_default.group_session_timeout_ms_max),
                 producers_max: pick!(producers_max).unwrap_or(limits_default.producers_max),
                 group_commit_max: pick!(group_commit_max)
                     .unwrap_or(limits_default.group_commit_max),
@@ -583,6 +623,52 @@ pub fn parse_initial_cluster(spec: &str) -> Result<Vec<(u64, String)>, ConfigErr
         .collect()
 }
 
+impl Limits {
+    /// Checks the limits against each other and against what the node can carry.
+    fn validate(&self) -> Result<(), String> {
+        let l = self;
+        if l.record_bytes_max == 0 || l.batch_bytes_max < l.record_bytes_max {
+            return Err(
+                "batch_bytes_max must be at least record_bytes_max, and both positive".into(),
+            );
+        }
+        if l.batch_bytes_max > raftlog_core::limits::PEER_MESSAGE_BYTES_MAX / 2 {
+            return Err(
+                "batch_bytes_max must stay below half the peer message size (128 MiB)".into(),
+            );
+        }
+        // Every write in a batch that lingers waits that long: seconds are a misplaced digit.
+        if l.write_timeout_ms_max < 100 {
+            return Err(format!(
+                "write_timeout_ms_max ({}) must be at least 100: a write must have time to be \
+                 proposed",
+                l.write_timeout_ms_max
+            ));
+        }
+        // A session shorter than a second expires members on a slow heartbeat or an election.
+        if l.group_session_timeout_ms_min < 500
+            || l.group_session_timeout_ms_min > l.group_session_timeout_ms_default
+            || l.group_session_timeout_ms_default > l.group_session_timeout_ms_max
+        {
+            return Err(format!(
+                "group session timeouts must satisfy 500 <= group_session_timeout_ms_min ({}) <= \
+                 group_session_timeout_ms_default ({}) <= group_session_timeout_ms_max ({})",
+                l.group_session_timeout_ms_min,
+                l.group_session_timeout_ms_default,
+                l.group_session_timeout_ms_max
+            ));
+        }
+        if l.group_commit_linger_ms > 1000 {
+            return Err(format!(
+                "group_commit_linger_ms ({}) must be at most 1000 (a batch's writes all wait \
+                 that long; 0 turns the wait off)",
+                l.group_commit_linger_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The fsync thread's nice value unless configured: ahead of the node's other threads (nice 0)
 /// when it is woken, short of the top of the range, and harmless since it uses almost no CPU.
 /// The wait for an fsync to start halved under load, C=1's p50 fell ~0.05 ms, C=64 rose ~2 %
@@ -623,32 +709,7 @@ impl NodeConfig {
                 "snapshot_log_bytes_since_last_max must be at least 1 MiB (1048576)".into(),
             );
         }
-        let l = &self.limits;
-        if l.record_bytes_max == 0 || l.batch_bytes_max < l.record_bytes_max {
-            return invalid(
-                "batch_bytes_max must be at least record_bytes_max, and both positive".into(),
-            );
-        }
-        if l.batch_bytes_max > raftlog_core::limits::PEER_MESSAGE_BYTES_MAX / 2 {
-            return invalid(
-                "batch_bytes_max must stay below half the peer message size (128 MiB)".into(),
-            );
-        }
-        // Every write in a batch that lingers waits that long: seconds are a misplaced digit.
-        if l.write_timeout_ms_max < 100 {
-            return invalid(format!(
-                "write_timeout_ms_max ({}) must be at least 100: a write must have time to be \
-                 proposed",
-                l.write_timeout_ms_max
-            ));
-        }
-        if l.group_commit_linger_ms > 1000 {
-            return invalid(format!(
-                "group_commit_linger_ms ({}) must be at most 1000 (a batch's writes all wait \
-                 that long; 0 turns the wait off)",
-                l.group_commit_linger_ms
-            ));
-        }
+        self.limits.validate().or_else(invalid)?;
         // Below these RocksDB would flush (or evict) constantly; a misplaced digit, not a choice.
         if self.storage.memory.memtable_bytes < 16 * 1024 * 1024 {
             return invalid("storage_memtable_bytes must be at least 16 MiB (16777216)".into());

@@ -33,6 +33,8 @@ pub const GROUP_COMMIT_QUEUE_SECONDS: &str = "raftlog_group_commit_queue_seconds
 pub const GROUP_COMMIT_ENTRY_SECONDS: &str = "raftlog_group_commit_entry_seconds";
 /// Writes not proposed because their deadline passed (or their caller left) while they waited.
 pub const WRITES_EXPIRED: &str = "raftlog_writes_expired_total";
+/// Consumer-group members whose session expired (the leader heard nothing within the timeout).
+pub const GROUP_MEMBERS_EXPIRED: &str = "raftlog_group_members_expired_total";
 /// Writes per proposed entry.
 pub const GROUP_COMMIT_REQUESTS_PER_ENTRY: &str = "raftlog_group_commit_requests_per_entry";
 

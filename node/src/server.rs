@@ -75,8 +75,9 @@ pub async fn run(
         housekeeping: tokio::spawn(crate::group::housekeeping(
             group.clone(),
             config.housekeeping.clone(),
-            stop_rx,
+            stop_rx.clone(),
         )),
+        member_expiry: tokio::spawn(crate::group::expire_group_members(group.clone(), stop_rx)),
         raft_events: tokio::spawn(crate::group::log_raft_changes(group.clone())),
     };
 
@@ -143,6 +144,7 @@ struct NodeTasks {
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     admin: tokio::task::JoinHandle<()>,
     housekeeping: tokio::task::JoinHandle<()>,
+    member_expiry: tokio::task::JoinHandle<()>,
     raft_events: tokio::task::JoinHandle<()>,
 }
 
@@ -161,6 +163,7 @@ impl NodeTasks {
         self.raft_events.abort();
         let _ = self.admin.await;
         let _ = self.housekeeping.await;
+        let _ = self.member_expiry.await;
     }
 }
 

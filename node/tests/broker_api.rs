@@ -107,7 +107,9 @@ async fn a_consumer_group_resumes_from_its_committed_offsets_after_a_node_restar
     }
 
     // The first consumer reads partitions 0 and 1 whole and 40 records of partition 2, then commits.
-    let config = ConsumerConfig::new("jobs").group("workers");
+    // A simple group (no membership): the consumer reads every partition it is given.
+    let mut config = ConsumerConfig::new("jobs").group("workers");
+    config.coordinate = false;
     let mut first = Consumer::new(client.clone(), config.clone()).await.unwrap();
     assert_eq!(
         first.positions().values().copied().collect::<Vec<_>>(),

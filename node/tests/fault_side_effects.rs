@@ -218,6 +218,7 @@ async fn a_late_commit_cannot_rewind_a_group_but_an_explicit_seek_can() {
                         .map(|(partition, offset)| pb::PartitionOffset { partition, offset })
                         .collect(),
                     allow_rewind,
+                    ..Default::default()
                 })
                 .await
         }

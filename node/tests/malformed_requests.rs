@@ -94,6 +94,8 @@ const CLIENT_METHODS: &[&str] = &[
     "/raftlog.v1.Broker/DescribeGroup",
     "/raftlog.v1.Broker/DeleteGroup",
     "/raftlog.v1.Broker/ListOffsets",
+    "/raftlog.v1.Broker/GroupHeartbeat",
+    "/raftlog.v1.Broker/RemoveGroupMember",
     "/raftlog.v1.Cluster/Status",
     "/raftlog.v1.Cluster/TriggerSnapshot",
     "/raftlog.v1.Cluster/StateDigest",
@@ -426,6 +428,33 @@ fn plausible(rng: &mut StdRng, path: &str) -> Vec<u8> {
                 })
                 .collect(),
             allow_rewind: rng.random(),
+            member_id: any_name(rng),
+            member_epoch: rng.random(),
+        }
+        .encode_to_vec(),
+        "GroupHeartbeat" => pb::GroupHeartbeatRequest {
+            group: any_name(rng),
+            member_id: any_name(rng),
+            member_epoch: pick(rng, &[-2, -1, 0, 1, i64::MAX, i64::MIN]),
+            instance_id: any_name(rng),
+            subscription: rng.random_bool(0.5).then(|| pb::Subscription {
+                topics: (0..rng.random_range(0..4)).map(|_| any_name(rng)).collect(),
+            }),
+            owned: rng.random_bool(0.5).then(|| pb::OwnedPartitions {
+                topics: vec![pb::TopicPartitions {
+                    topic: any_name(rng),
+                    partitions: (0..rng.random_range(0..5)).map(|_| any_u32(rng)).collect(),
+                }],
+            }),
+            client_id: any_name(rng),
+            client_host: any_name(rng),
+            session_timeout_ms: any_u32(rng),
+            assignor: pick(rng, &["", "uniform", "range", "bogus"]).to_string(),
+        }
+        .encode_to_vec(),
+        "RemoveGroupMember" => pb::RemoveGroupMemberRequest {
+            group: any_name(rng),
+            member_id: any_name(rng),
         }
         .encode_to_vec(),
         "FetchOffsets" => pb::FetchOffsetsRequest {
@@ -588,6 +617,10 @@ fn raw_body_is_unsafe(path: &str, body: &[u8]) -> bool {
         "CommitOffsets" => pb::CommitOffsetsRequest::decode(body)
             .is_ok_and(|r| r.topic == TOPIC && valid_name(&r.group)),
         "Fetch" => pb::FetchRequest::decode(body).is_ok_and(|r| r.max_wait_ms > 100),
+        // A join with a valid group name adds a member.
+        "GroupHeartbeat" => pb::GroupHeartbeatRequest::decode(body).is_ok_and(|r| {
+            valid_name(&r.group) && r.member_id.is_empty() && r.subscription.is_some()
+        }),
         _ => false,
     }
 }
@@ -1233,6 +1266,7 @@ fn structured_case(rng: &mut StdRng, i: usize, producer_id: u64) -> StructuredCa
                 topic: TOPIC.into(),
                 offsets: Vec::new(),
                 allow_rewind: rng.random(),
+                ..Default::default()
             };
             match rng.random_range(0..8) {
                 0 => {

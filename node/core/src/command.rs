@@ -9,6 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::coordination::{topic_name, Answer, GroupError, Heartbeat, Stamp, Topics};
+
 /// One record as stored: the payload is kept as `Bytes` end to end. Decoded inside
 /// [`shared::decoding_from`], its key and value share the message they were decoded from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,6 +236,40 @@ pub enum Command {
     },
     /// Forget a consumer group: every offset it committed.
     DeleteGroup { group: String },
+    /// A heartbeat of a coordinated group's member that changes the group (a join, a leave, a
+    /// new subscription, partitions released), stamped by the leader that proposed it (its
+    /// clock, the id a joining member gets, the limits): see [`crate::coordination`].
+    GroupHeartbeat {
+        group: String,
+        /// Boxed, as `stamp`: a command is as large as its largest variant, and appends (the
+        /// hot path) are much smaller.
+        heartbeat: Box<Heartbeat>,
+        stamp: Box<Stamp>,
+        /// Group count limit at the time of the request (see `topics_max`).
+        groups_max: u32,
+    },
+    /// The leader heard nothing from a member within its group's session timeout: the member
+    /// leaves the group, if it is still the incarnation the leader judged (`member_epoch`).
+    ExpireGroupMember {
+        group: String,
+        member_id: String,
+        member_epoch: u64,
+    },
+    /// An operator removes a member: its partitions are free at once.
+    RemoveGroupMember { group: String, member_id: String },
+    /// [`Command::CommitGroupOffsets`], fenced by group membership: with a `member` (id, epoch)
+    /// refused unless that member owns every partition committed; without one refused while
+    /// the group has members (a "simple" group's commit, a seek or a reset).
+    CommitFencedOffsets {
+        group: String,
+        topic: String,
+        /// (partition, next offset to read), partitions distinct.
+        offsets: Vec<(u32, u64)>,
+        committed_at_ms: i64,
+        groups_max: u32,
+        allow_rewind: bool,
+        member: Option<Box<(String, i64)>>,
+    },
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -300,6 +336,27 @@ impl std::fmt::Display for Command {
                 }
             ),
             Command::DeleteGroup { group } => write!(f, "DeleteGroup({group})"),
+            Command::GroupHeartbeat {
+                group, heartbeat, ..
+            } => write!(f, "GroupHeartbeat({group}, {:?})", heartbeat.member_id),
+            Command::ExpireGroupMember {
+                group, member_id, ..
+            } => write!(f, "ExpireGroupMember({group}, {member_id})"),
+            Command::RemoveGroupMember { group, member_id } => {
+                write!(f, "RemoveGroupMember({group}, {member_id})")
+            }
+            Command::CommitFencedOffsets {
+                group,
+                topic,
+                offsets,
+                member,
+                ..
+            } => write!(
+                f,
+                "CommitFencedOffsets({group}, {topic}, {} partitions, member {:?})",
+                offsets.len(),
+                member.as_deref().map(|(id, _)| id)
+            ),
             Command::AlterTopic { name, .. } => write!(f, "AlterTopic({name})"),
             Command::InitProducer { .. } => write!(f, "InitProducer"),
             Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
@@ -342,6 +399,12 @@ pub enum CommandResponse {
     /// One response per command of a `Command::Batch`, in order.
     Batch(Vec<CommandResponse>),
     GroupDeleted,
+    /// What a heartbeat's member is told: its id, epoch and the partitions it owns now.
+    Member(Box<Answer>),
+    /// Whether an expiry or a removal took a member out of its group.
+    MemberRemoved {
+        removed: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -403,6 +466,73 @@ pub enum Rejection {
         committed: u64,
         requested: u64,
     },
+    #[error(
+        "member '{member_id}' is not in consumer group '{group}' (its session expired, it left \
+         or it was removed): stop reading its partitions and join again"
+    )]
+    UnknownMember { group: String, member_id: String },
+    #[error(
+        "member '{member_id}' of consumer group '{group}' sent epoch {sent}, but its epoch is \
+         {current}: rejoin"
+    )]
+    MemberEpochAhead {
+        group: String,
+        member_id: String,
+        sent: i64,
+        current: u64,
+    },
+    #[error("consumer group '{group}' already has {max} members (group_members_max)")]
+    TooManyMembers { group: String, max: u32 },
+    #[error("a subscription of {asked} topics is over group_subscription_topics_max ({max})")]
+    TooManySubscribedTopics { asked: usize, max: u32 },
+    #[error(
+        "member '{member_id}' of consumer group '{group}' does not own {topic}/{partition} \
+         (it was reassigned): do not commit it; heartbeat to learn the current assignment"
+    )]
+    NotPartitionOwner {
+        group: String,
+        member_id: String,
+        topic: String,
+        partition: u32,
+    },
+    #[error(
+        "consumer group '{group}' has {members} coordinated members: commits without a member, \
+         seeks and resets are refused until they have left (or remove them first)"
+    )]
+    GroupHasMembers { group: String, members: usize },
+}
+
+impl Rejection {
+    /// A group's refusal of a heartbeat or commit as the replicated outcome states it (with
+    /// names instead of topic ids).
+    pub fn from_group_error(error: GroupError, group: &str, topics: &Topics) -> Rejection {
+        use GroupError as E;
+        let group = group.to_string();
+        match error {
+            E::UnknownMember(member_id) | E::MemberIdTaken(member_id) => {
+                Rejection::UnknownMember { group, member_id }
+            }
+            E::FencedEpoch {
+                member,
+                sent,
+                current,
+            } => Rejection::MemberEpochAhead {
+                group,
+                member_id: member,
+                sent,
+                current,
+            },
+            E::TooManyMembers(max) => Rejection::TooManyMembers { group, max },
+            E::TooManyTopics { asked, max } => Rejection::TooManySubscribedTopics { asked, max },
+            E::NotOwner { member, partition } => Rejection::NotPartitionOwner {
+                group,
+                member_id: member,
+                topic: topic_name(topics, partition.0),
+                partition: partition.1,
+            },
+            E::CoordinatedGroup { members } => Rejection::GroupHasMembers { group, members },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,9 @@ pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
 pub const END_OFFSET_HEADER: &str = "raftlog-end-offset";
 /// Metadata key with the partition's start offset on OUT_OF_RANGE fetches.
 pub const START_OFFSET_HEADER: &str = "raftlog-start-offset";
+/// Metadata key set on the FAILED_PRECONDITION answer to a consumer-group member that is no
+/// longer in its group: it must stop reading every partition and join again.
+pub const MEMBER_FENCED_HEADER: &str = "raftlog-member-fenced";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -56,6 +59,10 @@ pub enum ApiError {
     /// never will be.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// FAILED_PRECONDITION to a consumer-group member that is no longer in its group (or
+    /// confused its epoch): marked so the client drops its partitions and rejoins.
+    #[error("{0}")]
+    MemberFenced(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -155,6 +162,20 @@ impl From<Rejection> for ApiError {
                  committed further: re-read the committed offsets. To move the group back on \
                  purpose, commit with allow_rewind (CLI: raftlog group seek)"
             )),
+            Rejection::UnknownMember { .. } | Rejection::MemberEpochAhead { .. } => {
+                ApiError::MemberFenced(message)
+            }
+            Rejection::NotPartitionOwner { .. } => {
+                ApiError::FailedPrecondition(format!("{message}; nothing was committed"))
+            }
+            Rejection::GroupHasMembers { .. } => ApiError::FailedPrecondition(format!(
+                "{message}; raftlog group describe lists them, raftlog group remove-member \
+                 removes one"
+            )),
+            Rejection::TooManyMembers { .. } => ApiError::ResourceExhausted(format!(
+                "{message}; use fewer members (each partition is read by one) or raise the limit"
+            )),
+            Rejection::TooManySubscribedTopics { .. } => ApiError::InvalidArgument(message),
             Rejection::EndOffsetMismatch { actual, .. } => ApiError::WithOffsets {
                 code: Code::FailedPrecondition,
                 message: format!(
@@ -198,6 +219,13 @@ impl From<ApiError> for Status {
             ApiError::ResourceExhausted(_) => Status::new(Code::ResourceExhausted, message),
             ApiError::OutOfRange(_) => Status::new(Code::OutOfRange, message),
             ApiError::Internal(_) => Status::new(Code::Internal, message),
+            ApiError::MemberFenced(_) => {
+                let mut status = Status::new(Code::FailedPrecondition, message);
+                status
+                    .metadata_mut()
+                    .insert(MEMBER_FENCED_HEADER, MetadataValue::from_static("1"));
+                status
+            }
             ApiError::DeadlineExceeded(_) => {
                 let mut status = Status::new(Code::DeadlineExceeded, message);
                 status

@@ -107,3 +107,21 @@ pub async fn housekeeping(
         }
     }
 }
+
+/// While this node leads the group, expires consumer-group members whose session ran out
+/// ([`super::membership`]), four times a second.
+pub async fn expire_group_members(group: Group, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        let metrics = group.raft.server_metrics().borrow_watched().clone();
+        if metrics.current_leader != Some(group.node_id) {
+            continue;
+        }
+        group.expire_members(metrics.vote.leader_id.term).await;
+    }
+}

@@ -14,6 +14,7 @@ mod background;
 mod batcher;
 mod handover;
 mod log_retention;
+mod membership;
 mod registry;
 mod write;
 
@@ -35,9 +36,10 @@ use raftlog_store::{
     Databases, LogStore, ReceivedEncodings, SnapshotStore, StateMachine, StateView,
 };
 
-pub use background::{housekeeping, log_raft_changes, raft_failure};
+pub use background::{expire_group_members, housekeeping, log_raft_changes, raft_failure};
 pub use batcher::Batcher;
 pub use handover::hand_over_leadership;
+pub use membership::HeartbeatError;
 pub use registry::Groups;
 pub use write::{now_ms, Leader, WriteError};
 
@@ -51,6 +53,8 @@ pub struct Group {
     /// The group's state as applied on this node.
     pub view: Arc<StateView>,
     batcher: Batcher,
+    /// Liveness of consumer-group members, kept while this node leads ([`membership`]).
+    sessions: Arc<membership::Sessions>,
     /// Set while the node shuts down: the group proposes nothing more (see [`handover`]).
     writes_stopped: Arc<AtomicBool>,
 }
@@ -118,6 +122,7 @@ impl Group {
             raft,
             view,
             batcher,
+            sessions: Default::default(),
             writes_stopped: Default::default(),
         };
         Ok((group, peer_parts))

@@ -53,6 +53,8 @@ pub mod sm_tag {
     pub const BATCH: u8 = 0x20;
     /// tag · group name · 0x00 · topic id · partition → a committed group offset.
     pub const GROUP_OFFSET: u8 = 0x30;
+    /// tag · group name → a coordinated group's membership (`coordination::Coordination`).
+    pub const GROUP_MEMBERS: u8 = 0x31;
     /// tag · producer id → the producer's idempotence state.
     pub const PRODUCER: u8 = 0x40;
 }
@@ -109,6 +111,17 @@ pub fn sm_group_offset(group: GroupId, name: &str, topic_id: u64, partition: u32
     key.extend_from_slice(&topic_id.to_be_bytes());
     key.extend_from_slice(&partition.to_be_bytes());
     key
+}
+
+/// A coordinated group's membership row.
+pub fn sm_group_members(group: GroupId, name: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::GROUP_MEMBERS);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub fn sm_group_members_prefix(group: GroupId) -> Vec<u8> {
+    sm_singleton(group, sm_tag::GROUP_MEMBERS)
 }
 
 pub fn sm_group_offset_prefix(group: GroupId) -> Vec<u8> {

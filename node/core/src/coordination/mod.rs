@@ -129,16 +129,36 @@ pub enum GroupError {
     /// partition and join again.
     UnknownMember(String),
     /// The member sent an epoch from the future: a bug or a confusion of members.
-    FencedEpoch { member: String, sent: i64, current: u64 },
+    FencedEpoch {
+        member: String,
+        sent: i64,
+        current: u64,
+    },
     TooManyMembers(u32),
-    TooManyTopics { asked: usize, max: u32 },
+    TooManyTopics {
+        asked: usize,
+        max: u32,
+    },
     /// A commit for a partition the member does not own.
-    NotOwner { member: String, partition: TopicPartition },
+    NotOwner {
+        member: String,
+        partition: TopicPartition,
+    },
     /// A commit without a member to a group that has members.
-    CoordinatedGroup { members: usize },
+    CoordinatedGroup {
+        members: usize,
+    },
     /// A joining member's new id is already a member's (the leader draws ids at random: this
     /// does not happen, but apply must stay total).
     MemberIdTaken(String),
+}
+
+/// The name of topic `id` in `topics`, or a description of the id if it is gone.
+pub fn topic_name(topics: &Topics, id: u64) -> String {
+    topics
+        .iter()
+        .find(|(_, (topic_id, _))| *topic_id == id)
+        .map_or_else(|| format!("topic id {id}"), |(name, _)| name.clone())
 }
 
 impl Coordination {
@@ -185,7 +205,10 @@ impl Coordination {
             }
             hb.member_id.clone()
         };
-        let member = self.members.get_mut(&member_id).expect("joined or found above");
+        let member = self
+            .members
+            .get_mut(&member_id)
+            .expect("joined or found above");
         member.last_heartbeat_ms = stamp.now_ms;
         if let Some(subscription) = &hb.subscription {
             let subscription: BTreeSet<String> = subscription.iter().cloned().collect();
@@ -343,7 +366,10 @@ impl Coordination {
     /// must go through the log or can be answered from the state as it is.
     pub fn heartbeat_changes(&self, hb: &Heartbeat, stamp: &Stamp, topics: &Topics) -> bool {
         let mut after = self.clone();
-        let before = after.members.get(&hb.member_id).map(|m| m.last_heartbeat_ms);
+        let before = after
+            .members
+            .get(&hb.member_id)
+            .map(|m| m.last_heartbeat_ms);
         if after.heartbeat(hb, stamp, topics).is_err() {
             return false; // refused: answered without the log
         }
@@ -419,8 +445,10 @@ fn assign_range(
     members: &BTreeMap<String, Member>,
     topics: &BTreeMap<String, (u64, u32)>,
 ) -> BTreeMap<String, BTreeSet<TopicPartition>> {
-    let mut target: BTreeMap<String, BTreeSet<TopicPartition>> =
-        members.keys().map(|id| (id.clone(), BTreeSet::new())).collect();
+    let mut target: BTreeMap<String, BTreeSet<TopicPartition>> = members
+        .keys()
+        .map(|id| (id.clone(), BTreeSet::new()))
+        .collect();
     for (name, (topic_id, partitions)) in topics {
         let subscribers: Vec<&String> = members
             .iter()
@@ -451,8 +479,10 @@ fn assign_uniform(
     topics: &BTreeMap<String, (u64, u32)>,
 ) -> BTreeMap<String, BTreeSet<TopicPartition>> {
     let eligible = eligible(members, topics);
-    let mut target: BTreeMap<String, BTreeSet<TopicPartition>> =
-        members.keys().map(|id| (id.clone(), BTreeSet::new())).collect();
+    let mut target: BTreeMap<String, BTreeSet<TopicPartition>> = members
+        .keys()
+        .map(|id| (id.clone(), BTreeSet::new()))
+        .collect();
     // Sticky: a partition stays with the member that owns it, if that member may have it.
     let mut unplaced = Vec::new();
     for (partition, candidates) in &eligible {

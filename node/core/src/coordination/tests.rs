@@ -29,7 +29,11 @@ impl Client {
     fn beat(&mut self, group: &mut Coordination, topics: &Topics, subscribe: Option<&[&str]>) {
         let hb = Heartbeat {
             member_id: self.id.clone(),
-            member_epoch: if self.id.is_empty() { 0 } else { self.epoch as i64 },
+            member_epoch: if self.id.is_empty() {
+                0
+            } else {
+                self.epoch as i64
+            },
             instance_id: None,
             subscription: subscribe.map(|s| s.iter().map(|t| t.to_string()).collect()),
             owned: Some(self.held.clone()),
@@ -37,7 +41,10 @@ impl Client {
             client_host: "h".into(),
         };
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
-        let new_id = format!("m{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let new_id = format!(
+            "m{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let answer = group
             .heartbeat(&hb, &stamp(&new_id), topics)
             .expect("heartbeat");
@@ -64,7 +71,10 @@ fn assert_disjoint(group: &Coordination) {
 fn assert_converged(group: &Coordination, partitions: usize) {
     let assigned: Vec<usize> = group.members.values().map(|m| m.assigned.len()).collect();
     assert_eq!(assigned.iter().sum::<usize>(), partitions, "{group:#?}");
-    let (min, max) = (assigned.iter().min().unwrap(), assigned.iter().max().unwrap());
+    let (min, max) = (
+        assigned.iter().min().unwrap(),
+        assigned.iter().max().unwrap(),
+    );
     assert!(max - min <= 1, "unbalanced {assigned:?}");
     assert!(group.members.values().all(|m| m.revoking.is_empty()));
 }
@@ -93,7 +103,11 @@ fn a_second_member_gets_half_only_after_the_first_released_it() {
     let before = a.held.clone();
     a.beat(&mut g, &t, None);
     assert_eq!(a.held.len(), 6);
-    assert_eq!(g.members[&a.id].revoking.len(), 6, "released only once reported");
+    assert_eq!(
+        g.members[&a.id].revoking.len(),
+        6,
+        "released only once reported"
+    );
     b.beat(&mut g, &t, None);
     assert!(b.held.is_empty());
     a.beat(&mut g, &t, None); // reports them released
@@ -143,7 +157,10 @@ fn an_expired_members_partitions_move_at_once_even_those_it_was_releasing() {
     settle(&mut g, &t, &mut clients);
     let dead = clients[0].id.clone();
     let epoch = g.members[&dead].epoch;
-    assert!(!g.expire(&dead, epoch + 1), "another incarnation is left alone");
+    assert!(
+        !g.expire(&dead, epoch + 1),
+        "another incarnation is left alone"
+    );
     assert!(g.expire(&dead, epoch));
     settle(&mut g, &t, &mut clients[1..]);
     assert_converged(&g, 4);
@@ -164,8 +181,16 @@ fn a_static_member_rejoining_keeps_its_partitions_and_nothing_moves() {
     };
     let a = g.heartbeat(&join("a"), &stamp("m1"), &t).unwrap();
     let b = g.heartbeat(&join("b"), &stamp("m2"), &t).unwrap();
-    let mut ca = Client { id: a.member_id, epoch: a.member_epoch, held: a.assigned };
-    let mut cb = Client { id: b.member_id, epoch: b.member_epoch, held: b.assigned };
+    let mut ca = Client {
+        id: a.member_id,
+        epoch: a.member_epoch,
+        held: a.assigned,
+    };
+    let mut cb = Client {
+        id: b.member_id,
+        epoch: b.member_epoch,
+        held: b.assigned,
+    };
     let mut clients = [ca, cb];
     settle(&mut g, &t, &mut clients);
     [ca, cb] = clients;
@@ -177,7 +202,11 @@ fn a_static_member_rejoining_keeps_its_partitions_and_nothing_moves() {
     assert!(!g.members.contains_key("m2"));
     let err = g
         .heartbeat(
-            &Heartbeat { member_id: "m2".into(), member_epoch: 1, ..join("b") },
+            &Heartbeat {
+                member_id: "m2".into(),
+                member_epoch: 1,
+                ..join("b")
+            },
             &stamp("x"),
             &t,
         )
@@ -223,7 +252,10 @@ fn commits_are_fenced_by_ownership() {
         g.check_commit(None, [(7, 0)]),
         Err(GroupError::CoordinatedGroup { members: 1 })
     ));
-    assert_eq!(g.check_commit(Some((&a.id, a.epoch as i64)), [(7, 0), (7, 1)]), Ok(()));
+    assert_eq!(
+        g.check_commit(Some((&a.id, a.epoch as i64)), [(7, 0), (7, 1)]),
+        Ok(())
+    );
     let mut b = Client::default();
     b.beat(&mut g, &t, Some(&["orders"]));
     assert!(matches!(
@@ -294,7 +326,9 @@ fn random_membership_changes_keep_ownership_disjoint_and_converge() {
     let t = topics(&[("x", 1, 7), ("y", 2, 5)]);
     let mut seed = 42u64;
     let mut rand = move |n: u64| {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (seed >> 33) % n
     };
     for _ in 0..50 {

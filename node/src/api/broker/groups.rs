@@ -1,14 +1,18 @@
-//! Consumer groups: commit and fetch offsets, list, describe and delete groups.
+//! Consumer groups: commit and fetch offsets, list, describe and delete groups; the heartbeat of
+//! coordinated groups' members and the removal of a member.
 
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::*;
 use tonic::{Request, Response, Status};
 
+use std::collections::BTreeSet;
+
 use super::{unexpected, BrokerService};
-use crate::api::convert::group_to_pb;
+use crate::api::convert::{group_to_pb, partitions_from_pb, partitions_to_pb};
 use crate::api::error::ApiError;
 use crate::api::forward::{is_forwarded, leader_unreachable, Forwarder};
-use crate::group::{now_ms, WriteError};
+use crate::group::{now_ms, HeartbeatError, WriteError};
+use raftlog_core::coordination::{Assignor, Heartbeat, Stamp, LEAVE_EPOCH};
 use raftlog_core::{Command, CommandResponse, Rejection};
 
 pub(super) async fn commit_offsets(
@@ -44,7 +48,12 @@ pub(super) async fn commit_offsets(
             .into());
         }
     }
-    let command = Command::CommitGroupOffsets {
+    if !req.member_id.is_empty() {
+        broker.validate_member_id(&req.member_id)?;
+    }
+    let member =
+        (!req.member_id.is_empty()).then(|| Box::new((req.member_id.clone(), req.member_epoch)));
+    let command = Command::CommitFencedOffsets {
         group: req.group.clone(),
         topic: req.topic.clone(),
         offsets: req
@@ -55,6 +64,7 @@ pub(super) async fn commit_offsets(
         committed_at_ms: now_ms(),
         groups_max: broker.ctx.config.limits.groups_max,
         allow_rewind: req.allow_rewind,
+        member,
     };
     broker
         .write_or_forward(
@@ -121,13 +131,22 @@ pub(super) async fn list(
     broker: &BrokerService,
     _: Request<ListGroupsRequest>,
 ) -> Result<Response<ListGroupsResponse>, Status> {
-    let topics = broker.group().view.topics();
-    let groups = broker
-        .group()
-        .view
-        .groups()
+    let view = &broker.group().view;
+    let topics = view.topics();
+    let mut offsets = view.groups();
+    let mut coordinations = view.coordinations();
+    let names: BTreeSet<String> = offsets
+        .keys()
+        .chain(coordinations.keys())
+        .cloned()
+        .collect();
+    let groups = names
         .into_iter()
-        .map(|(name, offsets)| group_to_pb(name, &offsets, &topics))
+        .map(|name| {
+            let o = offsets.remove(&name).unwrap_or_default();
+            let c = coordinations.remove(&name);
+            group_to_pb(name, &o, c.as_ref(), &topics)
+        })
         .collect();
     Ok(Response::new(ListGroupsResponse { groups }))
 }
@@ -138,15 +157,17 @@ pub(super) async fn describe(
 ) -> Result<Response<GroupInfo>, Status> {
     let name = request.into_inner().group;
     broker.validate_name("group", &name)?;
-    let offsets = broker
-        .group()
-        .view
-        .group_offsets(&name)
-        .ok_or_else(|| ApiError::from(Rejection::UnknownGroup(name.clone())))?;
+    let view = &broker.group().view;
+    let offsets = view.group_offsets(&name);
+    let coordination = view.coordination(&name);
+    if offsets.is_none() && coordination.is_none() {
+        return Err(ApiError::from(Rejection::UnknownGroup(name)).into());
+    }
     Ok(Response::new(group_to_pb(
         name,
-        &offsets,
-        &broker.group().view.topics(),
+        &offsets.unwrap_or_default(),
+        coordination.as_ref(),
+        &view.topics(),
     )))
 }
 
@@ -173,6 +194,199 @@ pub(super) async fn delete(
             |mut client| async move {
                 client
                     .delete_group(Forwarder::forwarded_write(req, deadline)?)
+                    .await
+            },
+        )
+        .await
+}
+
+/// A member's heartbeat: answered by the leader (a follower forwards it), through the log when it
+/// changes the group (`group::membership`).
+pub(super) async fn heartbeat(
+    broker: &BrokerService,
+    request: Request<GroupHeartbeatRequest>,
+) -> Result<Response<GroupHeartbeatResponse>, Status> {
+    let forwarded = is_forwarded(&request);
+    let deadline = broker.write_deadline(&request);
+    let req = request.into_inner();
+    broker.validate_name("group", &req.group)?;
+    let group = broker.group();
+    if !group.is_leader() {
+        return forward_heartbeat(broker, req, forwarded, group.leader(), deadline).await;
+    }
+    let topics = group.view.topic_table();
+    let (heartbeat, stamp) = broker.heartbeat_command(&req, &topics)?;
+    let groups_max = broker.ctx.config.limits.groups_max;
+    match group
+        .group_heartbeat(&req.group, heartbeat, stamp, groups_max, deadline)
+        .await
+    {
+        Ok(answer) => {
+            let session_timeout_ms = group
+                .view
+                .coordination(&req.group)
+                .map_or(0, |c| c.session_timeout_ms);
+            Ok(Response::new(GroupHeartbeatResponse {
+                member_id: answer.member_id,
+                member_epoch: answer.member_epoch,
+                assigned: partitions_to_pb(&answer.assigned, &topics),
+                heartbeat_interval_ms: heartbeat_interval_ms(session_timeout_ms),
+                session_timeout_ms,
+            }))
+        }
+        Err(HeartbeatError::Rejected(r)) => Err(ApiError::from(r).into()),
+        Err(HeartbeatError::Write(WriteError::NotLeader(leader))) => {
+            forward_heartbeat(broker, req, forwarded, leader, deadline).await
+        }
+        Err(HeartbeatError::Write(e)) => Err(ApiError::write_failed(broker.ctx.id, e).into()),
+    }
+}
+
+/// How often a member heartbeats: five times per session, so that a few lost heartbeats or an
+/// election (about a second) do not expire it.
+fn heartbeat_interval_ms(session_timeout_ms: u32) -> u32 {
+    (session_timeout_ms / 5).max(100)
+}
+
+async fn forward_heartbeat(
+    broker: &BrokerService,
+    req: GroupHeartbeatRequest,
+    forwarded: bool,
+    leader: Option<crate::group::Leader>,
+    deadline: std::time::Instant,
+) -> Result<Response<GroupHeartbeatResponse>, Status> {
+    let (channel, leader) = broker.forwarder.route(forwarded, leader, broker.ctx.id)?;
+    BrokerClient::new(channel)
+        .group_heartbeat(Forwarder::forwarded_write(req, deadline)?)
+        .await
+        .map_err(|s| leader_unreachable(s, leader))
+}
+
+impl BrokerService {
+    /// Checks a heartbeat against the limits and builds what its command carries: the heartbeat
+    /// in domain terms and the leader's stamp (its clock, a new member id, the limits).
+    fn heartbeat_command(
+        &self,
+        req: &GroupHeartbeatRequest,
+        topics: &raftlog_core::coordination::Topics,
+    ) -> Result<(Heartbeat, Stamp), ApiError> {
+        let limits = &self.ctx.config.limits;
+        if !req.member_id.is_empty() {
+            self.validate_member_id(&req.member_id)?;
+        }
+        if !req.instance_id.is_empty() {
+            self.validate_name("instance id", &req.instance_id)?;
+        }
+        if req.member_epoch < LEAVE_EPOCH {
+            return Err(ApiError::InvalidArgument(format!(
+                "member_epoch {} is not an epoch: 0 joins, -1 leaves",
+                req.member_epoch
+            )));
+        }
+        if req.member_id.is_empty() && req.subscription.is_none() {
+            return Err(ApiError::InvalidArgument(
+                "a member joins with a subscription (the topics to read)".into(),
+            ));
+        }
+        if let Some(subscription) = &req.subscription {
+            let max = limits.group_subscription_topics_max as usize;
+            if subscription.topics.is_empty() || subscription.topics.len() > max {
+                return Err(ApiError::InvalidArgument(format!(
+                    "a subscription names 1 to {max} topics (group_subscription_topics_max); got \
+                     {}",
+                    subscription.topics.len()
+                )));
+            }
+            for topic in &subscription.topics {
+                self.validate_topic_name(topic)?;
+            }
+        }
+        let (session_timeout_ms, assignor) = self.group_settings(req)?;
+        let heartbeat = Heartbeat {
+            member_id: req.member_id.clone(),
+            member_epoch: req.member_epoch,
+            instance_id: (!req.instance_id.is_empty()).then(|| req.instance_id.clone()),
+            subscription: req.subscription.as_ref().map(|s| s.topics.clone()),
+            owned: req
+                .owned
+                .as_ref()
+                .map(|o| partitions_from_pb(&o.topics, topics)),
+            client_id: req.client_id.chars().take(256).collect(),
+            client_host: req.client_host.chars().take(256).collect(),
+        };
+        let stamp = Stamp {
+            now_ms: now_ms(),
+            new_member_id: format!("{:016x}", rand::random::<u64>()),
+            members_max: limits.group_members_max,
+            subscription_topics_max: limits.group_subscription_topics_max,
+            session_timeout_ms,
+            assignor,
+        };
+        Ok((heartbeat, stamp))
+    }
+    /// The session timeout and assignor a heartbeat asks for (used when it founds the group).
+    fn group_settings(&self, req: &GroupHeartbeatRequest) -> Result<(u32, Assignor), ApiError> {
+        let limits = &self.ctx.config.limits;
+        let session_timeout_ms = match req.session_timeout_ms {
+            0 => limits.group_session_timeout_ms_default,
+            ms if ms < limits.group_session_timeout_ms_min
+                || ms > limits.group_session_timeout_ms_max =>
+            {
+                return Err(ApiError::InvalidArgument(format!(
+                    "session_timeout_ms {ms} is outside {}..={} (group_session_timeout_ms_min, \
+                     _max)",
+                    limits.group_session_timeout_ms_min, limits.group_session_timeout_ms_max
+                )))
+            }
+            ms => ms,
+        };
+        let assignor = match req.assignor.as_str() {
+            "" | "uniform" => Assignor::Uniform,
+            "range" => Assignor::Range,
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return Err(ApiError::InvalidArgument(format!(
+                    "unknown assignor '{}'; use uniform or range",
+                    shown.escape_debug()
+                )));
+            }
+        };
+        Ok((session_timeout_ms, assignor))
+    }
+}
+
+/// An operator removes a member: its partitions move at once.
+pub(super) async fn remove_member(
+    broker: &BrokerService,
+    request: Request<RemoveGroupMemberRequest>,
+) -> Result<Response<RemoveGroupMemberResponse>, Status> {
+    let forwarded = is_forwarded(&request);
+    let deadline = broker.write_deadline(&request);
+    let req = request.into_inner();
+    broker.validate_name("group", &req.group)?;
+    broker.validate_member_id(&req.member_id)?;
+    let command = Command::RemoveGroupMember {
+        group: req.group.clone(),
+        member_id: req.member_id.clone(),
+    };
+    let (group, member_id) = (req.group.clone(), req.member_id.clone());
+    broker
+        .write_or_forward(
+            forwarded,
+            deadline,
+            command,
+            |response| match response {
+                CommandResponse::MemberRemoved { removed: true } => {
+                    Ok(RemoveGroupMemberResponse {})
+                }
+                CommandResponse::MemberRemoved { removed: false } => Err(ApiError::NotFound(
+                    format!("'{member_id}' is not a member of consumer group '{group}'"),
+                )),
+                other => Err(unexpected(other)),
+            },
+            |mut client| async move {
+                client
+                    .remove_group_member(Forwarder::forwarded_write(req, deadline)?)
                     .await
             },
         )

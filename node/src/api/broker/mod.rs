@@ -102,6 +102,23 @@ impl BrokerService {
         self.validate_name("topic", name)
     }
 
+    /// A group member id as the leader hands them out (16 hex digits), or at least something of
+    /// the same shape: 1 to 64 bytes of `[A-Za-z0-9._-]` (so that no error echoes more).
+    pub(super) fn validate_member_id(&self, member_id: &str) -> Result<(), ApiError> {
+        let shape_ok = (1..=64).contains(&member_id.len())
+            && member_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if shape_ok {
+            return Ok(());
+        }
+        Err(ApiError::InvalidArgument(format!(
+            "member_id must be 1 to 64 bytes of [A-Za-z0-9._-] (got {} bytes): use the id the \
+             group's heartbeat answered",
+            member_id.len()
+        )))
+    }
+
     /// Topic and group names: 1 to `topic_name_bytes_max` bytes of `[A-Za-z0-9._-]`.
     pub(super) fn validate_name(&self, what: &str, name: &str) -> Result<(), ApiError> {
         if name == "." || name == ".." {
@@ -213,6 +230,20 @@ impl Broker for BrokerService {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         fetch::subscribe(self, request).await
+    }
+
+    async fn group_heartbeat(
+        &self,
+        request: Request<GroupHeartbeatRequest>,
+    ) -> Result<Response<GroupHeartbeatResponse>, Status> {
+        groups::heartbeat(self, request).await
+    }
+
+    async fn remove_group_member(
+        &self,
+        request: Request<RemoveGroupMemberRequest>,
+    ) -> Result<Response<RemoveGroupMemberResponse>, Status> {
+        groups::remove_member(self, request).await
     }
 
     async fn list_offsets(

@@ -26,6 +26,7 @@
 mod appends;
 mod changes;
 mod maintenance;
+mod membership;
 mod offsets;
 mod raft_impl;
 mod read;
@@ -46,6 +47,7 @@ use crate::snapshot_store::SnapshotStore;
 use crate::StateFlushed;
 use appends::EntryRows;
 use changes::{GroupChanges, TopicChanges};
+use raftlog_core::coordination::Coordination;
 use raftlog_core::types::{Entry, EntryPayload, LogId, StorageError, StoredMembership};
 use raftlog_core::{
     Command, CommandResponse, GroupId, GroupOffset, GroupOffsets, ProducerState, TopicState,
@@ -63,6 +65,9 @@ pub struct StateMachine {
     next_producer_id: u64,
     /// Only apply reads and writes this (no API read needs it), so it is not in the view.
     producers: BTreeMap<u64, ProducerState>,
+    /// Coordinated groups this apply call changed (`None`: no members left), published to the
+    /// view with the call's other changes once its write batch is in RocksDB.
+    coordination_changes: BTreeMap<String, Option<Coordination>>,
     snapshots: SnapshotStore,
 }
 
@@ -94,6 +99,7 @@ impl StateMachine {
             next_topic_id: 1,
             next_producer_id: 1,
             producers: BTreeMap::new(),
+            coordination_changes: BTreeMap::new(),
             snapshots,
         };
         sm.load()?;
@@ -147,8 +153,14 @@ impl StateMachine {
             .unwrap_or(1);
         self.producers = self.load_producers()?;
         let groups = self.load_groups()?;
+        let coordinations = self.load_coordinations()?;
         *self.view.topics.write().expect("topic table lock") = topics;
         *self.view.groups.write().expect("group table lock") = groups;
+        *self
+            .view
+            .coordinations
+            .write()
+            .expect("coordination table lock") = coordinations;
         self.view.applied.send_replace(self.last_applied);
         // What was just read is on disk: at open the memtable is empty (no WAL to replay), and
         // an installed snapshot is flushed before it is loaded.
@@ -202,6 +214,17 @@ impl StateMachine {
         Ok(producers)
     }
 
+    fn load_coordinations(&self) -> Result<BTreeMap<String, Coordination>, StorageError> {
+        let prefix = keys::sm_group_members_prefix(self.view.group);
+        let mut coordinations = BTreeMap::new();
+        for item in self.rows_under(&prefix) {
+            let (key, value) = item?;
+            let name = String::from_utf8(key[prefix.len()..].to_vec()).map_err(sm_err)?;
+            coordinations.insert(name, decode(&value).map_err(sm_err)?);
+        }
+        Ok(coordinations)
+    }
+
     fn load_groups(&self) -> Result<BTreeMap<String, GroupOffsets>, StorageError> {
         let prefix = keys::sm_group_offset_prefix(self.view.group);
         let mut groups: BTreeMap<String, GroupOffsets> = BTreeMap::new();
@@ -241,6 +264,7 @@ impl StateMachine {
         let (changed_topics, changed_groups) = (topics.touched, groups.touched);
         drop((live_topics, live_groups));
         self.publish(changed_topics, changed_groups);
+        self.publish_coordinations();
         self.view.applied.send_replace(self.last_applied);
         Ok(responses)
     }
@@ -313,8 +337,14 @@ impl StateMachine {
             }
             Command::CommitOffsets { .. }
             | Command::CommitGroupOffsets { .. }
+            | Command::CommitFencedOffsets { .. }
             | Command::DeleteGroup { .. } => {
                 self.apply_offset_command(command, topics, groups, batch)
+            }
+            Command::GroupHeartbeat { .. }
+            | Command::ExpireGroupMember { .. }
+            | Command::RemoveGroupMember { .. } => {
+                self.apply_membership_command(command, topics, groups, batch)
             }
             Command::Maintenance { .. } => {
                 unreachable!("apply() runs Maintenance itself, against flushed state")
@@ -348,6 +378,25 @@ impl StateMachine {
         let mut opts = WriteOptions::default();
         opts.disable_wal(true);
         self.view.db.write_opt(batch, &opts).map_err(sm_err)
+    }
+
+    /// Publishes the coordinated groups this apply call changed (see [`Self::publish`]).
+    fn publish_coordinations(&mut self) {
+        let changes = std::mem::take(&mut self.coordination_changes);
+        if changes.is_empty() {
+            return;
+        }
+        let mut live = self
+            .view
+            .coordinations
+            .write()
+            .expect("coordination table lock");
+        for (name, coordination) in changes {
+            match coordination {
+                Some(c) => live.insert(name, c),
+                None => live.remove(&name),
+            };
+        }
     }
 
     /// Publishes what an apply call changed to the view's tables, once its write batch is in

@@ -1,6 +1,7 @@
-//! Applying the consumer groups' offset commands: commits (`Command::CommitGroupOffsets`, which
-//! may refuse a rewind, and the older unconditional `Command::CommitOffsets`) and
-//! `Command::DeleteGroup`. A group exists while it has a committed offset.
+//! Applying the consumer groups' offset commands: commits (`Command::CommitFencedOffsets`, which
+//! is fenced by membership and may refuse a rewind; the older `CommitGroupOffsets`, which may
+//! refuse a rewind, and `CommitOffsets`, which overwrote) and `Command::DeleteGroup` (refused while
+//! the group has members). A group's offsets exist while it has a committed offset.
 
 use rocksdb::WriteBatch;
 
@@ -11,7 +12,8 @@ use crate::keys;
 use raftlog_core::{Command, CommandResponse, GroupId, GroupOffset, Rejection};
 
 impl StateMachine {
-    /// Applies `Command::CommitOffsets`, `CommitGroupOffsets` or `DeleteGroup`.
+    /// Applies `Command::CommitOffsets`, `CommitGroupOffsets`, `CommitFencedOffsets` or
+    /// `DeleteGroup`.
     pub(super) fn apply_offset_command(
         &self,
         command: &Command,
@@ -60,9 +62,65 @@ impl StateMachine {
                 groups,
                 rows,
             ),
-            Command::DeleteGroup { group } => delete_group(group, groups, rows),
+            Command::CommitFencedOffsets { .. } => {
+                self.commit_fenced_offsets(command, topics, groups, rows)
+            }
+            Command::DeleteGroup { group } => match self.members_of(group) {
+                0 => delete_group(group, groups, rows),
+                members => CommandResponse::Rejected(Rejection::GroupHasMembers {
+                    group: group.clone(),
+                    members,
+                }),
+            },
             other => unreachable!("not an offset command: {other}"),
         }
+    }
+}
+
+impl StateMachine {
+    /// `Command::CommitFencedOffsets`: refused unless the committing member owns every
+    /// partition (or, without a member, the group has none); then as any commit.
+    fn commit_fenced_offsets(
+        &self,
+        command: &Command,
+        topics: &TopicChanges<'_>,
+        groups: &mut GroupChanges<'_>,
+        rows: (&mut WriteBatch, &rocksdb::ColumnFamily, GroupId),
+    ) -> CommandResponse {
+        let Command::CommitFencedOffsets {
+            group,
+            topic,
+            offsets,
+            committed_at_ms,
+            groups_max,
+            allow_rewind,
+            member,
+        } = command
+        else {
+            unreachable!("not a fenced commit: {command}")
+        };
+        if let Some(state) = topics.get(topic) {
+            let partitions = offsets.iter().map(|(p, _)| *p);
+            let member = member.as_deref();
+            if let Err(refused) =
+                self.check_fenced_commit(group, member, topic, state.id, partitions)
+            {
+                return CommandResponse::Rejected(refused);
+            }
+        }
+        commit_offsets(
+            OffsetCommit {
+                group,
+                topic,
+                offsets,
+                committed_at_ms: *committed_at_ms,
+                groups_max: *groups_max,
+                allow_rewind: *allow_rewind,
+            },
+            topics,
+            groups,
+            rows,
+        )
     }
 }
 

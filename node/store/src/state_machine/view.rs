@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::db::CF_STATE_MACHINE;
 use crate::StateFlushed;
+use raftlog_core::coordination::{Coordination, Topics};
 use raftlog_core::limits::READS_PARALLEL;
 use raftlog_core::types::LogId;
 use raftlog_core::{GroupId, GroupOffsets, TopicSettings, TopicState};
@@ -21,6 +22,8 @@ pub struct StateView {
     pub(super) group: GroupId,
     pub(super) topics: RwLock<BTreeMap<String, TopicState>>,
     pub(super) groups: RwLock<BTreeMap<String, GroupOffsets>>,
+    /// Coordinated groups' membership, by group name (groups with members only).
+    pub(super) coordinations: RwLock<BTreeMap<String, Coordination>>,
     pub(super) applied: watch::Sender<Option<LogId>>,
     /// How far the applied state is on disk; the group's log reads it before a purge.
     pub(super) flushed: StateFlushed,
@@ -37,6 +40,7 @@ impl StateView {
             group,
             topics: RwLock::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
+            coordinations: RwLock::new(BTreeMap::new()),
             applied: applied_tx,
             flushed: StateFlushed::default(),
             read_slots: Arc::new(tokio::sync::Semaphore::new(READS_PARALLEL)),
@@ -100,5 +104,32 @@ impl StateView {
             .expect("group table lock")
             .get(name)
             .cloned()
+    }
+
+    /// A coordinated group's membership, if it has members.
+    pub fn coordination(&self, name: &str) -> Option<Coordination> {
+        self.coordinations
+            .read()
+            .expect("coordination table lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Every coordinated group's membership, by group name.
+    pub fn coordinations(&self) -> BTreeMap<String, Coordination> {
+        self.coordinations
+            .read()
+            .expect("coordination table lock")
+            .clone()
+    }
+
+    /// Every topic as the coordination rules see it: name → (topic id, partitions).
+    pub fn topic_table(&self) -> Topics {
+        self.topics
+            .read()
+            .expect("topic table lock")
+            .values()
+            .map(|t| (t.name.clone(), (t.id, t.settings.partitions)))
+            .collect()
     }
 }

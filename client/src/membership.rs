@@ -1,0 +1,288 @@
+//! Membership of a coordinated consumer group: a task that heartbeats the group on the leader
+//! and keeps what the member was told.
+//!
+//! The member owns the partitions the last answer assigned it plus those it still holds that
+//! were taken from it (until it reports them released). Its reader ([`crate::consumer::Consumer`])
+//! looks at [`Membership::assignment`] before each read: it stops reading a partition that is no
+//! longer assigned, commits it and reports it released ([`Membership::set_held`]); it starts
+//! reading a newly assigned one from the group's committed offset.
+//!
+//! Self-fencing: once a session timeout has passed since the member *sent* its last heartbeat
+//! that was answered, it stops reading every partition (the leader may have expired it and given
+//! them away) and joins again. An answer refused as fenced (the member is no longer in the group)
+//! does the same at once.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::{pb, Client, Error};
+
+/// Who the member is and how it joins.
+#[derive(Debug, Clone)]
+pub struct MemberConfig {
+    pub group: String,
+    pub topic: String,
+    /// Static membership: a member that comes back under the same instance id takes over its
+    /// predecessor's partitions.
+    pub instance_id: Option<String>,
+    /// Asked for when the group has no members yet; 0: the node's default (10 s).
+    pub session_timeout_ms: u32,
+    /// "uniform" (the default) or "range", when the group has no members yet.
+    pub assignor: String,
+    pub client_id: String,
+}
+
+/// What the member was last told, as its reader sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub member_id: String,
+    pub member_epoch: u64,
+    /// Partitions of the topic the member may read.
+    pub partitions: BTreeSet<u32>,
+    /// Moves each time the member lost everything (fenced, or its session ran out locally): the
+    /// reader must drop every partition without committing.
+    pub fences: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    member_id: String,
+    /// 0 until joined.
+    epoch: u64,
+    assigned: BTreeSet<u32>,
+    /// What the reader holds (set by it); reported as `owned` when it differs from `reported`.
+    held: BTreeSet<u32>,
+    reported: Option<BTreeSet<u32>>,
+    last_answered_sent: Option<Instant>,
+    session_timeout: Duration,
+    interval: Duration,
+    fences: u64,
+    /// A refusal the member cannot act on (an unknown topic, a limit): reported to the reader.
+    failure: Option<Error>,
+    leaving: bool,
+}
+
+/// A running membership. Dropping it stops the heartbeats without leaving (the session expires);
+/// [`Membership::leave`] leaves at once.
+pub struct Membership {
+    client: Client,
+    config: MemberConfig,
+    state: Arc<Mutex<State>>,
+    wake: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Membership {
+    /// Joins the group and waits for the first answer.
+    pub async fn join(client: Client, config: MemberConfig) -> Result<Self, Error> {
+        let state = Arc::new(Mutex::new(State {
+            member_id: String::new(),
+            epoch: 0,
+            assigned: BTreeSet::new(),
+            held: BTreeSet::new(),
+            reported: None,
+            last_answered_sent: None,
+            session_timeout: Duration::from_secs(10),
+            interval: Duration::from_secs(2),
+            fences: 0,
+            failure: None,
+            leaving: false,
+        }));
+        // The first heartbeat in the caller's task, so that a refusal (unknown topic, limits)
+        // is the caller's error.
+        heartbeat_once(&client, &config, &state).await?;
+        let wake = Arc::new(Notify::new());
+        let task = tokio::spawn(run(
+            client.clone(),
+            config.clone(),
+            state.clone(),
+            wake.clone(),
+        ));
+        Ok(Self {
+            client,
+            config,
+            state,
+            wake,
+            task,
+        })
+    }
+
+    /// What the member owns now; an error when the group refused it for good.
+    pub fn assignment(&self) -> Result<Assignment, Error> {
+        let mut state = self.state.lock().expect("membership lock");
+        expire_locally(&mut state);
+        if let Some(e) = state.failure.take() {
+            return Err(e);
+        }
+        Ok(Assignment {
+            member_id: state.member_id.clone(),
+            member_epoch: state.epoch,
+            partitions: state.assigned.clone(),
+            fences: state.fences,
+        })
+    }
+
+    /// The member's id and epoch, for fenced commits.
+    pub fn member(&self) -> (String, i64) {
+        let state = self.state.lock().expect("membership lock");
+        (state.member_id.clone(), state.epoch as i64)
+    }
+
+    /// The partitions the reader holds now; released ones are reported at once.
+    pub fn set_held(&self, held: BTreeSet<u32>) {
+        let mut state = self.state.lock().expect("membership lock");
+        if state.held != held {
+            state.held = held;
+            self.wake.notify_one();
+        }
+    }
+
+    /// Leaves the group: its partitions move to the other members at once.
+    pub async fn leave(self) -> Result<(), Error> {
+        self.task.abort();
+        let (member_id, joined) = {
+            let mut state = self.state.lock().expect("membership lock");
+            state.leaving = true;
+            (state.member_id.clone(), state.epoch > 0)
+        };
+        if !joined {
+            return Ok(());
+        }
+        let request = pb::GroupHeartbeatRequest {
+            group: self.config.group.clone(),
+            member_id,
+            member_epoch: -1,
+            ..Default::default()
+        };
+        match self.client.group_heartbeat(request).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_member_fenced() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Once a session timeout has passed since the last answered heartbeat was sent, the member may
+/// have been expired: it drops everything and joins again.
+fn expire_locally(state: &mut State) {
+    let Some(sent) = state.last_answered_sent else {
+        return;
+    };
+    if sent.elapsed() > state.session_timeout {
+        tracing::warn!(
+            member_id = %state.member_id,
+            "no heartbeat answered within the session timeout; dropping every partition and rejoining"
+        );
+        fence(state);
+    }
+}
+
+fn fence(state: &mut State) {
+    state.member_id.clear();
+    state.epoch = 0;
+    state.assigned.clear();
+    state.reported = None;
+    state.last_answered_sent = None;
+    state.fences += 1;
+}
+
+/// Heartbeats every interval, and at once when the reader released partitions.
+async fn run(client: Client, config: MemberConfig, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
+    loop {
+        let interval = {
+            let mut s = state.lock().expect("membership lock");
+            expire_locally(&mut s);
+            if s.leaving {
+                return;
+            }
+            s.interval
+        };
+        let _ = tokio::time::timeout(interval, wake.notified()).await;
+        if let Err(e) = heartbeat_once(&client, &config, &state).await {
+            tracing::warn!(group = %config.group, error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// Sends one heartbeat and takes in its answer.
+async fn heartbeat_once(
+    client: &Client,
+    config: &MemberConfig,
+    state: &Mutex<State>,
+) -> Result<(), Error> {
+    let (request, owned) = {
+        let s = state.lock().expect("membership lock");
+        let joining = s.epoch == 0;
+        let owned = (s.reported.as_ref() != Some(&s.held)).then(|| s.held.clone());
+        let request = pb::GroupHeartbeatRequest {
+            group: config.group.clone(),
+            member_id: s.member_id.clone(),
+            member_epoch: s.epoch as i64,
+            instance_id: config.instance_id.clone().unwrap_or_default(),
+            subscription: joining.then(|| pb::Subscription {
+                topics: vec![config.topic.clone()],
+            }),
+            owned: owned.as_ref().map(|held| pb::OwnedPartitions {
+                topics: vec![pb::TopicPartitions {
+                    topic: config.topic.clone(),
+                    partitions: held.iter().copied().collect(),
+                }],
+            }),
+            client_id: config.client_id.clone(),
+            client_host: hostname(),
+            session_timeout_ms: config.session_timeout_ms,
+            assignor: config.assignor.clone(),
+        };
+        (request, owned)
+    };
+    let sent = Instant::now();
+    match client.group_heartbeat(request).await {
+        Ok(answer) => {
+            let mut s = state.lock().expect("membership lock");
+            s.member_id = answer.member_id;
+            s.epoch = answer.member_epoch;
+            s.assigned = answer
+                .assigned
+                .iter()
+                .filter(|tp| tp.topic == config.topic)
+                .flat_map(|tp| tp.partitions.iter().copied())
+                .collect();
+            if owned.is_some() {
+                s.reported = owned;
+            }
+            s.last_answered_sent = Some(sent);
+            s.session_timeout = Duration::from_millis(u64::from(answer.session_timeout_ms.max(1)));
+            s.interval = Duration::from_millis(u64::from(answer.heartbeat_interval_ms.max(50)));
+            Ok(())
+        }
+        Err(e) if e.is_member_fenced() => {
+            let mut s = state.lock().expect("membership lock");
+            tracing::warn!(member_id = %s.member_id, error = %e, "fenced; dropping every partition and rejoining");
+            fence(&mut s);
+            Ok(())
+        }
+        Err(e) => {
+            if e.is_definite() && !crate::consumer::is_node_failure(&e) {
+                state.lock().expect("membership lock").failure = Some(e.clone());
+            }
+            Err(e)
+        }
+    }
+}
+
+/// This machine's name, for `group describe`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
