@@ -7,9 +7,9 @@
 //! longer assigned, commits it and reports it released ([`Membership::set_held`]); it starts
 //! reading a newly assigned one from the group's committed offset.
 //!
-//! Self-fencing: once a session timeout has passed since the member *sent* its last heartbeat
-//! that was answered, it stops reading every partition (the leader may have expired it and given
-//! them away) and joins again. An answer refused as fenced (the member is no longer in the group)
+//! Self-fencing: once two thirds of a session timeout have passed since the member *sent* its
+//! last heartbeat that was answered, it stops reading every partition (the leader may soon expire
+//! it and give them away) and joins again. An answer refused as fenced (the member is no longer in the group)
 //! does the same at once.
 
 use std::collections::BTreeSet;
@@ -172,13 +172,22 @@ impl Drop for Membership {
     }
 }
 
-/// Once a session timeout has passed since the last answered heartbeat was sent, the member may
-/// have been expired: it drops everything and joins again.
+/// When the member must have stopped reading if no heartbeat is answered before: two thirds of
+/// a session timeout after it sent its last answered one. The leader expires it a whole session
+/// after it heard that heartbeat (later than it was sent); the third left over covers a reader
+/// busy with its last records, and a machine slow to run this task.
+fn fence_deadline(state: &State) -> Option<Instant> {
+    let sent = state.last_answered_sent?;
+    Some(sent + state.session_timeout * 2 / 3)
+}
+
+/// Past the fence deadline the member may be about to be expired: it drops everything and joins
+/// again.
 fn expire_locally(state: &mut State) {
-    let Some(sent) = state.last_answered_sent else {
+    let Some(deadline) = fence_deadline(state) else {
         return;
     };
-    if sent.elapsed() > state.session_timeout {
+    if Instant::now() >= deadline {
         tracing::warn!(
             member_id = %state.member_id,
             "no heartbeat answered within the session timeout; dropping every partition and rejoining"
@@ -199,15 +208,18 @@ fn fence(state: &mut State) {
 /// Heartbeats every interval, and at once when the reader released partitions.
 async fn run(client: Client, config: MemberConfig, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
     loop {
-        let interval = {
+        let wait = {
             let mut s = state.lock().expect("membership lock");
             expire_locally(&mut s);
             if s.leaving {
                 return;
             }
-            s.interval
+            // Wake up at the fence deadline too, so that the member fences on time.
+            let until_fence =
+                fence_deadline(&s).map(|d| d.saturating_duration_since(Instant::now()));
+            until_fence.map_or(s.interval, |f| s.interval.min(f + Duration::from_millis(1)))
         };
-        let _ = tokio::time::timeout(interval, wake.notified()).await;
+        let _ = tokio::time::timeout(wait, wake.notified()).await;
         if let Err(e) = heartbeat_once(&client, &config, &state).await {
             tracing::warn!(group = %config.group, error = %e, "heartbeat failed");
         }

@@ -13,8 +13,8 @@
 //! member as heard from when it took over (one session of grace) rather than expiring them all.
 //!
 //! Why no two members own a partition even across leader changes: a member stops reading every
-//! partition once a session timeout has passed since it *sent* its last heartbeat that was
-//! answered; an answer comes only from a leader confirmed by a quorum (the read barrier, or the
+//! partition once a session timeout (the Rust client: two thirds of one) has passed since it
+//! *sent* its last heartbeat that was answered; an answer comes only from a leader confirmed by a quorum (the read barrier, or the
 //! commit of the heartbeat's entry), which heard it after it was sent; any later leader took over
 //! after that answer and grants one session of grace from then. So every leader's expiry comes
 //! after the member has stopped.
