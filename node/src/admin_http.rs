@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::node::NodeContext;
+use raftlog_core::coordination::Coordination;
 use raftlog_core::group_lag;
 
 pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Receiver<bool>) {
@@ -279,6 +280,46 @@ fn render_partitions_and_groups(ctx: &NodeContext, out: &mut String) {
                 "raftlog_group_lag{{group=\"{group}\",topic=\"{}\",partition=\"{}\"}} {}",
                 p.topic, p.partition, p.lag
             );
+        }
+    }
+    render_coordinated_groups(ctx, out);
+}
+
+/// A per-group gauge: its name, its help text and how to read it off the group.
+type GroupGauge = (&'static str, &'static str, fn(&Coordination) -> u64);
+
+/// Each coordinated group's members, target assignments computed and partitions nobody owns.
+fn render_coordinated_groups(ctx: &NodeContext, out: &mut String) {
+    let groups = ctx.metadata().view.coordinations();
+    let series: [GroupGauge; 3] = [
+        (
+            "raftlog_group_members",
+            "members of a coordinated consumer group",
+            |c| c.members.len() as u64,
+        ),
+        (
+            "raftlog_group_rebalances",
+            "target assignments a coordinated group has computed (a counter)",
+            |c| c.rebalances,
+        ),
+        (
+            "raftlog_group_partitions_unassigned",
+            "partitions of a coordinated group's subscription that no member owns",
+            |c| {
+                let subscribed: u64 = c.topics_seen.values().map(|(_, n)| u64::from(*n)).sum();
+                let owned: usize = c
+                    .members
+                    .values()
+                    .map(|m| m.assigned.len() + m.revoking.len())
+                    .sum();
+                subscribed.saturating_sub(owned as u64)
+            },
+        ),
+    ];
+    for (name, help, value) in series {
+        gauge(out, name, help);
+        for (group, c) in &groups {
+            let _ = writeln!(out, "{name}{{group=\"{group}\"}} {}", value(c));
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
 use raftlog_client::{pb, record, Client};
-use support::{NodeOptions, TestCluster};
+use support::{sample, NodeOptions, TestCluster};
 use tokio::task::JoinHandle;
 use tonic::Code;
 
@@ -180,6 +180,13 @@ async fn members_share_partitions_one_owner_each_through_joins_leaves_and_crashe
         members.push(start_member(client.clone(), consumed.clone()).await);
     }
     wait_balanced(&client, 4).await;
+    // The group in the metrics, on every node.
+    for id in 1..=3 {
+        let page = cluster.metrics(id).await;
+        let group = "group=\"workers\"";
+        assert_eq!(sample(&page, "raftlog_group_members", group), Some(4.0));
+        assert_eq!(sample(&page, "raftlog_group_partitions_unassigned", group), Some(0.0));
+    }
 
     // One leaves gracefully, one dies (its session expires), during which the leader is
     // killed: two remain with six partitions each.

@@ -25,7 +25,10 @@ impl BrokerService {
     /// leader proposes the batch without waiting for it to commit and acknowledges at the offset
     /// it guesses from its applied state. Acks can then name offsets that other batches take, or
     /// records a crash loses.
-    async fn unsafe_early_ack(&self, append: &PreparedAppend) -> Option<ProduceResponse> {
+    pub(super) async fn unsafe_early_ack(
+        &self,
+        append: &PreparedAppend,
+    ) -> Option<ProduceResponse> {
         if unsafe_bug().as_deref() != Some("early-ack")
             || self.group().raft.current_leader().await != Some(self.ctx.id)
         {
@@ -50,7 +53,7 @@ impl BrokerService {
     /// TEST-ONLY BUG (`late-write`): one produce in 20 is held for 5 s, as a request stuck on its
     /// way would be, then stamped and proposed with its deadline ignored, whether or not its
     /// caller still waits. The harness must report it as a `late-write`.
-    async fn unsafe_late_write(
+    pub(super) async fn unsafe_late_write(
         &self,
         append: &PreparedAppend,
     ) -> Option<Result<ProduceResponse, Status>> {
