@@ -185,7 +185,10 @@ async fn members_share_partitions_one_owner_each_through_joins_leaves_and_crashe
         let page = cluster.metrics(id).await;
         let group = "group=\"workers\"";
         assert_eq!(sample(&page, "raftlog_group_members", group), Some(4.0));
-        assert_eq!(sample(&page, "raftlog_group_partitions_unassigned", group), Some(0.0));
+        assert_eq!(
+            sample(&page, "raftlog_group_partitions_unassigned", group),
+            Some(0.0)
+        );
     }
 
     // One leaves gracefully, one dies (its session expires), during which the leader is
