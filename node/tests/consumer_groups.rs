@@ -352,6 +352,8 @@ async fn a_fenced_member_cannot_commit_and_the_group_survives_a_full_restart() {
         .await
         .unwrap_err();
     assert!(fenced.is_member_fenced(), "{fenced}");
+    // Describe is served from the answering node's applied state: let every node apply first.
+    cluster.wait_converged(&[1, 2, 3]).await;
     let before = client.describe_group(GROUP).await.unwrap();
 
     // Every node restarts: the group keeps its epoch, members and assignment.
@@ -362,9 +364,22 @@ async fn a_fenced_member_cannot_commit_and_the_group_survives_a_full_restart() {
         cluster.spawn(id);
     }
     cluster.wait_for_leader().await;
-    let after = cluster.client().describe_group(GROUP).await.unwrap();
-    assert_eq!(after.epoch, before.epoch);
-    assert_eq!(after.members, before.members);
+    // Each node re-applies its log once the new leader commits it: the group comes back as it
+    // was, on every node.
+    for id in 1..=3 {
+        let node = cluster.client_of(id);
+        let (before, node) = (&before, &node);
+        cluster
+            .wait_for(
+                "the group as before the restart",
+                Duration::from_secs(30),
+                || async move {
+                    let after = node.describe_group(GROUP).await.ok()?;
+                    (after.epoch == before.epoch && after.members == before.members).then_some(())
+                },
+            )
+            .await;
+    }
     let digests = cluster.wait_converged(&[1, 2, 3]).await;
     assert!(digests.iter().all(|d| d.sha256 == digests[0].sha256));
 }
