@@ -655,3 +655,74 @@ async fn output_for_people_and_units() {
     let completion = text(ok(&eps, &["completion", "bash"], b""));
     assert!(completion.contains("complete -F"), "{completion}");
 }
+
+/// Two `consume -g` processes share a topic's partitions; kill -9 of one moves its partitions to
+/// the other within the session timeout (10 s by default), which reads on from the group's
+/// committed offsets and says what it reads now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_split_partitions_and_a_killed_members_move_to_the_other() {
+    let cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("w", 4).await.unwrap();
+    for p in 0..4 {
+        let values: Vec<String> = (0..10).map(|i| format!("p{p}-{i}")).collect();
+        produce(&client, "w", p, &values).await;
+    }
+    let eps = endpoints(&cluster, leader);
+    let args = [
+        "consume", "w", "-g", "workers", "-f", "--format", "%p %v\\n",
+    ];
+    let first = Running::start(&eps, &args);
+    assert_eq!(first.take(40, Duration::from_secs(30)).len(), 40);
+    let second = Running::start(&eps, &args);
+    // Two members, two partitions each, every partition owned once.
+    let owned_by = |info: &pb::GroupInfo| -> Vec<Vec<u32>> {
+        info.members
+            .iter()
+            .map(|m| {
+                m.assigned
+                    .iter()
+                    .flat_map(|tp| tp.partitions.clone())
+                    .collect()
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let split = loop {
+        let info = client.describe_group("workers").await.unwrap();
+        if info.state == "stable" && info.members.len() == 2 {
+            break owned_by(&info);
+        }
+        assert!(Instant::now() < deadline, "no stable split: {info:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(split.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
+
+    // kill -9 of the first: after its session expires, the second reads all four partitions,
+    // the first one's from where the group committed (nothing is printed twice by the second).
+    let killed_at = Instant::now();
+    let first_err = first.stop();
+    assert!(first_err.contains("note: member"), "{first_err}");
+    for p in 0..4 {
+        let values: Vec<String> = (10..15).map(|i| format!("p{p}-{i}")).collect();
+        produce(&client, "w", p, &values).await;
+    }
+    let mut lines = second.take(20, Duration::from_secs(25));
+    let moved_after = killed_at.elapsed();
+    lines.sort();
+    let expected: Vec<String> = {
+        let mut v: Vec<String> = (0..4)
+            .flat_map(|p| (10..15).map(move |i| format!("{p} p{p}-{i}")))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(lines, expected);
+    eprintln!("partitions of the killed member read again {moved_after:?} after the kill");
+    let info = client.describe_group("workers").await.unwrap();
+    assert_eq!(info.members.len(), 1, "{info:?}");
+    assert_eq!(owned_by(&info), [vec![0, 1, 2, 3]]);
+    let second_err = second.stop();
+    assert!(second_err.contains("(epoch"), "{second_err}");
+}
