@@ -4,7 +4,9 @@
 #   early-ack   acknowledges a produce before it commits: 30 s of kill-leader faults must find
 #               safety anomalies;
 #   late-write  proposes one produce in 20 five seconds late, its deadline ignored: 20 s without
-#               faults must find `late-write`.
+#               faults must find `late-write`;
+#   group-double-owner  grants a consumer-group partition before its owner released it: 20 s of
+#               members coming and going without faults must find `group-double-owner`.
 # Exits 0 when every bug is caught, 1 when one is missed.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -43,4 +45,6 @@ missed=0
 caught early-ack "" --time 30 --nemesis kill-leader --fault-secs 2,4 --quiet-secs 2,4 \
   --producers 8 --consumers 3 || missed=1
 caught late-write late-write --time 20 --nemesis none --producers 4 --consumers 3 || missed=1
+caught group-double-owner group-double-owner --time 20 --nemesis none --producers 2 \
+  --consumers 1 --partitions 6 --members 3 || missed=1
 exit $missed

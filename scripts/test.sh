@@ -71,11 +71,11 @@ rm -rf "$cluster_dir"
 # Fault injection: a short run with kill, pause and partition faults must find no anomaly, and the
 # harness must catch a node with a deliberate safety bug.
 jepsen_out="$(mktemp -d /tmp/raftlog-ci-jepsen.XXXXXX)"
-# jepsen_run NAME SECONDS NEMESES WORKLOAD: one short run that must find no anomaly.
+# jepsen_run NAME SECONDS NEMESES WORKLOAD [ARGS...]: one short run that must find no anomaly.
 jepsen_run() {
   log "fault injection: $2 s of $3 faults, $4 producers (output in $jepsen_out/$1)"
   if "$ROOT/scripts/jepsen.sh" --time "$2" --nemesis "$3" --fault-secs 2,5 --quiet-secs 2,4 \
-      --workload "$4" --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/$1"; then
+      --workload "$4" --seed "${RAFTLOG_JEPSEN_SEED:-1}" --out "$jepsen_out/$1" "${@:5}"; then
     passed=$((passed + 1))
   else
     failed=$((failed + 1)); log "FAILED: fault-injection run '$1' found anomalies or did not complete"
@@ -84,6 +84,9 @@ jepsen_run() {
 jepsen_run run 60 kill,pause,partition plain
 jepsen_run idempotent 30 kill,partition idempotent
 jepsen_run stream 30 kill,pause stream
+# Members of a coordinated consumer group come, go and die under faults: no partition may have
+# two owners in any node's state.
+jepsen_run groups 30 kill,pause,partition plain --members 3 --partitions 6
 log "fault injection: the harness must catch a node that acknowledges before commit"
 if "$ROOT/scripts/jepsen-teeth.sh" "$jepsen_out/teeth"; then
   passed=$((passed + 1))

@@ -22,7 +22,7 @@ const MAX_OPS: usize = 8;
 const MAX_SKIPPED: usize = 16;
 
 /// Every anomaly kind that makes a history invalid, in report order.
-pub const FATAL_KINDS: [&str; 12] = [
+pub const FATAL_KINDS: [&str; 13] = [
     "lost-write",
     "inconsistent-offsets",
     "duplicate",
@@ -35,6 +35,7 @@ pub const FATAL_KINDS: [&str; 12] = [
     "realtime-order",
     "group-offset-regression",
     "late-write",
+    "group-double-owner",
 ];
 
 /// How much later than its invocation a write may be stamped by the leader that takes it: the
@@ -251,6 +252,37 @@ pub struct Unseen {
     pub send_op: u64,
 }
 
+/// Two members of the coordinated group owned one partition at once in one node's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDoubleOwner {
+    pub node: u64,
+    pub partition: u32,
+    pub owners: Vec<String>,
+    pub op: u64,
+}
+
+/// Every sample of a partition's owners that names more than one member.
+fn double_owners(ops: &[Op]) -> Examples<GroupDoubleOwner> {
+    let found: Vec<GroupDoubleOwner> = ops
+        .iter()
+        .filter(|op| op.kind == OpKind::Ok)
+        .filter_map(|op| match &op.value {
+            OpValue::GroupOwners {
+                node,
+                partition,
+                owners,
+            } if owners.len() > 1 => Some(GroupDoubleOwner {
+                node: *node,
+                partition: *partition,
+                owners: owners.clone(),
+                op: op.index,
+            }),
+            _ => None,
+        })
+        .collect();
+    Examples::sorted_by_key(found, |x| (x.partition, x.op))
+}
+
 /// The fatal anomalies, one list per kind; serialized under the kinds' Jepsen names.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -267,11 +299,12 @@ pub struct Anomalies {
     pub realtime_order: Examples<RealtimeOrder>,
     pub group_offset_regression: Examples<GroupOffsetRegression>,
     pub late_write: Examples<LateWrite>,
+    pub group_double_owner: Examples<GroupDoubleOwner>,
 }
 
 impl Anomalies {
     /// `(kind, count)` for every kind, in [`FATAL_KINDS`] order.
-    pub fn counts(&self) -> [(&'static str, usize); 12] {
+    pub fn counts(&self) -> [(&'static str, usize); 13] {
         let c = [
             self.lost_write.count,
             self.inconsistent_offsets.count,
@@ -285,6 +318,7 @@ impl Anomalies {
             self.realtime_order.count,
             self.group_offset_regression.count,
             self.late_write.count,
+            self.group_double_owner.count,
         ];
         std::array::from_fn(|i| (FATAL_KINDS[i], c[i]))
     }
@@ -580,6 +614,8 @@ pub fn check(history: &History) -> CheckResult {
                     }
                 }
             }
+            // Checked on their own (`double_owners`).
+            OpValue::GroupOwners { .. } => {}
         }
     }
 
@@ -995,6 +1031,7 @@ pub fn check(history: &History) -> CheckResult {
         }
     }
     anomalies.late_write = Examples::sorted_by_key(late, |x| (x.partition, x.invoke_op));
+    anomalies.group_double_owner = double_owners(ops);
 
     let availability = availability(ops);
 
@@ -1134,6 +1171,33 @@ mod tests {
     fn assert_only(r: &CheckResult, kind: &str) {
         assert!(!r.valid, "{kind}: expected invalid: {r:#?}");
         assert_eq!(r.anomaly_types, vec![kind.to_owned()], "{r:#?}");
+    }
+
+    #[test]
+    fn group_double_owner() {
+        // One member per partition is fine, and so is none; two at once on one node is not.
+        let mut b = B::default();
+        let owners = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        b.inv(7, OpValue::group_owners(1, 0, vec![])).done(
+            7,
+            OpKind::Ok,
+            OpValue::group_owners(1, 0, owners(&["a"])),
+        );
+        b.inv(7, OpValue::group_owners(2, 1, vec![])).done(
+            7,
+            OpKind::Ok,
+            OpValue::group_owners(2, 1, vec![]),
+        );
+        assert!(b.check().valid);
+        b.inv(7, OpValue::group_owners(3, 0, vec![])).done(
+            7,
+            OpKind::Ok,
+            OpValue::group_owners(3, 0, owners(&["a", "b"])),
+        );
+        let r = b.check();
+        assert_only(&r, "group-double-owner");
+        let x = &r.anomalies.group_double_owner.examples[0];
+        assert_eq!((x.node, x.partition, x.owners.len()), (3, 0, 2));
     }
 
     #[test]

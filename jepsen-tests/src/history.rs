@@ -46,6 +46,8 @@ pub enum OpF {
     CommitOffset,
     /// Read back a consumer group's committed offset for a partition.
     FetchCommitted,
+    /// Which members of the coordinated group own a partition, as one node's state shows it.
+    GroupOwners,
 }
 
 impl OpF {
@@ -56,6 +58,7 @@ impl OpF {
             OpF::FinalRead => "final_read",
             OpF::CommitOffset => "commit_offset",
             OpF::FetchCommitted => "fetch_committed",
+            OpF::GroupOwners => "group_owners",
         }
     }
 }
@@ -135,6 +138,13 @@ pub enum OpValue {
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<u64>,
     },
+    GroupOwners {
+        node: u64,
+        partition: u32,
+        /// On `ok`: the members owning the partition (assigned or being released).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        owners: Vec<String>,
+    },
 }
 
 impl OpValue {
@@ -145,6 +155,7 @@ impl OpValue {
             OpValue::FinalRead { .. } => OpF::FinalRead,
             OpValue::CommitOffset { .. } => OpF::CommitOffset,
             OpValue::FetchCommitted { .. } => OpF::FetchCommitted,
+            OpValue::GroupOwners { .. } => OpF::GroupOwners,
         }
     }
 
@@ -154,7 +165,8 @@ impl OpValue {
             | OpValue::Poll { partition, .. }
             | OpValue::FinalRead { partition, .. }
             | OpValue::CommitOffset { partition, .. }
-            | OpValue::FetchCommitted { partition, .. } => *partition,
+            | OpValue::FetchCommitted { partition, .. }
+            | OpValue::GroupOwners { partition, .. } => *partition,
         }
     }
 
@@ -257,6 +269,16 @@ impl OpValue {
         }
     }
 
+    /// A sample of a partition's owners in the coordinated group on `node` (empty: the
+    /// invocation, or nobody owns it).
+    pub fn group_owners(node: u64, partition: u32, owners: Vec<String>) -> Self {
+        OpValue::GroupOwners {
+            node,
+            partition,
+            owners,
+        }
+    }
+
     /// The records a read returned (empty for anything that is not a read).
     pub fn records(&self) -> &[Record] {
         match self {
@@ -314,6 +336,8 @@ struct RawValue {
     stamps_ms: Vec<i64>,
     node: Option<u64>,
     group: Option<String>,
+    #[serde(default)]
+    owners: Vec<String>,
 }
 
 impl TryFrom<RawOp> for Op {
@@ -339,6 +363,11 @@ impl TryFrom<RawOp> for Op {
                 partition,
                 records: v.records,
                 stamps_ms: v.stamps_ms,
+            },
+            OpF::GroupOwners => OpValue::GroupOwners {
+                node: v.node.ok_or_else(|| missing("node"))?,
+                partition,
+                owners: v.owners,
             },
             OpF::CommitOffset => OpValue::CommitOffset {
                 group: v.group.ok_or_else(|| missing("group"))?,

@@ -44,6 +44,10 @@ struct Args {
     consumers: usize,
     #[arg(long, default_value_t = 2)]
     partitions: u32,
+    /// Members of a coordinated consumer group that consume, leave and die and join again, with
+    /// a sampler of each partition's owners on every node (checked as `group-double-owner`).
+    #[arg(long, default_value_t = 0)]
+    members: usize,
     /// Seed of the nemesis schedule and the workload's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -157,6 +161,15 @@ async fn run(args: Args) -> anyhow::Result<bool> {
             c % args.nodes,
             c,
         )));
+    }
+    for m in 0..args.members {
+        tasks.push(tokio::spawn(workload::member(
+            w.clone(),
+            args.seed * 1000 + 500 + m as u64,
+        )));
+    }
+    if args.members > 0 {
+        tasks.push(tokio::spawn(workload::sample_group_owners(w.clone())));
     }
     let schedule = Schedule {
         faults,

@@ -1,7 +1,9 @@
 //! The workload: producers append unique values to the partitions of one topic and record what
 //! was acknowledged; consumers, each bound to one node, read every partition forward and record
 //! what they saw, and every few rounds commit their position to their own consumer group and read
-//! the committed offset back. All of it is recorded into one history.
+//! the committed offset back. With `--members`, members of one coordinated group consume and
+//! come and go (leaving or dying), while a sampler records who owns each partition on each node.
+//! All of it is recorded into one history.
 //!
 //! Outcomes: a produce error the client knows had no effect ([`raftlog_client::Error::is_definite`])
 //! is `fail`; any other error is `info` (unknown), after which the producer continues as a new
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
 use raftlog_client::producer::{Producer, ProducerConfig};
 use raftlog_client::{pb, Client, RetryPolicy};
 use rand::rngs::StdRng;
@@ -315,6 +318,89 @@ pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
                 }
             };
         }
+    }
+    Ok(())
+}
+
+/// The coordinated consumer group the `--members` workload joins.
+pub const MEMBER_GROUP: &str = "jepsen-members";
+
+/// One member of [`MEMBER_GROUP`]: the client's coordinated `Consumer`, committing what it read;
+/// every few seconds it leaves, half the time gracefully and half the time by dying without a
+/// word (its session has to expire), and joins again.
+pub async fn member(w: Workload, seed: u64) -> anyhow::Result<()> {
+    let client = client(&w.endpoints)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    while Instant::now() < w.deadline {
+        let mut config = ConsumerConfig::new(TOPIC)
+            .group(MEMBER_GROUP)
+            .start(StartFrom::Beginning);
+        config.session_timeout_ms = 3000;
+        config.unavailable_timeout = Duration::from_secs(5);
+        let Ok(mut consumer) = Consumer::new(client.clone(), config).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let stay = Instant::now() + Duration::from_millis(rng.random_range(2_000..8_000));
+        while Instant::now() < stay.min(w.deadline) {
+            match consumer.poll(Duration::from_millis(300)).await {
+                Ok(records) if !records.is_empty() => {
+                    let _ = consumer.commit().await;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if rng.random_bool(0.5) {
+            let _ = consumer.close().await;
+        } else {
+            drop(consumer); // a crash: no leave, no commit
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
+    }
+    Ok(())
+}
+
+/// Five times a second, which members own each partition of [`MEMBER_GROUP`] in each node's
+/// state (the checker's `group-double-owner`). A node that does not answer within a second is
+/// skipped for that round.
+pub async fn sample_group_owners(w: Workload) -> anyhow::Result<()> {
+    let nodes: Vec<Client> = w
+        .endpoints
+        .iter()
+        .map(|e| client(std::slice::from_ref(e)))
+        .collect::<anyhow::Result<_>>()?;
+    let process = w.recorder.new_process();
+    while Instant::now() < w.deadline {
+        for (i, node) in nodes.iter().enumerate() {
+            let described =
+                tokio::time::timeout(Duration::from_secs(1), node.describe_group(MEMBER_GROUP));
+            let Ok(Ok(info)) = described.await else {
+                continue;
+            };
+            for partition in 0..w.partitions {
+                let owners: Vec<String> = info
+                    .members
+                    .iter()
+                    .filter(|m| {
+                        m.assigned
+                            .iter()
+                            .chain(&m.revoking)
+                            .any(|tp| tp.topic == TOPIC && tp.partitions.contains(&partition))
+                    })
+                    .map(|m| m.member_id.clone())
+                    .collect();
+                let id = i as u64 + 1;
+                w.recorder
+                    .invoke(process, OpValue::group_owners(id, partition, Vec::new()));
+                w.recorder.complete(
+                    process,
+                    OpKind::Ok,
+                    OpValue::group_owners(id, partition, owners),
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
 }

@@ -352,7 +352,7 @@ impl Coordination {
                 continue;
             }
             // Its own again before it let go: no need to wait for itself.
-            if member.revoking.remove(p) || !taken.contains(p) {
+            if member.revoking.remove(p) || !taken.contains(p) || grant_taken_bug() {
                 member.assigned.insert(*p);
                 changed = true;
             }
@@ -415,6 +415,19 @@ impl Coordination {
         }
         Ok(())
     }
+}
+
+/// TEST-ONLY BUG (`group-double-owner`, feature `unsafe-test-bugs`, chosen by
+/// `RAFTLOG_UNSAFE_BUG`): grants a partition while another member still owns it, for the fault
+/// harness to prove it catches two owners (scripts/jepsen-teeth.sh).
+#[cfg(feature = "unsafe-test-bugs")]
+fn grant_taken_bug() -> bool {
+    std::env::var("RAFTLOG_UNSAFE_BUG").is_ok_and(|bug| bug == "group-double-owner")
+}
+
+#[cfg(not(feature = "unsafe-test-bugs"))]
+fn grant_taken_bug() -> bool {
+    false
 }
 
 /// The partitions each member may be given: those of the topics it subscribes to.
