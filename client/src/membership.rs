@@ -190,7 +190,7 @@ fn expire_locally(state: &mut State) {
     if Instant::now() >= deadline {
         tracing::warn!(
             member_id = %state.member_id,
-            "no heartbeat answered within the session timeout; dropping every partition and rejoining"
+            "no heartbeat answered within two thirds of the session timeout; dropping every partition and rejoining"
         );
         fence(state);
     }
