@@ -104,19 +104,17 @@ impl Group {
         deadline: Instant,
     ) -> Result<Answer, HeartbeatError> {
         let arrived = Instant::now();
+        // Answer only as a leader a quorum still follows, with everything committed applied;
+        // then a heartbeat that changes nothing (the common, idle one) needs no log entry.
+        self.read_barrier().await?;
         let current = self.view.coordination(group).unwrap_or_default();
         let topics = self.view.topic_table();
-        if !current.heartbeat_changes(&heartbeat, &stamp, &topics) {
-            // Answer only as a leader a quorum still follows, with everything committed applied.
-            self.read_barrier().await?;
-            let mut copy = self.view.coordination(group).unwrap_or_default();
-            if !copy.heartbeat_changes(&heartbeat, &stamp, &topics) {
-                let answer = copy.heartbeat(&heartbeat, &stamp, &topics).map_err(|e| {
-                    HeartbeatError::Rejected(Rejection::from_group_error(e, group, &topics))
-                })?;
-                self.sessions.heard(group, &answer.member_id, arrived);
-                return Ok(answer);
-            }
+        if let Some(unchanged) = current.answer_unchanged(&heartbeat, &stamp, &topics) {
+            let answer = unchanged.map_err(|e| {
+                HeartbeatError::Rejected(Rejection::from_group_error(e, group, &topics))
+            })?;
+            self.sessions.heard(group, &answer.member_id, arrived);
+            return Ok(answer);
         }
         let command = Command::GroupHeartbeat {
             group: group.to_string(),

@@ -362,21 +362,33 @@ impl Coordination {
         }
     }
 
-    /// Whether applying `hb` would change anything, for the leader to decide whether a heartbeat
-    /// must go through the log or can be answered from the state as it is.
-    pub fn heartbeat_changes(&self, hb: &Heartbeat, stamp: &Stamp, topics: &Topics) -> bool {
+    /// What applying `hb` would answer, if it changes nothing but the member's liveness (or is
+    /// refused): the leader answers such a heartbeat from the state as it is, without the log.
+    /// `None` when it changes the group and must go through the log.
+    pub fn answer_unchanged(
+        &self,
+        hb: &Heartbeat,
+        stamp: &Stamp,
+        topics: &Topics,
+    ) -> Option<Result<Answer, GroupError>> {
         let mut after = self.clone();
         let before = after
             .members
             .get(&hb.member_id)
             .map(|m| m.last_heartbeat_ms);
-        if after.heartbeat(hb, stamp, topics).is_err() {
-            return false; // refused: answered without the log
-        }
+        let answer = match after.heartbeat(hb, stamp, topics) {
+            Ok(answer) => answer,
+            Err(refused) => return Some(Err(refused)),
+        };
         if let (Some(before), Some(member)) = (before, after.members.get_mut(&hb.member_id)) {
             member.last_heartbeat_ms = before; // liveness alone is kept in memory
         }
-        after != *self
+        (after == *self).then_some(Ok(answer))
+    }
+
+    /// Whether applying `hb` would change the group (see [`Self::answer_unchanged`]).
+    pub fn heartbeat_changes(&self, hb: &Heartbeat, stamp: &Stamp, topics: &Topics) -> bool {
+        self.answer_unchanged(hb, stamp, topics).is_none()
     }
 
     /// Checks a commit of `partitions` by `member` (id, epoch), or by no member.

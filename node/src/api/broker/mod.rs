@@ -105,10 +105,7 @@ impl BrokerService {
     /// A group member id as the leader hands them out (16 hex digits), or at least something of
     /// the same shape: 1 to 64 bytes of `[A-Za-z0-9._-]` (so that no error echoes more).
     pub(super) fn validate_member_id(&self, member_id: &str) -> Result<(), ApiError> {
-        let shape_ok = (1..=64).contains(&member_id.len())
-            && member_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        let shape_ok = (1..=64).contains(&member_id.len()) && is_name_bytes(member_id);
         if shape_ok {
             return Ok(());
         }
@@ -134,10 +131,7 @@ impl BrokerService {
                 name.len()
             )));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-        {
+        if !is_name_bytes(name) {
             return Err(ApiError::InvalidArgument(format!(
                 "{what} name '{}' may contain only ASCII letters, digits, '.', '_' and '-'",
                 name.escape_debug()
@@ -287,6 +281,12 @@ impl Broker for BrokerService {
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         groups::delete(self, request).await
     }
+}
+
+/// Whether `s` is made of the bytes names may hold: `[A-Za-z0-9._-]`.
+fn is_name_bytes(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 /// Resolves once the node has started to stop (at once if it has).
