@@ -6,7 +6,11 @@
 #   late-write  proposes one produce in 20 five seconds late, its deadline ignored: 20 s without
 #               faults must find `late-write`;
 #   group-double-owner  grants a consumer-group partition before its owner released it: 20 s of
-#               members coming and going without faults must find `group-double-owner`.
+#               members coming and going without faults must find `group-double-owner` in the
+#               nodes' state and `group-overlap` in what the members were told;
+#   group-commit-any-member  accepts a commit from a member that does not own the partition:
+#               20 s of members (some of which come back as zombies and commit) must find
+#               `group-commit-non-owner`.
 # Exits 0 when every bug is caught, 1 when one is missed.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -46,5 +50,9 @@ caught early-ack "" --time 30 --nemesis kill-leader --fault-secs 2,4 --quiet-sec
   --producers 8 --consumers 3 || missed=1
 caught late-write late-write --time 20 --nemesis none --producers 4 --consumers 3 || missed=1
 caught group-double-owner group-double-owner --time 20 --nemesis none --producers 2 \
+  --consumers 1 --partitions 6 --members 3 || missed=1
+grep -q '"group-overlap"' "$out/group-double-owner/results.json" || {
+  log "the checker did NOT see the members told to read one partition at once"; missed=1; }
+caught group-commit-any-member group-commit-non-owner --time 20 --nemesis none --producers 2 \
   --consumers 1 --partitions 6 --members 3 || missed=1
 exit $missed

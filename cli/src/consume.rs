@@ -232,6 +232,17 @@ fn assignment_words(topic: &str, c: &raftlog_client::consumer::AssignmentChange)
     let list = |set: &std::collections::BTreeSet<u32>| {
         set.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
     };
+    if c.fenced {
+        let lost = if c.removed.is_empty() {
+            String::new()
+        } else {
+            format!(" and stopped reading {topic}/{}", list(&c.removed))
+        };
+        return format!(
+            "member {} (epoch {}) lost its membership{lost}; joining again",
+            c.member_id, c.member_epoch
+        );
+    }
     let reads = if c.partitions.is_empty() {
         "reads no partition (the others' members have them all)".to_string()
     } else {
@@ -244,13 +255,8 @@ fn assignment_words(topic: &str, c: &raftlog_client::consumer::AssignmentChange)
     if !c.removed.is_empty() {
         changes.push(format!("-{}", list(&c.removed)));
     }
-    let fenced = if c.fenced {
-        "; it had lost its membership and rejoined"
-    } else {
-        ""
-    };
     format!(
-        "member {} (epoch {}) {reads} ({}){fenced}",
+        "member {} (epoch {}) {reads} ({})",
         c.member_id,
         c.member_epoch,
         changes.join(" ")

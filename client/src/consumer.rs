@@ -165,6 +165,8 @@ pub struct Consumer {
     /// As a coordinated group member: the membership and what the reader last acted on.
     membership: Option<Membership>,
     fences_seen: u64,
+    /// The member id and epoch of the last assignment acted on.
+    last_member: (String, u64),
     /// Assignment changes since the last call (for a program to print them).
     assignments: Vec<AssignmentChange>,
 }
@@ -178,8 +180,12 @@ pub struct AssignmentChange {
     pub partitions: BTreeSet<u32>,
     pub added: BTreeSet<u32>,
     pub removed: BTreeSet<u32>,
-    /// It lost every partition at once (fenced, or its session ran out) and rejoined.
+    /// It lost every partition at once (fenced, or its session ran out); the partitions it is
+    /// given after joining again come as the next change.
     pub fenced: bool,
+    /// When the change took effect: the reader stopped reading what it lost (for a fence, when
+    /// the member was fenced) and started on what it gained no later than this.
+    pub at: std::time::Instant,
 }
 
 impl Consumer {
@@ -252,6 +258,7 @@ impl Consumer {
             failovers: Vec::new(),
             membership,
             fences_seen: 0,
+            last_member: (String::new(), 0),
             assignments: Vec::new(),
         })
     }
@@ -306,19 +313,38 @@ impl Consumer {
             self.take_up(&added).await?;
         }
         let now: BTreeSet<u32> = self.positions.keys().copied().collect();
+        // Taken before the release is reported: the next owner starts after this.
+        let at = std::time::Instant::now();
         if let Some(membership) = &self.membership {
             membership.set_held(now.clone());
         }
-        if now != held || fenced {
+        let (last_id, last_epoch) = std::mem::take(&mut self.last_member);
+        if fenced {
+            // The fence and what came after it are two changes: the partitions were lost when
+            // the member was fenced, and the new ones given only after it joined again.
             self.assignments.push(AssignmentChange {
-                member_id: assignment.member_id,
-                member_epoch: assignment.member_epoch,
-                added: now.difference(&held).copied().collect(),
-                removed: held.difference(&now).copied().collect(),
-                partitions: now,
-                fenced,
+                member_id: last_id,
+                member_epoch: last_epoch,
+                partitions: BTreeSet::new(),
+                added: BTreeSet::new(),
+                removed: held.clone(),
+                fenced: true,
+                at: assignment.fenced_at.unwrap_or(at),
             });
         }
+        let before = if fenced { BTreeSet::new() } else { held };
+        if now != before {
+            self.assignments.push(AssignmentChange {
+                member_id: assignment.member_id.clone(),
+                member_epoch: assignment.member_epoch,
+                added: now.difference(&before).copied().collect(),
+                removed: before.difference(&now).copied().collect(),
+                partitions: now,
+                fenced: false,
+                at,
+            });
+        }
+        self.last_member = (assignment.member_id, assignment.member_epoch);
         Ok(())
     }
 
@@ -414,9 +440,27 @@ impl Consumer {
         };
         let records = self.fetch_all_failing_over(Duration::ZERO).await?;
         if !records.is_empty() || max_wait.is_zero() || self.is_done() {
+            return self.unless_fenced(records).await;
+        }
+        let records = self.fetch_all_failing_over(max_wait).await?;
+        self.unless_fenced(records).await
+    }
+
+    /// As a member: records fetched while the member was fenced (its session ran out locally
+    /// during the fetch) are not handed out, since their partitions may have another owner by
+    /// now; the member drops everything instead, as at the next poll.
+    async fn unless_fenced(
+        &mut self,
+        records: Vec<ConsumedRecord>,
+    ) -> Result<Vec<ConsumedRecord>, Error> {
+        let Some(membership) = &self.membership else {
+            return Ok(records);
+        };
+        if membership.assignment()?.fences == self.fences_seen {
             return Ok(records);
         }
-        self.fetch_all_failing_over(max_wait).await
+        self.follow_assignment().await?;
+        Ok(Vec::new())
     }
 
     async fn fetch_all_failing_over(

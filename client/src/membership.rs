@@ -46,6 +46,9 @@ pub struct Assignment {
     /// Moves each time the member lost everything (fenced, or its session ran out locally): the
     /// reader must drop every partition without committing.
     pub fences: u64,
+    /// When the member last lost everything: the local fence deadline, or when the answer saying
+    /// it was fenced arrived.
+    pub fenced_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -61,6 +64,7 @@ struct State {
     session_timeout: Duration,
     interval: Duration,
     fences: u64,
+    fenced_at: Option<Instant>,
     /// A refusal the member cannot act on (an unknown topic, a limit): reported to the reader.
     failure: Option<Error>,
     leaving: bool,
@@ -89,6 +93,7 @@ impl Membership {
             session_timeout: Duration::from_secs(10),
             interval: Duration::from_secs(2),
             fences: 0,
+            fenced_at: None,
             failure: None,
             leaving: false,
         }));
@@ -123,6 +128,7 @@ impl Membership {
             member_epoch: state.epoch,
             partitions: state.assigned.clone(),
             fences: state.fences,
+            fenced_at: state.fenced_at.map(Instant::into_std),
         })
     }
 
@@ -192,17 +198,19 @@ fn expire_locally(state: &mut State) {
             member_id = %state.member_id,
             "no heartbeat answered within two thirds of the session timeout; dropping every partition and rejoining"
         );
-        fence(state);
+        fence(state, deadline);
     }
 }
 
-fn fence(state: &mut State) {
+/// Drops everything the member was given; `at`: when it stopped owning it.
+fn fence(state: &mut State, at: Instant) {
     state.member_id.clear();
     state.epoch = 0;
     state.assigned.clear();
     state.reported = None;
     state.last_answered_sent = None;
     state.fences += 1;
+    state.fenced_at = Some(at);
 }
 
 /// Heartbeats every interval, and at once when the reader released partitions.
@@ -280,7 +288,7 @@ async fn heartbeat_once(
         Err(e) if e.is_member_fenced() => {
             let mut s = state.lock().expect("membership lock");
             tracing::warn!(member_id = %s.member_id, error = %e, "fenced; dropping every partition and rejoining");
-            fence(&mut s);
+            fence(&mut s, Instant::now());
             Ok(())
         }
         Err(e) => {

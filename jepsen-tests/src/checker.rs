@@ -1,8 +1,9 @@
 //! The checker: reads a [`History`] and looks for the anomalies Jepsen's Kafka checker looks for
 //! (lost writes, inconsistent offsets, duplicates, non-monotonic sends and polls, skipped
 //! offsets, reads of values never or unsuccessfully written, real-time order violations), plus
-//! consumer-group offset regressions, and unknown-outcome writes that took effect too late; it also
-//! tallies outcomes and availability over time.
+//! consumer-group offset regressions, and unknown-outcome writes that took effect too late; with
+//! the coordinated group's members, the checks of [`crate::group_checks`]. It also tallies outcomes
+//! and availability over time.
 //!
 //! Everything is a hash-map lookup per record or a sort per partition, so a history of a million
 //! ops checks in seconds; nothing compares all pairs of operations.
@@ -12,6 +13,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Serialize};
 
+use crate::group_checks::{self, CommitNonOwner, GroupOverlap, Undelivered};
 use crate::history::{History, Op, OpF, OpKind, OpValue, Record};
 
 /// Examples kept per anomaly kind; the count is always exact.
@@ -22,7 +24,7 @@ const MAX_OPS: usize = 8;
 const MAX_SKIPPED: usize = 16;
 
 /// Every anomaly kind that makes a history invalid, in report order.
-pub const FATAL_KINDS: [&str; 13] = [
+pub const FATAL_KINDS: [&str; 16] = [
     "lost-write",
     "inconsistent-offsets",
     "duplicate",
@@ -36,6 +38,9 @@ pub const FATAL_KINDS: [&str; 13] = [
     "group-offset-regression",
     "late-write",
     "group-double-owner",
+    "group-overlap",
+    "group-commit-non-owner",
+    "group-undelivered",
 ];
 
 /// How much later than its invocation a write may be stamped by the leader that takes it: the
@@ -65,7 +70,7 @@ impl<T> Default for Examples<T> {
 
 impl<T> Examples<T> {
     /// Sorted so that results are reproducible despite hash-map iteration order.
-    fn sorted_by_key<K: Ord>(mut items: Vec<T>, key: impl FnMut(&T) -> K) -> Self {
+    pub(crate) fn sorted_by_key<K: Ord>(mut items: Vec<T>, key: impl FnMut(&T) -> K) -> Self {
         items.sort_by_key(key);
         let count = items.len();
         items.truncate(MAX_EXAMPLES);
@@ -300,11 +305,14 @@ pub struct Anomalies {
     pub group_offset_regression: Examples<GroupOffsetRegression>,
     pub late_write: Examples<LateWrite>,
     pub group_double_owner: Examples<GroupDoubleOwner>,
+    pub group_overlap: Examples<GroupOverlap>,
+    pub group_commit_non_owner: Examples<CommitNonOwner>,
+    pub group_undelivered: Examples<Undelivered>,
 }
 
 impl Anomalies {
     /// `(kind, count)` for every kind, in [`FATAL_KINDS`] order.
-    pub fn counts(&self) -> [(&'static str, usize); 13] {
+    pub fn counts(&self) -> [(&'static str, usize); 16] {
         let c = [
             self.lost_write.count,
             self.inconsistent_offsets.count,
@@ -319,6 +327,9 @@ impl Anomalies {
             self.group_offset_regression.count,
             self.late_write.count,
             self.group_double_owner.count,
+            self.group_overlap.count,
+            self.group_commit_non_owner.count,
+            self.group_undelivered.count,
         ];
         std::array::from_fn(|i| (FATAL_KINDS[i], c[i]))
     }
@@ -577,6 +588,7 @@ pub fn check(history: &History) -> CheckResult {
                 group,
                 partition,
                 offset,
+                ..
             } => {
                 if let Some(c) = comp.filter(|c| c.kind == OpKind::Ok) {
                     groups
@@ -614,8 +626,8 @@ pub fn check(history: &History) -> CheckResult {
                     }
                 }
             }
-            // Checked on their own (`double_owners`).
-            OpValue::GroupOwners { .. } => {}
+            // Checked on their own (`double_owners`, `group_checks`).
+            OpValue::GroupOwners { .. } | OpValue::Owns { .. } | OpValue::MemberRead { .. } => {}
         }
     }
 
@@ -1032,6 +1044,9 @@ pub fn check(history: &History) -> CheckResult {
     }
     anomalies.late_write = Examples::sorted_by_key(late, |x| (x.partition, x.invoke_op));
     anomalies.group_double_owner = double_owners(ops);
+    anomalies.group_overlap = group_checks::overlaps(ops);
+    anomalies.group_commit_non_owner = group_checks::commits_by_non_owners(ops, &pairs);
+    anomalies.group_undelivered = group_checks::undelivered(ops);
 
     let availability = availability(ops);
 

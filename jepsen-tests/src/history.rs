@@ -48,6 +48,11 @@ pub enum OpF {
     FetchCommitted,
     /// Which members of the coordinated group own a partition, as one node's state shows it.
     GroupOwners,
+    /// A member of the coordinated group started or stopped reading a partition, as its
+    /// consumer told it (the instant it did, which precedes the op's own time).
+    Owns,
+    /// What a member of the coordinated group read of a partition.
+    MemberRead,
 }
 
 impl OpF {
@@ -59,6 +64,8 @@ impl OpF {
             OpF::CommitOffset => "commit_offset",
             OpF::FetchCommitted => "fetch_committed",
             OpF::GroupOwners => "group_owners",
+            OpF::Owns => "owns",
+            OpF::MemberRead => "member_read",
         }
     }
 }
@@ -130,6 +137,9 @@ pub enum OpValue {
         group: String,
         partition: u32,
         offset: u64,
+        /// The coordinated group's member committing (fenced commits), if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        member: Option<String>,
     },
     FetchCommitted {
         group: String,
@@ -145,6 +155,20 @@ pub enum OpValue {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         owners: Vec<String>,
     },
+    Owns {
+        member: String,
+        partition: u32,
+        /// Started (true) or stopped (false) reading it.
+        owned: bool,
+        /// When, in ns since the start of the test.
+        at_ns: u64,
+    },
+    MemberRead {
+        member: String,
+        partition: u32,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        records: Vec<Record>,
+    },
 }
 
 impl OpValue {
@@ -156,6 +180,8 @@ impl OpValue {
             OpValue::CommitOffset { .. } => OpF::CommitOffset,
             OpValue::FetchCommitted { .. } => OpF::FetchCommitted,
             OpValue::GroupOwners { .. } => OpF::GroupOwners,
+            OpValue::Owns { .. } => OpF::Owns,
+            OpValue::MemberRead { .. } => OpF::MemberRead,
         }
     }
 
@@ -166,7 +192,9 @@ impl OpValue {
             | OpValue::FinalRead { partition, .. }
             | OpValue::CommitOffset { partition, .. }
             | OpValue::FetchCommitted { partition, .. }
-            | OpValue::GroupOwners { partition, .. } => *partition,
+            | OpValue::GroupOwners { partition, .. }
+            | OpValue::Owns { partition, .. }
+            | OpValue::MemberRead { partition, .. } => *partition,
         }
     }
 
@@ -244,6 +272,45 @@ impl OpValue {
             group: group.into(),
             partition,
             offset,
+            member: None,
+        }
+    }
+
+    /// Invocation and completion of a fenced commit by a coordinated group's member.
+    pub fn member_commit(
+        group: impl Into<String>,
+        member: impl Into<String>,
+        partition: u32,
+        offset: u64,
+    ) -> Self {
+        OpValue::CommitOffset {
+            group: group.into(),
+            partition,
+            offset,
+            member: Some(member.into()),
+        }
+    }
+
+    /// A member started (`owned`) or stopped reading a partition at `at_ns`.
+    pub fn owns(member: impl Into<String>, partition: u32, owned: bool, at_ns: u64) -> Self {
+        OpValue::Owns {
+            member: member.into(),
+            partition,
+            owned,
+            at_ns,
+        }
+    }
+
+    /// Invocation (no records) and completion of a member's read.
+    pub fn member_read(
+        member: impl Into<String>,
+        partition: u32,
+        records: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Self {
+        OpValue::MemberRead {
+            member: member.into(),
+            partition,
+            records: records.into_iter().map(Record::from).collect(),
         }
     }
 
@@ -282,7 +349,9 @@ impl OpValue {
     /// The records a read returned (empty for anything that is not a read).
     pub fn records(&self) -> &[Record] {
         match self {
-            OpValue::Poll { records, .. } | OpValue::FinalRead { records, .. } => records,
+            OpValue::Poll { records, .. }
+            | OpValue::FinalRead { records, .. }
+            | OpValue::MemberRead { records, .. } => records,
             _ => &[],
         }
     }
@@ -338,6 +407,9 @@ struct RawValue {
     group: Option<String>,
     #[serde(default)]
     owners: Vec<String>,
+    member: Option<String>,
+    owned: Option<bool>,
+    at_ns: Option<u64>,
 }
 
 impl TryFrom<RawOp> for Op {
@@ -373,6 +445,18 @@ impl TryFrom<RawOp> for Op {
                 group: v.group.ok_or_else(|| missing("group"))?,
                 partition,
                 offset: v.offset.ok_or_else(|| missing("offset"))?,
+                member: v.member,
+            },
+            OpF::Owns => OpValue::Owns {
+                member: v.member.ok_or_else(|| missing("member"))?,
+                partition,
+                owned: v.owned.ok_or_else(|| missing("owned"))?,
+                at_ns: v.at_ns.ok_or_else(|| missing("at_ns"))?,
+            },
+            OpF::MemberRead => OpValue::MemberRead {
+                member: v.member.ok_or_else(|| missing("member"))?,
+                partition,
+                records: v.records,
             },
             OpF::FetchCommitted => OpValue::FetchCommitted {
                 group: v.group.ok_or_else(|| missing("group"))?,

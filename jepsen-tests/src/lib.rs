@@ -9,6 +9,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod group_checks;
 pub mod history;
 pub mod logs;
 pub mod nemesis;

@@ -190,6 +190,10 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .await
         .context("recovery after healing")?;
     workload::final_reads(&w).await?;
+    if args.members > 0 {
+        tracing::info!("members read what is left");
+        workload::drain_members(&w, args.members).await?;
+    }
 
     let history = recorder.history();
     history.write(&out.join("history.jsonl"))?;

@@ -9,11 +9,12 @@
 //! is `fail`; any other error is `info` (unknown), after which the producer continues as a new
 //! process, as in Jepsen. Reads have no effect, so a failed read is `fail`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
+use raftlog_client::consumer::{ConsumedRecord, Consumer, ConsumerConfig, StartFrom};
 use raftlog_client::producer::{Producer, ProducerConfig};
 use raftlog_client::{pb, Client, RetryPolicy};
 use rand::rngs::StdRng;
@@ -325,44 +326,307 @@ pub async fn final_reads(w: &Workload) -> anyhow::Result<()> {
 /// The coordinated consumer group the `--members` workload joins.
 pub const MEMBER_GROUP: &str = "jepsen-members";
 
-/// One member of [`MEMBER_GROUP`]: the client's coordinated `Consumer`, committing what it read;
-/// every few seconds it leaves, half the time gracefully and half the time by dying without a
-/// word (its session has to expire), and joins again.
+fn member_config() -> ConsumerConfig {
+    let mut config = ConsumerConfig::new(TOPIC)
+        .group(MEMBER_GROUP)
+        .start(StartFrom::Beginning);
+    config.session_timeout_ms = 3000;
+    config.unavailable_timeout = Duration::from_secs(5);
+    config
+}
+
+/// What one incarnation of a member reads and commits, recorded into the history: when it
+/// started and stopped reading each partition (as its consumer says), what it read, and its
+/// commits.
+struct MemberLog {
+    w: Workload,
+    client: Client,
+    /// For `owns` and `member_read` ops (always `ok`).
+    process: u64,
+    /// For commits (a new one after an `info`).
+    commit_process: u64,
+    /// Partition -> the member id that started reading it, and the first offset it read there.
+    reading: BTreeMap<u32, (String, Option<u64>)>,
+}
+
+impl MemberLog {
+    fn new(w: &Workload, client: &Client) -> Self {
+        MemberLog {
+            w: w.clone(),
+            client: client.clone(),
+            process: w.recorder.new_process(),
+            commit_process: w.recorder.new_process(),
+            reading: BTreeMap::new(),
+        }
+    }
+
+    fn at_ns(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.w.recorder.start()).as_nanos())
+            .unwrap_or(u64::MAX)
+    }
+
+    fn owns(&self, member: &str, partition: u32, owned: bool, at: std::time::Instant) {
+        let value = OpValue::owns(member, partition, owned, self.at_ns(at));
+        self.w.recorder.invoke(self.process, value.clone());
+        self.w.recorder.complete(self.process, OpKind::Ok, value);
+    }
+
+    /// Records what the consumer says it started and stopped reading.
+    fn follow(&mut self, consumer: &mut Consumer) {
+        for change in consumer.take_assignment_changes() {
+            for p in &change.removed {
+                if let Some((member, _)) = self.reading.remove(p) {
+                    self.owns(&member, *p, false, change.at);
+                }
+            }
+            for p in &change.added {
+                self.owns(&change.member_id, *p, true, change.at);
+                self.reading.insert(*p, (change.member_id.clone(), None));
+            }
+        }
+    }
+
+    /// The member stops reading everything (it leaves or dies now).
+    fn stop_all(&mut self) {
+        let now = std::time::Instant::now();
+        for (p, (member, _)) in std::mem::take(&mut self.reading) {
+            self.owns(&member, p, false, now);
+        }
+    }
+
+    /// Records a poll's records per partition, then commits each partition's position as the
+    /// member.
+    async fn read_and_commit(&mut self, consumer: &Consumer, records: &[ConsumedRecord]) {
+        let mut by_partition: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+        for r in records {
+            by_partition
+                .entry(r.partition)
+                .or_default()
+                .extend(parse_records(std::slice::from_ref(&r.record)));
+        }
+        let Some((member_id, epoch)) = consumer.member() else {
+            return;
+        };
+        for (partition, read) in by_partition {
+            let label = match self.reading.get_mut(&partition) {
+                Some((label, first)) => {
+                    first.get_or_insert(read[0].0);
+                    label.clone()
+                }
+                None => member_id.clone(),
+            };
+            self.w.recorder.invoke(
+                self.process,
+                OpValue::member_read(label.as_str(), partition, []),
+            );
+            self.w.recorder.complete(
+                self.process,
+                OpKind::Ok,
+                OpValue::member_read(label, partition, read),
+            );
+            let Some(&position) = consumer.positions().get(&partition) else {
+                continue;
+            };
+            self.commit_process = commit_as_member(
+                &self.w,
+                &self.client,
+                self.commit_process,
+                (&member_id, epoch),
+                (partition, position),
+                false,
+            )
+            .await;
+        }
+    }
+}
+
+/// Commits `offset` for `partition` to [`MEMBER_GROUP`] as `member` and records it; returns the
+/// process to continue as (a new one after an `info`).
+async fn commit_as_member(
+    w: &Workload,
+    client: &Client,
+    process: u64,
+    (member_id, epoch): (&str, i64),
+    (partition, offset): (u32, u64),
+    allow_rewind: bool,
+) -> u64 {
+    let commit = OpValue::member_commit(MEMBER_GROUP, member_id, partition, offset);
+    w.recorder.invoke(process, commit.clone());
+    let result = client
+        .commit_offsets_as(
+            MEMBER_GROUP,
+            TOPIC,
+            [(partition, offset)],
+            allow_rewind,
+            Some((member_id, epoch)),
+        )
+        .await;
+    match result {
+        Ok(()) => {
+            w.recorder.complete(process, OpKind::Ok, commit);
+            process
+        }
+        Err(e) if e.is_definite() => {
+            w.recorder.complete(process, OpKind::Fail, commit);
+            process
+        }
+        Err(_) => {
+            w.recorder.complete(process, OpKind::Info, commit);
+            w.recorder.new_process()
+        }
+    }
+}
+
+/// One member of [`MEMBER_GROUP`]: the client's coordinated `Consumer`, committing each
+/// partition's position as it reads; every few seconds it leaves, half the time gracefully and
+/// half the time by dying without a word (its session has to expire); a dead one comes back as
+/// a zombie (see [`zombie_commit`]). Then it joins again.
 pub async fn member(w: Workload, seed: u64) -> anyhow::Result<()> {
     let client = client(&w.endpoints)?;
     let mut rng = StdRng::seed_from_u64(seed);
     while Instant::now() < w.deadline {
-        let mut config = ConsumerConfig::new(TOPIC)
-            .group(MEMBER_GROUP)
-            .start(StartFrom::Beginning);
-        config.session_timeout_ms = 3000;
-        config.unavailable_timeout = Duration::from_secs(5);
-        let Ok(mut consumer) = Consumer::new(client.clone(), config).await else {
+        let Ok(mut consumer) = Consumer::new(client.clone(), member_config()).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
+        let mut log = MemberLog::new(&w, &client);
         let stay = Instant::now() + Duration::from_millis(rng.random_range(2_000..8_000));
         while Instant::now() < stay.min(w.deadline) {
-            match consumer.poll(Duration::from_millis(300)).await {
-                Ok(records) if !records.is_empty() => {
-                    let _ = consumer.commit().await;
-                }
-                Ok(_) => {}
+            let polled = consumer.poll(Duration::from_millis(300)).await;
+            log.follow(&mut consumer);
+            match polled {
+                Ok(records) => log.read_and_commit(&consumer, &records).await,
                 Err(_) => break,
             }
         }
+        log.follow(&mut consumer);
         if rng.random_bool(0.5) {
+            log.stop_all();
             let _ = consumer.close().await;
         } else {
+            let member = consumer.member();
+            let zombie = log
+                .reading
+                .iter()
+                .find_map(|(&p, (_, first))| Some((p, (*first)?)))
+                .and_then(|(p, first)| Some((p, first, *consumer.positions().get(&p)?)));
+            log.stop_all();
             drop(consumer); // a crash: no leave, no commit
+            if let (Some(member), Some(zombie)) = (member, zombie) {
+                tokio::spawn(zombie_commit(w.clone(), client.clone(), member, zombie));
+            }
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..1_000))).await;
     }
     Ok(())
 }
 
+/// A member that died comes back as a zombie: once another member has committed `partition`
+/// past where the dead one stopped reading (so the partition has surely moved on), it commits
+/// the offset it had started that partition from, allowed to rewind, under its old member id and
+/// epoch. The cluster must refuse it (the member is gone); accepted, it moves the group's offset
+/// backwards (`group-offset-regression`) while another member owns the partition
+/// (`group-commit-non-owner`).
+async fn zombie_commit(
+    w: Workload,
+    client: Client,
+    (member_id, epoch): (String, i64),
+    (partition, first, stopped_at): (u32, u64, u64),
+) {
+    let give_up = (Instant::now() + Duration::from_secs(20)).min(w.deadline);
+    loop {
+        if Instant::now() >= give_up {
+            return;
+        }
+        let moved_on = client
+            .fetch_offsets(MEMBER_GROUP, TOPIC)
+            .await
+            .is_ok_and(|offsets| offsets.get(&partition).is_some_and(|&c| c > stopped_at));
+        if moved_on {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let process = w.recorder.new_process();
+    commit_as_member(
+        &w,
+        &client,
+        process,
+        (&member_id, epoch),
+        (partition, first),
+        true,
+    )
+    .await;
+}
+
+/// After healing: members join the group and read until it has committed every partition's
+/// end, then leave (the checker's `group-undelivered` holds the final log to what members read).
+/// Gives up after a minute, leaving the checker to report what was never read.
+pub async fn drain_members(w: &Workload, members: usize) -> anyhow::Result<()> {
+    let client = client(&w.endpoints)?;
+    let ends: BTreeMap<u32, u64> = client
+        .list_offsets(TOPIC, &[], None)
+        .await?
+        .into_iter()
+        .map(|p| (p.partition, p.end_offset))
+        .collect();
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let drain = Workload {
+        deadline: give_up,
+        ..w.clone()
+    };
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..members {
+        let (w, client, done) = (drain.clone(), client.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut consumer = loop {
+                if done.load(Ordering::Relaxed) || Instant::now() >= w.deadline {
+                    return;
+                }
+                match Consumer::new(client.clone(), member_config()).await {
+                    Ok(consumer) => break consumer,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            let mut log = MemberLog::new(&w, &client);
+            while !done.load(Ordering::Relaxed) && Instant::now() < w.deadline {
+                let polled = consumer.poll(Duration::from_millis(300)).await;
+                log.follow(&mut consumer);
+                if let Ok(records) = polled {
+                    log.read_and_commit(&consumer, &records).await;
+                }
+            }
+            log.follow(&mut consumer);
+            log.stop_all();
+            let _ = consumer.close().await;
+        }));
+    }
+    loop {
+        let committed = client.fetch_offsets(MEMBER_GROUP, TOPIC).await;
+        let all_read = committed.is_ok_and(|c| {
+            ends.iter()
+                .all(|(p, &end)| c.get(p).copied().unwrap_or(0) >= end)
+        });
+        if all_read {
+            break;
+        }
+        if Instant::now() >= give_up {
+            tracing::warn!("the group's members did not read every record within a minute");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
 /// Five times a second, which members own each partition of [`MEMBER_GROUP`] in each node's
-/// state (the checker's `group-double-owner`). A node that does not answer within a second is
+/// state (the checker's `group-double-owner`), and the group's committed offsets (read from the
+/// leader, for `group-offset-regression`). A node that does not answer within a second is
 /// skipped for that round.
 pub async fn sample_group_owners(w: Workload) -> anyhow::Result<()> {
     let nodes: Vec<Client> = w
@@ -371,7 +635,34 @@ pub async fn sample_group_owners(w: Workload) -> anyhow::Result<()> {
         .map(|e| client(std::slice::from_ref(e)))
         .collect::<anyhow::Result<_>>()?;
     let process = w.recorder.new_process();
+    let leader = client(&w.endpoints)?;
+    // One process per partition: a single fetch answers for all of them.
+    let fetchers: Vec<u64> = (0..w.partitions).map(|_| w.recorder.new_process()).collect();
     while Instant::now() < w.deadline {
+        for (partition, &p) in fetchers.iter().enumerate() {
+            w.recorder
+                .invoke(p, OpValue::fetch_committed(MEMBER_GROUP, partition as u32));
+        }
+        let committed = leader.fetch_offsets(MEMBER_GROUP, TOPIC).await;
+        for (partition, &p) in fetchers.iter().enumerate() {
+            let partition = partition as u32;
+            match &committed {
+                Ok(offsets) => w.recorder.complete(
+                    p,
+                    OpKind::Ok,
+                    OpValue::fetch_committed_ok(
+                        MEMBER_GROUP,
+                        partition,
+                        offsets.get(&partition).copied(),
+                    ),
+                ),
+                Err(_) => w.recorder.complete(
+                    p,
+                    OpKind::Fail,
+                    OpValue::fetch_committed(MEMBER_GROUP, partition),
+                ),
+            };
+        }
         for (i, node) in nodes.iter().enumerate() {
             let described =
                 tokio::time::timeout(Duration::from_secs(1), node.describe_group(MEMBER_GROUP));

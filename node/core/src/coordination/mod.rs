@@ -397,6 +397,9 @@ impl Coordination {
         member: Option<(&str, i64)>,
         partitions: impl IntoIterator<Item = TopicPartition>,
     ) -> Result<(), GroupError> {
+        if commit_any_member_bug() {
+            return Ok(());
+        }
         let Some((member_id, epoch)) = member else {
             return if self.members.is_empty() {
                 Ok(())
@@ -439,6 +442,19 @@ fn grant_taken_bug() -> bool {
 
 #[cfg(not(feature = "unsafe-test-bugs"))]
 fn grant_taken_bug() -> bool {
+    false
+}
+
+/// TEST-ONLY BUG (`group-commit-any-member`, feature `unsafe-test-bugs`, chosen by
+/// `RAFTLOG_UNSAFE_BUG`): accepts a commit from any member, owner or not, for the fault harness
+/// to prove it catches commits by members that no longer own the partition.
+#[cfg(feature = "unsafe-test-bugs")]
+fn commit_any_member_bug() -> bool {
+    std::env::var("RAFTLOG_UNSAFE_BUG").is_ok_and(|bug| bug == "group-commit-any-member")
+}
+
+#[cfg(not(feature = "unsafe-test-bugs"))]
+fn commit_any_member_bug() -> bool {
     false
 }
 
