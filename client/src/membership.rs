@@ -1,5 +1,7 @@
 //! Membership of a coordinated consumer group: a task that heartbeats the group on the leader
-//! and keeps what the member was told.
+//! and keeps what the member was told. A member with nothing to report long-polls (the leader
+//! holds its heartbeat until the group changes or an interval passes), so a rebalance reaches
+//! it at once.
 //!
 //! The member owns the partitions the last answer assigned it plus those it still holds that
 //! were taken from it (until it reports them released). Its reader ([`crate::consumer::Consumer`])
@@ -99,7 +101,7 @@ impl Membership {
         }));
         // The first heartbeat in the caller's task, so that a refusal (unknown topic, limits)
         // is the caller's error.
-        heartbeat_once(&client, &config, &state).await?;
+        heartbeat_once(&client, &config, &state, Duration::ZERO).await?;
         let wake = Arc::new(Notify::new());
         let task = tokio::spawn(run(
             client.clone(),
@@ -213,33 +215,60 @@ fn fence(state: &mut State, at: Instant) {
     state.fenced_at = Some(at);
 }
 
-/// Heartbeats every interval, and at once when the reader released partitions.
+/// Heartbeats for as long as the membership runs. A member with nothing to report long-polls:
+/// its heartbeat asks the leader to hold the answer until the group changes or an interval
+/// passes, so it learns of a rebalance at once; a release to report (the reader woke it) or the
+/// fence deadline cuts the wait short. Joining and reporting released partitions go at once.
 async fn run(client: Client, config: MemberConfig, state: Arc<Mutex<State>>, wake: Arc<Notify>) {
     loop {
-        let wait = {
+        let (steady, interval, until_fence) = {
             let mut s = state.lock().expect("membership lock");
             expire_locally(&mut s);
             if s.leaving {
                 return;
             }
+            let steady = s.epoch > 0 && s.reported.as_ref() == Some(&s.held);
             // Wake up at the fence deadline too, so that the member fences on time.
-            let until_fence =
-                fence_deadline(&s).map(|d| d.saturating_duration_since(Instant::now()));
-            until_fence.map_or(s.interval, |f| s.interval.min(f + Duration::from_millis(1)))
+            let until_fence = fence_deadline(&s)
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+            (steady, s.interval, until_fence)
         };
-        let _ = tokio::time::timeout(wait, wake.notified()).await;
-        if let Err(e) = heartbeat_once(&client, &config, &state).await {
-            tracing::warn!(group = %config.group, error = %e, "heartbeat failed");
+        let fence_wait = until_fence.unwrap_or(interval);
+        let sent = Instant::now();
+        // Joining or reporting goes at once; only a steady member's heartbeat waits (and may be
+        // cut short: it changes nothing).
+        let wait = if steady { interval } else { Duration::ZERO };
+        let pause = tokio::select! {
+            answered = heartbeat_once(&client, &config, &state, wait) => match answered {
+                Ok(false) if steady => {
+                    // Nothing new before the wait was over: a node that does not hold
+                    // heartbeats. Keep to one per interval.
+                    Some((sent + interval).saturating_duration_since(Instant::now()))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(group = %config.group, error = %e, "heartbeat failed");
+                    // Not in a tight loop when the cluster refuses at once.
+                    Some(Duration::from_millis(200))
+                }
+            },
+            () = wake.notified(), if steady => None,
+            () = tokio::time::sleep(fence_wait), if until_fence.is_some() => None,
+        };
+        if let Some(pause) = pause.filter(|p| !p.is_zero()) {
+            let _ = tokio::time::timeout(pause.min(fence_wait), wake.notified()).await;
         }
     }
 }
 
-/// Sends one heartbeat and takes in its answer.
+/// Sends one heartbeat and takes in its answer; true when the answer changed what the member
+/// owns or who it is (news), or it was fenced.
 async fn heartbeat_once(
     client: &Client,
     config: &MemberConfig,
     state: &Mutex<State>,
-) -> Result<(), Error> {
+    wait: Duration,
+) -> Result<bool, Error> {
     let (request, owned) = {
         let s = state.lock().expect("membership lock");
         let joining = s.epoch == 0;
@@ -262,6 +291,7 @@ async fn heartbeat_once(
             client_host: hostname(),
             session_timeout_ms: config.session_timeout_ms,
             assignor: config.assignor.clone(),
+            wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
         };
         (request, owned)
     };
@@ -269,27 +299,31 @@ async fn heartbeat_once(
     match client.group_heartbeat(request).await {
         Ok(answer) => {
             let mut s = state.lock().expect("membership lock");
-            s.member_id = answer.member_id;
-            s.epoch = answer.member_epoch;
-            s.assigned = answer
+            let assigned: BTreeSet<u32> = answer
                 .assigned
                 .iter()
                 .filter(|tp| tp.topic == config.topic)
                 .flat_map(|tp| tp.partitions.iter().copied())
                 .collect();
+            let news = s.member_id != answer.member_id
+                || s.epoch != answer.member_epoch
+                || s.assigned != assigned;
+            s.member_id = answer.member_id;
+            s.epoch = answer.member_epoch;
+            s.assigned = assigned;
             if owned.is_some() {
                 s.reported = owned;
             }
             s.last_answered_sent = Some(sent);
             s.session_timeout = Duration::from_millis(u64::from(answer.session_timeout_ms.max(1)));
             s.interval = Duration::from_millis(u64::from(answer.heartbeat_interval_ms.max(50)));
-            Ok(())
+            Ok(news)
         }
         Err(e) if e.is_member_fenced() => {
             let mut s = state.lock().expect("membership lock");
             tracing::warn!(member_id = %s.member_id, error = %e, "fenced; dropping every partition and rejoining");
             fence(&mut s, Instant::now());
-            Ok(())
+            Ok(true)
         }
         Err(e) => {
             if e.is_definite() && !crate::consumer::is_node_failure(&e) {

@@ -10,6 +10,8 @@
 //! - `consume`: catch-up reading of a topic from one node, every partition in parallel.
 //! - `e2e`: end-to-end latency, from send to receipt by a consumer (push or pull), at a steady
 //!   produce rate.
+//! - `group-members`, `rebalance`: what consumer-group heartbeats cost, and how long a
+//!   rebalance takes (see [`group`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +25,7 @@ use serde_json::json;
 
 mod consume;
 mod e2e;
+mod group;
 mod nats;
 mod produce;
 
@@ -37,6 +40,12 @@ pub enum BenchCmd {
     /// received as they commit by a consumer on one node (Subscribe push, or long-poll Fetch);
     /// reports send-to-receipt and send-to-ack latencies.
     E2e(E2eArgs),
+    /// Many idle members of one coordinated consumer group, heartbeating for a while (what
+    /// heartbeats cost: scripts/bench-groups.sh measures the nodes meanwhile).
+    GroupMembers(group::GroupMembersArgs),
+    /// Rebalance time: members read a topic under steady produce; each round one member stops
+    /// (crash or leave) and the time until the others read all of its partitions is reported.
+    Rebalance(group::RebalanceArgs),
 }
 
 /// How the end-to-end consumer reads.
@@ -253,6 +262,8 @@ pub async fn run(client: &Client, cmd: BenchCmd, as_json: bool) -> anyhow::Resul
         }
         BenchCmd::Consume(args) => consume::consume(client, args, as_json).await,
         BenchCmd::E2e(args) => e2e::e2e(client, args, as_json).await,
+        BenchCmd::GroupMembers(args) => group::group_members(client, args, as_json).await,
+        BenchCmd::Rebalance(args) => group::rebalance(client, args, as_json).await,
     }
 }
 

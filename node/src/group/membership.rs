@@ -6,7 +6,11 @@
 //! nothing (the leader applies it to a copy of the group and compares) is answered from the
 //! applied state after a read barrier, and only refreshes the member's liveness, which the
 //! leader keeps here in memory: 100 idle members cost 100 small RPCs per heartbeat interval and
-//! no log entry (docs/decisions.md, "Consumer-group liveness stays on the leader").
+//! no log entry (docs/decisions.md, "Consumer-group liveness stays on the leader"). A member
+//! that already knows its answer may ask for it to be held (`wait_ms`, the API's long poll)
+//! until the state machine publishes a membership change
+//! (`StateView::coordination_changes`): members learn of a rebalance when it happens, not at
+//! their next heartbeat.
 //!
 //! Expiry: the leader proposes `Command::ExpireGroupMember` for a member it has not heard from
 //! within its group's session timeout. A new leader knows no heartbeat times: it counts every

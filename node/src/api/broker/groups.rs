@@ -6,8 +6,9 @@ use raftlog_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
-use super::{unexpected, BrokerService};
+use super::{stopped, unexpected, BrokerService};
 use crate::api::convert::{group_to_pb, partitions_from_pb, partitions_to_pb};
 use crate::api::error::ApiError;
 use crate::api::forward::{is_forwarded, leader_unreachable, Forwarder};
@@ -201,7 +202,8 @@ pub(super) async fn delete(
 }
 
 /// A member's heartbeat: answered by the leader (a follower forwards it), through the log when it
-/// changes the group (`group::membership`).
+/// changes the group (`group::membership`). With `wait_ms`, a heartbeat that tells the member
+/// nothing new is held until the group changes (then evaluated again) or the wait is over.
 pub(super) async fn heartbeat(
     broker: &BrokerService,
     request: Request<GroupHeartbeatRequest>,
@@ -214,8 +216,53 @@ pub(super) async fn heartbeat(
     if !group.is_leader() {
         return forward_heartbeat(broker, req, forwarded, group.leader(), deadline).await;
     }
+    // Subscribed before the heartbeat is evaluated: a change applied after that wakes the hold.
+    let mut changes = group.view.coordination_changes();
+    let arrived = Instant::now();
+    let mut stopping = broker.stopping.clone();
+    loop {
+        let answer = match answer_heartbeat(broker, &req, forwarded, deadline).await? {
+            Answered::Here(answer) => answer,
+            Answered::Forwarded(response) => return Ok(response),
+        };
+        // Held only while the answer tells the member nothing new (its epoch is current), up
+        // to the wait it asked for (at most an interval), with time to spare before its deadline.
+        let wait = Duration::from_millis(u64::from(req.wait_ms.min(answer.heartbeat_interval_ms)));
+        let hold_until = (arrived + wait).min(deadline - Duration::from_millis(200));
+        let knows_it = req.member_epoch > 0 && answer.member_epoch as i64 == req.member_epoch;
+        if !knows_it || Instant::now() >= hold_until {
+            return Ok(Response::new(answer));
+        }
+        let changed = tokio::select! {
+            changed = tokio::time::timeout_at(hold_until.into(), changes.changed()) => {
+                matches!(changed, Ok(Ok(())))
+            }
+            () = stopped(&mut stopping) => false,
+        };
+        if !changed {
+            return Ok(Response::new(answer));
+        }
+        // The group changed: evaluate again (news for this member is answered at once).
+    }
+}
+
+/// How the leader answered a heartbeat: itself, or (having lost the leadership meanwhile) by
+/// forwarding it.
+enum Answered {
+    Here(GroupHeartbeatResponse),
+    Forwarded(Response<GroupHeartbeatResponse>),
+}
+
+/// Evaluates one heartbeat on this node, believed the leader.
+async fn answer_heartbeat(
+    broker: &BrokerService,
+    req: &GroupHeartbeatRequest,
+    forwarded: bool,
+    deadline: Instant,
+) -> Result<Answered, Status> {
+    let group = broker.group();
     let topics = group.view.topic_table();
-    let (heartbeat, stamp) = broker.heartbeat_command(&req, &topics)?;
+    let (heartbeat, stamp) = broker.heartbeat_command(req, &topics)?;
     let groups_max = broker.ctx.config.limits.groups_max;
     match group
         .group_heartbeat(&req.group, heartbeat, stamp, groups_max, deadline)
@@ -226,7 +273,7 @@ pub(super) async fn heartbeat(
                 .view
                 .coordination(&req.group)
                 .map_or(0, |c| c.session_timeout_ms);
-            Ok(Response::new(GroupHeartbeatResponse {
+            Ok(Answered::Here(GroupHeartbeatResponse {
                 member_id: answer.member_id,
                 member_epoch: answer.member_epoch,
                 assigned: partitions_to_pb(&answer.assigned, &topics),
@@ -236,7 +283,9 @@ pub(super) async fn heartbeat(
         }
         Err(HeartbeatError::Rejected(r)) => Err(ApiError::from(r).into()),
         Err(HeartbeatError::Write(WriteError::NotLeader(leader))) => {
-            forward_heartbeat(broker, req, forwarded, leader, deadline).await
+            forward_heartbeat(broker, req.clone(), forwarded, leader, deadline)
+                .await
+                .map(Answered::Forwarded)
         }
         Err(HeartbeatError::Write(e)) => Err(ApiError::write_failed(broker.ctx.id, e).into()),
     }

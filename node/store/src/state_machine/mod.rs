@@ -161,6 +161,7 @@ impl StateMachine {
             .coordinations
             .write()
             .expect("coordination table lock") = coordinations;
+        self.view.coordination_changed.send_modify(|n| *n += 1);
         self.view.applied.send_replace(self.last_applied);
         // What was just read is on disk: at open the memtable is empty (no WAL to replay), and
         // an installed snapshot is flushed before it is loaded.
@@ -397,6 +398,8 @@ impl StateMachine {
                 None => live.remove(&name),
             };
         }
+        drop(live);
+        self.view.coordination_changed.send_modify(|n| *n += 1);
     }
 
     /// Publishes what an apply call changed to the view's tables, once its write batch is in

@@ -25,6 +25,9 @@ pub struct StateView {
     /// Coordinated groups' membership, by group name (groups with members only).
     pub(super) coordinations: RwLock<BTreeMap<String, Coordination>>,
     pub(super) applied: watch::Sender<Option<LogId>>,
+    /// Counts the apply calls that changed some coordinated group's membership (held member
+    /// heartbeats wait on it).
+    pub(super) coordination_changed: watch::Sender<u64>,
     /// How far the applied state is on disk; the group's log reads it before a purge.
     pub(super) flushed: StateFlushed,
     /// Reads running on the blocking pool ([`Self::read_blocking`]), at most [`READS_PARALLEL`].
@@ -42,6 +45,7 @@ impl StateView {
             groups: RwLock::new(BTreeMap::new()),
             coordinations: RwLock::new(BTreeMap::new()),
             applied: applied_tx,
+            coordination_changed: watch::channel(0).0,
             flushed: StateFlushed::default(),
             read_slots: Arc::new(tokio::sync::Semaphore::new(READS_PARALLEL)),
         }
@@ -60,6 +64,11 @@ impl StateView {
     /// The last applied log id; subscribe to wait for the next apply.
     pub fn applied(&self) -> watch::Receiver<Option<LogId>> {
         self.applied.subscribe()
+    }
+
+    /// Moves whenever some coordinated group's membership changed; subscribe to wait for it.
+    pub fn coordination_changes(&self) -> watch::Receiver<u64> {
+        self.coordination_changed.subscribe()
     }
 
     pub fn topics(&self) -> Vec<TopicState> {
