@@ -7,6 +7,8 @@
 //!   replicated state's rows (an on-disk format);
 //! - [`coordination`]: consumer-group membership and assignment, a pure function of the
 //!   replicated state;
+//! - [`queue`]: queue consumption (per-record locks, redelivery, dead letters), a pure function
+//!   of the replicated state;
 //! - [`types`]: openraft's type configuration and the aliases of its generics, the one place that
 //!   names them;
 //! - [`limits`]: every sizing constant, with the relationships between them asserted at compile
@@ -20,6 +22,7 @@ pub mod coordination;
 mod ids;
 pub mod limits;
 mod model;
+pub mod queue;
 pub mod types;
 
 pub use command::{
