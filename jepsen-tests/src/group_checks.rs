@@ -167,9 +167,9 @@ pub fn commits_by_non_owners(ops: &[Op], pairs: &[Pair]) -> Examples<CommitNonOw
         let Some(list) = by_partition.get(partition) else {
             continue;
         };
-        let owner = list.iter().find(|i| {
-            i.member != *member && i.from < invoke.time_ns && i.to > completion.time_ns
-        });
+        let owner = list
+            .iter()
+            .find(|i| i.member != *member && i.from < invoke.time_ns && i.to > completion.time_ns);
         if let Some(owner) = owner {
             found.push(CommitNonOwner {
                 partition: *partition,
@@ -293,7 +293,10 @@ mod tests {
         let found = commits_by_non_owners(h.ops(), &h.pairs());
         assert_eq!(found.count, 1, "{found:?}");
         let x = &found.examples[0];
-        assert_eq!((x.member.as_str(), x.owner.as_str(), x.offset), ("a", "b", 5));
+        assert_eq!(
+            (x.member.as_str(), x.owner.as_str(), x.offset),
+            ("a", "b", 5)
+        );
     }
 
     #[test]

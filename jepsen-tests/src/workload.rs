@@ -361,8 +361,11 @@ impl MemberLog {
     }
 
     fn at_ns(&self, at: std::time::Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.w.recorder.start()).as_nanos())
-            .unwrap_or(u64::MAX)
+        u64::try_from(
+            at.saturating_duration_since(self.w.recorder.start())
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX)
     }
 
     fn owns(&self, member: &str, partition: u32, owned: bool, at: std::time::Instant) {
@@ -637,7 +640,9 @@ pub async fn sample_group_owners(w: Workload) -> anyhow::Result<()> {
     let process = w.recorder.new_process();
     let leader = client(&w.endpoints)?;
     // One process per partition: a single fetch answers for all of them.
-    let fetchers: Vec<u64> = (0..w.partitions).map(|_| w.recorder.new_process()).collect();
+    let fetchers: Vec<u64> = (0..w.partitions)
+        .map(|_| w.recorder.new_process())
+        .collect();
     while Instant::now() < w.deadline {
         for (partition, &p) in fetchers.iter().enumerate() {
             w.recorder

@@ -35,6 +35,8 @@ pub const GROUP_COMMIT_ENTRY_SECONDS: &str = "raftlog_group_commit_entry_seconds
 pub const WRITES_EXPIRED: &str = "raftlog_writes_expired_total";
 /// Consumer-group members whose session expired (the leader heard nothing within the timeout).
 pub const GROUP_MEMBERS_EXPIRED: &str = "raftlog_group_members_expired_total";
+/// Member heartbeats the leader holds now (long polls waiting for their group to change).
+pub const GROUP_HEARTBEATS_HELD: &str = "raftlog_group_heartbeats_held";
 /// Writes per proposed entry.
 pub const GROUP_COMMIT_REQUESTS_PER_ENTRY: &str = "raftlog_group_commit_requests_per_entry";
 

@@ -383,3 +383,99 @@ async fn a_fenced_member_cannot_commit_and_the_group_survives_a_full_restart() {
     let digests = cluster.wait_converged(&[1, 2, 3]).await;
     assert!(digests.iter().all(|d| d.sha256 == digests[0].sha256));
 }
+
+/// A member that knows its assignment may have its heartbeat held by the leader (`wait_ms`):
+/// a member leaving wakes it with the freed partitions at once; with nothing happening it is
+/// answered when the wait is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_heartbeat_brings_news_of_a_leave() {
+    let cluster = TestCluster::start(3, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic(TOPIC, PARTITIONS).await.unwrap();
+    let beat = |member_id: &str, epoch: i64| pb::GroupHeartbeatRequest {
+        group: GROUP.into(),
+        member_id: member_id.into(),
+        member_epoch: epoch,
+        subscription: (epoch == 0).then(|| pb::Subscription {
+            topics: vec![TOPIC.into()],
+        }),
+        // An interval of 12 s: longer than the client's request timeout (10 s), so an answer
+        // that waited out its hold cannot pass for one woken by the leave.
+        session_timeout_ms: 60_000,
+        ..Default::default()
+    };
+    let count = |r: &pb::GroupHeartbeatResponse| -> usize {
+        r.assigned.iter().map(|tp| tp.partitions.len()).sum()
+    };
+    // a takes everything; b joins, a releases half, b takes it.
+    let a = client.group_heartbeat(beat("", 0)).await.unwrap();
+    let b = client.group_heartbeat(beat("", 0)).await.unwrap();
+    let a = client
+        .group_heartbeat(beat(&a.member_id, a.member_epoch as i64))
+        .await
+        .unwrap();
+    let kept = a.assigned[0].partitions.clone();
+    let a = client
+        .group_heartbeat(pb::GroupHeartbeatRequest {
+            owned: Some(pb::OwnedPartitions {
+                topics: vec![pb::TopicPartitions {
+                    topic: TOPIC.into(),
+                    partitions: kept,
+                }],
+            }),
+            ..beat(&a.member_id, a.member_epoch as i64)
+        })
+        .await
+        .unwrap();
+    let b = client
+        .group_heartbeat(beat(&b.member_id, b.member_epoch as i64))
+        .await
+        .unwrap();
+    assert_eq!((count(&a), count(&b)), (6, 6));
+
+    // Nothing happens: a held heartbeat is answered, unchanged, once its wait is over.
+    let held_from = std::time::Instant::now();
+    let same = client
+        .group_heartbeat(pb::GroupHeartbeatRequest {
+            wait_ms: 300,
+            ..beat(&b.member_id, b.member_epoch as i64)
+        })
+        .await
+        .unwrap();
+    assert!(held_from.elapsed() >= Duration::from_millis(300));
+    assert_eq!((same.member_epoch, count(&same)), (b.member_epoch, 6));
+
+    // b waits; a leaves; b's held heartbeat comes back with all twelve partitions.
+    let waiting = {
+        let client = client.clone();
+        let request = pb::GroupHeartbeatRequest {
+            wait_ms: 60_000,
+            ..beat(&b.member_id, b.member_epoch as i64)
+        };
+        tokio::spawn(async move { client.group_heartbeat(request).await })
+    };
+    // The leave must come after b's heartbeat is held: wait until the leader holds one.
+    let leader = cluster.wait_for_leader().await;
+    let cluster = &cluster;
+    cluster
+        .wait_for(
+            "b's heartbeat held",
+            Duration::from_secs(10),
+            || async move {
+                let page = cluster.metrics(leader).await;
+                (sample(&page, "raftlog_group_heartbeats_held", "") >= Some(1.0)).then_some(())
+            },
+        )
+        .await;
+    client
+        .group_heartbeat(pb::GroupHeartbeatRequest {
+            member_epoch: -1,
+            ..beat(&a.member_id, 0)
+        })
+        .await
+        .unwrap();
+    let news = waiting.await.unwrap().unwrap();
+    assert_eq!(count(&news), PARTITIONS as usize, "{news:?}");
+    assert!(news.member_epoch > b.member_epoch);
+}

@@ -97,7 +97,10 @@ pub async fn group_members(
     }
     let joined_ms = start.elapsed().as_millis();
     // The line scripts wait for before they measure.
-    println!("{}", json!({"event": "joined", "members": args.members, "joined_ms": joined_ms}));
+    println!(
+        "{}",
+        json!({"event": "joined", "members": args.members, "joined_ms": joined_ms})
+    );
     if !as_json {
         eprintln!(
             "{} members of group '{}' joined in {joined_ms} ms; holding them {} s",

@@ -233,6 +233,7 @@ pub(super) async fn heartbeat(
         if !knows_it || Instant::now() >= hold_until {
             return Ok(Response::new(answer));
         }
+        let _held = HeldHeartbeat::start();
         let changed = tokio::select! {
             changed = tokio::time::timeout_at(hold_until.into(), changes.changed()) => {
                 matches!(changed, Ok(Ok(())))
@@ -243,6 +244,23 @@ pub(super) async fn heartbeat(
             return Ok(Response::new(answer));
         }
         // The group changed: evaluate again (news for this member is answered at once).
+    }
+}
+
+/// Counts a held heartbeat in [`crate::metrics::GROUP_HEARTBEATS_HELD`] for as long as it is held
+/// (its caller may also cancel it).
+struct HeldHeartbeat;
+
+impl HeldHeartbeat {
+    fn start() -> Self {
+        metrics::gauge!(crate::metrics::GROUP_HEARTBEATS_HELD).increment(1.0);
+        HeldHeartbeat
+    }
+}
+
+impl Drop for HeldHeartbeat {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::GROUP_HEARTBEATS_HELD).decrement(1.0);
     }
 }
 
