@@ -450,6 +450,7 @@ fn plausible(rng: &mut StdRng, path: &str) -> Vec<u8> {
             client_host: any_name(rng),
             session_timeout_ms: any_u32(rng),
             assignor: pick(rng, &["", "uniform", "range", "bogus"]).to_string(),
+            wait_ms: pick(rng, &[0, 1, 500, u32::MAX]),
         }
         .encode_to_vec(),
         "RemoveGroupMember" => pb::RemoveGroupMemberRequest {

@@ -192,9 +192,9 @@ pub async fn rebalance(client: &Client, args: RebalanceArgs, as_json: bool) -> a
     let mut members: Vec<Running> = (0..args.members)
         .map(|i| start_member(client, &config, i, &last_read))
         .collect();
-    let mut next_index = args.members;
     let mut results = Vec::new();
-    for round in 1..=args.rounds {
+    // Each round's replacement member gets the next index.
+    for (round, next_index) in (1..=args.rounds).zip(args.members..) {
         // Settled: every partition read within the last 500 ms by a member still running.
         let running: BTreeSet<usize> = members.iter().map(|m| m.index).collect();
         let settle_by = Instant::now() + Duration::from_secs(60);
@@ -272,7 +272,6 @@ pub async fn rebalance(client: &Client, args: RebalanceArgs, as_json: bool) -> a
         }
         results.push(slowest);
         members.push(start_member(client, &config, next_index, &last_read));
-        next_index += 1;
     }
     producing.abort();
     for member in members {

@@ -216,7 +216,21 @@ impl QueueState {
         }
         let room = (settings.in_flight_max as usize).saturating_sub(self.in_flight());
         let mut budget = (max as usize).min(room);
-        // Ready redeliveries, oldest offset first within each partition.
+        self.redeliver_ready(settings, worker, now_ms, &mut budget, &mut out);
+        self.deliver_new(settings, worker, ends, &mut budget, &mut out);
+        out
+    }
+
+    /// Delivers the waiting records whose time has come, oldest offset first, while `budget`
+    /// lasts; those already delivered `max_deliveries` times are dead-lettered instead.
+    fn redeliver_ready(
+        &mut self,
+        settings: &QueueSettings,
+        worker: &str,
+        now_ms: i64,
+        budget: &mut usize,
+        out: &mut Received,
+    ) {
         let mut ready: Vec<(u32, u64)> = self
             .partitions
             .iter()
@@ -229,7 +243,7 @@ impl QueueState {
             .collect();
         ready.sort_by_key(|&(p, offset)| (offset, p));
         for (partition, offset) in ready {
-            if budget == 0 {
+            if *budget == 0 {
                 break;
             }
             let queue = self.partitions.get_mut(&partition).expect("partition");
@@ -244,46 +258,49 @@ impl QueueState {
                 });
                 continue;
             }
-            Self::lock(
-                queue,
-                partition,
-                offset,
-                count + 1,
-                worker,
-                deadline_ms,
-                &mut out,
-            );
-            budget -= 1;
+            Self::lock(queue, partition, offset, count + 1, worker, out);
+            *budget -= 1;
         }
-        // Then records never delivered, one partition after another in turn.
+    }
+
+    /// Delivers records never delivered, one partition after another in turn, up to each
+    /// partition's end, while `budget` lasts.
+    fn deliver_new(
+        &mut self,
+        settings: &QueueSettings,
+        worker: &str,
+        ends: &BTreeMap<u32, u64>,
+        budget: &mut usize,
+        out: &mut Received,
+    ) {
         let mut progressed = true;
-        while budget > 0 && progressed {
+        while *budget > 0 && progressed {
             progressed = false;
             for (&partition, &end) in ends {
-                if budget == 0 {
+                if *budget == 0 {
                     break;
                 }
                 let queue = self.partitions.entry(partition).or_default();
-                if queue.next < end {
-                    let offset = queue.next;
-                    queue.next += 1;
-                    if settings.max_deliveries == 0 {
-                        queue.finish(offset);
-                        out.dead_lettered.push(DeadLetter {
-                            partition,
-                            offset,
-                            deliveries: 0,
-                            reason: DeadLetterReason::MaxDeliveries,
-                        });
-                    } else {
-                        Self::lock(queue, partition, offset, 1, worker, deadline_ms, &mut out);
-                        budget -= 1;
-                    }
-                    progressed = true;
+                if queue.next >= end {
+                    continue;
+                }
+                let offset = queue.next;
+                queue.next += 1;
+                progressed = true;
+                if settings.max_deliveries == 0 {
+                    queue.finish(offset);
+                    out.dead_lettered.push(DeadLetter {
+                        partition,
+                        offset,
+                        deliveries: 0,
+                        reason: DeadLetterReason::MaxDeliveries,
+                    });
+                } else {
+                    Self::lock(queue, partition, offset, 1, worker, out);
+                    *budget -= 1;
                 }
             }
         }
-        out
     }
 
     fn lock(
@@ -292,7 +309,6 @@ impl QueueState {
         offset: u64,
         count: u32,
         worker: &str,
-        deadline_ms: i64,
         out: &mut Received,
     ) {
         queue.locked.insert(
@@ -300,7 +316,7 @@ impl QueueState {
             Lock {
                 worker: worker.to_string(),
                 count,
-                deadline_ms,
+                deadline_ms: out.deadline_ms,
             },
         );
         out.delivered.push(Delivery {
