@@ -23,10 +23,13 @@ pub struct GroupMembersArgs {
     /// Topic the members subscribe to (created with --partitions if missing).
     #[arg(long, default_value = "bench-group")]
     topic: String,
+    /// Partitions of the topic, when it is created.
     #[arg(long, default_value_t = 12)]
     partitions: u32,
+    /// The group the members join.
     #[arg(long, default_value = "bench-idle")]
     group: String,
+    /// How many members join.
     #[arg(long, default_value_t = 100)]
     members: u32,
     /// How long to hold the members once all have joined, in seconds.
@@ -46,14 +49,19 @@ pub enum Stop {
 
 #[derive(clap::Args)]
 pub struct RebalanceArgs {
+    /// Topic the members read (created with --partitions if missing).
     #[arg(long, default_value = "bench-rebalance")]
     topic: String,
+    /// Partitions of the topic, when it is created.
     #[arg(long, default_value_t = 12)]
     partitions: u32,
+    /// Members reading at any time (a new one replaces each that stops).
     #[arg(long, default_value_t = 4)]
     members: usize,
+    /// Rounds: each stops one member and times the takeover.
     #[arg(long, default_value_t = 3)]
     rounds: u32,
+    /// How the member stops.
     #[arg(long, value_enum, default_value_t = Stop::Crash)]
     stop: Stop,
     /// The group's session timeout in ms (0: the node's default, 10 s).
