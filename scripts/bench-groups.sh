@@ -32,23 +32,7 @@ trap cleanup EXIT
 [ "${RAFTLOG_NO_BUILD:-}" = 1 ] || "$ROOT/scripts/build.sh"
 export RAFTLOG_NO_BUILD=1
 
-pid_of() { cat "$RAFTLOG_DATA_DIR/node-$1/pid"; }
-cpu_ticks() { # utime + stime of node $1, in clock ticks
-  local stat
-  stat=$(cat "/proc/$(pid_of "$1")/stat")
-  stat=${stat##*) } # the fields after the command name; utime and stime are the 12th and 13th
-  echo "$stat" | awk '{print $12 + $13}'
-}
-all_ticks() { echo $(($(cpu_ticks 1) + $(cpu_ticks 2) + $(cpu_ticks 3))); }
-leader() {
-  local n
-  for n in 1 2 3; do
-    if curl -fsS "127.0.0.1:909$n/status" 2>/dev/null | grep -q '"role":"leader"'; then
-      echo "$n"; return
-    fi
-  done
-  die "no leader found"
-}
+all_ticks() { echo $(($(node_cpu_ticks 1) + $(node_cpu_ticks 2) + $(node_cpu_ticks 3))); }
 log_index() { curl -fsS "127.0.0.1:909$1/metrics" | awk '/^raftlog_raft_last_log_index/ {print $2; exit}'; }
 heartbeats() { # GroupHeartbeat requests node $1 answered
   curl -fsS "127.0.0.1:909$1/metrics" |
@@ -58,10 +42,10 @@ heartbeats() { # GroupHeartbeat requests node $1 answered
 # window CASE: CPU of the nodes, Raft entries and heartbeats over $WINDOW seconds.
 window() {
   local case=$1 l t0 lt0 i0 h0
-  l=$(leader)
-  t0=$(all_ticks); lt0=$(cpu_ticks "$l"); i0=$(log_index "$l"); h0=$(heartbeats "$l")
+  l=$(leader_node)
+  t0=$(all_ticks); lt0=$(node_cpu_ticks "$l"); i0=$(log_index "$l"); h0=$(heartbeats "$l")
   sleep "$WINDOW" # the measurement window itself
-  python3 - "$case" "$WINDOW" "$(($(all_ticks) - t0))" "$(($(cpu_ticks "$l") - lt0))" \
+  python3 - "$case" "$WINDOW" "$(($(all_ticks) - t0))" "$(($(node_cpu_ticks "$l") - lt0))" \
     "$(($(log_index "$l") - i0))" "$(($(heartbeats "$l") - h0))" "$(getconf CLK_TCK)" <<'PY' | tee -a "$results"
 import json, sys
 case, secs, ticks, leader_ticks, entries, hbs, hz = sys.argv[1], *map(int, sys.argv[2:])

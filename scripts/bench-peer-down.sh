@@ -28,35 +28,18 @@ trap cleanup EXIT
 [ "${RAFTLOG_NO_BUILD:-}" = 1 ] || "$ROOT/scripts/build.sh"
 export RAFTLOG_NO_BUILD=1
 
-pid_of() { cat "$RAFTLOG_DATA_DIR/node-$1/pid"; }
-cpu_ticks() { # utime + stime of node $1, in clock ticks
-  local stat
-  stat=$(cat "/proc/$(pid_of "$1")/stat")
-  stat=${stat##*) } # the fields after the command name; utime and stime are the 12th and 13th
-  echo "$stat" | awk '{print $12 + $13}'
-}
-leader() { # the node that says it leads, from its admin /status
-  local n
-  for n in 1 2 3; do
-    # "role":"leader" since /status has its own schema; "state":"Leader" before (openraft's).
-    if curl -fsS "127.0.0.1:909$n/status" 2>/dev/null | grep -qE '"role":"leader"|"state":"Leader"'; then
-      echo "$n"; return
-    fi
-  done
-  die "no leader found"
-}
 lines() { wc -l < "$RAFTLOG_DATA_DIR/node-$1/node.log"; }
 
 # measure CASE ROUND: C=64 single-record produce on the current cluster; the leader's CPU per
 # record, its log lines during the load, the rate.
 measure() {
   local case=$1 round=$2 l ticks lines_before out
-  l=$(leader)
-  ticks=$(cpu_ticks "$l")
+  l=$(leader_node)
+  ticks=$(node_cpu_ticks "$l")
   lines_before=$(lines "$l")
   out=$("$CLI_BIN" bench produce --topic "pd-$case-$round" --partitions 1 --count "$REQUESTS" \
     --concurrency 64 --record-bytes 1024 --records-per-request 1 | tail -n 1)
-  python3 - "$case" "$round" "$out" "$(($(cpu_ticks "$l") - ticks))" "$(getconf CLK_TCK)" \
+  python3 - "$case" "$round" "$out" "$(($(node_cpu_ticks "$l") - ticks))" "$(getconf CLK_TCK)" \
     "$REQUESTS" "$(($(lines "$l") - lines_before))" <<'PY' | tee -a "$results"
 import json, sys
 case, rnd, out, ticks, hz, n, lines = sys.argv[1:]
@@ -79,7 +62,7 @@ for round in $(seq 1 "$ROUNDS"); do
     "$CLI_BIN" bench produce --topic warm --partitions 1 --count 20000 --concurrency 64 \
       --record-bytes 1024 --records-per-request 1 >/dev/null
     if [ "$case" = follower-down ]; then
-      l=$(leader)
+      l=$(leader_node)
       follower=$(( l % 3 + 1 ))
       "$ROOT/scripts/cluster.sh" kill "$follower" >/dev/null
     fi

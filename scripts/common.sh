@@ -11,3 +11,21 @@ CLI_BIN="$PROFILE_DIR/raftlog"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# The local cluster's nodes (scripts/cluster.sh, under $RAFTLOG_DATA_DIR), for benchmarks.
+node_pid() { cat "$RAFTLOG_DATA_DIR/node-$1/pid"; }
+node_cpu_ticks() { # utime + stime of node $1, in clock ticks
+  local stat
+  stat=$(cat "/proc/$(node_pid "$1")/stat")
+  stat=${stat##*) } # the fields after the command name; utime and stime are the 12th and 13th
+  echo "$stat" | awk '{print $12 + $13}'
+}
+leader_node() { # the node that says it leads, from its admin /status
+  local n
+  for n in 1 2 3; do
+    if curl -fsS "127.0.0.1:909$n/status" 2>/dev/null | grep -q '"role":"leader"'; then
+      echo "$n"; return
+    fi
+  done
+  die "no leader found"
+}

@@ -141,18 +141,17 @@ pub async fn produce(
 }
 
 fn parse_records(records: &[pb::Record]) -> Vec<(u64, u64)> {
-    records
-        .iter()
-        .map(|r| {
-            // A value that is not one of ours shows up as u64::MAX: the checker reports it as
-            // unexpected.
-            let v = std::str::from_utf8(&r.value)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(u64::MAX);
-            (r.offset, v)
-        })
-        .collect()
+    records.iter().map(parse_record).collect()
+}
+
+/// A record as `(offset, value)`. A value that is not one of ours shows up as u64::MAX: the
+/// checker reports it as unexpected.
+fn parse_record(r: &pb::Record) -> (u64, u64) {
+    let v = std::str::from_utf8(&r.value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(u64::MAX);
+    (r.offset, v)
 }
 
 /// One consumer bound to `node`: polls every partition forward until the deadline, committing
@@ -405,7 +404,7 @@ impl MemberLog {
             by_partition
                 .entry(r.partition)
                 .or_default()
-                .extend(parse_records(std::slice::from_ref(&r.record)));
+                .push(parse_record(&r.record));
         }
         let Some((member_id, epoch)) = consumer.member() else {
             return;

@@ -16,6 +16,8 @@ use anyhow::{bail, Context};
 use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
 use raftlog_client::membership::{MemberConfig, Membership};
 use raftlog_client::Client;
+
+use super::produce::ensure_topic;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -70,14 +72,6 @@ pub struct RebalanceArgs {
     /// Records per second produced to every partition together.
     #[arg(long, default_value_t = 600)]
     rate: u64,
-}
-
-async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
-    match client.create_topic(topic, partitions).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == tonic::Code::AlreadyExists => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("creating topic '{topic}'")),
-    }
 }
 
 pub async fn group_members(

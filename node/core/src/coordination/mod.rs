@@ -352,7 +352,7 @@ impl Coordination {
                 continue;
             }
             // Its own again before it let go: no need to wait for itself.
-            if member.revoking.remove(p) || !taken.contains(p) || grant_taken_bug() {
+            if member.revoking.remove(p) || !taken.contains(p) || test_bug("group-double-owner") {
                 member.assigned.insert(*p);
                 changed = true;
             }
@@ -397,7 +397,7 @@ impl Coordination {
         member: Option<(&str, i64)>,
         partitions: impl IntoIterator<Item = TopicPartition>,
     ) -> Result<(), GroupError> {
-        if commit_any_member_bug() {
+        if test_bug("group-commit-any-member") {
             return Ok(());
         }
         let Some((member_id, epoch)) = member else {
@@ -432,29 +432,17 @@ impl Coordination {
     }
 }
 
-/// TEST-ONLY BUG (`group-double-owner`, feature `unsafe-test-bugs`, chosen by
-/// `RAFTLOG_UNSAFE_BUG`): grants a partition while another member still owns it, for the fault
-/// harness to prove it catches two owners (scripts/jepsen-teeth.sh).
+/// TEST-ONLY BUGS (feature `unsafe-test-bugs`, chosen by `RAFTLOG_UNSAFE_BUG`), for the fault
+/// harness to prove it catches them (scripts/jepsen-teeth.sh): `group-double-owner` grants a
+/// partition while another member still owns it; `group-commit-any-member` accepts a commit
+/// from any member, owner or not.
 #[cfg(feature = "unsafe-test-bugs")]
-fn grant_taken_bug() -> bool {
-    std::env::var("RAFTLOG_UNSAFE_BUG").is_ok_and(|bug| bug == "group-double-owner")
+fn test_bug(name: &str) -> bool {
+    std::env::var("RAFTLOG_UNSAFE_BUG").is_ok_and(|bug| bug == name)
 }
 
 #[cfg(not(feature = "unsafe-test-bugs"))]
-fn grant_taken_bug() -> bool {
-    false
-}
-
-/// TEST-ONLY BUG (`group-commit-any-member`, feature `unsafe-test-bugs`, chosen by
-/// `RAFTLOG_UNSAFE_BUG`): accepts a commit from any member, owner or not, for the fault harness
-/// to prove it catches commits by members that no longer own the partition.
-#[cfg(feature = "unsafe-test-bugs")]
-fn commit_any_member_bug() -> bool {
-    std::env::var("RAFTLOG_UNSAFE_BUG").is_ok_and(|bug| bug == "group-commit-any-member")
-}
-
-#[cfg(not(feature = "unsafe-test-bugs"))]
-fn commit_any_member_bug() -> bool {
+fn test_bug(_name: &str) -> bool {
     false
 }
 
