@@ -82,7 +82,7 @@ pub async fn run(ctx: &Ctx, args: ConsumeArgs) -> anyhow::Result<()> {
     let reader = match &args.node {
         Some(node) => {
             let addr = cluster::resolve_node(ctx, node).await?;
-            Client::new([addr])?
+            ctx.client.for_endpoints([addr])?
         }
         None => ctx.client.clone(),
     };

@@ -359,7 +359,7 @@ pub async fn explain(client: Option<&Client>, error: anyhow::Error) -> CliError 
             ),
         ),
         Error::Status(s) => (s.code(), s.message().to_string()),
-        Error::Endpoint(_) => (Code::InvalidArgument, e.to_string()),
+        Error::Endpoint(_) | Error::Tls(_) => (Code::InvalidArgument, e.to_string()),
     };
     // The context the command added ("reading orders/0"), then the node's words.
     let context = error

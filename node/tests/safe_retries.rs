@@ -20,6 +20,7 @@ fn options(args: &[&str]) -> NodeOptions {
     NodeOptions {
         args: args.iter().map(|a| a.to_string()).collect(),
     }
+    ..Default::default()
 }
 
 fn assert_digests_equal(digests: &[pb::StateDigestResponse]) {
