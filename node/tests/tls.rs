@@ -189,7 +189,7 @@ async fn vote(client: &mut RaftClient<tonic::transport::Channel>) -> tonic::Stat
     client
         .vote(RaftEnvelope {
             group_id: 999,
-            payload: vec![0].into(),
+            payload: vec![0u8].into(),
         })
         .await
         .unwrap_err()
