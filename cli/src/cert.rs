@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::output;
 
-#[derive(Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum CertCmd {
     /// Create the cluster CA: DIR/ca.pem (give it to every node and client) and DIR/ca-key.pem
     /// (keep it secret: it signs node and client certificates).

@@ -118,8 +118,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let as_json = cli.json;
     // Certificates are made without a cluster (and before the files the TLS flags name exist).
-    if let Command::Cert(cmd) = cli.command {
-        return match cert::run(cmd, as_json) {
+    if let Command::Cert(cmd) = &cli.command {
+        return match cert::run(cmd.clone(), as_json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 diagnose::explain(None, e).await.print(as_json);

@@ -35,10 +35,11 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
     // Before anything else starts: a bad certificate or key stops the node with the reason.
-    let tls = match &config.tls {
-        None => None,
-        Some(settings) => Some(crate::tls::Tls::load(settings, config.node_id)?),
-    };
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|settings| crate::tls::Tls::load(settings, config.node_id))
+        .transpose()?;
     let dbs = raftlog_store::open(&config.data_dir, &config.storage).context("opening RocksDB")?;
     let (group, peer_parts) = Group::start(METADATA_GROUP, &dbs, &config, tls.clone()).await?;
     let config = Arc::new(config);
@@ -47,6 +48,7 @@ pub async fn run(
         config: config.clone(),
         disk: crate::disk::DiskSpace::watch(config.data_dir.clone()),
         groups: Arc::new(Groups::new([group.clone()])),
+        tls: tls.clone(),
     };
     if !config.initial_cluster.is_empty() {
         bootstrap(&group.raft, &config).await?;
@@ -70,14 +72,7 @@ pub async fn run(
         .set_serving::<ClusterServer<ClusterService>>()
         .await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let grpc = serve_grpc(
-        listener,
-        tls.clone(),
-        &ctx,
-        peer_parts,
-        health_service,
-        stop_rx.clone(),
-    )?;
+    let grpc = serve_grpc(listener, &ctx, peer_parts, health_service, stop_rx.clone())?;
     let tasks = NodeTasks {
         tls_reload: tls.map(|tls| tokio::spawn(crate::tls::watch(tls, stop_rx.clone()))),
         grpc: tokio::spawn(grpc),
@@ -188,10 +183,8 @@ impl NodeTasks {
 /// The gRPC server of the node's one port: the peer service (Raft), the client services (Broker,
 /// Cluster), health and reflection, over TLS when `tls` is given; it stops accepting when `stop`
 /// turns true.
-// Long: the services and their message limits, assembled in one place.
 fn serve_grpc(
     listener: TcpListener,
-    tls: Option<Arc<crate::tls::Tls>>,
     ctx: &NodeContext,
     peer_parts: PeerParts,
     health_service: tonic_health::pb::health_server::HealthServer<
@@ -200,7 +193,7 @@ fn serve_grpc(
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<GrpcServer> {
     let group = ctx.metadata();
-    let config = &ctx.config;
+    let (config, tls) = (&ctx.config, ctx.tls.clone());
     // Reflection advertises the services users call; the peer-only raftlog.raft.v1.Raft is
     // served on the same port but is not listed (its payloads are not protobuf anyway). Both the
     // v1 and the older v1alpha protocol are served: grpcurl before 1.9 speaks only v1alpha.

@@ -14,7 +14,7 @@
 //! A reload that fails (a missing file, a key that does not match its certificate, a certificate
 //! that names another node) keeps the previous configuration and says why.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::{Context, Poll};
@@ -139,33 +139,8 @@ fn build(
             settings.key.display()
         ))
     })?;
-    let names = node_ids_of(&chain[0]);
-    if names != [node_id] {
-        return Err(error(format!(
-            "tls_cert {} must name this node as DNS name {} (and no other node); it names {}",
-            settings.cert.display(),
-            node_name(node_id),
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.iter().map(|id| node_name(*id)).collect::<Vec<_>>().join(", ")
-            }
-        )));
-    }
-    let cert_expiry = not_after(&chain[0])
-        .ok_or_else(|| error(format!("tls_cert {}: unreadable", settings.cert.display())))?;
+    let cert_expiry = check_node_cert(&chain[0], settings, node_id)?;
     let ca_expiry = cas.iter().filter_map(not_after).min().unwrap_or(0);
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    // Peers and clients would refuse it at every handshake: better said once, here.
-    if cert_expiry <= now {
-        return Err(error(format!(
-            "tls_cert {} expired {} s ago",
-            settings.cert.display(),
-            now - cert_expiry
-        )));
-    }
 
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone());
     let verifier = if settings.client_cert_required {
@@ -205,7 +180,43 @@ fn build(
     })
 }
 
-fn read_certs(path: &PathBuf, key: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Checks that `cert` is this node's (it names `node-<node_id>` and no other node) and has not
+/// expired; returns its expiry (Unix seconds).
+fn check_node_cert(
+    cert: &CertificateDer,
+    settings: &TlsSettings,
+    node_id: u64,
+) -> Result<i64, TlsError> {
+    let names = node_ids_of(cert);
+    if names != [node_id] {
+        return Err(error(format!(
+            "tls_cert {} must name this node as DNS name {} (and no other node); it names {}",
+            settings.cert.display(),
+            node_name(node_id),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.iter().map(|id| node_name(*id)).collect::<Vec<_>>().join(", ")
+            }
+        )));
+    }
+    let cert_expiry = not_after(cert)
+        .ok_or_else(|| error(format!("tls_cert {}: unreadable", settings.cert.display())))?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // Peers and clients would refuse it at every handshake: better said once, here.
+    if cert_expiry <= now {
+        return Err(error(format!(
+            "tls_cert {} expired {} s ago",
+            settings.cert.display(),
+            now - cert_expiry
+        )));
+    }
+    Ok(cert_expiry)
+}
+
+fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| error(format!("{key} {}: {e}", path.display())))?;
@@ -396,15 +407,18 @@ impl tower::Service<http::Uri> for NodeConnector {
 }
 
 /// A lazily connected channel to node `id` at `addr`: over TLS with `tls`, plaintext without.
+/// `endpoint` makes the endpoint of a URI (the caller's timeouts and HTTP/2 settings).
 pub fn node_channel(
     endpoint: impl FnOnce(String) -> Result<tonic::transport::Endpoint, tonic::transport::Error>,
     addr: &str,
     id: u64,
     tls: Option<&Arc<Tls>>,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    // http:// in both cases: tonic would wrap an https:// connection in TLS of its own (a fixed
+    // configuration); with TLS on, the connector returns a stream that is already TLS.
+    let endpoint = endpoint(format!("http://{addr}"))?;
     Ok(match tls {
-        None => endpoint(format!("http://{addr}"))?.connect_lazy(),
-        Some(tls) => endpoint(format!("https://{addr}"))?
-            .connect_with_connector_lazy(NodeConnector::to_node(tls.clone(), id)),
+        None => endpoint.connect_lazy(),
+        Some(tls) => endpoint.connect_with_connector_lazy(NodeConnector::to_node(tls.clone(), id)),
     })
 }
