@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
-use raftlog_client::Client;
 
 use crate::codec::{self, Encoding, Encodings};
 use crate::diagnose::{guard_call, CliError};

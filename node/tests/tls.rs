@@ -52,11 +52,15 @@ async fn status(client: &Client) -> Result<pb::NodeStatus, tonic::Status> {
         .map(|r| r.into_inner())
 }
 
-/// A call refused by the TLS handshake: the transport fails (with TLS 1.3 a refused client
-/// certificate can surface as the connection's first read failing, hence also UNKNOWN); the
-/// service never answered.
+/// A call refused by the TLS handshake: the transport fails and the service never answered.
+/// With TLS 1.3 the client sends its certificate after it considers the handshake done, so a
+/// refused client certificate surfaces as the connection closing under the first request
+/// (CANCELLED, "connection closed", or UNKNOWN) rather than as a failed connect (UNAVAILABLE).
 fn refused_at_handshake(status: &tonic::Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::Unknown)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
 }
 
 fn handshake_failures(page: &str) -> f64 {
