@@ -39,7 +39,7 @@ trap cleanup EXIT
 cli() {
   local tls=()
   if [ -f "$RAFTLOG_DATA_DIR/pki/ca.pem" ]; then
-    tls=(--tls-ca "$RAFTLOG_DATA_DIR/pki/ca.pem" --cert "$RAFTLOG_DATA_DIR/pki/admin.pem" --key "$RAFTLOG_DATA_DIR/pki/admin-key.pem")
+    tls=(--tls-ca "$RAFTLOG_DATA_DIR/pki/ca.pem" --tls-cert "$RAFTLOG_DATA_DIR/pki/admin.pem" --tls-key "$RAFTLOG_DATA_DIR/pki/admin-key.pem")
   fi
   RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" --json "${tls[@]}" "$@" | tail -n 1
 }

@@ -128,7 +128,7 @@ case "$cmd" in
       log "cluster is up, TLS on (clients and peers; peers by certificate). To use it:"
       echo "  export $(client_tls_env)"
       echo "  $CLI_BIN topic create demo && $CLI_BIN produce demo hello && $CLI_BIN consume demo"
-      echo "  (or pass --tls-ca $PKI_DIR/ca.pem --cert $PKI_DIR/admin.pem --key $PKI_DIR/admin-key.pem)"
+      echo "  (or pass --tls-ca $PKI_DIR/ca.pem --tls-cert $PKI_DIR/admin.pem --tls-key $PKI_DIR/admin-key.pem)"
       echo "  More clients: $CLI_BIN cert client NAME --dir $PKI_DIR. Rotate: replace a node's files, then kill -HUP its pid (or wait 10 s)."
     else
       log "cluster is up. Try: $CLI_BIN topic create demo && $CLI_BIN produce demo hello && $CLI_BIN consume demo"

@@ -34,7 +34,7 @@ Examples:
   raftlog consume orders --group billing -f
   raftlog cluster status
 
-TLS: raftlog --tls-ca pki/ca.pem [--cert pki/alice.pem --key pki/alice-key.pem] cluster status
+TLS: raftlog --tls-ca pki/ca.pem [--tls-cert pki/alice.pem --tls-key pki/alice-key.pem] cluster status
 Environment: RAFTLOG_ENDPOINTS, RAFTLOG_TLS_CA, RAFTLOG_CERT, RAFTLOG_KEY (as the flags).
 Exit status: 0 success, 1 error (or `cluster status` unhealthy), 2 wrong usage.";
 
@@ -66,13 +66,20 @@ struct Cli {
     /// PEM file of the cluster's CA: connect over TLS and trust nodes it signed.
     #[arg(long, global = true, env = "RAFTLOG_TLS_CA", value_name = "FILE")]
     tls_ca: Option<std::path::PathBuf>,
-    /// PEM file of this client's certificate (for nodes that require one; with --key and
+    /// PEM file of this client's certificate (for nodes that require one; with --tls-key and
     /// --tls-ca).
-    #[arg(long, global = true, env = "RAFTLOG_CERT", value_name = "FILE")]
-    cert: Option<std::path::PathBuf>,
-    /// PEM file of the private key of --cert.
+    #[arg(
+        long,
+        visible_alias = "cert",
+        global = true,
+        env = "RAFTLOG_CERT",
+        value_name = "FILE"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM file of the private key of --tls-cert. (Not `--key`: that is a record's key in
+    /// `produce`.)
     #[arg(long, global = true, env = "RAFTLOG_KEY", value_name = "FILE")]
-    key: Option<std::path::PathBuf>,
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,10 +166,10 @@ fn make_client(cli: &Cli) -> anyhow::Result<Client> {
         ..RetryPolicy::default()
     };
     let client = Client::new(endpoints)?.with_retry(retry);
-    match (&cli.tls_ca, &cli.cert, &cli.key) {
+    match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
         (None, None, None) => Ok(client),
         (None, _, _) => anyhow::bail!(
-            "--cert and --key need --tls-ca (RAFTLOG_TLS_CA): the CA that signed the nodes"
+            "--tls-cert and --tls-key need --tls-ca (RAFTLOG_TLS_CA): the CA that signed the nodes"
         ),
         (Some(ca), cert, key) => Ok(client.with_tls(&TlsOptions {
             ca: ca.clone(),

@@ -735,7 +735,11 @@ async fn certificates_from_raftlog_cert_serve_a_tls_cluster_the_cli_reaches_with
     let dir = pki.path().to_str().unwrap();
     ok("", &["cert", "ca", "--dir", dir], b"");
     for id in ["1", "2", "3"] {
-        ok("", &["cert", "node", id, "--host", "127.0.0.1", "--dir", dir], b"");
+        ok(
+            "",
+            &["cert", "node", id, "--host", "127.0.0.1", "--dir", dir],
+            b"",
+        );
     }
     ok("", &["cert", "client", "client", "--dir", dir], b"");
     let again = fails("", &["cert", "node", "1", "--dir", dir]);
@@ -759,13 +763,15 @@ async fn certificates_from_raftlog_cert_serve_a_tls_cluster_the_cli_reaches_with
         format!("{dir}/client.pem"),
         format!("{dir}/client-key.pem"),
     );
-    let tls = ["--tls-ca", &ca, "--cert", &cert, "--key", &key];
-    let with_tls = |args: &[&str]| [&tls[..], args].concat();
-    ok(&eps, &with_tls(&["topic", "create", "secure"]), b"");
-    ok(&eps, &with_tls(&["produce", "secure", "hello"]), b"");
+    let tls = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    fn with_tls<'a>(tls: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+        [tls, args].concat()
+    }
+    ok(&eps, &with_tls(&tls, &["topic", "create", "secure"]), b"");
+    ok(&eps, &with_tls(&tls, &["produce", "secure", "hello"]), b"");
     let out = text(ok(
         &eps,
-        &with_tls(&["consume", "secure", "--format", "%v\\n"]),
+        &with_tls(&tls, &["consume", "secure", "--format", "%v\\n"]),
         b"",
     ));
     assert_eq!(out, "hello\n");
@@ -782,6 +788,9 @@ async fn certificates_from_raftlog_cert_serve_a_tls_cluster_the_cli_reaches_with
     );
     // Without TLS the nodes answer nothing; a certificate without the CA is a usage error.
     fails(&eps, &["cluster", "status", "--timeout", "2s"]);
-    let err = fails(&eps, &["--cert", &cert, "--key", &key, "cluster", "status"]);
+    let err = fails(
+        &eps,
+        &["--cert", &cert, "--tls-key", &key, "cluster", "status"],
+    );
     assert!(err.contains("--tls-ca"), "{err}");
 }

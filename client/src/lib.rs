@@ -292,8 +292,8 @@ impl Client {
             .endpoint(addr)?
             .connect_timeout(Duration::from_secs(1))
             .timeout(self.retry.request_timeout)
-        .tcp_nodelay(true)
-        .connect_lazy();
+            .tcp_nodelay(true)
+            .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }

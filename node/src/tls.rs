@@ -196,7 +196,11 @@ fn check_node_cert(
             if names.is_empty() {
                 "none".to_string()
             } else {
-                names.iter().map(|id| node_name(*id)).collect::<Vec<_>>().join(", ")
+                names
+                    .iter()
+                    .map(|id| node_name(*id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         )));
     }
@@ -295,7 +299,10 @@ pub async fn watch(tls: Arc<Tls>, mut stop: tokio::sync::watch::Receiver<bool>) 
         match tls.reload() {
             Ok(()) => tracing::info!(why, "TLS certificates reloaded"),
             Err(e) => {
-                tracing::error!(why, "TLS certificates not reloaded, the previous ones stay: {e}")
+                tracing::error!(
+                    why,
+                    "TLS certificates not reloaded, the previous ones stay: {e}"
+                )
             }
         }
     }

@@ -24,8 +24,7 @@ fn snapshot_often() -> NodeOptions {
         .into_iter()
         .map(String::from)
         .collect(),
-    }
-    ..Default::default()
+    }..Default::default()
 }
 
 async fn assert_all_nodes_hold(

@@ -413,7 +413,8 @@ async fn garbage_and_unfinished_handshakes_neither_crash_nor_stall_a_node() {
         // The node may close before all is written.
         let _ = tcp.write_all(bytes).await;
         let mut answer = Vec::new();
-        let closed = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
         assert!(closed.is_ok(), "the node left a garbage connection open");
     }
 

@@ -98,8 +98,7 @@ impl Pki {
         usages: &[ExtendedKeyUsagePurpose],
     ) -> (PathBuf, PathBuf) {
         let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, stem);
         params.extended_key_usages = usages.to_vec();
