@@ -24,7 +24,8 @@ fn snapshot_often() -> NodeOptions {
         .into_iter()
         .map(String::from)
         .collect(),
-    }..Default::default()
+        ..Default::default()
+    }
 }
 
 async fn assert_all_nodes_hold(

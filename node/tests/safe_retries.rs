@@ -19,7 +19,8 @@ use tonic::Code;
 fn options(args: &[&str]) -> NodeOptions {
     NodeOptions {
         args: args.iter().map(|a| a.to_string()).collect(),
-    }..Default::default()
+        ..Default::default()
+    }
 }
 
 fn assert_digests_equal(digests: &[pb::StateDigestResponse]) {
