@@ -956,6 +956,53 @@ mod tests {
     }
 
     #[test]
+    fn tls_takes_all_three_files_or_none() {
+        let resolve = |args: Args| {
+            Args {
+                node_id: Some(1),
+                ..args
+            }
+            .resolve()
+        };
+        assert!(resolve(Args::default()).unwrap().tls.is_none());
+        let config = resolve(Args {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("node-1.pem".into()),
+            tls_key: Some("node-1-key.pem".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let tls = config.tls.expect("TLS on");
+        assert!(!tls.client_cert_required);
+        assert_eq!(tls.reload_check_ms, TLS_RELOAD_CHECK_MS_DEFAULT);
+        let err = resolve(Args {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("node-1.pem".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls_key missing"), "{err}");
+        let err = resolve(Args {
+            tls_client_cert_required: Some(true),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs TLS"), "{err}");
+        let err = resolve(Args {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("node-1.pem".into()),
+            tls_key: Some("node-1-key.pem".into()),
+            tls_reload_check_ms: Some(5),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls_reload_check_ms (5)"), "{err}");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),

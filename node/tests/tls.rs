@@ -432,3 +432,46 @@ async fn garbage_and_unfinished_handshakes_neither_crash_nor_stall_a_node() {
     support::produce_values(&client, "t", 0, "v", 5).await;
     drop(held);
 }
+
+/// A node given a certificate that is not its own, or an expired one, does not start, and says
+/// which file is wrong and why.
+#[test]
+fn a_node_refuses_to_start_with_another_nodes_or_an_expired_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::for_cluster(dir.path(), 2);
+    pki.issue(
+        "node-1-expired",
+        &["node-1"],
+        Validity::Expired,
+        &[rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+    );
+    let start = |cert: &str| {
+        let data = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(support::node_binary())
+            .args(["--node-id", "1", "--listen-addr"])
+            .arg(format!("127.0.0.1:{}", support::free_port()))
+            .arg("--admin-addr")
+            .arg(format!("127.0.0.1:{}", support::free_port()))
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--tls-ca")
+            .arg(pki.dir().join("ca.pem"))
+            .arg("--tls-cert")
+            .arg(pki.dir().join(format!("{cert}.pem")))
+            .arg("--tls-key")
+            .arg(pki.dir().join(format!("{cert}-key.pem")))
+            .env("RAFTLOG_LOG_COLOR", "never")
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "started with {cert}");
+        String::from_utf8_lossy(&output.stdout).to_string()
+            + &String::from_utf8_lossy(&output.stderr)
+    };
+    let other = start("node-2");
+    assert!(
+        other.contains("must name this node as DNS name node-1") && other.contains("node-2"),
+        "{other}"
+    );
+    let expired = start("node-1-expired");
+    assert!(expired.contains("expired"), "{expired}");
+}
