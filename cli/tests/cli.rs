@@ -786,8 +786,10 @@ async fn certificates_from_raftlog_cert_serve_a_tls_cluster_the_cli_reaches_with
         "{}",
         String::from_utf8_lossy(&status.stderr)
     );
-    // Without TLS the nodes answer nothing; a certificate without the CA is a usage error.
-    fails(&eps, &["cluster", "status", "--timeout", "2s"]);
+    // Without TLS the nodes answer nothing, and the error says what to give; a certificate
+    // without the CA is a usage error.
+    let plaintext = fails(&eps, &["topic", "list", "--timeout", "2s"]);
+    assert!(plaintext.contains("--tls-ca"), "{plaintext}");
     let err = fails(
         &eps,
         &["--cert", &cert, "--tls-key", &key, "cluster", "status"],
