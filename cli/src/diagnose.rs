@@ -401,7 +401,13 @@ const TLS_HINT: &str = "the node closed the connection: if the nodes serve TLS, 
 /// TLS node, or (TLS 1.3) a client certificate the node refused after the client's handshake.
 fn closed_under_request(code: Code, message: &str) -> bool {
     matches!(code, Code::Cancelled | Code::Internal | Code::Unknown)
-        && (message.contains("h2 protocol error") || message.contains("operation was canceled"))
+        && [
+            "h2 protocol error",
+            "operation was canceled",
+            "transport error",
+        ]
+        .iter()
+        .any(|words| message.contains(words))
 }
 
 /// Runs `work`, watching the cluster while it waits: once `stalled()` (when the oldest pending
