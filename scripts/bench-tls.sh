@@ -8,7 +8,7 @@
 #
 # Each round starts a fresh cluster of each kind in turn, the order alternating by round, gives it
 # the unmeasured warm-up of scripts/bench.sh (10,000 requests of 1 KiB at C=64), then measures
-# --count requests (default 120,000). Prints one JSON line per run, then per kind the median
+# --count requests (default 120,000) of random (incompressible) 1 KiB values, as scripts/bench.sh. Prints one JSON line per run, then per kind the median
 # throughput and p50/p99 over the rounds and the ratio of the medians (TLS / plaintext).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -49,8 +49,8 @@ run() {
   local round=$1 kind=$2 line
   RAFTLOG_DATA_DIR="$(mktemp -d /tmp/raftlog-bench-tls.XXXXXX)"
   RAFTLOG_NO_BUILD=1 "$ROOT/scripts/cluster.sh" up $([ "$kind" = tls ] && echo --secure) >/dev/null
-  cli bench produce --topic b-warm-up --count 10000 --concurrency 64 --record-bytes 1024 >/dev/null
-  line=$(cli bench produce --topic b-1KiB-C64 --count "$COUNT" --concurrency 64 --record-bytes 1024)
+  cli bench produce --payload random --topic b-warm-up --count 10000 --concurrency 64 --record-bytes 1024 >/dev/null
+  line=$(cli bench produce --payload random --topic b-1KiB-C64 --count "$COUNT" --concurrency 64 --record-bytes 1024)
   echo "{\"round\":$round,\"kind\":\"$kind\",\"result\":$line}" | tee -a "$results"
   "$ROOT/scripts/cluster.sh" down >/dev/null
   rm -rf "$RAFTLOG_DATA_DIR"
