@@ -475,3 +475,49 @@ fn a_node_refuses_to_start_with_another_nodes_or_an_expired_certificate() {
     let expired = start("node-1-expired");
     assert!(expired.contains("expired"), "{expired}");
 }
+
+/// Membership is the peer allow-list: a fourth node with a certificate of the CA joins a TLS
+/// cluster as a learner (it admits the leader while it has no membership), becomes a voter and
+/// replicates; once removed, its certificate no longer gets Raft calls through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_over_tls_replicates_and_once_removed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::for_cluster(dir.path(), 4);
+    let mut cluster = TestCluster::start(3, tls_options(pki.dir(), &[]));
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("members", 1).await.unwrap();
+    let mut acked = support::produce_values(&client, "members", 0, "x", 20).await;
+
+    let new_id = cluster.add_node_process();
+    assert_eq!(new_id, 4);
+    let addr = cluster.node(new_id).grpc.clone();
+    client.add_learner(new_id, &addr, true).await.unwrap();
+    client.promote_voter(new_id).await.unwrap();
+    acked.extend(support::produce_values(&client, "members", 0, "y", 20).await);
+    cluster.wait_caught_up(&[1, 2, 3, 4]).await;
+    assert_eq!(support::read_all(&cluster, 4, "members", 0).await, acked);
+    // While a member, node 4's certificate is admitted by the others.
+    let member = vote(&mut raft_client(&cluster, &pki, 1, Some("node-4"))).await;
+    assert_eq!(member.code(), Code::NotFound, "{member}");
+
+    client.remove_node(new_id).await.unwrap();
+    cluster
+        .wait_for(
+            "node 1 to apply the removal",
+            Duration::from_secs(20),
+            || async {
+                let status = cluster.status(1).await?;
+                status
+                    .voters
+                    .iter()
+                    .all(|m| m.node_id != new_id)
+                    .then_some(())
+            },
+        )
+        .await;
+    let removed = vote(&mut raft_client(&cluster, &pki, 1, Some("node-4"))).await;
+    assert_eq!(removed.code(), Code::PermissionDenied, "{removed}");
+    cluster.kill9(new_id);
+    support::produce_values(&client, "members", 0, "z", 10).await;
+}
