@@ -54,7 +54,7 @@ CRATE_SOURCES = {
 # raftlog-node's top-level modules, bottom to top: a module may use its own layer and below.
 LAYERS = {
     "raftlog-node": [
-        {"config", "disk", "metrics"},
+        {"config", "disk", "metrics", "tls"},
         {"raft"},
         {"group"},
         {"node"},

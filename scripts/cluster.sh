@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # A 3-node raftlog cluster on this machine.
-#   scripts/cluster.sh up | down | status | kill N | restart N | logs N
+#   scripts/cluster.sh up [--secure] | down | status | kill N | restart N | logs N
 # Node N serves gRPC on 127.0.0.1:805N and admin HTTP on 127.0.0.1:909N; its data, log and pid
 # are under $RAFTLOG_DATA_DIR/node-N (default ./data). `up` builds the binaries when needed.
+# `up --secure` serves TLS (docs/security.md): it creates a CA, node certificates and an `admin`
+# client certificate under $RAFTLOG_DATA_DIR/pki (once; `raftlog cert`), and from then on that
+# data dir's nodes always start with TLS (restart N included).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -18,7 +21,9 @@ NODES=(1 2 3)
 INITIAL_CLUSTER="1=127.0.0.1:8051,2=127.0.0.1:8052,3=127.0.0.1:8053"
 ENDPOINTS="127.0.0.1:8051,127.0.0.1:8052,127.0.0.1:8053"
 
+PKI_DIR="$DATA_DIR/pki"
 node_dir() { echo "$DATA_DIR/node-$1"; }
+secure() { [ -f "$PKI_DIR/ca.pem" ]; }
 pid_of() { cat "$(node_dir "$1")/pid" 2>/dev/null || true; }
 running() { local p; p="$(pid_of "$1")"; [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 is_node() { local n; for n in "${NODES[@]}"; do [ "$n" = "$1" ] && return 0; done; return 1; }
@@ -36,6 +41,11 @@ start_node() {
       die "port $port is in use: another cluster (other RAFTLOG_DATA_DIR?) or program holds it"
     fi
   done
+  local tls=()
+  if secure; then
+    tls=(RAFTLOG_TLS_CA="$PKI_DIR/ca.pem" RAFTLOG_TLS_CERT="$PKI_DIR/node-$n.pem" RAFTLOG_TLS_KEY="$PKI_DIR/node-$n-key.pem")
+  fi
+  env "${tls[@]}" \
   RAFTLOG_NODE_ID="$n" \
   RAFTLOG_DATA_DIR="$dir" \
   RAFTLOG_LISTEN_ADDR="127.0.0.1:805$n" \
@@ -69,19 +79,60 @@ stop_node() {
   log "stopped node $n (SIG$sig)"
 }
 
-status() { RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" cluster status "$@"; }
+# The CLI's TLS environment for this data dir's cluster (none when it is plaintext).
+client_tls_env() {
+  if secure; then
+    echo "RAFTLOG_TLS_CA=$PKI_DIR/ca.pem RAFTLOG_CERT=$PKI_DIR/admin.pem RAFTLOG_KEY=$PKI_DIR/admin-key.pem"
+  fi
+}
+status() { env $(client_tls_env) RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" cluster status "$@"; }
+
+# A CA, a certificate per node (node-N, 127.0.0.1, localhost) and an `admin` client certificate.
+make_pki() {
+  secure && return
+  mkdir -p "$PKI_DIR"
+  chmod 700 "$PKI_DIR"
+  "$CLI_BIN" cert ca --dir "$PKI_DIR" >/dev/null
+  local n
+  for n in "${NODES[@]}"; do
+    "$CLI_BIN" cert node "$n" --host 127.0.0.1 --host localhost --dir "$PKI_DIR" >/dev/null
+  done
+  "$CLI_BIN" cert client admin --dir "$PKI_DIR" >/dev/null
+  log "created a CA, node and client certificates in $PKI_DIR (ca-key.pem signs new ones: keep it private)"
+}
 
 cmd="${1:-}"
 case "$cmd" in
   up)
+    case "${2:-}" in
+      "") ;;
+      --secure) want_secure=1 ;;
+      *) die "usage: cluster.sh up [--secure]" ;;
+    esac
     # RAFTLOG_NO_BUILD=1: run the binaries as they are (scripts/ab.sh runs copies of two builds).
     if [ -z "${RAFTLOG_NO_BUILD:-}" ] && { [ ! -x "$NODE_BIN" ] || [ ! -x "$CLI_BIN" ] || [ -n "$(find "$ROOT/node" "$ROOT/client" "$ROOT/cli" "$ROOT/proto" -newer "$NODE_BIN" -name '*.rs' -o -newer "$NODE_BIN" -name '*.proto' 2>/dev/null | head -1)" ]; }; then
       "$ROOT/scripts/build.sh"
     fi
+    if [ -n "${want_secure:-}" ]; then
+      if ! secure && [ -d "$(node_dir 1)" ]; then
+        die "$DATA_DIR holds a plaintext cluster: stop it and use another RAFTLOG_DATA_DIR (or remove $DATA_DIR) for --secure"
+      fi
+      make_pki
+    elif secure; then
+      log "$DATA_DIR was set up with --secure: starting with TLS"
+    fi
     for n in "${NODES[@]}"; do start_node "$n"; done
     wait_ready "${NODES[@]}"
     status
-    log "cluster is up. Try: $CLI_BIN topic create demo && $CLI_BIN produce demo hello && $CLI_BIN consume demo"
+    if secure; then
+      log "cluster is up, TLS on (clients and peers; peers by certificate). To use it:"
+      echo "  export $(client_tls_env)"
+      echo "  $CLI_BIN topic create demo && $CLI_BIN produce demo hello && $CLI_BIN consume demo"
+      echo "  (or pass --tls-ca $PKI_DIR/ca.pem --tls-cert $PKI_DIR/admin.pem --tls-key $PKI_DIR/admin-key.pem)"
+      echo "  More clients: $CLI_BIN cert client NAME --dir $PKI_DIR. Rotate: replace a node's files, then kill -HUP its pid (or wait 10 s)."
+    else
+      log "cluster is up. Try: $CLI_BIN topic create demo && $CLI_BIN produce demo hello && $CLI_BIN consume demo"
+    fi
     ;;
   down)
     stopped=0
@@ -99,5 +150,5 @@ case "$cmd" in
     is_node "$2" || die "no node $2 in this cluster (nodes ${NODES[*]})"
     stop_node "$2" || true; start_node "$2"; wait_ready "$2" ;;
   logs) [ -n "${2:-}" ] || die "usage: cluster.sh logs N"; tail -n "${LINES:-100}" -f "$(node_dir "$2")/node.log" ;;
-  *) echo "usage: $0 up | down | status | kill N | restart N | logs N" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--secure] | down | status | kill N | restart N | logs N" >&2; exit 2 ;;
 esac

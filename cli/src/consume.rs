@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use raftlog_client::consumer::{Consumer, ConsumerConfig, StartFrom};
-use raftlog_client::Client;
 
 use crate::codec::{self, Encoding, Encodings};
 use crate::diagnose::{guard_call, CliError};
@@ -82,7 +81,7 @@ pub async fn run(ctx: &Ctx, args: ConsumeArgs) -> anyhow::Result<()> {
     let reader = match &args.node {
         Some(node) => {
             let addr = cluster::resolve_node(ctx, node).await?;
-            Client::new([addr])?
+            ctx.client.for_endpoints([addr])?
         }
         None => ctx.client.clone(),
     };

@@ -291,11 +291,23 @@ impl Health {
                 Err(e) => format!("{a}: {}", connect_reason(e)),
             })
             .collect();
-        CliError::new(
+        let error = CliError::new(
             "Unreachable",
             format!("no node answered ({})", list.join("; ")),
-        )
-        .hint("is the cluster up (scripts/cluster.sh status)? Are --endpoints / RAFTLOG_ENDPOINTS right?")
+        );
+        let reasons = list.join(" ").to_lowercase();
+        // A plaintext client's HTTP/2 preface is not a TLS hello: a TLS node just closes, which
+        // the client reports as an HTTP/2 protocol error.
+        if reasons.contains("h2 protocol error") {
+            return error.hint(TLS_HINT);
+        }
+        if reasons.contains("certificate") {
+            return error.hint(
+                "a TLS certificate was refused: check that --tls-ca is the CA that signed the nodes, \
+                 and --tls-cert/--tls-key one it signed that has not expired (docs/security.md)",
+            );
+        }
+        error.hint("is the cluster up (scripts/cluster.sh status)? Are --endpoints / RAFTLOG_ENDPOINTS right?")
     }
 }
 
@@ -338,8 +350,11 @@ pub async fn explain(client: Option<&Client>, error: anyhow::Error) -> CliError 
     let Some(e) = error.downcast_ref::<Error>() else {
         return CliError::new("Error", format!("{error:#}"));
     };
-    let client_failed =
-        answered_http(e) || matches!(e, Error::Exhausted { .. }) || (e.code() == Code::Unavailable);
+    // CANCELLED: the node closed the connection under the request (a TLS node hearing
+    // plaintext, a refused client certificate); the probe's per-node reasons say which.
+    let client_failed = answered_http(e)
+        || matches!(e, Error::Exhausted { .. })
+        || matches!(e.code(), Code::Unavailable | Code::Cancelled);
     if let (true, Some(client)) = (client_failed, client) {
         if let Some(verdict) = probe(client).await.blocking_error(true) {
             return verdict;
@@ -359,7 +374,7 @@ pub async fn explain(client: Option<&Client>, error: anyhow::Error) -> CliError 
             ),
         ),
         Error::Status(s) => (s.code(), s.message().to_string()),
-        Error::Endpoint(_) => (Code::InvalidArgument, e.to_string()),
+        Error::Endpoint(_) | Error::Tls(_) => (Code::InvalidArgument, e.to_string()),
     };
     // The context the command added ("reading orders/0"), then the node's words.
     let context = error
@@ -367,10 +382,32 @@ pub async fn explain(client: Option<&Client>, error: anyhow::Error) -> CliError 
         .take_while(|c| c.downcast_ref::<Error>().is_none())
         .map(|c| format!("{c}: "))
         .collect::<String>();
-    CliError::new(
+    let error = CliError::new(
         &format!("{code:?}"),
         format!("{context}{code:?}: {}", with_flag_names(&message)),
-    )
+    );
+    if closed_under_request(code, &message) {
+        return error.hint(TLS_HINT);
+    }
+    error
+}
+
+/// What a node that closed the connection under a request most likely means.
+const TLS_HINT: &str = "the node closed the connection: if the nodes serve TLS, give their CA \
+     with --tls-ca (RAFTLOG_TLS_CA); if you did, check it is the CA that signed them and that \
+     --tls-cert/--tls-key are of that CA and unexpired (docs/security.md)";
+
+/// How a connection the node closed under a request shows: a plaintext HTTP/2 preface sent to a
+/// TLS node, or (TLS 1.3) a client certificate the node refused after the client's handshake.
+fn closed_under_request(code: Code, message: &str) -> bool {
+    matches!(code, Code::Cancelled | Code::Internal | Code::Unknown)
+        && [
+            "h2 protocol error",
+            "operation was canceled",
+            "transport error",
+        ]
+        .iter()
+        .any(|words| message.contains(words))
 }
 
 /// Runs `work`, watching the cluster while it waits: once `stalled()` (when the oldest pending

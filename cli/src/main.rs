@@ -10,9 +10,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use raftlog_client::{Client, RetryPolicy};
+use raftlog_client::{Client, RetryPolicy, TlsOptions};
 
 mod bench;
+mod cert;
 mod cluster;
 mod codec;
 mod consume;
@@ -33,7 +34,8 @@ Examples:
   raftlog consume orders --group billing -f
   raftlog cluster status
 
-Environment: RAFTLOG_ENDPOINTS (as --endpoints).
+TLS: raftlog --tls-ca pki/ca.pem [--tls-cert pki/alice.pem --tls-key pki/alice-key.pem] cluster status
+Environment: RAFTLOG_ENDPOINTS, RAFTLOG_TLS_CA, RAFTLOG_CERT, RAFTLOG_KEY (as the flags).
 Exit status: 0 success, 1 error (or `cluster status` unhealthy), 2 wrong usage.";
 
 #[derive(Parser)]
@@ -61,6 +63,23 @@ struct Cli {
     /// before it gives up, e.g. 5s, 1m.
     #[arg(long, global = true, value_parser = units::duration, default_value = "15s", value_name = "DURATION")]
     timeout: Duration,
+    /// PEM file of the cluster's CA: connect over TLS and trust nodes it signed.
+    #[arg(long, global = true, env = "RAFTLOG_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// PEM file of this client's certificate (for nodes that require one; with --tls-key and
+    /// --tls-ca).
+    #[arg(
+        long,
+        visible_alias = "cert",
+        global = true,
+        env = "RAFTLOG_CERT",
+        value_name = "FILE"
+    )]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM file of the private key of --tls-cert. (Not `--key`: that is a record's key in
+    /// `produce`.)
+    #[arg(long, global = true, env = "RAFTLOG_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,6 +99,9 @@ enum Command {
     /// Cluster health, membership and maintenance.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Make a cluster CA and node and client certificates (for TLS; no openssl needed).
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
     /// Load generators; each prints one JSON line of results.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -102,6 +124,16 @@ pub struct Ctx {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let as_json = cli.json;
+    // Certificates are made without a cluster (and before the files the TLS flags name exist).
+    if let Command::Cert(cmd) = &cli.command {
+        return match cert::run(cmd.clone(), as_json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                diagnose::explain(None, e).await.print(as_json);
+                ExitCode::FAILURE
+            }
+        };
+    }
     let client = match make_client(&cli) {
         Ok(client) => client,
         Err(e) => {
@@ -133,7 +165,18 @@ fn make_client(cli: &Cli) -> anyhow::Result<Client> {
         deadline: cli.timeout,
         ..RetryPolicy::default()
     };
-    Ok(Client::new(endpoints)?.with_retry(retry))
+    let client = Client::new(endpoints)?.with_retry(retry);
+    match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
+        (None, None, None) => Ok(client),
+        (None, _, _) => anyhow::bail!(
+            "--tls-cert and --tls-key need --tls-ca (RAFTLOG_TLS_CA): the CA that signed the nodes"
+        ),
+        (Some(ca), cert, key) => Ok(client.with_tls(&TlsOptions {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        })?),
+    }
 }
 
 async fn run(ctx: Ctx, command: Command) -> anyhow::Result<ExitCode> {
@@ -144,6 +187,7 @@ async fn run(ctx: Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Group(cmd) => group::run(&ctx, cmd).await?,
         Command::Cluster(cmd) => return cluster::run(&ctx, cmd).await,
         Command::Bench(cmd) => bench::run(&ctx.client, cmd, ctx.json).await?,
+        Command::Cert(_) => unreachable!("run before a client is made"),
         Command::Completion { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "raftlog", &mut script);

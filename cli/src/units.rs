@@ -89,7 +89,7 @@ pub fn endpoint(s: &str) -> anyhow::Result<String> {
     let s = s.trim().trim_end_matches('/');
     let s = s.strip_prefix("http://").unwrap_or(s);
     if s.starts_with("https://") {
-        bail!("'{s}': raftlog serves plaintext gRPC; give host:port without https://");
+        bail!("'{s}': give host:port without https://; --tls-ca turns TLS on");
     }
     if s.is_empty() {
         bail!("an empty endpoint in --endpoints");

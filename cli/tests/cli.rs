@@ -726,3 +726,73 @@ async fn group_members_split_partitions_and_a_killed_members_move_to_the_other()
     let second_err = second.stop();
     assert!(second_err.contains("(epoch"), "{second_err}");
 }
+
+/// `raftlog cert` makes a CA and certificates a TLS cluster of real nodes serves with; the CLI
+/// reaches it with the TLS flags or their environment variables, and not without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_from_raftlog_cert_serve_a_tls_cluster_the_cli_reaches_with_its_tls_flags() {
+    let pki = tempfile::tempdir().unwrap();
+    let dir = pki.path().to_str().unwrap();
+    ok("", &["cert", "ca", "--dir", dir], b"");
+    for id in ["1", "2", "3"] {
+        ok(
+            "",
+            &["cert", "node", id, "--host", "127.0.0.1", "--dir", dir],
+            b"",
+        );
+    }
+    ok("", &["cert", "client", "client", "--dir", dir], b"");
+    let again = fails("", &["cert", "node", "1", "--dir", dir]);
+    assert!(again.contains("--force"), "{again}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(pki.path().join("node-1-key.pem"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let options = NodeOptions {
+        tls_dir: Some(pki.path().to_path_buf()),
+        ..Default::default()
+    };
+    let cluster = TestCluster::start(3, options);
+    cluster.wait_for_leader().await;
+    let eps = endpoints(&cluster, 1);
+    let (ca, cert, key) = (
+        format!("{dir}/ca.pem"),
+        format!("{dir}/client.pem"),
+        format!("{dir}/client-key.pem"),
+    );
+    let tls = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+    fn with_tls<'a>(tls: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+        [tls, args].concat()
+    }
+    ok(&eps, &with_tls(&tls, &["topic", "create", "secure"]), b"");
+    ok(&eps, &with_tls(&tls, &["produce", "secure", "hello"]), b"");
+    let out = text(ok(
+        &eps,
+        &with_tls(&tls, &["consume", "secure", "--format", "%v\\n"]),
+        b"",
+    ));
+    assert_eq!(out, "hello\n");
+    // The environment variables do what the flags do; a server-only TLS client is let in too
+    // (client certificates are optional by default).
+    let status = raftlog(&eps, &["cluster", "status"])
+        .env("RAFTLOG_TLS_CA", &ca)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    // Without TLS the nodes answer nothing, and the error says what to give; a certificate
+    // without the CA is a usage error.
+    let plaintext = fails(&eps, &["topic", "list", "--timeout", "2s"]);
+    assert!(plaintext.contains("--tls-ca"), "{plaintext}");
+    let err = fails(
+        &eps,
+        &["--cert", &cert, "--tls-key", &key, "cluster", "status"],
+    );
+    assert!(err.contains("--tls-ca"), "{err}");
+}

@@ -14,13 +14,14 @@
 //! [`Error::is_definite`] = false: the write may or may not have been applied.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::cluster_client::ClusterClient;
 pub use raftlog_proto::v1::{self as pb};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 pub mod consumer;
@@ -47,20 +48,23 @@ pub enum Error {
     },
     #[error("invalid endpoint '{0}'")]
     Endpoint(String),
+    /// The TLS files could not be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Status(s) | Error::Exhausted { last: s, .. } => s.code(),
-            Error::Endpoint(_) => Code::InvalidArgument,
+            Error::Endpoint(_) | Error::Tls(_) => Code::InvalidArgument,
         }
     }
 
     pub fn status(&self) -> Option<&Status> {
         match self {
             Error::Status(s) | Error::Exhausted { last: s, .. } => Some(s),
-            Error::Endpoint(_) => None,
+            Error::Endpoint(_) | Error::Tls(_) => None,
         }
     }
 
@@ -144,6 +148,47 @@ impl Default for RetryPolicy {
     }
 }
 
+/// TLS for a [`Client`]'s connections (docs/security.md): the CA the nodes' certificates chain
+/// to, and this client's own certificate and key, for clusters that require client certificates.
+/// A node's certificate must name the host the client dials it by (an IP or DNS name).
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// PEM file of the CA certificate(s).
+    pub ca: PathBuf,
+    /// PEM files of this client's certificate and its private key (both or neither).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    /// Reads the files into tonic's TLS configuration; an error names the file and what is wrong.
+    fn config(&self) -> Result<ClientTlsConfig, Error> {
+        let read = |what: &str, path: &PathBuf| -> Result<Vec<u8>, Error> {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Tls(format!("reading {what} {}: {e}", path.display())))?;
+            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+                return Err(Error::Tls(format!(
+                    "{what} {} is not PEM (no -----BEGIN line)",
+                    path.display()
+                )));
+            }
+            Ok(pem)
+        };
+        let config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("CA", &self.ca)?));
+        match (&self.cert, &self.key) {
+            (None, None) => Ok(config),
+            (Some(cert), Some(key)) => Ok(config.identity(Identity::from_pem(
+                read("certificate", cert)?,
+                read("key", key)?,
+            ))),
+            _ => Err(Error::Tls(
+                "a client certificate and its key go together: give both or neither".into(),
+            )),
+        }
+    }
+}
+
 /// A connection to a raftlog cluster. Cheap to clone; clones share connections and the leader
 /// they learned.
 #[derive(Clone)]
@@ -152,6 +197,8 @@ pub struct Client {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     leader: Arc<Mutex<Option<String>>>,
     retry: RetryPolicy,
+    /// TLS for every connection; none: plaintext.
+    tls: Option<ClientTlsConfig>,
 }
 
 tokio::task_local! {
@@ -178,11 +225,51 @@ impl Client {
             channels: Arc::default(),
             leader: Arc::default(),
             retry: RetryPolicy::default(),
+            tls: None,
         };
         for e in client.endpoints.iter() {
             client.channel(e)?;
         }
         Ok(client)
+    }
+
+    /// Connects over TLS (https) with `tls`; the files are read here, once.
+    pub fn with_tls(mut self, tls: &TlsOptions) -> Result<Self, Error> {
+        self.tls = Some(tls.config()?);
+        // Channels made before were plaintext.
+        self.channels = Arc::default();
+        for e in self.endpoints.iter() {
+            self.channel(e)?;
+        }
+        Ok(self)
+    }
+
+    /// A client of other endpoints (one node, say) with this one's TLS and retry policy.
+    pub fn for_endpoints(
+        &self,
+        endpoints: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Self, Error> {
+        let mut client = Client::new(endpoints)?.with_retry(self.retry.clone());
+        if let Some(tls) = &self.tls {
+            client.tls = Some(tls.clone());
+            for e in client.endpoints.iter() {
+                client.channel(e)?;
+            }
+        }
+        Ok(client)
+    }
+
+    /// The endpoint of `addr` with raftlog's HTTP/2 settings, https when TLS is on.
+    fn endpoint(&self, addr: &str) -> Result<Endpoint, Error> {
+        let endpoint = match &self.tls {
+            None => Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|_| Error::Endpoint(addr.to_string()))?,
+            Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+                .map_err(|_| Error::Endpoint(addr.to_string()))?
+                .tls_config(tls.clone())
+                .map_err(|e| Error::Tls(format!("{addr}: {e}")))?,
+        };
+        Ok(raftlog_proto::http2::client_endpoint(endpoint))
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -201,14 +288,12 @@ impl Client {
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
         }
-        let channel = raftlog_proto::http2::client_endpoint(
-            Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|_| Error::Endpoint(addr.to_string()))?,
-        )
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(self.retry.request_timeout)
-        .tcp_nodelay(true)
-        .connect_lazy();
+        let channel = self
+            .endpoint(addr)?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(self.retry.request_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
     }
@@ -513,13 +598,11 @@ impl Client {
             max_records: 0,
         };
         // A subscription lives as long as the caller wants: no request timeout on this channel.
-        let channel = raftlog_proto::http2::client_endpoint(
-            Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|_| Error::Endpoint(addr.to_string()))?,
-        )
-        .connect_timeout(Duration::from_secs(1))
-        .tcp_nodelay(true)
-        .connect_lazy();
+        let channel = self
+            .endpoint(addr)?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
         let mut broker = BrokerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX);
         broker
             .subscribe(request)

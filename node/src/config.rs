@@ -5,7 +5,7 @@
 //! every field. Configuration is resolved here once and passed down explicitly.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use serde::Deserialize;
@@ -24,6 +24,8 @@ pub struct NodeConfig {
     /// Static bootstrap membership, `id=host:port` pairs. When set and this node's log is empty,
     /// the node with the smallest id initializes the cluster with it.
     pub initial_cluster: Vec<(u64, String)>,
+    /// TLS on the gRPC port (clients and peers alike); `None` serves plaintext.
+    pub tls: Option<TlsSettings>,
     pub raft: RaftTimings,
     pub snapshot: SnapshotPolicy,
     pub limits: Limits,
@@ -42,6 +44,30 @@ pub struct NodeConfig {
     pub log_color: LogColor,
     /// tracing filter, e.g. "info,openraft=warn" or "debug"; RUST_LOG overrides it.
     pub log_level: String,
+}
+
+/// TLS of the gRPC port (docs/security.md). With it, the node serves only TLS, dials its peers
+/// over TLS presenting its own certificate, and takes Raft traffic only from certificates of the
+/// CA that name a member node (`node-<id>`).
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// PEM file of the CA certificate(s) that sign the nodes' and the clients' certificates.
+    pub ca: PathBuf,
+    /// PEM file of this node's certificate (first) and any intermediates; it must carry the DNS
+    /// name `node-<node_id>`.
+    pub cert: PathBuf,
+    /// PEM file of the private key of `cert`.
+    pub key: PathBuf,
+    /// Whether clients must present a certificate of the CA (peers always must).
+    pub client_cert_required: bool,
+    /// How often the files are checked for changes and reloaded; 0: only on SIGHUP.
+    pub reload_check_ms: u64,
+}
+
+impl TlsSettings {
+    pub fn files(&self) -> [&Path; 3] {
+        [&self.ca, &self.cert, &self.key]
+    }
 }
 
 /// The leader's periodic replicated housekeeping (`Command::Maintenance`).
@@ -250,6 +276,25 @@ pub struct Args {
     /// Static initial membership, e.g. "1=127.0.0.1:8051,2=127.0.0.1:8052,3=127.0.0.1:8053".
     #[arg(long, env = "RAFTLOG_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
+    /// PEM file of the cluster CA's certificate(s); with tls_cert and tls_key it turns TLS on
+    /// for the gRPC port, clients and peers alike [default: none, plaintext].
+    #[arg(long, env = "RAFTLOG_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of this node's certificate, signed by the CA, with the DNS name node-<node_id>
+    /// (and the names clients dial it by).
+    #[arg(long, env = "RAFTLOG_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the private key of tls_cert.
+    #[arg(long, env = "RAFTLOG_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse clients without a certificate of the CA at the handshake (peers always need one)
+    /// [default: false].
+    #[arg(long, env = "RAFTLOG_TLS_CLIENT_CERT_REQUIRED")]
+    pub tls_client_cert_required: Option<bool>,
+    /// How often the TLS files are checked for changes and reloaded; 0 reloads on SIGHUP only
+    /// [default: 10000].
+    #[arg(long, env = "RAFTLOG_TLS_RELOAD_CHECK_MS")]
+    pub tls_reload_check_ms: Option<u64>,
     /// Raft heartbeat interval [default: 150].
     #[arg(long, env = "RAFTLOG_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
@@ -462,6 +507,13 @@ impl Args {
             None => Vec::new(),
             Some(spec) => parse_initial_cluster(&spec)?,
         };
+        let tls = resolve_tls(
+            pick!(tls_ca),
+            pick!(tls_cert),
+            pick!(tls_key),
+            pick!(tls_client_cert_required),
+            pick!(tls_reload_check_ms),
+        )?;
         let (raft_default, snap_default, limits_default) = (
             RaftTimings::default(),
             SnapshotPolicy::default(),
@@ -476,6 +528,7 @@ impl Args {
             admin_addr: pick!(admin_addr)
                 .unwrap_or_else(|| "127.0.0.1:9091".parse().expect("literal address")),
             initial_cluster,
+            tls,
             raft: RaftTimings {
                 heartbeat_interval_ms: pick!(heartbeat_interval_ms)
                     .unwrap_or(raft_default.heartbeat_interval_ms),
@@ -554,6 +607,56 @@ impl Args {
         Ok(config)
     }
 }
+
+/// The TLS settings: none without files, all three files or an error naming what is missing.
+fn resolve_tls(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_cert_required: Option<bool>,
+    reload_check_ms: Option<u64>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    match (ca, cert, key) {
+        (None, None, None) => {
+            if client_cert_required == Some(true) {
+                return Err(ConfigError::Invalid(
+                    "tls_client_cert_required needs TLS: set tls_ca, tls_cert and tls_key".into(),
+                ));
+            }
+            Ok(None)
+        }
+        (Some(ca), Some(cert), Some(key)) => {
+            let reload_check_ms = reload_check_ms.unwrap_or(TLS_RELOAD_CHECK_MS_DEFAULT);
+            if reload_check_ms > 0 && reload_check_ms < 100 {
+                return Err(ConfigError::Invalid(format!(
+                    "tls_reload_check_ms ({reload_check_ms}) must be 0 (SIGHUP only) or at \
+                     least 100"
+                )));
+            }
+            Ok(Some(TlsSettings {
+                ca,
+                cert,
+                key,
+                client_cert_required: client_cert_required.unwrap_or(false),
+                reload_check_ms,
+            }))
+        }
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [("tls_ca", &ca), ("tls_cert", &cert), ("tls_key", &key)]
+                .into_iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(name, _)| name)
+                .collect();
+            Err(ConfigError::Invalid(format!(
+                "tls_ca, tls_cert and tls_key go together: {} missing",
+                missing.join(" and ")
+            )))
+        }
+    }
+}
+
+/// How often the TLS files are checked for changes unless configured.
+pub const TLS_RELOAD_CHECK_MS_DEFAULT: u64 = 10_000;
 
 const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
@@ -850,6 +953,53 @@ mod tests {
             config.limits.disk_free_bytes_min,
             defaults.limits.disk_free_bytes_min
         );
+    }
+
+    #[test]
+    fn tls_takes_all_three_files_or_none() {
+        let resolve = |args: Args| {
+            Args {
+                node_id: Some(1),
+                ..args
+            }
+            .resolve()
+        };
+        assert!(resolve(Args::default()).unwrap().tls.is_none());
+        let config = resolve(Args {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("node-1.pem".into()),
+            tls_key: Some("node-1-key.pem".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let tls = config.tls.expect("TLS on");
+        assert!(!tls.client_cert_required);
+        assert_eq!(tls.reload_check_ms, TLS_RELOAD_CHECK_MS_DEFAULT);
+        let err = resolve(Args {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("node-1.pem".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls_key missing"), "{err}");
+        let err = resolve(Args {
+            tls_client_cert_required: Some(true),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs TLS"), "{err}");
+        let err = resolve(Args {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("node-1.pem".into()),
+            tls_key: Some("node-1-key.pem".into()),
+            tls_reload_check_ms: Some(5),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("tls_reload_check_ms (5)"), "{err}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod metrics;
 mod node;
 mod raft;
 mod server;
+mod tls;
 
 pub use config::{Args, NodeConfig};
 pub use logging::init as init_logging;

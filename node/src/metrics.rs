@@ -39,6 +39,17 @@ pub const GROUP_MEMBERS_EXPIRED: &str = "raftlog_group_members_expired_total";
 pub const GROUP_HEARTBEATS_HELD: &str = "raftlog_group_heartbeats_held";
 /// Writes per proposed entry.
 pub const GROUP_COMMIT_REQUESTS_PER_ENTRY: &str = "raftlog_group_commit_requests_per_entry";
+/// When the node's TLS certificate (`cert="node"`) and the earliest of its CA certificates
+/// (`cert="ca"`) stop being valid, in seconds since the Unix epoch; set at start and on each
+/// reload (`crate::tls`).
+pub const TLS_CERT_EXPIRY: &str = "raftlog_tls_cert_expiry_timestamp_seconds";
+/// Reloads of the TLS files by result (`ok`, `error`: the previous certificates stay).
+pub const TLS_RELOADS: &str = "raftlog_tls_reloads_total";
+/// TLS handshakes on the gRPC port that failed or timed out (wrong CA, expired certificate,
+/// plaintext or garbage bytes, an unfinished hello).
+pub const TLS_HANDSHAKE_FAILURES: &str = "raftlog_tls_handshake_failures_total";
+/// Raft requests refused because the caller's certificate names no member node, by reason.
+pub const PEER_REFUSALS: &str = "raftlog_peer_refusals_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

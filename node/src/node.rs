@@ -1,5 +1,5 @@
-//! One running node as its request handlers see it: its id, configuration and disk-space guard
-//! (what the node has once) and the registry of the Raft groups it runs.
+//! One running node as its request handlers see it: its id, configuration, TLS material and
+//! disk-space guard (what the node has once) and the registry of the Raft groups it runs.
 
 use std::sync::Arc;
 
@@ -15,6 +15,8 @@ pub struct NodeContext {
     /// Free space of the data dir, for the produce guard (`limits.disk_free_bytes_min`).
     pub disk: crate::disk::DiskSpace,
     pub groups: Arc<Groups>,
+    /// The node's certificates when it serves TLS (its own connections to the leader use them).
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl NodeContext {

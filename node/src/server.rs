@@ -34,14 +34,21 @@ pub async fn run(
     crate::metrics::install();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+    // Before anything else starts: a bad certificate or key stops the node with the reason.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|settings| crate::tls::Tls::load(settings, config.node_id))
+        .transpose()?;
     let dbs = raftlog_store::open(&config.data_dir, &config.storage).context("opening RocksDB")?;
-    let (group, peer_parts) = Group::start(METADATA_GROUP, &dbs, &config).await?;
+    let (group, peer_parts) = Group::start(METADATA_GROUP, &dbs, &config, tls.clone()).await?;
     let config = Arc::new(config);
     let ctx = NodeContext {
         id: config.node_id,
         config: config.clone(),
         disk: crate::disk::DiskSpace::watch(config.data_dir.clone()),
         groups: Arc::new(Groups::new([group.clone()])),
+        tls: tls.clone(),
     };
     if !config.initial_cluster.is_empty() {
         bootstrap(&group.raft, &config).await?;
@@ -51,6 +58,7 @@ pub async fn run(
     tracing::info!(
         node_id = config.node_id,
         grpc = %config.listen_addr,
+        tls = tls.is_some(),
         admin = %config.admin_addr,
         data_dir = %config.data_dir.display(),
         "raftlog node started"
@@ -66,6 +74,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = serve_grpc(listener, &ctx, peer_parts, health_service, stop_rx.clone())?;
     let tasks = NodeTasks {
+        tls_reload: tls.map(|tls| tokio::spawn(crate::tls::watch(tls, stop_rx.clone()))),
         grpc: tokio::spawn(grpc),
         admin: tokio::spawn(admin_http::serve(
             admin_listener,
@@ -142,6 +151,7 @@ async fn prepare_stop(
 /// The tasks a running node spawned beside its Raft group.
 struct NodeTasks {
     grpc: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    tls_reload: Option<tokio::task::JoinHandle<()>>,
     admin: tokio::task::JoinHandle<()>,
     housekeeping: tokio::task::JoinHandle<()>,
     member_expiry: tokio::task::JoinHandle<()>,
@@ -162,13 +172,17 @@ impl NodeTasks {
         }
         self.raft_events.abort();
         let _ = self.admin.await;
+        if let Some(tls_reload) = self.tls_reload {
+            let _ = tls_reload.await;
+        }
         let _ = self.housekeeping.await;
         let _ = self.member_expiry.await;
     }
 }
 
 /// The gRPC server of the node's one port: the peer service (Raft), the client services (Broker,
-/// Cluster), health and reflection; it stops accepting when `stop` turns true.
+/// Cluster), health and reflection, over TLS when `tls` is given; it stops accepting when `stop`
+/// turns true.
 fn serve_grpc(
     listener: TcpListener,
     ctx: &NodeContext,
@@ -177,9 +191,9 @@ fn serve_grpc(
         impl tonic_health::pb::health_server::Health,
     >,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
+) -> anyhow::Result<GrpcServer> {
     let group = ctx.metadata();
-    let config = &ctx.config;
+    let (config, tls) = (&ctx.config, ctx.tls.clone());
     // Reflection advertises the services users call; the peer-only raftlog.raft.v1.Raft is
     // served on the same port but is not listed (its payloads are not protobuf anyway). Both the
     // v1 and the older v1alpha protocol are served: grpcurl before 1.9 speaks only v1alpha.
@@ -201,7 +215,7 @@ fn serve_grpc(
         .context("building gRPC reflection service (v1alpha)")?;
 
     // One cache of connections to the leader for both services' forwarded requests.
-    let forwarder = Forwarder::default();
+    let forwarder = Forwarder::new(tls.clone());
     // A produce request may carry a full batch plus protobuf framing.
     let client_message_bytes_max = config.limits.batch_bytes_max + GRPC_FRAMING_BYTES;
     let mut grpc_stop = stop.clone();
@@ -211,38 +225,47 @@ fn serve_grpc(
         peer_parts.snapshots,
         stop.clone(),
         peer_parts.received_encodings,
+        tls.is_some(),
     );
     let broker = BrokerService::new(ctx.clone(), forwarder.clone(), stop);
-    Ok(
-        raftlog_proto::http2::server(tonic::transport::Server::builder())
-            .tcp_nodelay(true)
-            .layer(RequestMetricsLayer::new())
-            .add_service(
-                RaftServer::new(peer)
-                    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-            )
-            .add_service(
-                BrokerServer::new(broker)
-                    .max_decoding_message_size(client_message_bytes_max)
-                    .max_encoding_message_size(config.limits.fetch_bytes_max + GRPC_FRAMING_BYTES),
-            )
-            .add_service(ClusterServer::new(ClusterService::new(
-                ctx.clone(),
-                forwarder,
-            )))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                // Every reply is small and latency-bound: no Nagle (it adds ~40 ms with delayed ACKs).
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async move {
-                    let _ = grpc_stop.wait_for(|stop| *stop).await;
-                },
-            ),
-    )
+    let router = raftlog_proto::http2::server(tonic::transport::Server::builder())
+        .tcp_nodelay(true)
+        .layer(RequestMetricsLayer::new())
+        .add_service(
+            RaftServer::new(peer)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            BrokerServer::new(broker)
+                .max_decoding_message_size(client_message_bytes_max)
+                .max_encoding_message_size(config.limits.fetch_bytes_max + GRPC_FRAMING_BYTES),
+        )
+        .add_service(ClusterServer::new(ClusterService::new(
+            ctx.clone(),
+            forwarder,
+        )))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha);
+    let stopped = async move {
+        let _ = grpc_stop.wait_for(|stop| *stop).await;
+    };
+    Ok(match tls {
+        None => Box::pin(router.serve_with_incoming_shutdown(
+            // Every reply is small and latency-bound: no Nagle (it adds ~40 ms with delayed ACKs).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopped,
+        )),
+        Some(tls) => Box::pin(
+            router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), stopped),
+        ),
+    })
 }
+
+/// The running gRPC server, plaintext or TLS.
+type GrpcServer =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
 
 /// Static bootstrap: the member with the smallest id initializes the cluster if nothing has been
 /// initialized yet. openraft refuses to initialize a node that has any log or vote, so restarts and

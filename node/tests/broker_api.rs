@@ -303,6 +303,7 @@ async fn bad_requests_get_precise_errors_and_change_nothing() {
         args: ["--topics-max", "2", "--groups-max", "1"]
             .map(String::from)
             .to_vec(),
+        ..Default::default()
     };
     let cluster = TestCluster::start(3, options);
     cluster.wait_for_leader().await;

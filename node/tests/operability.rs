@@ -407,6 +407,7 @@ async fn a_node_whose_disk_fills_exits_and_the_others_keep_serving() {
     // (a follower does not check its disk for entries it replicates).
     let options = NodeOptions {
         args: vec!["--disk-free-bytes-min".into(), "0".into()],
+        ..Default::default()
     };
     let mut cluster = TestCluster::start(3, options);
     cluster.wait_for_leader().await;
@@ -495,6 +496,7 @@ async fn produce_is_refused_while_the_disk_is_nearly_full() {
     // More than any test machine's free space: the disk is "nearly full" from the start.
     let options = NodeOptions {
         args: vec!["--disk-free-bytes-min".into(), (u64::MAX / 2).to_string()],
+        ..Default::default()
     };
     let cluster = TestCluster::start(3, options);
     cluster.wait_for_leader().await;

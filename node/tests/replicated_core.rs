@@ -24,6 +24,7 @@ fn snapshot_often() -> NodeOptions {
         .into_iter()
         .map(String::from)
         .collect(),
+        ..Default::default()
     }
 }
 
@@ -155,6 +156,7 @@ async fn a_follower_that_was_down_catches_up_from_the_log_the_leader_kept_for_it
             .into_iter()
             .map(String::from)
             .collect(),
+        ..Default::default()
     };
     let mut cluster = TestCluster::start(3, options);
     let leader = cluster.wait_for_leader().await;

@@ -19,6 +19,7 @@ use tonic::Code;
 fn options(args: &[&str]) -> NodeOptions {
     NodeOptions {
         args: args.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
     }
 }
 

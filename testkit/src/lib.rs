@@ -8,12 +8,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use raftlog_client::{pb, Client};
+use raftlog_client::{pb, Client, TlsOptions};
+
+pub mod pki;
 
 /// Extra flags for every node of a cluster.
 #[derive(Clone, Default)]
 pub struct NodeOptions {
     pub args: Vec<String>,
+    /// TLS: a directory of [`pki::Pki`] files. Node `id` serves with `node-<id>.pem`, and the
+    /// cluster's clients connect with `ca.pem` and the `client` certificate.
+    pub tls_dir: Option<PathBuf>,
 }
 
 pub struct TestNode {
@@ -148,6 +153,16 @@ impl TestCluster {
             .arg("--admin-addr")
             .arg(&node.admin)
             .args(&options.args)
+            .args(options.tls_dir.iter().flat_map(|dir| {
+                [
+                    "--tls-ca".into(),
+                    dir.join("ca.pem"),
+                    "--tls-cert".into(),
+                    dir.join(format!("node-{id}.pem")),
+                    "--tls-key".into(),
+                    dir.join(format!("node-{id}-key.pem")),
+                ]
+            }))
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -218,17 +233,44 @@ impl TestCluster {
 
     /// A client that knows every running node.
     pub fn client(&self) -> Client {
-        Client::new(
-            self.nodes
-                .iter()
-                .filter(|n| n.child.is_some())
-                .map(|n| n.grpc.clone()),
+        self.with_tls(
+            Client::new(
+                self.nodes
+                    .iter()
+                    .filter(|n| n.child.is_some())
+                    .map(|n| n.grpc.clone()),
+            )
+            .unwrap(),
         )
-        .unwrap()
     }
 
     pub fn client_of(&self, id: u64) -> Client {
-        Client::new([self.node(id).grpc.clone()]).unwrap()
+        self.with_tls(Client::new([self.node(id).grpc.clone()]).unwrap())
+    }
+
+    /// `client` over TLS with the cluster's `client` certificate, when the cluster runs TLS.
+    fn with_tls(&self, client: Client) -> Client {
+        match &self.options.tls_dir {
+            None => client,
+            Some(dir) => client
+                .with_tls(&TlsOptions {
+                    ca: dir.join("ca.pem"),
+                    cert: Some(dir.join("client.pem")),
+                    key: Some(dir.join("client-key.pem")),
+                })
+                .expect("the test PKI's client files"),
+        }
+    }
+
+    /// Sends SIGHUP to node `id` (a TLS node reloads its certificates).
+    pub fn hangup(&self, id: u64) {
+        let child = self.node(id).child.as_ref().expect("node is running");
+        let status = Command::new("kill")
+            .arg("-HUP")
+            .arg(child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
     }
 
     pub async fn status(&self, id: u64) -> Option<pb::NodeStatus> {

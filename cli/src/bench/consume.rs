@@ -17,7 +17,7 @@ pub async fn consume(client: &Client, args: ConsumeArgs, as_json: bool) -> anyho
         Some(e) => e.clone(),
         None => client.endpoints()[0].clone(),
     };
-    let node = Client::new([endpoint.clone()])?;
+    let node = client.for_endpoints([endpoint.clone()])?;
     let role = match node
         .cluster_at(&endpoint)?
         .status(pb::StatusRequest {})

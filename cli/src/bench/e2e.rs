@@ -31,7 +31,7 @@ pub async fn e2e(client: &Client, args: E2eArgs, as_json: bool) -> anyhow::Resul
         .endpoint
         .clone()
         .unwrap_or_else(|| client.endpoints()[0].clone());
-    let node = Client::new([endpoint.clone()])?;
+    let node = client.for_endpoints([endpoint.clone()])?;
     // Consumers start at each partition's end as this node has it: only this run's records count.
     let info = node
         .describe_topic(&args.topic)

@@ -68,26 +68,38 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Forwarder {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// With TLS, the leader is dialled over TLS with this node's certificate.
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Forwarder {
-    /// A channel to `addr`, reused across requests.
-    pub fn channel(&self, addr: &str) -> Result<Channel, ApiError> {
+    pub fn new(tls: Option<Arc<crate::tls::Tls>>) -> Self {
+        Self {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
+    /// A channel to node `id` at `addr`, reused across requests.
+    pub fn channel(&self, id: NodeId, addr: &str) -> Result<Channel, ApiError> {
         let mut channels = self.channels.lock().expect("forward channel cache lock");
-        if let Some(channel) = channels.get(addr) {
+        let key = format!("{id}@{addr}");
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel = raftlog_proto::http2::node_endpoint(
-            Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| ApiError::Internal(format!("bad leader address {addr}: {e}")))?,
-        )
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        let endpoint = |uri: String| -> Result<Endpoint, tonic::transport::Error> {
+            Ok(
+                raftlog_proto::http2::node_endpoint(Endpoint::from_shared(uri)?)
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true),
+            )
+        };
+        let channel = crate::tls::node_channel(endpoint, addr, id, self.tls.as_ref())
+            .map_err(|e| ApiError::Internal(format!("bad leader address {addr}: {e}")))?;
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -101,7 +113,7 @@ impl Forwarder {
     ) -> Result<(Channel, (NodeId, String)), ApiError> {
         match leader {
             Some((leader_id, addr)) if leader_id != self_id && !forwarded => {
-                Ok((self.channel(&addr)?, (leader_id, addr)))
+                Ok((self.channel(leader_id, &addr)?, (leader_id, addr)))
             }
             leader => Err(ApiError::not_leader(self_id, leader)),
         }

@@ -72,6 +72,7 @@ impl Group {
         id: GroupId,
         dbs: &Databases,
         config: &NodeConfig,
+        tls: Option<Arc<crate::tls::Tls>>,
     ) -> anyhow::Result<(Self, PeerParts)> {
         let state_machine = StateMachine::open(dbs, id, config.data_dir.join("snapshots"))?;
         let log_store = LogStore::new(dbs, id, state_machine.flushed(), config.fsync_thread_nice);
@@ -86,6 +87,7 @@ impl Group {
             Duration::from_millis(config.raft.peer_connect_timeout_ms),
             config.snapshot.chunk_bytes_max as usize,
             log_store.encoded_entries(),
+            tls,
         );
         let raft_config = Arc::new(
             config

@@ -44,6 +44,8 @@ pub struct PeerNetworkFactory {
     reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
     /// The group's log's recent entries as stored: AppendEntries are built from them.
     stored: EncodedEntries,
+    /// With TLS, peers are dialled over TLS and must present their `node-<id>` certificate.
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl PeerNetworkFactory {
@@ -52,6 +54,7 @@ impl PeerNetworkFactory {
         connect_timeout: Duration,
         snapshot_chunk_bytes: usize,
         stored: EncodedEntries,
+        tls: Option<Arc<crate::tls::Tls>>,
     ) -> Self {
         Self {
             group,
@@ -60,6 +63,7 @@ impl PeerNetworkFactory {
             channels: Arc::default(),
             reachability: Arc::default(),
             stored,
+            tls,
         }
     }
 
@@ -77,17 +81,23 @@ impl PeerNetworkFactory {
         }
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+    /// The channel to node `target` at `addr` (keyed by both: with TLS the channel checks that
+    /// the node it reaches is `target`).
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut channels = self.channels.lock().expect("peer channel cache lock");
-        if let Some(channel) = channels.get(addr) {
+        let key = format!("{target}@{addr}");
+        if let Some(channel) = channels.get(&key) {
             return Ok(channel.clone());
         }
-        let channel =
-            raftlog_proto::http2::node_endpoint(Endpoint::from_shared(format!("http://{addr}"))?)
-                .connect_timeout(self.connect_timeout)
-                .tcp_nodelay(true)
-                .connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        let endpoint = |uri: String| -> Result<Endpoint, tonic::transport::Error> {
+            Ok(
+                raftlog_proto::http2::node_endpoint(Endpoint::from_shared(uri)?)
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true),
+            )
+        };
+        let channel = crate::tls::node_channel(endpoint, addr, target, self.tls.as_ref())?;
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 }
@@ -96,7 +106,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        let channel = self.channel(&node.addr);
+        let channel = self.channel(target, &node.addr);
         PeerClient {
             target,
             group: self.group,

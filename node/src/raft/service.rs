@@ -2,7 +2,9 @@
 //!
 //! # Protocol safety
 //! This service lets its caller append to and overwrite this node's Raft log and install
-//! snapshots. It must only be reachable by cluster members (bind the node to a private network).
+//! snapshots. It must only be reachable by cluster members. With TLS on (docs/security.md) every
+//! call is admitted only from a certificate of the cluster CA that names a node of the group's
+//! current membership ([`PeerService::admit`]); without TLS, bind the node to a private network.
 
 use std::pin::Pin;
 
@@ -29,6 +31,8 @@ pub struct PeerService {
     stopping: tokio::sync::watch::Receiver<bool>,
     /// Where received entries' bytes wait for the log's append.
     received: ReceivedEncodings,
+    /// Whether callers must prove they are member nodes (TLS is on).
+    authenticate: bool,
 }
 
 type EnvelopeStream = Pin<Box<dyn Stream<Item = Result<RaftEnvelope, Status>> + Send>>;
@@ -40,6 +44,7 @@ impl PeerService {
         snapshots: SnapshotStore,
         stopping: tokio::sync::watch::Receiver<bool>,
         received: ReceivedEncodings,
+        authenticate: bool,
     ) -> Self {
         Self {
             raft,
@@ -47,7 +52,58 @@ impl PeerService {
             snapshots,
             stopping,
             received,
+            authenticate,
         }
+    }
+
+    /// With TLS, refuses a call unless the caller's certificate (already verified against the
+    /// cluster CA by the handshake) names one node, `node-<id>`, of the group's current
+    /// membership, learners included: UNAUTHENTICATED without a certificate, PERMISSION_DENIED
+    /// for any other. A node that has no membership yet (a new node waiting to be added) admits
+    /// every node of the CA: the leader adding it is not in a membership it has not received.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        if !self.authenticate {
+            return Ok(());
+        }
+        let refuse = |reason: &'static str, status: Status| {
+            metrics::counter!(crate::metrics::PEER_REFUSALS, "reason" => reason).increment(1);
+            tracing::warn!(
+                peer = ?request.remote_addr(),
+                "Raft request refused: {}",
+                status.message()
+            );
+            Err(status)
+        };
+        let Some(certs) = request.peer_certs() else {
+            return refuse(
+                "no_certificate",
+                Status::unauthenticated(
+                    "the Raft service takes only calls with a node certificate of the cluster CA",
+                ),
+            );
+        };
+        let Some(id) = certs.first().and_then(crate::tls::node_id_of) else {
+            return refuse(
+                "not_a_node",
+                Status::permission_denied(
+                    "the certificate names no node (one DNS name node-<id>): not a peer",
+                ),
+            );
+        };
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow_watched();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_some() || membership.nodes().next().is_none() {
+            return Ok(());
+        }
+        refuse(
+            "not_a_member",
+            Status::permission_denied(format!(
+                "node {id} is not a member of Raft group {}",
+                self.group
+            )),
+        )
     }
 
     /// Checks the envelope's group and decodes its payload.
@@ -131,6 +187,7 @@ fn undecodable(why: String) -> Status {
 #[tonic::async_trait]
 impl RaftService for PeerService {
     async fn vote(&self, request: Request<RaftEnvelope>) -> Result<Response<RaftEnvelope>, Status> {
+        self.admit(&request)?;
         let rpc: VoteRequest = self.open(request.into_inner())?;
         let result = self.raft.vote(rpc).await.map_err(RaftError::unwrap_fatal);
         Ok(self.reply(&result))
@@ -140,6 +197,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftEnvelope>, Status> {
+        self.admit(&request)?;
         let rpc: VoteRequest = self.open(request.into_inner())?;
         let result = self
             .raft
@@ -153,6 +211,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftEnvelope>, Status> {
+        self.admit(&request)?;
         let rpc = open_append_entries(self.group, request.into_inner(), &self.received)?;
         let result = self
             .raft
@@ -171,6 +230,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<Streaming<RaftEnvelope>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.admit(&request)?;
         let (group, received) = (self.group, self.received.clone());
         let (bad_tx, bad_rx) = tokio::sync::oneshot::channel::<Status>();
         let arrived = InOrderTimes::default();
@@ -230,6 +290,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<Streaming<RaftEnvelope>>,
     ) -> Result<Response<RaftEnvelope>, Status> {
+        self.admit(&request)?;
         let mut chunks = request.into_inner();
         let Some(header) = chunks.message().await? else {
             return Err(Status::invalid_argument(
@@ -259,6 +320,7 @@ impl RaftService for PeerService {
         &self,
         request: Request<RaftEnvelope>,
     ) -> Result<Response<RaftEnvelope>, Status> {
+        self.admit(&request)?;
         let req: TransferLeaderRequest = self.open(request.into_inner())?;
         Ok(self.reply(&self.raft.handle_transfer_leader(req).await))
     }
