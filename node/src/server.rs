@@ -10,9 +10,11 @@ use anyhow::Context;
 use raftlog_proto::raft::v1::raft_server::RaftServer;
 use raftlog_proto::v1::broker_server::BrokerServer;
 use raftlog_proto::v1::cluster_server::ClusterServer;
+use raftlog_proto::v1::queues_server::QueuesServer;
 use tokio::net::TcpListener;
 
 use crate::admin_http;
+use crate::api::broker::queues::QueuesService;
 use crate::api::broker::BrokerService;
 use crate::api::cluster::ClusterService;
 use crate::api::forward::Forwarder;
@@ -70,6 +72,9 @@ pub async fn run(
         .await;
     health_reporter
         .set_serving::<ClusterServer<ClusterService>>()
+        .await;
+    health_reporter
+        .set_serving::<QueuesServer<QueuesService>>()
         .await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = serve_grpc(listener, &ctx, peer_parts, health_service, stop_rx.clone())?;
@@ -137,7 +142,12 @@ async fn prepare_stop(
         // operator see why. Its log and state on disk are what a restart recovers from.
         tracing::error!(node_id, error = %fatal, "Raft stopped on a fatal error; stopping the node");
         // Probes see it at once, not only when the port closes after the drain.
-        for service in ["", "raftlog.v1.Broker", "raftlog.v1.Cluster"] {
+        for service in [
+            "",
+            "raftlog.v1.Broker",
+            "raftlog.v1.Cluster",
+            "raftlog.v1.Queues",
+        ] {
             health_reporter
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
                 .await;
@@ -203,6 +213,7 @@ fn serve_grpc(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("raftlog.v1.Broker")
             .with_service_name("raftlog.v1.Cluster")
+            .with_service_name("raftlog.v1.Queues")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -227,6 +238,7 @@ fn serve_grpc(
         peer_parts.received_encodings,
         tls.is_some(),
     );
+    let queues = QueuesService::new(ctx.clone(), forwarder.clone(), stop.clone());
     let broker = BrokerService::new(ctx.clone(), forwarder.clone(), stop);
     let router = raftlog_proto::http2::server(tonic::transport::Server::builder())
         .tcp_nodelay(true)
@@ -241,6 +253,7 @@ fn serve_grpc(
                 .max_decoding_message_size(client_message_bytes_max)
                 .max_encoding_message_size(config.limits.fetch_bytes_max + GRPC_FRAMING_BYTES),
         )
+        .add_service(QueuesServer::new(queues))
         .add_service(ClusterServer::new(ClusterService::new(
             ctx.clone(),
             forwarder,

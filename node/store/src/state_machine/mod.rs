@@ -19,8 +19,9 @@
 //! - `changes.rs`: the working copies of the tables that one apply call changes;
 //! - one file per command family, each an `impl StateMachine` block with one entry point that
 //!   the dispatch calls: `topics.rs`, `appends.rs` (appends and idempotent producers),
-//!   `offsets.rs` (consumer groups' committed offsets), `maintenance.rs` (producer expiry and
-//!   retention). A new family is a new file and one arm in the dispatch;
+//!   `offsets.rs` (consumer groups' committed offsets), `membership.rs` (coordinated groups'
+//!   members), `queues.rs` (queue groups: deliveries, settlements, dead letters),
+//!   `maintenance.rs` (producer expiry and retention). A new family is a new file and one arm in the dispatch;
 //! - `raft_impl.rs`: openraft's traits (apply, snapshots).
 
 mod appends;
@@ -28,6 +29,7 @@ mod changes;
 mod maintenance;
 mod membership;
 mod offsets;
+mod queues;
 mod raft_impl;
 mod read;
 #[cfg(test)]
@@ -53,6 +55,7 @@ use raftlog_core::{
     Command, CommandResponse, GroupId, GroupOffset, GroupOffsets, ProducerState, TopicState,
 };
 
+pub use queues::dead_letter_header;
 pub use read::{ReadError, ReadResult};
 pub use view::StateView;
 
@@ -68,6 +71,11 @@ pub struct StateMachine {
     /// Coordinated groups this apply call changed (`None`: no members left), published to the
     /// view with the call's other changes once its write batch is in RocksDB.
     coordination_changes: BTreeMap<String, Option<Coordination>>,
+    /// Queue groups with their delivery state: apply reads and writes them; the view gets a copy
+    /// of each queue an apply call changed (`queues.rs`).
+    queues: BTreeMap<String, raftlog_core::queue::Queue>,
+    /// Queues this apply call changed (or deleted), published after its write batch.
+    queue_changes: std::collections::BTreeSet<String>,
     snapshots: SnapshotStore,
 }
 
@@ -100,6 +108,8 @@ impl StateMachine {
             next_producer_id: 1,
             producers: BTreeMap::new(),
             coordination_changes: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            queue_changes: Default::default(),
             snapshots,
         };
         sm.load()?;
@@ -154,6 +164,13 @@ impl StateMachine {
         self.producers = self.load_producers()?;
         let groups = self.load_groups()?;
         let coordinations = self.load_coordinations()?;
+        self.queues = self.load_queues()?;
+        self.queue_changes.clear();
+        *self.view.queues.write().expect("queue table lock") = self
+            .queues
+            .iter()
+            .map(|(name, queue)| (name.clone(), Arc::new(queue.clone())))
+            .collect();
         *self.view.topics.write().expect("topic table lock") = topics;
         *self.view.groups.write().expect("group table lock") = groups;
         *self
@@ -266,6 +283,7 @@ impl StateMachine {
         drop((live_topics, live_groups));
         self.publish(changed_topics, changed_groups);
         self.publish_coordinations();
+        self.publish_queues();
         self.view.applied.send_replace(self.last_applied);
         Ok(responses)
     }
@@ -347,6 +365,10 @@ impl StateMachine {
             | Command::RemoveGroupMember { .. } => {
                 self.apply_membership_command(command, topics, groups, batch)
             }
+            Command::CreateQueue { .. }
+            | Command::DeleteQueue { .. }
+            | Command::QueueReceive { .. }
+            | Command::QueueSettle { .. } => self.apply_queue_command(command, topics, batch, rows),
             Command::Maintenance { .. } => {
                 unreachable!("apply() runs Maintenance itself, against flushed state")
             }
