@@ -162,23 +162,21 @@ pub async fn worker(w: Workload, index: usize, seed: u64) -> anyhow::Result<()> 
 async fn handle(w: &Workload, client: &Client, name: &str, job: &Job, rng: &mut StdRng) {
     let roll = rng.random_range(0..100);
     match roll {
-        0..=64 => {
+        0..=79 => {
             settle(w, client, name, job, pb::SettleAction::Ack, 0).await;
         }
-        65..=76 => {
+        80..=89 => {
             let delay = rng.random_range(0..400);
             settle(w, client, name, job, pb::SettleAction::Release, delay).await;
         }
-        77..=80 => {
+        90..=93 => {
             settle(w, client, name, job, pb::SettleAction::Reject, 0).await;
         }
-        81..=92 => {
-            // Work that takes longer than a lock, kept alive by extends.
-            for _ in 0..2 {
+        94..=96 => {
+            // Work that takes longer than a lock, kept alive by an extend.
+            tokio::time::sleep(Duration::from_millis(u64::from(LOCK_MS) * 2 / 3)).await;
+            if settle(w, client, name, job, pb::SettleAction::Extend, 0).await {
                 tokio::time::sleep(Duration::from_millis(u64::from(LOCK_MS) / 2)).await;
-                if !settle(w, client, name, job, pb::SettleAction::Extend, 0).await {
-                    break;
-                }
             }
             settle(w, client, name, job, pb::SettleAction::Ack, 0).await;
         }

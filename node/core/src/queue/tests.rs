@@ -73,7 +73,7 @@ fn an_ack_after_the_lock_ran_out_counts_until_the_record_goes_out_again() {
     let got = q.receive(&s, "w2", 0, 1500, &ends(&[(0, 1)]));
     assert!(got.delivered.is_empty());
     // ...so the late ack is still the record's current delivery.
-    assert_eq!(q.ack(d(0, 0, 1)), Ok(()));
+    assert_eq!(q.ack(d(0, 0, 1)), Ok(true));
     assert!(q
         .receive(&s, "w2", 5, 2000, &ends(&[(0, 1)]))
         .delivered

@@ -314,6 +314,16 @@ impl StateMachine {
                 self.maintain(now_ms, producer_idle_ms, topics, batch)?
             }
             EntryPayload::Normal(command) => {
+                // A queue command may dead-letter a record appended earlier in this apply call:
+                // it reads it from RocksDB, so first write what the entries before it stored
+                // (as Maintenance does; see queues.rs).
+                let reads_records = matches!(
+                    command,
+                    Command::QueueReceive { .. } | Command::QueueSettle { .. }
+                );
+                if reads_records && !batch.is_empty() {
+                    self.write_applied(std::mem::take(batch), previous)?;
+                }
                 let mut rows = EntryRows::default();
                 let response = self.apply_command(&command, topics, groups, batch, &mut rows);
                 self.write_entry_rows(rows, topics, batch);

@@ -5,9 +5,12 @@
 //! in the same write batch as the state change that takes them out of the queue, so a record is
 //! never both dead-lettered and still in the queue, nor neither.
 //!
-//! A dead letter is read back from the stored records at apply: it was appended by an earlier
-//! apply call (it has been delivered before it can be rejected or delivered too often), so
-//! every node reads the same bytes.
+//! A dead letter is read back from the stored records at apply. It was appended by an earlier
+//! entry (it was delivered before it could be rejected or delivered too often), but maybe in
+//! the same apply call: openraft splits entries into apply calls differently on each node. So
+//! before a command that may dead-letter, the apply loop writes what the entries before it
+//! stored (`StateMachine::apply_entry`), and the record is read from RocksDB directly, not
+//! through the view's published offsets: every node reads the same bytes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -332,18 +335,13 @@ impl StateMachine {
             return;
         };
         let letter = dead.letter;
-        // The record is committed and below the end the view published (see the module doc);
-        // retention may have deleted it meanwhile, and then there is nothing to keep.
-        let Ok(read) = self.view.read(
-            &definition.topic,
-            letter.partition,
-            letter.offset,
-            1,
-            usize::MAX,
-        ) else {
-            return;
-        };
-        let Some((_, record)) = read.records.into_iter().find(|(o, _)| *o == letter.offset) else {
+        // The record is stored: everything the entries before this one wrote is in RocksDB
+        // (see the module doc). Retention may have deleted it meanwhile; then there is nothing
+        // to keep.
+        let stored = self
+            .view
+            .stored_record(definition.topic_id, letter.partition, letter.offset);
+        let Ok(Some(record)) = stored else {
             return;
         };
         let record = dead_letter_record(record, &definition.topic, &dead);
