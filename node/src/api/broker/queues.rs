@@ -373,7 +373,7 @@ impl QueuesService {
             if queue.state.ready(settings, now, &ends) {
                 let received = self.propose_receive(req, max, deadline).await?;
                 if !received.delivered.is_empty() {
-                    return Ok(self.read_delivered(&queue, received).await?);
+                    return Ok(self.read_delivered(&queue, received).await);
                 }
             }
             let wake = queue
@@ -418,11 +418,7 @@ impl QueuesService {
 
     /// The records of the deliveries, read from the applied state: runs of consecutive offsets
     /// of one partition in one read each.
-    async fn read_delivered(
-        &self,
-        queue: &Queue,
-        received: Received,
-    ) -> Result<Vec<QueueRecord>, ApiError> {
+    async fn read_delivered(&self, queue: &Queue, received: Received) -> Vec<QueueRecord> {
         let view = &self.broker.group().view;
         let topic = &queue.definition.topic;
         let mut deliveries = received.delivered;
@@ -450,8 +446,7 @@ impl QueuesService {
             // A record retention deleted meanwhile is left out; its lock runs out and the next
             // receive takes it out of the queue.
             let Ok(read) = read else { continue };
-            let by_offset: BTreeMap<u64, _> = read.records.into_iter().collect();
-            let mut by_offset = by_offset;
+            let mut by_offset: BTreeMap<u64, _> = read.records.into_iter().collect();
             for d in run {
                 if let Some(record) = by_offset.remove(&d.offset) {
                     out.push(QueueRecord {
@@ -465,7 +460,7 @@ impl QueuesService {
                 }
             }
         }
-        Ok(out)
+        out
     }
 
     /// A settle request's decisions in domain terms, each checked.
