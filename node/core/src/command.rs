@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Acl, TokenRecord};
 use crate::coordination::{topic_name, Answer, GroupError, Heartbeat, Stamp, Topics};
 
 /// One record as stored: the payload is kept as `Bytes` end to end. Decoded inside
@@ -270,6 +271,18 @@ pub enum Command {
         allow_rewind: bool,
         member: Option<Box<(String, i64)>>,
     },
+    /// Store a bearer token (its salted hash; the leader made the salt and id, so applying
+    /// draws no randomness). Refused if the id exists or `tokens_max` tokens exist.
+    CreateToken {
+        token: Box<TokenRecord>,
+        tokens_max: u32,
+    },
+    /// Forget a token: from the moment a node applies this, it refuses the token.
+    RevokeToken { id: String },
+    /// Add an ACL entry under the next ACL id; an entry equal to an existing one keeps that one.
+    AddAcl { acl: Box<Acl>, acls_max: u32 },
+    /// Remove the ACL entry `id`.
+    RemoveAcl { id: u64 },
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -358,6 +371,12 @@ impl std::fmt::Display for Command {
                 member.as_deref().map(|(id, _)| id)
             ),
             Command::AlterTopic { name, .. } => write!(f, "AlterTopic({name})"),
+            Command::CreateToken { token, .. } => {
+                write!(f, "CreateToken({} for {})", token.id, token.principal)
+            }
+            Command::RevokeToken { id } => write!(f, "RevokeToken({id})"),
+            Command::AddAcl { acl, .. } => write!(f, "AddAcl({acl})"),
+            Command::RemoveAcl { id } => write!(f, "RemoveAcl({id})"),
             Command::InitProducer { .. } => write!(f, "InitProducer"),
             Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
             Command::Batch(commands) => write!(f, "Batch({} commands)", commands.len()),
@@ -403,6 +422,19 @@ pub enum CommandResponse {
     Member(Box<Answer>),
     /// Whether an expiry or a removal took a member out of its group.
     MemberRemoved {
+        removed: bool,
+    },
+    TokenCreated,
+    /// Whether the token existed (and is gone now).
+    TokenRevoked {
+        revoked: bool,
+    },
+    /// The entry's id; `existed`: an equal entry was there already.
+    AclAdded {
+        id: u64,
+        existed: bool,
+    },
+    AclRemoved {
         removed: bool,
     },
 }
@@ -500,6 +532,12 @@ pub enum Rejection {
          seeks and resets are refused until they have left (or remove them first)"
     )]
     GroupHasMembers { group: String, members: usize },
+    #[error("the cluster already holds {0} tokens, the maximum (revoke some first)")]
+    TooManyTokens(u32),
+    #[error("a token with id {0} exists already")]
+    TokenExists(String),
+    #[error("the cluster already holds {0} ACL entries, the maximum (remove some first)")]
+    TooManyAcls(u32),
 }
 
 impl Rejection {

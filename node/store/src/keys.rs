@@ -57,6 +57,12 @@ pub mod sm_tag {
     pub const GROUP_MEMBERS: u8 = 0x31;
     /// tag · producer id → the producer's idempotence state.
     pub const PRODUCER: u8 = 0x40;
+    /// The id the next ACL entry gets.
+    pub const NEXT_ACL_ID: u8 = 0x0A;
+    /// tag · token id → a bearer token's hash (`auth::TokenRecord`).
+    pub const TOKEN: u8 = 0x70;
+    /// tag · ACL id (u64) → an ACL entry (`auth::Acl`).
+    pub const ACL: u8 = 0x71;
 }
 
 pub fn sm_prefix(group: GroupId) -> [u8; 8] {
@@ -148,6 +154,18 @@ pub fn parse_group_offset(key: &[u8]) -> Option<(String, u64, u32)> {
 pub fn sm_producer(group: GroupId, producer_id: u64) -> Vec<u8> {
     let mut key = sm_singleton(group, sm_tag::PRODUCER);
     key.extend_from_slice(&producer_id.to_be_bytes());
+    key
+}
+
+pub fn sm_token(group: GroupId, id: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::TOKEN);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub fn sm_acl(group: GroupId, id: u64) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::ACL);
+    key.extend_from_slice(&id.to_be_bytes());
     key
 }
 

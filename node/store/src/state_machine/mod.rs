@@ -20,7 +20,7 @@
 //! - one file per command family, each an `impl StateMachine` block with one entry point that
 //!   the dispatch calls: `topics.rs`, `appends.rs` (appends and idempotent producers),
 //!   `offsets.rs` (consumer groups' committed offsets), `maintenance.rs` (producer expiry and
-//!   retention). A new family is a new file and one arm in the dispatch;
+//!   retention), `security.rs` (tokens and ACL entries). A new family is a new file and one arm in the dispatch;
 //! - `raft_impl.rs`: openraft's traits (apply, snapshots).
 
 mod appends;
@@ -30,6 +30,7 @@ mod membership;
 mod offsets;
 mod raft_impl;
 mod read;
+mod security;
 #[cfg(test)]
 mod tests;
 mod topics;
@@ -68,6 +69,10 @@ pub struct StateMachine {
     /// Coordinated groups this apply call changed (`None`: no members left), published to the
     /// view with the call's other changes once its write batch is in RocksDB.
     coordination_changes: BTreeMap<String, Option<Coordination>>,
+    /// The security tables as this apply call changed them (a copy of the view's, taken at the
+    /// call's first security command), published with the call's other changes.
+    security_changes: Option<raftlog_core::auth::Security>,
+    next_acl_id: u64,
     snapshots: SnapshotStore,
 }
 
@@ -76,6 +81,10 @@ type Row = (Box<[u8]>, Box<[u8]>);
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
     StorageError::other(format!("state machine: {e}"))
+}
+
+fn decode_err(e: impl std::fmt::Display) -> StorageError {
+    sm_err(e)
 }
 
 fn snap_err(e: impl std::fmt::Display) -> StorageError {
@@ -100,6 +109,8 @@ impl StateMachine {
             next_producer_id: 1,
             producers: BTreeMap::new(),
             coordination_changes: BTreeMap::new(),
+            security_changes: None,
+            next_acl_id: 1,
             snapshots,
         };
         sm.load()?;
@@ -154,6 +165,12 @@ impl StateMachine {
         self.producers = self.load_producers()?;
         let groups = self.load_groups()?;
         let coordinations = self.load_coordinations()?;
+        self.next_acl_id = self
+            .get(&keys::sm_singleton(group, sm_tag::NEXT_ACL_ID))?
+            .unwrap_or(1);
+        let security = self.load_security()?;
+        self.security_changes = None;
+        *self.view.security.write().expect("security table lock") = Arc::new(security);
         *self.view.topics.write().expect("topic table lock") = topics;
         *self.view.groups.write().expect("group table lock") = groups;
         *self
@@ -266,6 +283,7 @@ impl StateMachine {
         drop((live_topics, live_groups));
         self.publish(changed_topics, changed_groups);
         self.publish_coordinations();
+        self.publish_security();
         self.view.applied.send_replace(self.last_applied);
         Ok(responses)
     }
@@ -347,6 +365,10 @@ impl StateMachine {
             | Command::RemoveGroupMember { .. } => {
                 self.apply_membership_command(command, topics, groups, batch)
             }
+            Command::CreateToken { .. }
+            | Command::RevokeToken { .. }
+            | Command::AddAcl { .. }
+            | Command::RemoveAcl { .. } => self.apply_security_command(command, batch),
             Command::Maintenance { .. } => {
                 unreachable!("apply() runs Maintenance itself, against flushed state")
             }
