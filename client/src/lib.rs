@@ -1,7 +1,8 @@
 //! raftlog's Rust client: connect with a list of endpoints, find and follow the leader for writes,
 //! read from any node, and retry what is safe to retry.
 //!
-//! - [`Client`]: one call per RPC, with leader following and retries.
+//! - [`Client`]: one call per RPC, with leader following and retries; a bearer token
+//!   ([`Client::with_token`]) goes with every call.
 //! - [`producer::Producer`]: batches records per partition (linger and size bounds), partitions
 //!   keyed records by the documented key hash, keeps each partition's order.
 //! - [`produce_stream::ProduceStream`]: many produce requests in flight on one stream to the
@@ -18,9 +19,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raftlog_proto::v1::auth_client::AuthClient;
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::cluster_client::ClusterClient;
 pub use raftlog_proto::v1::{self as pb};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
@@ -51,20 +55,23 @@ pub enum Error {
     /// The TLS files could not be read or used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The token cannot be sent (see [`Client::with_token`]).
+    #[error("token: {0}")]
+    Token(String),
 }
 
 impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Status(s) | Error::Exhausted { last: s, .. } => s.code(),
-            Error::Endpoint(_) | Error::Tls(_) => Code::InvalidArgument,
+            Error::Endpoint(_) | Error::Tls(_) | Error::Token(_) => Code::InvalidArgument,
         }
     }
 
     pub fn status(&self) -> Option<&Status> {
         match self {
             Error::Status(s) | Error::Exhausted { last: s, .. } => Some(s),
-            Error::Endpoint(_) | Error::Tls(_) => None,
+            Error::Endpoint(_) | Error::Tls(_) | Error::Token(_) => None,
         }
     }
 
@@ -189,6 +196,28 @@ impl TlsOptions {
     }
 }
 
+/// What every call of a [`Client`] carries to identify its caller: a bearer token as
+/// `authorization: Bearer <token>` (docs/security.md), or nothing.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to one node with the client's credentials on every call: what the stubs
+/// ([`Client::broker_at`], ...) run on.
+pub type Connection = InterceptedService<Channel, Credentials>;
+
 /// A connection to a raftlog cluster. Cheap to clone; clones share connections and the leader
 /// they learned.
 #[derive(Clone)]
@@ -199,6 +228,7 @@ pub struct Client {
     retry: RetryPolicy,
     /// TLS for every connection; none: plaintext.
     tls: Option<ClientTlsConfig>,
+    credentials: Credentials,
 }
 
 tokio::task_local! {
@@ -226,6 +256,7 @@ impl Client {
             leader: Arc::default(),
             retry: RetryPolicy::default(),
             tls: None,
+            credentials: Credentials::default(),
         };
         for e in client.endpoints.iter() {
             client.channel(e)?;
@@ -244,12 +275,25 @@ impl Client {
         Ok(self)
     }
 
+    /// Sends `token` with every call as `authorization: Bearer <token>` (the secret `raftlog
+    /// token create` printed). Refused here if it cannot be a header value.
+    pub fn with_token(mut self, token: &str) -> Result<Self, Error> {
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| Error::Token("the token holds characters a header cannot carry".into()))?;
+        self.credentials = Credentials {
+            authorization: Some(value),
+        };
+        Ok(self)
+    }
+
     /// A client of other endpoints (one node, say) with this one's TLS and retry policy.
     pub fn for_endpoints(
         &self,
         endpoints: impl IntoIterator<Item = impl Into<String>>,
     ) -> Result<Self, Error> {
         let mut client = Client::new(endpoints)?.with_retry(self.retry.clone());
+        client.credentials = self.credentials.clone();
         if let Some(tls) = &self.tls {
             client.tls = Some(tls.clone());
             for e in client.endpoints.iter() {
@@ -298,16 +342,43 @@ impl Client {
         Ok(channel)
     }
 
+    fn connection(&self, addr: &str) -> Result<Connection, Error> {
+        Ok(InterceptedService::new(
+            self.channel(addr)?,
+            self.credentials.clone(),
+        ))
+    }
+
     /// Broker stub for one node.
-    pub fn broker_at(&self, addr: &str) -> Result<BrokerClient<Channel>, Error> {
-        Ok(BrokerClient::new(self.channel(addr)?)
+    pub fn broker_at(&self, addr: &str) -> Result<BrokerClient<Connection>, Error> {
+        Ok(BrokerClient::new(self.connection(addr)?)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX))
     }
 
     /// Cluster (operator) stub for one node.
-    pub fn cluster_at(&self, addr: &str) -> Result<ClusterClient<Channel>, Error> {
-        Ok(ClusterClient::new(self.channel(addr)?))
+    pub fn cluster_at(&self, addr: &str) -> Result<ClusterClient<Connection>, Error> {
+        Ok(ClusterClient::new(self.connection(addr)?))
+    }
+
+    /// Auth (tokens, ACLs) stub for one node.
+    pub fn auth_at(&self, addr: &str) -> Result<AuthClient<Connection>, Error> {
+        Ok(AuthClient::new(self.connection(addr)?))
+    }
+
+    /// Runs an Auth call that changes the security state on the leader (following hints,
+    /// retrying what was certainly not applied).
+    pub async fn auth_write<T, F, Fut>(&self, mut op: F) -> Result<T, Error>
+    where
+        F: FnMut(AuthClient<Connection>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.with_leader(|addr| {
+            let stub = self.auth_at(&addr).map_err(to_status);
+            let call = stub.map(&mut op);
+            async move { call?.await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
     /// The node to send a write to: the last known leader, else each endpoint in turn.
@@ -603,7 +674,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        let mut broker = BrokerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let connection = InterceptedService::new(channel, self.credentials.clone());
+        let mut broker = BrokerClient::new(connection).max_decoding_message_size(MESSAGE_BYTES_MAX);
         broker
             .subscribe(request)
             .await
