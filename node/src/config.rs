@@ -713,7 +713,7 @@ fn resolve_auth(
         let principal = raftlog_core::auth::principal(name);
         let valid = principal
             .strip_prefix("User:")
-            .is_some_and(crate::auth::tokens::valid_name);
+            .is_some_and(raftlog_core::auth::valid_name);
         if !valid {
             return Err(ConfigError::Invalid(format!(
                 "super_users: '{name}' is not a principal (User:<name>, the name of                  [A-Za-z0-9._@-])"

@@ -46,13 +46,7 @@ pub async fn run(
     let dbs = raftlog_store::open(&config.data_dir, &config.storage).context("opening RocksDB")?;
     let (group, peer_parts) = Group::start(METADATA_GROUP, &dbs, &config, tls.clone()).await?;
     let config = Arc::new(config);
-    let auth = Arc::new(crate::auth::Auth::new(
-        config.auth.enabled,
-        config.auth.super_users.iter().cloned(),
-        read_bootstrap_token(&config)?,
-        group.view.clone(),
-        group.raft.clone(),
-    ));
+    let auth = make_auth(&config, &group)?;
     let ctx = NodeContext {
         id: config.node_id,
         config: config.clone(),
@@ -77,15 +71,11 @@ pub async fn run(
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<BrokerServer<BrokerService>>()
-        .await;
-    health_reporter
-        .set_serving::<ClusterServer<ClusterService>>()
-        .await;
-    health_reporter
-        .set_serving::<AuthServer<AuthService>>()
-        .await;
+    for service in CLIENT_SERVICES {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = serve_grpc(listener, &ctx, peer_parts, health_service, stop_rx.clone())?;
     let tasks = NodeTasks {
@@ -123,6 +113,20 @@ pub async fn run(
     dbs.flush_state().context("flushing state machine")?;
     tracing::info!(node_id = config.node_id, "stopped");
     Ok(())
+}
+
+/// The client-facing services, as the gRPC health protocol names them.
+const CLIENT_SERVICES: [&str; 3] = ["raftlog.v1.Broker", "raftlog.v1.Cluster", "raftlog.v1.Auth"];
+
+/// The node's authentication and authorization, over the metadata group's applied state.
+fn make_auth(config: &NodeConfig, group: &Group) -> anyhow::Result<Arc<crate::auth::Auth>> {
+    Ok(Arc::new(crate::auth::Auth::new(
+        config.auth.enabled,
+        config.auth.super_users.iter().cloned(),
+        read_bootstrap_token(config)?,
+        group.view.clone(),
+        group.raft.clone(),
+    )))
 }
 
 /// The hash of the bootstrap token (`bootstrap_token_file`), read once at start.
@@ -170,12 +174,7 @@ async fn prepare_stop(
         // operator see why. Its log and state on disk are what a restart recovers from.
         tracing::error!(node_id, error = %fatal, "Raft stopped on a fatal error; stopping the node");
         // Probes see it at once, not only when the port closes after the drain.
-        for service in [
-            "",
-            "raftlog.v1.Broker",
-            "raftlog.v1.Cluster",
-            "raftlog.v1.Auth",
-        ] {
+        for service in [""].into_iter().chain(CLIENT_SERVICES) {
             health_reporter
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
                 .await;

@@ -1405,7 +1405,7 @@ fn structured_case(rng: &mut StdRng, i: usize, producer_id: u64) -> StructuredCa
 }
 
 async fn run_structured(
-    mut broker: raftlog_proto::v1::broker_client::BrokerClient<Channel>,
+    mut broker: raftlog_proto::v1::broker_client::BrokerClient<raftlog_client::Connection>,
     call: &Call,
 ) -> Result<Option<pb::ProduceResponse>, Status> {
     let answer = match call {

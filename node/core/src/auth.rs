@@ -220,6 +220,15 @@ fn glob(pattern: &[u8], name: &[u8]) -> bool {
     pattern[p..].iter().all(|&b| b == b'*')
 }
 
+/// Whether `name` may be a principal's name: 1 to 128 bytes of `[A-Za-z0-9._@-]` (it travels
+/// in metadata and log lines, so nothing that needs quoting).
+pub fn valid_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
+}
+
 /// A principal as given by an operator: `alice` is `User:alice`; one with a type prefix
 /// (`User:alice`) or `*` is kept as it is.
 pub fn principal(name: &str) -> String {

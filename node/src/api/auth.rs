@@ -133,13 +133,15 @@ fn acl_from_pb(entry: AclEntry) -> Result<Acl, ApiError> {
             entry.pattern.escape_debug()
         )));
     }
-    if resource == R::Cluster && pattern_type == P::Literal && entry.pattern != "*" {
-        if entry.pattern != model::CLUSTER_RESOURCE {
-            return Err(ApiError::InvalidArgument(format!(
-                "the cluster resource is named '{}'",
-                model::CLUSTER_RESOURCE
-            )));
-        }
+    if resource == R::Cluster
+        && pattern_type == P::Literal
+        && entry.pattern != "*"
+        && entry.pattern != model::CLUSTER_RESOURCE
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "the cluster resource is named '{}'",
+            model::CLUSTER_RESOURCE
+        )));
     }
     Ok(Acl {
         principal,

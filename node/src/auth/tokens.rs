@@ -72,14 +72,7 @@ pub fn matches_bootstrap(bootstrap: &[u8; 32], token: &str) -> bool {
     bool::from(bootstrap_hash(token).ct_eq(bootstrap))
 }
 
-/// Whether `name` may be a principal's name: 1 to 128 bytes of `[A-Za-z0-9._@-]` (it travels
-/// in metadata and log lines, so nothing that needs quoting).
-pub fn valid_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'))
-}
+pub use raftlog_core::auth::valid_name;
 
 /// The principal a client certificate stands for: `User:<common name>`, or when it has no usable
 /// common name, `User:<first DNS name>`. (Node certificates, `node-<id>`, are peers, not clients:
