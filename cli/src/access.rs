@@ -1,5 +1,5 @@
-//! `raftlog token ...`, `raftlog acl ...` and `raftlog whoami`: bearer tokens and ACL entries
-//! (docs/security.md). Changes go to the leader; lists come from the first node that answers.
+//! `raftlog token ...`, `raftlog acl ...`, `raftlog quota ...` and `raftlog whoami`: bearer
+//! tokens, ACL entries and quotas (docs/security.md). Changes go to the leader; lists come from the first node that answers.
 
 use std::time::Duration;
 
@@ -65,6 +65,27 @@ pub enum AclCmd {
         /// The entry's id.
         id: u64,
     },
+}
+
+#[derive(Subcommand, Clone)]
+pub enum QuotaCmd {
+    /// Set a principal's quota (each node enforces it on its own); all three 0 removes it.
+    Set {
+        /// Whose: a name (taken as User:<name>) or User:<name>.
+        #[arg(long)]
+        principal: String,
+        /// Record bytes it may produce per second on each node, e.g. 1MiB [default: 0, no limit].
+        #[arg(long, value_parser = units::size, default_value = "0", value_name = "SIZE")]
+        produce_bytes_per_sec: u64,
+        /// Record bytes it may fetch per second on each node [default: 0, no limit].
+        #[arg(long, value_parser = units::size, default_value = "0", value_name = "SIZE")]
+        fetch_bytes_per_sec: u64,
+        /// Calls it may make per second on each node [default: 0, no limit].
+        #[arg(long, default_value = "0", value_name = "N")]
+        requests_per_sec: u64,
+    },
+    /// List the principals with a quota.
+    List,
 }
 
 #[derive(ValueEnum, Clone, Copy)]
@@ -274,6 +295,81 @@ pub async fn acl(ctx: &Ctx, cmd: AclCmd) -> anyhow::Result<()> {
             } else {
                 output::line(&format!("removed ACL entry {id}"));
             }
+        }
+    }
+    Ok(())
+}
+
+pub async fn quota(ctx: &Ctx, cmd: QuotaCmd) -> anyhow::Result<()> {
+    match cmd {
+        QuotaCmd::Set {
+            principal,
+            produce_bytes_per_sec,
+            fetch_bytes_per_sec,
+            requests_per_sec,
+        } => {
+            let request = pb::SetQuotaRequest {
+                quota: Some(pb::Quota {
+                    principal: principal.clone(),
+                    produce_bytes_per_sec,
+                    fetch_bytes_per_sec,
+                    requests_per_sec,
+                }),
+            };
+            ctx.client
+                .auth_write(|mut auth| {
+                    let request = request.clone();
+                    async move { auth.set_quota(request).await }
+                })
+                .await?;
+            if ctx.json {
+                output::json(
+                    &json!({"principal": principal, "produce_bytes_per_sec": produce_bytes_per_sec,
+                                     "fetch_bytes_per_sec": fetch_bytes_per_sec, "requests_per_sec": requests_per_sec}),
+                );
+            } else {
+                output::line(&format!("quota of {principal} set"));
+            }
+        }
+        QuotaCmd::List => {
+            let quotas = first_answer(ctx, |mut auth| async move {
+                auth.list_quotas(pb::ListQuotasRequest {}).await
+            })
+            .await?
+            .quotas;
+            if ctx.json {
+                let list: Vec<_> = quotas
+                    .iter()
+                    .map(|q| {
+                        json!({"principal": q.principal, "produce_bytes_per_sec": q.produce_bytes_per_sec,
+                               "fetch_bytes_per_sec": q.fetch_bytes_per_sec, "requests_per_sec": q.requests_per_sec})
+                    })
+                    .collect();
+                output::json_pretty(&json!(list));
+                return Ok(());
+            }
+            let limit = |n: u64| {
+                if n == 0 {
+                    "-".to_string()
+                } else {
+                    n.to_string()
+                }
+            };
+            let mut table = Table::new([
+                "principal",
+                "produce bytes/s",
+                "fetch bytes/s",
+                "requests/s",
+            ]);
+            for q in &quotas {
+                table.row([
+                    q.principal.clone(),
+                    limit(q.produce_bytes_per_sec),
+                    limit(q.fetch_bytes_per_sec),
+                    limit(q.requests_per_sec),
+                ]);
+            }
+            output::line(table.render().trim_end());
         }
     }
     Ok(())

@@ -119,6 +119,9 @@ enum Command {
     /// ACL entries: who may do what on which topics, groups, queues and the cluster.
     #[command(subcommand)]
     Acl(access::AclCmd),
+    /// Quotas per principal: produce and fetch bytes/s, requests/s, on each node.
+    #[command(subcommand)]
+    Quota(access::QuotaCmd),
     /// Print the principal the cluster takes this client for.
     Whoami,
     /// Make a cluster CA and node and client certificates (for TLS; no openssl needed).
@@ -213,6 +216,7 @@ async fn run(ctx: Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Cluster(cmd) => return cluster::run(&ctx, cmd).await,
         Command::Token(cmd) => access::token(&ctx, cmd).await?,
         Command::Acl(cmd) => access::acl(&ctx, cmd).await?,
+        Command::Quota(cmd) => access::quota(&ctx, cmd).await?,
         Command::Whoami => access::whoami(&ctx).await?,
         Command::Bench(cmd) => bench::run(&ctx.client, cmd, ctx.json).await?,
         Command::Cert(_) => unreachable!("run before a client is made"),

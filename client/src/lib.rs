@@ -11,7 +11,8 @@
 //!   group's offsets, and fails over to another endpoint when its node fails.
 //!
 //! Retries: a write is retried only when the node said it was definitely not applied (no leader,
-//! not the leader) or the connection was never made. Any other failure of a write is reported as
+//! not the leader, over the caller's quota: after the wait the node asks for) or the connection
+//! was never made. Any other failure of a write is reported as
 //! [`Error::is_definite`] = false: the write may or may not have been applied.
 
 use std::collections::HashMap;
@@ -39,6 +40,8 @@ pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
 pub const END_OFFSET_HEADER: &str = "raftlog-end-offset";
 pub const START_OFFSET_HEADER: &str = "raftlog-start-offset";
 pub const MEMBER_FENCED_HEADER: &str = "raftlog-member-fenced";
+/// How long a call refused for its principal's quota should wait before it is tried again, ms.
+pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -125,6 +128,22 @@ impl Error {
             }
         }
     }
+}
+
+/// The wait a node asked for when it refused a call over its principal's quota
+/// (RESOURCE_EXHAUSTED with [`RETRY_AFTER_HEADER`]).
+fn retry_after(status: &Status) -> Option<Duration> {
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let ms: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 /// The node said nothing was applied, or the request never left this process (no connection).
@@ -436,6 +455,19 @@ impl Client {
                         backoff = (backoff * 2).min(self.retry.backoff_max);
                     }
                 }
+                Err(status) if retry_after(&status).is_some() => {
+                    // Over the principal's quota: nothing was done; wait as long as the node
+                    // says, if the retry deadline allows.
+                    let wait = retry_after(&status).unwrap_or_default();
+                    if start.elapsed() + wait >= self.retry.deadline {
+                        return Err(Error::Exhausted {
+                            attempts: attempt,
+                            elapsed: start.elapsed(),
+                            last: status,
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                }
                 Err(status) => {
                     if status.code() == Code::Unavailable || status.code() == Code::DeadlineExceeded
                     {
@@ -466,14 +498,26 @@ impl Client {
         F: FnMut(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
+        let start = Instant::now();
         let mut last = None;
         for addr in self.endpoints.iter() {
-            match op(addr.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::Unavailable || s.code() == Code::DeadlineExceeded => {
-                    last = Some(s)
+            loop {
+                match op(addr.clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(s)
+                        if s.code() == Code::Unavailable || s.code() == Code::DeadlineExceeded =>
+                    {
+                        last = Some(s);
+                        break;
+                    }
+                    // Over the caller's quota on this node: wait as asked, within the deadline.
+                    Err(s) => match retry_after(&s) {
+                        Some(wait) if start.elapsed() + wait < self.retry.deadline => {
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => return Err(Error::Status(s)),
+                    },
                 }
-                Err(s) => return Err(Error::Status(s)),
             }
         }
         let detail = last.map_or_else(String::new, |s| format!(": {}", s.message()));

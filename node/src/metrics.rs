@@ -56,6 +56,9 @@ pub const AUTH_FAILURES: &str = "raftlog_auth_failures_total";
 /// Client requests refused because no ACL entry allows them (or one denies them), by resource
 /// type.
 pub const PERMISSION_DENIALS: &str = "raftlog_permission_denials_total";
+/// Client calls refused because their principal was over its quota on this node, by rate
+/// (`requests`, `produce_bytes`, `fetch_bytes`).
+pub const THROTTLED: &str = "raftlog_throttled_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -88,11 +88,28 @@ pub struct TokenRecord {
     pub created_by: String,
 }
 
-/// The security tables of the replicated state: tokens by id and ACL entries by id.
+/// The rates one principal may use, each enforced by every node on its own (so a principal that
+/// spreads its calls over three nodes gets up to three times as much); 0: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    pub produce_bytes_per_sec: u64,
+    pub fetch_bytes_per_sec: u64,
+    pub requests_per_sec: u64,
+}
+
+impl Quota {
+    pub fn is_unlimited(&self) -> bool {
+        *self == Quota::default()
+    }
+}
+
+/// The security tables of the replicated state: tokens by id, ACL entries by id, quotas by
+/// principal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Security {
     pub tokens: BTreeMap<String, TokenRecord>,
     pub acls: BTreeMap<u64, Acl>,
+    pub quotas: BTreeMap<String, Quota>,
 }
 
 /// Why a request is refused, for the caller and the audit log.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Acl, TokenRecord};
+use crate::auth::{Acl, Quota, TokenRecord};
 use crate::coordination::{topic_name, Answer, GroupError, Heartbeat, Stamp, Topics};
 
 /// One record as stored: the payload is kept as `Bytes` end to end. Decoded inside
@@ -283,6 +283,12 @@ pub enum Command {
     AddAcl { acl: Box<Acl>, acls_max: u32 },
     /// Remove the ACL entry `id`.
     RemoveAcl { id: u64 },
+    /// Set a principal's quota; an unlimited one (all rates 0) removes it.
+    SetQuota {
+        principal: String,
+        quota: Quota,
+        quotas_max: u32,
+    },
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -377,6 +383,7 @@ impl std::fmt::Display for Command {
             Command::RevokeToken { id } => write!(f, "RevokeToken({id})"),
             Command::AddAcl { acl, .. } => write!(f, "AddAcl({acl})"),
             Command::RemoveAcl { id } => write!(f, "RemoveAcl({id})"),
+            Command::SetQuota { principal, .. } => write!(f, "SetQuota({principal})"),
             Command::InitProducer { .. } => write!(f, "InitProducer"),
             Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
             Command::Batch(commands) => write!(f, "Batch({} commands)", commands.len()),
@@ -437,6 +444,7 @@ pub enum CommandResponse {
     AclRemoved {
         removed: bool,
     },
+    QuotaSet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -538,6 +546,8 @@ pub enum Rejection {
     TokenExists(String),
     #[error("the cluster already holds {0} ACL entries, the maximum (remove some first)")]
     TooManyAcls(u32),
+    #[error("the cluster already holds {0} quotas, the maximum (remove some first)")]
+    TooManyQuotas(u32),
 }
 
 impl Rejection {

@@ -108,6 +108,10 @@ pub const TOKENS_MAX: u32 = 10_000;
 /// type (a scan, no index), so this bounds the time of one check as well as memory.
 pub const ACLS_MAX: u32 = 10_000;
 
+/// Most principals with a quota. Each node keeps a token bucket per principal and rate it has
+/// seen calls from, so this bounds that memory too.
+pub const QUOTAS_MAX: u32 = 10_000;
+
 // ---- How they relate ----
 
 const _: () = {

@@ -1,4 +1,4 @@
-//! `raftlog.v1.Auth`: bearer tokens and ACL entries (docs/security.md). Changes are replicated
+//! `raftlog.v1.Auth`: bearer tokens, ACL entries and quotas (docs/security.md). Changes are replicated
 //! commands, proposed here when this node leads or forwarded once to the leader; lists are this
 //! node's applied state. Who may call what is `crate::auth::rules`' (cluster alter for changes,
 //! cluster describe for lists), checked before these handlers run. Every change is audited.
@@ -7,7 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use raftlog_core::auth::{self as model, Acl, TokenRecord};
-use raftlog_core::limits::{ACLS_MAX, TOKENS_MAX};
+use raftlog_core::limits::{ACLS_MAX, QUOTAS_MAX, TOKENS_MAX};
 use raftlog_core::{Command, CommandResponse};
 use raftlog_proto::v1::auth_client::AuthClient;
 use raftlog_proto::v1::auth_server;
@@ -394,6 +394,71 @@ impl auth_server::Auth for AuthService {
             ),
         );
         Ok(response)
+    }
+
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<SetQuotaResponse>, Status> {
+        let (forwarded, deadline, peer) = (
+            is_forwarded(&request),
+            self.deadline(&request),
+            request.remote_addr(),
+        );
+        let caller = caller_of(&request).cloned();
+        let req = request.into_inner();
+        let given = req
+            .quota
+            .clone()
+            .ok_or_else(|| ApiError::InvalidArgument("quota is required".into()))?;
+        let principal = user_principal(&given.principal, "quota.principal")?;
+        let quota = model::Quota {
+            produce_bytes_per_sec: given.produce_bytes_per_sec,
+            fetch_bytes_per_sec: given.fetch_bytes_per_sec,
+            requests_per_sec: given.requests_per_sec,
+        };
+        let command = Command::SetQuota {
+            principal: principal.clone(),
+            quota,
+            quotas_max: QUOTAS_MAX,
+        };
+        let response = self
+            .write_or_forward(
+                forwarded,
+                deadline,
+                command,
+                |response| match response {
+                    CommandResponse::QuotaSet => Ok(SetQuotaResponse {}),
+                    other => Err(unexpected(other)),
+                },
+                |mut client| async move { client.set_quota(Forwarder::forwarded(req)).await },
+            )
+            .await?;
+        audit_change(
+            caller.as_ref(),
+            "Auth/SetQuota",
+            peer,
+            &format!("quota of {principal} set to {quota:?}"),
+        );
+        Ok(response)
+    }
+
+    async fn list_quotas(
+        &self,
+        _request: Request<ListQuotasRequest>,
+    ) -> Result<Response<ListQuotasResponse>, Status> {
+        let security = self.ctx.auth.security();
+        let quotas = security
+            .quotas
+            .iter()
+            .map(|(principal, q)| Quota {
+                principal: principal.clone(),
+                produce_bytes_per_sec: q.produce_bytes_per_sec,
+                fetch_bytes_per_sec: q.fetch_bytes_per_sec,
+                requests_per_sec: q.requests_per_sec,
+            })
+            .collect();
+        Ok(Response::new(ListQuotasResponse { quotas }))
     }
 
     async fn who_am_i(

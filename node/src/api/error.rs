@@ -176,9 +176,9 @@ impl From<Rejection> for ApiError {
                 "{message}; use fewer members (each partition is read by one) or raise the limit"
             )),
             Rejection::TooManySubscribedTopics { .. } => ApiError::InvalidArgument(message),
-            Rejection::TooManyTokens(_) | Rejection::TooManyAcls(_) => {
-                ApiError::ResourceExhausted(message)
-            }
+            Rejection::TooManyTokens(_)
+            | Rejection::TooManyAcls(_)
+            | Rejection::TooManyQuotas(_) => ApiError::ResourceExhausted(message),
             Rejection::TokenExists(_) => {
                 ApiError::AlreadyExists(format!("{message}; create the token again"))
             }

@@ -1,7 +1,8 @@
 //! The authorization layer: a tower layer around the node's gRPC routes that, when auth is on,
 //! authenticates every call of a client-facing service and checks what [`super::rules`] says it
 //! needs, before the call reaches its handler. A refused call is answered here (UNAUTHENTICATED
-//! or PERMISSION_DENIED) and its handler never runs, so nothing changes.
+//! or PERMISSION_DENIED) and its handler never runs, so nothing changes. It also holds each
+//! caller to its quota of requests (and of produce bytes for Produce): RESOURCE_EXHAUSTED.
 //!
 //! The resource names a rule needs are in the request message, which tonic decodes only later:
 //! the layer reads the body's frames until the whole (first) message is in, reads the needed
@@ -27,7 +28,11 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
+use super::quota::Rate;
 use super::rules::{self, Need, Rule};
+
+/// Produce's path: its message's size is charged to the caller's produce quota here.
+const PRODUCE: &str = "/raftlog.v1.Broker/Produce";
 use super::{Auth, Caller, CURRENT_CALLER};
 
 /// The client certificates of the connection a request came on (TLS only).
@@ -139,6 +144,7 @@ async fn admit(
             "{rpc} is no method of raftlog's API (or has no authorization rule)"
         )));
     };
+    auth.charge(&caller, Rate::Requests, 1)?;
     let (parts, mut body) = request.into_parts();
     if let Rule::Needs(needs) = rule {
         let fields: Vec<u32> = needs
@@ -149,9 +155,10 @@ async fn admit(
             })
             .collect();
         let mut names = Vec::new();
+        let mut message_len = 0;
         if !fields.is_empty() {
-            let (frames, found) = read_message(&mut body, &fields, message_bytes_max).await?;
-            names = found;
+            let (frames, len, found) = read_message(&mut body, &fields, message_bytes_max).await?;
+            (names, message_len) = (found, len);
             body = Body::new(Replay { frames, rest: body });
         }
         for need in needs {
@@ -188,6 +195,11 @@ async fn admit(
                 }
             }
         }
+        if path == PRODUCE {
+            // The encoded message stands for its records' bytes: within a few bytes per record,
+            // and known without decoding it.
+            auth.charge(&caller, Rate::ProduceBytes, message_len as u64)?;
+        }
     }
     let mut request = http::Request::from_parts(parts, body);
     request.extensions_mut().insert(caller.clone());
@@ -202,7 +214,7 @@ async fn read_message(
     body: &mut Body,
     fields: &[u32],
     message_bytes_max: usize,
-) -> Result<(VecDeque<Frame<Bytes>>, Vec<(u32, String)>), Status> {
+) -> Result<(VecDeque<Frame<Bytes>>, usize, Vec<(u32, String)>), Status> {
     let mut frames = VecDeque::new();
     let mut have = 0usize;
     let mut message_len: Option<usize> = None;
@@ -248,7 +260,7 @@ async fn read_message(
     };
     let found = string_fields(Chunks::new(&frames, 5, len), fields)
         .map_err(|e| Status::invalid_argument(format!("malformed request message: {e}")))?;
-    Ok((frames, found))
+    Ok((frames, len, found))
 }
 
 /// The values of the top-level string `fields` of an encoded message (last occurrence wins).

@@ -7,13 +7,15 @@
 //!   ACL entries this node has applied; the audit log lines and the metrics of both;
 //! - [`rules`]: the one table that maps every RPC of every client-facing service to what it needs;
 //! - [`layer`]: the tower layer that applies the table to every request before any handler runs;
-//! - [`tokens`]: making and checking bearer tokens (salted SHA-256, constant-time compare).
+//! - [`tokens`]: making and checking bearer tokens (salted SHA-256, constant-time compare);
+//! - [`quota`]: the token buckets that hold each principal to its quota on this node.
 //!
 //! Checks read only this node's applied state, so a token revoked (or an ACL entry removed) stops
 //! working on each node as soon as that node applies the change; expiry is judged by this node's
 //! clock at the time of the check.
 
 pub mod layer;
+pub mod quota;
 pub mod rules;
 pub mod tokens;
 
@@ -68,6 +70,7 @@ pub struct Auth {
     view: Arc<StateView>,
     /// For the membership of a node that vouches for a forwarded request.
     raft: Raft,
+    throttle: quota::Throttle,
 }
 
 impl Auth {
@@ -84,6 +87,7 @@ impl Auth {
             bootstrap,
             view,
             raft,
+            throttle: quota::Throttle::default(),
         }
     }
 
@@ -254,6 +258,49 @@ impl Auth {
         ))
     }
 
+    /// Admits a call of `caller` costing `amount` of `rate` under its quota (none: no limit), or
+    /// refuses it with RESOURCE_EXHAUSTED, `retry-after-ms` and `raftlog-not-applied` (nothing
+    /// was done).
+    pub fn charge(&self, caller: &Caller, rate: quota::Rate, amount: u64) -> Result<(), Status> {
+        let per_sec = self.per_sec(caller, rate);
+        self.throttle
+            .charge(
+                &caller.principal,
+                rate,
+                per_sec,
+                amount,
+                std::time::Instant::now(),
+            )
+            .map_err(|wait| throttled(caller, rate, per_sec, wait))
+    }
+
+    /// Whether a call whose cost is known only once it is served (a fetch) may start now.
+    pub fn admit_rate(&self, caller: &Caller, rate: quota::Rate) -> Result<(), Status> {
+        let per_sec = self.per_sec(caller, rate);
+        self.throttle
+            .admit(&caller.principal, rate, per_sec, std::time::Instant::now())
+            .map_err(|wait| throttled(caller, rate, per_sec, wait))
+    }
+
+    /// Charges what a call admitted by [`Self::admit_rate`] turned out to cost.
+    pub fn debit(&self, caller: &Caller, rate: quota::Rate, amount: u64) {
+        let per_sec = self.per_sec(caller, rate);
+        self.throttle.debit(
+            &caller.principal,
+            rate,
+            per_sec,
+            amount,
+            std::time::Instant::now(),
+        );
+    }
+
+    fn per_sec(&self, caller: &Caller, rate: quota::Rate) -> u64 {
+        self.security()
+            .quotas
+            .get(&caller.principal)
+            .map_or(0, |quota| rate.of(quota))
+    }
+
     /// Whether `caller` may `operation` the resource, without a refusal (for filtering lists).
     pub fn allows(
         &self,
@@ -284,6 +331,34 @@ pub fn unauthenticated(failure: Unauthenticated, rpc: &str, peer: Option<SocketA
         "authentication failed"
     );
     Status::unauthenticated(failure.message)
+}
+
+/// Metadata of a throttled call's answer: how long to wait before trying again, in ms.
+pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
+
+/// A call over its quota, counted.
+fn throttled(
+    caller: &Caller,
+    rate: quota::Rate,
+    per_sec: u64,
+    wait: std::time::Duration,
+) -> Status {
+    metrics::counter!(crate::metrics::THROTTLED, "rate" => rate.label()).increment(1);
+    let wait_ms = wait.as_millis().max(1) as u64;
+    let mut status = Status::resource_exhausted(format!(
+        "{} is over its quota of {per_sec} {}/s on this node; retry in {wait_ms} ms",
+        caller.principal,
+        rate.label().replace('_', " ")
+    ));
+    status
+        .metadata_mut()
+        .insert(RETRY_AFTER_HEADER, wait_ms.into());
+    // `api::error::NOT_APPLIED_HEADER` (a layer above this one): the client may retry it.
+    status.metadata_mut().insert(
+        "raftlog-not-applied",
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
+    status
 }
 
 /// The caller of a request as the layer authenticated it; `None` when auth is off.

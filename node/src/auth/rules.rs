@@ -190,6 +190,14 @@ pub const RULES: &[(&str, Rule)] = &[
         Rule::Needs(&[Need::Cluster(Alter)]),
     ),
     ("/raftlog.v1.Auth/WhoAmI", Rule::Authenticated),
+    (
+        "/raftlog.v1.Auth/SetQuota",
+        Rule::Needs(&[Need::Cluster(Alter)]),
+    ),
+    (
+        "/raftlog.v1.Auth/ListQuotas",
+        Rule::Needs(&[Need::Cluster(Describe)]),
+    ),
 ];
 
 /// The package whose services clients call: every method in it needs an entry.

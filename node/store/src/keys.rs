@@ -63,6 +63,8 @@ pub mod sm_tag {
     pub const TOKEN: u8 = 0x70;
     /// tag · ACL id (u64) → an ACL entry (`auth::Acl`).
     pub const ACL: u8 = 0x71;
+    /// tag · principal → its quota (`auth::Quota`).
+    pub const QUOTA: u8 = 0x72;
 }
 
 pub fn sm_prefix(group: GroupId) -> [u8; 8] {
@@ -160,6 +162,12 @@ pub fn sm_producer(group: GroupId, producer_id: u64) -> Vec<u8> {
 pub fn sm_token(group: GroupId, id: &str) -> Vec<u8> {
     let mut key = sm_singleton(group, sm_tag::TOKEN);
     key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub fn sm_quota(group: GroupId, principal: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::QUOTA);
+    key.extend_from_slice(principal.as_bytes());
     key
 }
 

@@ -209,8 +209,8 @@ impl BrokerService {
     }
 
     /// The `PerMessage` rule of ProduceStream (`crate::auth::rules`): each message needs write
-    /// on the topic it names; a refused one is answered with PERMISSION_DENIED and the stream
-    /// goes on.
+    /// on the topic it names, and counts against the caller's quota; a refused one is answered
+    /// with PERMISSION_DENIED (or RESOURCE_EXHAUSTED) and the stream goes on.
     fn check_stream_message(
         &self,
         check: &StreamCheck,
@@ -231,7 +231,14 @@ impl BrokerService {
             operation,
             "Broker/ProduceStream",
             check.peer,
-        )
+        )?;
+        // Each message is a request and its records' bytes are produced, as for Produce.
+        use crate::auth::quota::Rate;
+        let bytes: usize = request.records.iter().map(raftlog_proto::record_size).sum();
+        self.ctx.auth.charge(caller, Rate::Requests, 1)?;
+        self.ctx
+            .auth
+            .charge(caller, Rate::ProduceBytes, bytes as u64)
     }
 
     /// Proposes one request of a produce stream; the returned future answers it.

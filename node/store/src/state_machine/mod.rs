@@ -368,7 +368,8 @@ impl StateMachine {
             Command::CreateToken { .. }
             | Command::RevokeToken { .. }
             | Command::AddAcl { .. }
-            | Command::RemoveAcl { .. } => self.apply_security_command(command, batch),
+            | Command::RemoveAcl { .. }
+            | Command::SetQuota { .. } => self.apply_security_command(command, batch),
             Command::Maintenance { .. } => {
                 unreachable!("apply() runs Maintenance itself, against flushed state")
             }

@@ -1,6 +1,6 @@
-//! Applying the security commands: `Command::CreateToken`, `RevokeToken`, `AddAcl` and
-//! `RemoveAcl`. A token's row holds its salted hash (`raftlog_core::auth::TokenRecord`), an ACL
-//! entry's row the entry; both tables are small and kept whole in the view, where every request's
+//! Applying the security commands: `Command::CreateToken`, `RevokeToken`, `AddAcl`, `RemoveAcl`
+//! and `SetQuota`. A token's row holds its salted hash (`raftlog_core::auth::TokenRecord`), an ACL
+//! entry's row the entry, a quota's row the principal's rates; both tables are small and kept whole in the view, where every request's
 //! authentication and authorization reads them. Like the other tables, what an apply call changes
 //! is published to the view only after its write batch is in RocksDB.
 
@@ -16,7 +16,7 @@ use raftlog_core::types::StorageError;
 use raftlog_core::{Command, CommandResponse, Rejection};
 
 impl StateMachine {
-    /// Applies `Command::CreateToken`, `RevokeToken`, `AddAcl` or `RemoveAcl`.
+    /// Applies `Command::CreateToken`, `RevokeToken`, `AddAcl`, `RemoveAcl` or `SetQuota`.
     pub(super) fn apply_security_command(
         &mut self,
         command: &Command,
@@ -71,6 +71,25 @@ impl StateMachine {
                 }
                 CommandResponse::AclRemoved { removed }
             }
+            Command::SetQuota {
+                principal,
+                quota,
+                quotas_max,
+            } => {
+                let key = keys::sm_quota(group, principal);
+                if quota.is_unlimited() {
+                    security.quotas.remove(principal);
+                    batch.delete_cf(cf, key);
+                } else {
+                    let new = !security.quotas.contains_key(principal);
+                    if new && security.quotas.len() >= *quotas_max as usize {
+                        return CommandResponse::Rejected(Rejection::TooManyQuotas(*quotas_max));
+                    }
+                    batch.put_cf(cf, key, encode(quota));
+                    security.quotas.insert(principal.clone(), *quota);
+                }
+                CommandResponse::QuotaSet
+            }
             other => unreachable!("not a security command: {other}"),
         }
     }
@@ -91,6 +110,14 @@ impl StateMachine {
             let (_, value) = item?;
             let token: raftlog_core::auth::TokenRecord = decode(&value).map_err(decode_err)?;
             security.tokens.insert(token.id.clone(), token);
+        }
+        let prefix = keys::sm_singleton(group, sm_tag::QUOTA);
+        for item in self.rows_under(&prefix) {
+            let (key, value) = item?;
+            let principal = String::from_utf8(key[prefix.len()..].to_vec()).map_err(decode_err)?;
+            security
+                .quotas
+                .insert(principal, decode(&value).map_err(decode_err)?);
         }
         let prefix = keys::sm_singleton(group, sm_tag::ACL);
         for item in self.rows_under(&prefix) {

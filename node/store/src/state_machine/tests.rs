@@ -300,10 +300,11 @@ async fn a_purge_flushes_the_state_machine_only_past_what_a_snapshot_flushed() {
     assert_eq!(in_memtable(), 0, "entry 3 flushed before its purge");
 }
 
-/// Tokens and ACL entries apply deterministically (an equal entry keeps its id, a second token
+/// Tokens, ACL entries and quotas apply deterministically (an equal entry keeps its id, a second token
 /// with a taken id is refused, removing what is not there says so), live in rows of the group,
 /// and read back the same when the state machine is opened again (as after a restart or an
 /// installed snapshot, which both reload from the rows).
+// Long: one table's life across two reloads reads best as one story.
 #[test]
 fn tokens_and_acl_entries_apply_and_reload_from_their_rows() {
     use raftlog_core::auth::{Acl, Operation, PatternType, Permission, ResourceType, TokenRecord};
@@ -350,6 +351,17 @@ fn tokens_and_acl_entries_apply_and_reload_from_their_rows() {
                 entry(5, add(&acl)),
                 entry(6, Command::RemoveAcl { id: 9 }),
                 entry(7, Command::RevokeToken { id: "nope".into() }),
+                entry(
+                    8,
+                    Command::SetQuota {
+                        principal: "User:alice".into(),
+                        quota: raftlog_core::auth::Quota {
+                            requests_per_sec: 5,
+                            ..Default::default()
+                        },
+                        quotas_max: 10,
+                    },
+                ),
             ])
             .expect("apply");
         assert_eq!(
@@ -371,7 +383,12 @@ fn tokens_and_acl_entries_apply_and_reload_from_their_rows() {
                 },
                 CommandResponse::AclRemoved { removed: false },
                 CommandResponse::TokenRevoked { revoked: false },
+                CommandResponse::QuotaSet,
             ]
+        );
+        assert_eq!(
+            sm.view().security().quotas["User:alice"].requests_per_sec,
+            5
         );
         let security = sm.view().security();
         assert_eq!(security.tokens.get(&token.id), Some(&token));
@@ -384,7 +401,7 @@ fn tokens_and_acl_entries_apply_and_reload_from_their_rows() {
     let responses = sm
         .apply_entries([
             entry(
-                8,
+                9,
                 Command::AddAcl {
                     acl: Box::new(Acl {
                         operation: Operation::Read,
@@ -393,9 +410,9 @@ fn tokens_and_acl_entries_apply_and_reload_from_their_rows() {
                     acls_max: 10,
                 },
             ),
-            entry(9, Command::RemoveAcl { id: 1 }),
+            entry(10, Command::RemoveAcl { id: 1 }),
             entry(
-                10,
+                11,
                 Command::RevokeToken {
                     id: token.id.clone(),
                 },
