@@ -144,8 +144,8 @@ async fn admit(
             "{rpc} is no method of raftlog's API (or has no authorization rule)"
         )));
     };
-    auth.charge(&caller, Rate::Requests, 1)?;
     let (parts, mut body) = request.into_parts();
+    let mut message_len = 0;
     if let Rule::Needs(needs) = rule {
         let fields: Vec<u32> = needs
             .iter()
@@ -155,7 +155,6 @@ async fn admit(
             })
             .collect();
         let mut names = Vec::new();
-        let mut message_len = 0;
         if !fields.is_empty() {
             let (frames, len, found) = read_message(&mut body, &fields, message_bytes_max).await?;
             (names, message_len) = (found, len);
@@ -195,11 +194,13 @@ async fn admit(
                 }
             }
         }
-        if path == PRODUCE {
-            // The encoded message stands for its records' bytes: within a few bytes per record,
-            // and known without decoding it.
-            auth.charge(&caller, Rate::ProduceBytes, message_len as u64)?;
-        }
+    }
+    // Quotas after permissions, so that a refusal says what is wrong with the call itself.
+    auth.charge(&caller, Rate::Requests, 1)?;
+    if path == PRODUCE {
+        // The encoded message stands for its records' bytes: within a few bytes per record, and
+        // known without decoding it.
+        auth.charge(&caller, Rate::ProduceBytes, message_len as u64)?;
     }
     let mut request = http::Request::from_parts(parts, body);
     request.extensions_mut().insert(caller.clone());
