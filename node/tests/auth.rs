@@ -623,6 +623,47 @@ async fn acl_entries_grant_what_they_name_through_any_node() {
         .expect("* may read public-*");
     let denied = write(&bob, "public-news").await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
+    // A stream the layer read the request of before handing it on.
+    admin.produce("public-news", 0, one_record()).await.unwrap();
+    cluster.wait_caught_up(&[leader]).await;
+    let mut stream = bob
+        .subscribe(&cluster.node(leader).grpc, "public-news", 0, 0)
+        .await
+        .expect("* may read public-*");
+    let first = stream.message().await.unwrap().expect("a message");
+    assert_eq!(first.records.len(), 1);
+    let denied = bob
+        .subscribe(&cluster.node(leader).grpc, "orders-1", 0, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
+
+    // A consumer group: joining needs read on the group.
+    add_acl(
+        &admin,
+        "bob",
+        pb::AclResourceType::Group,
+        "bobs",
+        false,
+        Read,
+        Allow,
+    )
+    .await;
+    cluster.wait_caught_up(&[1, 2, 3]).await;
+    let join = |group: &str| pb::GroupHeartbeatRequest {
+        group: group.into(),
+        subscription: Some(pb::Subscription {
+            topics: vec!["public-news".into()],
+        }),
+        ..Default::default()
+    };
+    let joined = bob
+        .group_heartbeat(join("bobs"))
+        .await
+        .expect("read on the group");
+    assert!(!joined.member_id.is_empty());
+    let denied = bob.group_heartbeat(join("others")).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied}");
 
     // A super-user from the configuration needs no entry.
     let root = plain_client(&cluster, follower).with_token(&root).unwrap();
