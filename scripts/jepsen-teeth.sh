@@ -10,7 +10,9 @@
 #               nodes' state and `group-overlap` in what the members were told;
 #   group-commit-any-member  accepts a commit from a member that does not own the partition:
 #               20 s of members (some of which come back as zombies and commit) must find
-#               `group-commit-non-owner`.
+#               `group-commit-non-owner`;
+#   queue-ignore-locks  takes back every lock of a queue at each receive, valid or not: 20 s of
+#               queue workers without faults must find `queue-double-lock`.
 # Exits 0 when every bug is caught, 1 when one is missed.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -55,4 +57,6 @@ grep -q '"group-overlap"' "$out/group-double-owner/results.json" || {
   log "the checker did NOT see the members told to read one partition at once"; missed=1; }
 caught group-commit-any-member group-commit-non-owner --time 20 --nemesis none --producers 2 \
   --consumers 1 --partitions 6 --members 3 || missed=1
+caught queue-ignore-locks queue-double-lock --time 20 --nemesis none --producers 2 \
+  --consumers 1 --partitions 4 --queue-workers 4 || missed=1
 exit $missed

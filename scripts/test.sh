@@ -87,6 +87,8 @@ jepsen_run stream 30 kill,pause stream
 # Members of a coordinated consumer group come, go and die under faults: no partition may have
 # two owners in any node's state.
 jepsen_run groups 30 kill,pause,partition plain --members 3 --partitions 6
+# Queue workers (ack, release, reject, extend, hang, crash) through every kind of fault.
+jepsen_run queues 30 kill,pause,partition plain --queue-workers 4 --partitions 4
 log "fault injection: the harness must catch a node that acknowledges before commit"
 if "$ROOT/scripts/jepsen-teeth.sh" "$jepsen_out/teeth"; then
   passed=$((passed + 1))

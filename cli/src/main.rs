@@ -24,6 +24,7 @@ mod format;
 mod group;
 mod output;
 mod produce;
+mod queue;
 mod topic;
 mod units;
 
@@ -110,6 +111,9 @@ enum Command {
     /// Consumer groups: committed offsets and lag; seek, reset, commit, delete.
     #[command(subcommand)]
     Group(group::GroupCmd),
+    /// Queue groups: workers share a topic's records one by one (receive, ack, release, reject).
+    #[command(subcommand)]
+    Queue(queue::QueueCmd),
     /// Cluster health, membership and maintenance.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
@@ -213,6 +217,7 @@ async fn run(ctx: Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Produce(args) => produce::run(&ctx, args).await?,
         Command::Consume(args) => consume::run(&ctx, args).await?,
         Command::Group(cmd) => group::run(&ctx, cmd).await?,
+        Command::Queue(cmd) => queue::run(&ctx, cmd).await?,
         Command::Cluster(cmd) => return cluster::run(&ctx, cmd).await,
         Command::Token(cmd) => access::token(&ctx, cmd).await?,
         Command::Acl(cmd) => access::acl(&ctx, cmd).await?,

@@ -9,6 +9,8 @@
 //!   leader (the pipelined form of [`Client::produce_request`]).
 //! - [`consumer::Consumer`]: reads a topic's partitions from any position, commits and resumes a
 //!   group's offsets, and fails over to another endpoint when its node fails.
+//! - [`queue::Worker`]: takes a queue's records one by one (locked to it), acks, releases,
+//!   rejects or extends them.
 //!
 //! Retries: a write is retried only when the node said it was definitely not applied (no leader,
 //! not the leader, over the caller's quota: after the wait the node asks for) or the connection
@@ -33,6 +35,7 @@ pub mod consumer;
 pub mod membership;
 pub mod produce_stream;
 pub mod producer;
+pub mod queue;
 
 /// Metadata keys the nodes use (see node/src/api/error.rs).
 pub const LEADER_ADDR_HEADER: &str = "raftlog-leader";
@@ -346,7 +349,7 @@ impl Client {
         &self.endpoints
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, Error> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<Channel, Error> {
         let mut channels = self.channels.lock().expect("channel cache lock");
         if let Some(c) = channels.get(addr) {
             return Ok(c.clone());
@@ -483,7 +486,7 @@ impl Client {
     /// `message` as a request with the current attempt's deadline as its `grpc-timeout`, so the
     /// node gives up on it when this client does: a write not proposed by then is never applied
     /// (docs/api.md, "Deadlines").
-    fn deadlined<T>(&self, message: T) -> tonic::Request<T> {
+    pub(crate) fn deadlined<T>(&self, message: T) -> tonic::Request<T> {
         let timeout = ATTEMPT_TIMEOUT
             .try_with(|t| *t)
             .unwrap_or(self.retry.request_timeout);

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::group_checks::{self, CommitNonOwner, GroupOverlap, Undelivered};
 use crate::history::{History, Op, OpF, OpKind, OpValue, Record};
+use crate::queue_checks::{self, QueueAnomaly};
 
 /// Examples kept per anomaly kind; the count is always exact.
 pub const MAX_EXAMPLES: usize = 1000;
@@ -24,7 +25,7 @@ const MAX_OPS: usize = 8;
 const MAX_SKIPPED: usize = 16;
 
 /// Every anomaly kind that makes a history invalid, in report order.
-pub const FATAL_KINDS: [&str; 16] = [
+pub const FATAL_KINDS: [&str; 21] = [
     "lost-write",
     "inconsistent-offsets",
     "duplicate",
@@ -41,6 +42,11 @@ pub const FATAL_KINDS: [&str; 16] = [
     "group-overlap",
     "group-commit-non-owner",
     "group-undelivered",
+    "queue-lost",
+    "queue-delivered-after-ack",
+    "queue-double-lock",
+    "queue-delivery-count",
+    "queue-dead-letter",
 ];
 
 /// How much later than its invocation a write may be stamped by the leader that takes it: the
@@ -308,11 +314,16 @@ pub struct Anomalies {
     pub group_overlap: Examples<GroupOverlap>,
     pub group_commit_non_owner: Examples<CommitNonOwner>,
     pub group_undelivered: Examples<Undelivered>,
+    pub queue_lost: Examples<QueueAnomaly>,
+    pub queue_delivered_after_ack: Examples<QueueAnomaly>,
+    pub queue_double_lock: Examples<QueueAnomaly>,
+    pub queue_delivery_count: Examples<QueueAnomaly>,
+    pub queue_dead_letter: Examples<QueueAnomaly>,
 }
 
 impl Anomalies {
     /// `(kind, count)` for every kind, in [`FATAL_KINDS`] order.
-    pub fn counts(&self) -> [(&'static str, usize); 16] {
+    pub fn counts(&self) -> [(&'static str, usize); 21] {
         let c = [
             self.lost_write.count,
             self.inconsistent_offsets.count,
@@ -330,6 +341,11 @@ impl Anomalies {
             self.group_overlap.count,
             self.group_commit_non_owner.count,
             self.group_undelivered.count,
+            self.queue_lost.count,
+            self.queue_delivered_after_ack.count,
+            self.queue_double_lock.count,
+            self.queue_delivery_count.count,
+            self.queue_dead_letter.count,
         ];
         std::array::from_fn(|i| (FATAL_KINDS[i], c[i]))
     }
@@ -628,6 +644,10 @@ pub fn check(history: &History) -> CheckResult {
             }
             // Checked on their own (`double_owners`, `group_checks`).
             OpValue::GroupOwners { .. } | OpValue::Owns { .. } | OpValue::MemberRead { .. } => {}
+            // Checked on their own (`queue_checks`).
+            OpValue::QueueDelivery { .. }
+            | OpValue::QueueSettle { .. }
+            | OpValue::QueueDeadLetter { .. } => {}
         }
     }
 
@@ -1047,6 +1067,12 @@ pub fn check(history: &History) -> CheckResult {
     anomalies.group_overlap = group_checks::overlaps(ops);
     anomalies.group_commit_non_owner = group_checks::commits_by_non_owners(ops, &pairs);
     anomalies.group_undelivered = group_checks::undelivered(ops);
+    let queue = queue_checks::check(ops, &pairs);
+    anomalies.queue_lost = queue.lost;
+    anomalies.queue_delivered_after_ack = queue.delivered_after_ack;
+    anomalies.queue_double_lock = queue.double_lock;
+    anomalies.queue_delivery_count = queue.delivery_count;
+    anomalies.queue_dead_letter = queue.dead_letter;
 
     let availability = availability(ops);
 

@@ -53,6 +53,12 @@ pub enum OpF {
     Owns,
     /// What a member of the coordinated group read of a partition.
     MemberRead,
+    /// A queue worker was handed a record (one op per record a receive returned).
+    QueueDelivery,
+    /// A queue worker's ack, release, reject or extend of one delivery.
+    QueueSettle,
+    /// A dead letter of the queue, as the final read of its dead-letter topic found it.
+    QueueDeadLetter,
 }
 
 impl OpF {
@@ -66,6 +72,9 @@ impl OpF {
             OpF::GroupOwners => "group_owners",
             OpF::Owns => "owns",
             OpF::MemberRead => "member_read",
+            OpF::QueueDelivery => "queue_delivery",
+            OpF::QueueSettle => "queue_settle",
+            OpF::QueueDeadLetter => "queue_dead_letter",
         }
     }
 }
@@ -169,6 +178,41 @@ pub enum OpValue {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         records: Vec<Record>,
     },
+    QueueDelivery {
+        /// The worker (one name per worker incarnation).
+        member: String,
+        partition: u32,
+        offset: u64,
+        /// The record's value.
+        value: u64,
+        /// The delivery count the queue gave.
+        count: u32,
+        /// When the receive that returned it was sent, ns since the start of the test.
+        at_ns: u64,
+        /// The lock's deadline, ms since the start of the test (the leader's clock).
+        deadline_ms: i64,
+    },
+    QueueSettle {
+        member: String,
+        partition: u32,
+        offset: u64,
+        count: u32,
+        /// ack, release, reject or extend.
+        action: String,
+        /// An extend's new lock deadline (ms since the start of the test), on ok.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deadline_ms: Option<i64>,
+    },
+    QueueDeadLetter {
+        /// Where the record came from: its partition and offset in the queue's topic.
+        partition: u32,
+        offset: u64,
+        value: u64,
+        /// Deliveries before it was dead-lettered.
+        count: u32,
+        /// max-deliveries or rejected.
+        reason: String,
+    },
 }
 
 impl OpValue {
@@ -182,6 +226,9 @@ impl OpValue {
             OpValue::GroupOwners { .. } => OpF::GroupOwners,
             OpValue::Owns { .. } => OpF::Owns,
             OpValue::MemberRead { .. } => OpF::MemberRead,
+            OpValue::QueueDelivery { .. } => OpF::QueueDelivery,
+            OpValue::QueueSettle { .. } => OpF::QueueSettle,
+            OpValue::QueueDeadLetter { .. } => OpF::QueueDeadLetter,
         }
     }
 
@@ -194,7 +241,10 @@ impl OpValue {
             | OpValue::FetchCommitted { partition, .. }
             | OpValue::GroupOwners { partition, .. }
             | OpValue::Owns { partition, .. }
-            | OpValue::MemberRead { partition, .. } => *partition,
+            | OpValue::MemberRead { partition, .. }
+            | OpValue::QueueDelivery { partition, .. }
+            | OpValue::QueueSettle { partition, .. }
+            | OpValue::QueueDeadLetter { partition, .. } => *partition,
         }
     }
 
@@ -410,6 +460,10 @@ struct RawValue {
     member: Option<String>,
     owned: Option<bool>,
     at_ns: Option<u64>,
+    count: Option<u32>,
+    deadline_ms: Option<i64>,
+    action: Option<String>,
+    reason: Option<String>,
 }
 
 impl TryFrom<RawOp> for Op {
@@ -462,6 +516,30 @@ impl TryFrom<RawOp> for Op {
                 group: v.group.ok_or_else(|| missing("group"))?,
                 partition,
                 offset: v.offset,
+            },
+            OpF::QueueDelivery => OpValue::QueueDelivery {
+                member: v.member.ok_or_else(|| missing("member"))?,
+                partition,
+                offset: v.offset.ok_or_else(|| missing("offset"))?,
+                value: v.value.ok_or_else(|| missing("value"))?,
+                count: v.count.ok_or_else(|| missing("count"))?,
+                at_ns: v.at_ns.ok_or_else(|| missing("at_ns"))?,
+                deadline_ms: v.deadline_ms.ok_or_else(|| missing("deadline_ms"))?,
+            },
+            OpF::QueueSettle => OpValue::QueueSettle {
+                member: v.member.ok_or_else(|| missing("member"))?,
+                partition,
+                offset: v.offset.ok_or_else(|| missing("offset"))?,
+                count: v.count.ok_or_else(|| missing("count"))?,
+                action: v.action.ok_or_else(|| missing("action"))?,
+                deadline_ms: v.deadline_ms,
+            },
+            OpF::QueueDeadLetter => OpValue::QueueDeadLetter {
+                partition,
+                offset: v.offset.ok_or_else(|| missing("offset"))?,
+                value: v.value.ok_or_else(|| missing("value"))?,
+                count: v.count.ok_or_else(|| missing("count"))?,
+                reason: v.reason.ok_or_else(|| missing("reason"))?,
             },
         };
         Ok(Op {

@@ -14,5 +14,7 @@ pub mod history;
 pub mod logs;
 pub mod nemesis;
 pub mod net;
+pub mod queue_checks;
+pub mod queue_workload;
 pub mod report;
 pub mod workload;

@@ -13,6 +13,7 @@ use raftlog_jepsen::cluster::Cluster;
 use raftlog_jepsen::history::Recorder;
 use raftlog_jepsen::nemesis::{Fault, Nemesis, Schedule};
 use raftlog_jepsen::net::Network;
+use raftlog_jepsen::queue_workload;
 use raftlog_jepsen::workload::{self, Workload};
 use raftlog_jepsen::{checker, logs, report};
 
@@ -48,6 +49,10 @@ struct Args {
     /// a sampler of each partition's owners on every node (checked as `group-double-owner`).
     #[arg(long, default_value_t = 0)]
     members: usize,
+    /// Workers of a queue group on the topic that ack, release, reject, extend, hang past their
+    /// locks and crash, drained after healing (checked as `queue-*`).
+    #[arg(long, default_value_t = 0)]
+    queue_workers: usize,
     /// Seed of the nemesis schedule and the workload's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -136,6 +141,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         .context("initial cluster")?;
     let endpoints = cluster.endpoints();
     workload::create_topic(&endpoints, args.partitions).await?;
+    if args.queue_workers > 0 {
+        queue_workload::create_queue(&endpoints).await?;
+    }
 
     let recorder = Recorder::new();
     let deadline = Instant::now() + Duration::from_secs(args.time);
@@ -171,6 +179,13 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.members > 0 {
         tasks.push(tokio::spawn(workload::sample_group_owners(w.clone())));
     }
+    for q in 0..args.queue_workers {
+        tasks.push(tokio::spawn(queue_workload::worker(
+            w.clone(),
+            q,
+            args.seed * 1000 + 700 + q as u64,
+        )));
+    }
     let schedule = Schedule {
         faults,
         fault_secs: args.fault_secs,
@@ -193,6 +208,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     if args.members > 0 {
         tracing::info!("members read what is left");
         workload::drain_members(&w, args.members).await?;
+    }
+    if args.queue_workers > 0 {
+        tracing::info!("queue workers drain the queue");
+        queue_workload::drain(&w, args.queue_workers).await?;
+        queue_workload::read_dead_letters(&w).await?;
     }
 
     let history = recorder.history();

@@ -37,7 +37,7 @@ pub struct Workload {
 /// proposed later than this after it was sent (checked as `late-write`).
 pub const CLIENT_DEADLINE: Duration = Duration::from_secs(3);
 
-fn client(endpoints: &[String]) -> anyhow::Result<Client> {
+pub(crate) fn client(endpoints: &[String]) -> anyhow::Result<Client> {
     // Short deadlines keep operations flowing through faults.
     Ok(Client::new(endpoints.to_vec())?.with_retry(RetryPolicy {
         deadline: CLIENT_DEADLINE,

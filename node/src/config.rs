@@ -145,6 +145,12 @@ pub struct Limits {
     pub groups_max: u32,
     /// Most members of one coordinated consumer group.
     pub group_members_max: u32,
+    /// Most queue groups in the cluster.
+    pub queues_max: u32,
+    /// Most records one queue may have locked at once (the bound on its `in_flight_max`).
+    pub queue_in_flight_max: u32,
+    /// Most records one Receive hands out.
+    pub queue_receive_records_max: u32,
     /// Most topics one member may subscribe to.
     pub group_subscription_topics_max: u32,
     /// The session timeout of a group whose first member asks for none.
@@ -241,6 +247,9 @@ impl Default for Limits {
             topics_max: 10_000,
             groups_max: 10_000,
             group_members_max: 1000,
+            queues_max: 1000,
+            queue_in_flight_max: 100_000,
+            queue_receive_records_max: 1000,
             group_subscription_topics_max: 100,
             group_session_timeout_ms_default: 10_000,
             group_session_timeout_ms_min: 1000,
@@ -373,6 +382,15 @@ pub struct Args {
     /// Most members of one coordinated consumer group [default: 1000].
     #[arg(long, env = "RAFTLOG_GROUP_MEMBERS_MAX")]
     pub group_members_max: Option<u32>,
+    /// Most queue groups in the cluster [default: 1000].
+    #[arg(long, env = "RAFTLOG_QUEUES_MAX")]
+    pub queues_max: Option<u32>,
+    /// Most records one queue may have locked at once [default: 100000].
+    #[arg(long, env = "RAFTLOG_QUEUE_IN_FLIGHT_MAX")]
+    pub queue_in_flight_max: Option<u32>,
+    /// Most records one queue Receive hands out [default: 1000].
+    #[arg(long, env = "RAFTLOG_QUEUE_RECEIVE_RECORDS_MAX")]
+    pub queue_receive_records_max: Option<u32>,
     /// Most topics one group member may subscribe to [default: 100].
     #[arg(long, env = "RAFTLOG_GROUP_SUBSCRIPTION_TOPICS_MAX")]
     pub group_subscription_topics_max: Option<u32>,
@@ -601,6 +619,11 @@ impl Args {
                 groups_max: pick!(groups_max).unwrap_or(limits_default.groups_max),
                 group_members_max: pick!(group_members_max)
                     .unwrap_or(limits_default.group_members_max),
+                queues_max: pick!(queues_max).unwrap_or(limits_default.queues_max),
+                queue_in_flight_max: pick!(queue_in_flight_max)
+                    .unwrap_or(limits_default.queue_in_flight_max),
+                queue_receive_records_max: pick!(queue_receive_records_max)
+                    .unwrap_or(limits_default.queue_receive_records_max),
                 group_subscription_topics_max: pick!(group_subscription_topics_max)
                     .unwrap_or(limits_default.group_subscription_topics_max),
                 group_session_timeout_ms_default: pick!(group_session_timeout_ms_default)

@@ -11,9 +11,11 @@ use raftlog_proto::raft::v1::raft_server::RaftServer;
 use raftlog_proto::v1::auth_server::AuthServer;
 use raftlog_proto::v1::broker_server::BrokerServer;
 use raftlog_proto::v1::cluster_server::ClusterServer;
+use raftlog_proto::v1::queues_server::QueuesServer;
 use tokio::net::TcpListener;
 
 use crate::admin_http;
+use crate::api::broker::queues::QueuesService;
 use crate::api::auth::AuthService;
 use crate::api::broker::BrokerService;
 use crate::api::cluster::ClusterService;
@@ -116,7 +118,12 @@ pub async fn run(
 }
 
 /// The client-facing services, as the gRPC health protocol names them.
-const CLIENT_SERVICES: [&str; 3] = ["raftlog.v1.Broker", "raftlog.v1.Cluster", "raftlog.v1.Auth"];
+const CLIENT_SERVICES: [&str; 4] = [
+    "raftlog.v1.Broker",
+    "raftlog.v1.Queues",
+    "raftlog.v1.Cluster",
+    "raftlog.v1.Auth",
+];
 
 /// The node's authentication and authorization, over the metadata group's applied state.
 fn make_auth(config: &NodeConfig, group: &Group) -> anyhow::Result<Arc<crate::auth::Auth>> {
@@ -240,6 +247,7 @@ fn serve_grpc(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .with_service_name("raftlog.v1.Broker")
             .with_service_name("raftlog.v1.Cluster")
+            .with_service_name("raftlog.v1.Queues")
             .with_service_name("raftlog.v1.Auth")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
@@ -265,6 +273,7 @@ fn serve_grpc(
         peer_parts.received_encodings,
         tls.is_some(),
     );
+    let queues = QueuesService::new(ctx.clone(), forwarder.clone(), stop.clone());
     let broker = BrokerService::new(ctx.clone(), forwarder.clone(), stop);
     // Outermost first: refusals are counted as requests too; the auth layer sees every call
     // before its service.
@@ -282,6 +291,7 @@ fn serve_grpc(
                 .max_decoding_message_size(client_message_bytes_max)
                 .max_encoding_message_size(config.limits.fetch_bytes_max + GRPC_FRAMING_BYTES),
         )
+        .add_service(QueuesServer::new(queues))
         .add_service(ClusterServer::new(ClusterService::new(
             ctx.clone(),
             forwarder.clone(),

@@ -246,6 +246,45 @@ async fn call_every_rpc(
             member_id: "0123456789abcdef".into()
         })
     );
+    let mut queues = client.queues_at(&addr).unwrap();
+    call!(
+        "/raftlog.v1.Queues/CreateQueue",
+        queues.create_queue(pb::CreateQueueRequest {
+            queue: "q".into(),
+            topic: "t".into(),
+            settings: None,
+        })
+    );
+    call!(
+        "/raftlog.v1.Queues/DescribeQueue",
+        queues.describe_queue(pb::DescribeQueueRequest { queue: "q".into() })
+    );
+    call!(
+        "/raftlog.v1.Queues/ListQueues",
+        queues.list_queues(pb::ListQueuesRequest {})
+    );
+    call!(
+        "/raftlog.v1.Queues/DeleteQueue",
+        queues.delete_queue(pb::DeleteQueueRequest { queue: "q".into() })
+    );
+    call!(
+        "/raftlog.v1.Queues/Receive",
+        queues.receive(pb::ReceiveRequest {
+            queue: "q".into(),
+            ..Default::default()
+        })
+    );
+    call!(
+        "/raftlog.v1.Queues/Settle",
+        queues.settle(pb::SettleRequest {
+            queue: "q".into(),
+            settlements: vec![pb::Settlement {
+                delivery_id: "0.0.1".into(),
+                action: pb::SettleAction::Ack as i32,
+                ..Default::default()
+            }],
+        })
+    );
     call!(
         "/raftlog.v1.Cluster/Initialize",
         cluster.initialize(pb::InitializeRequest {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Acl, Quota, TokenRecord};
 use crate::coordination::{topic_name, Answer, GroupError, Heartbeat, Stamp, Topics};
+use crate::queue::{QueueDefinition, QueueError, Received, Settlement};
 
 /// One record as stored: the payload is kept as `Bytes` end to end. Decoded inside
 /// [`shared::decoding_from`], its key and value share the message they were decoded from.
@@ -271,6 +272,33 @@ pub enum Command {
         allow_rewind: bool,
         member: Option<Box<(String, i64)>>,
     },
+    /// Create a queue group on a topic (see [`crate::queue`]); with the same topic and settings
+    /// as an existing queue of that name, a no-op. Creates the dead-letter topic (with the
+    /// origin's partition count) if it does not exist.
+    CreateQueue {
+        queue: String,
+        /// Boxed: a command is as large as its largest variant (see `GroupHeartbeat`).
+        definition: Box<QueueDefinition>,
+        /// Queue and topic count limits at the time of the request (see `topics_max`).
+        queues_max: u32,
+        topics_max: u32,
+    },
+    /// Forget a queue group and its delivery state (its dead-letter topic stays).
+    DeleteQueue { queue: String },
+    /// A worker takes up to `max` records of the queue, locked until the leader's `now_ms` plus
+    /// the queue's lock time. Records delivered too often on the way are dead-lettered.
+    QueueReceive {
+        queue: String,
+        worker: String,
+        max: u32,
+        now_ms: i64,
+    },
+    /// Workers' decisions about deliveries of one queue (ack, release, reject, extend), applied
+    /// in order, each answered on its own.
+    QueueSettle {
+        queue: String,
+        settlements: Vec<Settlement>,
+        now_ms: i64,
     /// Store a bearer token (its salted hash; the leader made the salt and id, so applying
     /// draws no randomness). Refused if the id exists or `tokens_max` tokens exist.
     CreateToken {
@@ -376,6 +404,18 @@ impl std::fmt::Display for Command {
                 offsets.len(),
                 member.as_deref().map(|(id, _)| id)
             ),
+            Command::CreateQueue {
+                queue, definition, ..
+            } => {
+                write!(f, "CreateQueue({queue} on {})", definition.topic)
+            }
+            Command::DeleteQueue { queue } => write!(f, "DeleteQueue({queue})"),
+            Command::QueueReceive {
+                queue, worker, max, ..
+            } => write!(f, "QueueReceive({queue}, {worker}, {max})"),
+            Command::QueueSettle {
+                queue, settlements, ..
+            } => write!(f, "QueueSettle({queue}, {} settlements)", settlements.len()),
             Command::AlterTopic { name, .. } => write!(f, "AlterTopic({name})"),
             Command::CreateToken { token, .. } => {
                 write!(f, "CreateToken({} for {})", token.id, token.principal)
@@ -431,6 +471,15 @@ pub enum CommandResponse {
     MemberRemoved {
         removed: bool,
     },
+    /// A queue was created (`false`: it existed with the same topic and settings).
+    QueueCreated {
+        created: bool,
+    },
+    QueueDeleted,
+    /// What a receive handed out (boxed: see `Command::CreateQueue`).
+    QueueReceived(Box<Received>),
+    /// One outcome per settlement, in order: for an extend the new lock deadline, else 0.
+    QueueSettled(Vec<Result<i64, QueueError>>),
     TokenCreated,
     /// Whether the token existed (and is gone now).
     TokenRevoked {
@@ -540,6 +589,22 @@ pub enum Rejection {
          seeks and resets are refused until they have left (or remove them first)"
     )]
     GroupHasMembers { group: String, members: usize },
+    #[error("queue '{0}' does not exist")]
+    UnknownQueue(String),
+    #[error(
+        "queue '{queue}' exists with other settings (on topic '{topic}'): delete it first or \
+         use another name"
+    )]
+    QueueExists { queue: String, topic: String },
+    #[error("the cluster already holds {0} queues, the configured maximum (queues_max)")]
+    TooManyQueues(u32),
+    #[error(
+        "topic '{topic}' of queue '{queue}' was deleted (or deleted and created again): delete \
+         the queue and create it anew"
+    )]
+    QueueTopicGone { queue: String, topic: String },
+    #[error("a dead-letter topic cannot be the queue's own topic '{0}'")]
+    DeadLetterIsOrigin(String),
     #[error("the cluster already holds {0} tokens, the maximum (revoke some first)")]
     TooManyTokens(u32),
     #[error("a token with id {0} exists already")]

@@ -36,3 +36,18 @@ pub use model::{
     ProducerState, TopicState,
 };
 pub use types::{SnapshotData, TypeConfig};
+
+/// TEST-ONLY BUGS (feature `unsafe-test-bugs`, chosen by `RAFTLOG_UNSAFE_BUG`), for the fault
+/// harness to prove it catches them (scripts/jepsen-teeth.sh): `group-double-owner` grants a
+/// partition while another member still owns it; `group-commit-any-member` accepts a commit
+/// from any member, owner or not; `queue-ignore-locks` lets every lock of a queue run out at
+/// the next receive.
+#[cfg(feature = "unsafe-test-bugs")]
+pub(crate) fn test_bug(name: &str) -> bool {
+    std::env::var("RAFTLOG_UNSAFE_BUG").is_ok_and(|bug| bug == name)
+}
+
+#[cfg(not(feature = "unsafe-test-bugs"))]
+pub(crate) fn test_bug(_name: &str) -> bool {
+    false
+}

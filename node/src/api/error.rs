@@ -176,6 +176,15 @@ impl From<Rejection> for ApiError {
                 "{message}; use fewer members (each partition is read by one) or raise the limit"
             )),
             Rejection::TooManySubscribedTopics { .. } => ApiError::InvalidArgument(message),
+            Rejection::UnknownQueue(_) => {
+                ApiError::NotFound(format!("{message}; create it first (raftlog queue create)"))
+            }
+            Rejection::QueueExists { .. } => ApiError::AlreadyExists(message),
+            Rejection::TooManyQueues(_) => {
+                ApiError::ResourceExhausted(format!("{message}; delete queues or raise the limit"))
+            }
+            Rejection::QueueTopicGone { .. } => ApiError::FailedPrecondition(message),
+            Rejection::DeadLetterIsOrigin(_) => ApiError::InvalidArgument(message),
             Rejection::TooManyTokens(_)
             | Rejection::TooManyAcls(_)
             | Rejection::TooManyQuotas(_) => ApiError::ResourceExhausted(message),

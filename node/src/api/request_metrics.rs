@@ -1,5 +1,5 @@
 //! Request metrics as a tower layer around the client-facing gRPC services: every unary call of
-//! `raftlog.v1.Broker` and `raftlog.v1.Cluster` is counted by method and status code
+//! `raftlog.v1.Broker`, `raftlog.v1.Queues` and `raftlog.v1.Cluster` is counted by method and status code
 //! (`raftlog_requests_total`) and timed (`raftlog_request_duration_seconds`), from its arrival to
 //! its answer, without any handler having to remember it.
 //!
@@ -28,7 +28,13 @@ static UNARY_METHODS: LazyLock<HashMap<String, &'static str>> = LazyLock::new(||
         let package = file.package();
         for service in &file.service {
             let full = format!("{package}.{}", service.name());
-            if full != "raftlog.v1.Broker" && full != "raftlog.v1.Cluster" {
+            if ![
+                "raftlog.v1.Broker",
+                "raftlog.v1.Cluster",
+                "raftlog.v1.Queues",
+            ]
+            .contains(&full.as_str())
+            {
                 continue;
             }
             for method in &service.method {

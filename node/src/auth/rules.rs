@@ -62,6 +62,14 @@ const fn group(field: u32, operation: Operation) -> Need {
     }
 }
 
+const fn queue(field: u32, operation: Operation) -> Need {
+    Need::Named {
+        resource: Queue,
+        field,
+        operation,
+    }
+}
+
 /// Every method of every client-facing service. Keep in step with docs/security.md
 /// ("Permissions per RPC").
 pub const RULES: &[(&str, Rule)] = &[
@@ -131,6 +139,27 @@ pub const RULES: &[(&str, Rule)] = &[
         "/raftlog.v1.Broker/RemoveGroupMember",
         Rule::Needs(&[group(1, Alter)]),
     ),
+    // raftlog.v1.Queues (queue.proto). Creating a queue on a topic needs read on the topic: the
+    // queue hands its records to whoever may read the queue.
+    (
+        "/raftlog.v1.Queues/CreateQueue",
+        Rule::Needs(&[queue(1, Create), topic(2, Read)]),
+    ),
+    (
+        "/raftlog.v1.Queues/DescribeQueue",
+        Rule::Needs(&[queue(1, Describe)]),
+    ),
+    // Not filtered per queue yet: listing needs describe on the cluster.
+    (
+        "/raftlog.v1.Queues/ListQueues",
+        Rule::Needs(&[Need::Cluster(Describe)]),
+    ),
+    (
+        "/raftlog.v1.Queues/DeleteQueue",
+        Rule::Needs(&[queue(1, Delete)]),
+    ),
+    ("/raftlog.v1.Queues/Receive", Rule::Needs(&[queue(1, Read)])),
+    ("/raftlog.v1.Queues/Settle", Rule::Needs(&[queue(1, Read)])),
     // raftlog.v1.Cluster (cluster.proto)
     (
         "/raftlog.v1.Cluster/Initialize",

@@ -57,6 +57,10 @@ pub mod sm_tag {
     pub const GROUP_MEMBERS: u8 = 0x31;
     /// tag · producer id → the producer's idempotence state.
     pub const PRODUCER: u8 = 0x40;
+    /// tag · queue name → a queue group's definition and counters.
+    pub const QUEUE: u8 = 0x50;
+    /// tag · queue name · 0x00 · partition → the queue's delivery state of that partition.
+    pub const QUEUE_PARTITION: u8 = 0x51;
     /// The id the next ACL entry gets.
     pub const NEXT_ACL_ID: u8 = 0x0A;
     /// tag · token id → a bearer token's hash (`auth::TokenRecord`).
@@ -153,6 +157,46 @@ pub fn parse_group_offset(key: &[u8]) -> Option<(String, u64, u32)> {
     ))
 }
 
+/// A queue group's row.
+pub fn sm_queue(group: GroupId, name: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::QUEUE);
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// Queue names never contain 0x00 (they follow the topic name rules): see [`sm_group_offset`].
+pub fn sm_queue_partition(group: GroupId, name: &str, partition: u32) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::QUEUE_PARTITION);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+/// The first key after every partition row of queue `name`.
+pub fn sm_queue_partitions_end(group: GroupId, name: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::QUEUE_PARTITION);
+    key.extend_from_slice(name.as_bytes());
+    key.push(1);
+    key
+}
+
+/// Splits a queue partition key into (queue name, partition).
+pub fn parse_queue_partition(key: &[u8]) -> Option<(String, u32)> {
+    if key.len() < 9 + 1 + 5 || key[8] != sm_tag::QUEUE_PARTITION {
+        return None;
+    }
+    let rest = &key[9..];
+    let (name, ids) = rest.split_at(rest.len() - 5);
+    if ids[0] != 0 {
+        return None;
+    }
+    Some((
+        String::from_utf8(name.to_vec()).ok()?,
+        u32::from_be_bytes(ids[1..5].try_into().ok()?),
+    ))
+}
+
 pub fn sm_producer(group: GroupId, producer_id: u64) -> Vec<u8> {
     let mut key = sm_singleton(group, sm_tag::PRODUCER);
     key.extend_from_slice(&producer_id.to_be_bytes());
@@ -223,5 +267,13 @@ mod tests {
         assert!(sm_topic_batches_end(7, 3) <= sm_batch(7, 4, 0, 0));
         // "a" sorts before "a-b": the 0x00 terminator is below every allowed name byte.
         assert!(sm_group_offset(7, "a", u64::MAX, u32::MAX) < sm_group_offset(7, "a-b", 0, 0));
+    }
+
+    #[test]
+    fn queue_partition_key_round_trips_and_keeps_queues_apart() {
+        let key = sm_queue_partition(7, "jobs", 5);
+        assert_eq!(parse_queue_partition(&key), Some(("jobs".into(), 5)));
+        assert!(sm_queue_partition(7, "a", u32::MAX) < sm_queue_partitions_end(7, "a"));
+        assert!(sm_queue_partitions_end(7, "a") <= sm_queue_partition(7, "a-b", 0));
     }
 }

@@ -41,4 +41,4 @@ pub use db::{open, Compression, Databases, MemoryBudget, StorageOptions};
 pub use flushed::StateFlushed;
 pub use log_store::{EncodedEntries, LogBytes, LogStore, ReceivedEncodings};
 pub use snapshot_store::{check_stream, for_sending, new_snapshot_id, SnapshotStore};
-pub use state_machine::{ReadError, ReadResult, StateMachine, StateView};
+pub use state_machine::{dead_letter_header, ReadError, ReadResult, StateMachine, StateView};

@@ -12,6 +12,7 @@
 //! Everything here is deterministic: time comes from the leader's stamp in the command, member
 //! ids from the leader too, and every collection is ordered.
 
+use crate::test_bug;
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -430,20 +431,6 @@ impl Coordination {
         }
         Ok(())
     }
-}
-
-/// TEST-ONLY BUGS (feature `unsafe-test-bugs`, chosen by `RAFTLOG_UNSAFE_BUG`), for the fault
-/// harness to prove it catches them (scripts/jepsen-teeth.sh): `group-double-owner` grants a
-/// partition while another member still owns it; `group-commit-any-member` accepts a commit
-/// from any member, owner or not.
-#[cfg(feature = "unsafe-test-bugs")]
-fn test_bug(name: &str) -> bool {
-    std::env::var("RAFTLOG_UNSAFE_BUG").is_ok_and(|bug| bug == name)
-}
-
-#[cfg(not(feature = "unsafe-test-bugs"))]
-fn test_bug(_name: &str) -> bool {
-    false
 }
 
 /// The partitions each member may be given: those of the topics it subscribes to.

@@ -54,9 +54,9 @@ fn an_expired_lock_is_delivered_again_with_a_higher_count() {
             current: 2
         })
     );
-    assert_eq!(q.ack(d(0, 0, 2)), Ok(()));
+    assert!(q.ack(d(0, 0, 2)).is_ok());
     // Repeated (an unknown outcome retried): fine.
-    assert_eq!(q.ack(d(0, 0, 2)), Ok(()));
+    assert!(q.ack(d(0, 0, 2)).is_ok());
     assert_eq!(q.partitions[&0].floor, 1);
     assert!(q
         .receive(&s, "w1", 1, 5000, &ends(&[(0, 1)]))
@@ -73,7 +73,7 @@ fn an_ack_after_the_lock_ran_out_counts_until_the_record_goes_out_again() {
     let got = q.receive(&s, "w2", 0, 1500, &ends(&[(0, 1)]));
     assert!(got.delivered.is_empty());
     // ...so the late ack is still the record's current delivery.
-    assert_eq!(q.ack(d(0, 0, 1)), Ok(()));
+    assert_eq!(q.ack(d(0, 0, 1)), Ok(true));
     assert!(q
         .receive(&s, "w2", 5, 2000, &ends(&[(0, 1)]))
         .delivered
@@ -205,4 +205,41 @@ fn unknown_deliveries_are_refused_and_ids_round_trip() {
     for bad in ["", "1.2", "1.2.3.4", "a.2.3", "1.-2.3"] {
         assert_eq!(Delivery::parse(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn retention_takes_records_out_of_the_queue() {
+    let mut q = QueueState::default();
+    let s = settings();
+    q.receive(&s, "w1", 2, 0, &ends(&[(0, 5)]));
+    q.ack(d(0, 0, 1)).expect("ack");
+    // Offsets 0 (done), 1 (locked) and 2 (never delivered) are deleted by retention.
+    let p = q.partitions.get_mut(&0).expect("partition");
+    assert_eq!(p.drop_below(3), 2);
+    assert_eq!((p.floor, p.next), (3, 3));
+    assert!(p.locked.is_empty());
+    let got = q.receive(&s, "w1", 10, 1, &ends(&[(0, 5)]));
+    assert_eq!(got.delivered, vec![d(0, 3, 1), d(0, 4, 1)]);
+}
+
+#[test]
+fn readiness_follows_records_locks_and_delays() {
+    let mut q = QueueState::default();
+    let s = settings();
+    assert!(!q.ready(&s, 0, &ends(&[(0, 0)])));
+    assert!(q.ready(&s, 0, &ends(&[(0, 1)])));
+    q.receive(&s, "w1", 1, 0, &ends(&[(0, 1)]));
+    assert!(!q.ready(&s, 10, &ends(&[(0, 1)])));
+    assert_eq!(q.next_ready_ms(10), Some(1000));
+    assert!(q.ready(&s, 1000, &ends(&[(0, 1)])));
+    q.release(&s, d(0, 0, 1), 50, 20).expect("release");
+    assert!(!q.ready(&s, 60, &ends(&[(0, 1)])));
+    assert_eq!(q.next_ready_ms(60), Some(70));
+    assert_eq!(q.waiting(60), (1, 1));
+    assert!(q.ready(&s, 70, &ends(&[(0, 1)])));
+    let bounds = [(0, (0, 1))].into_iter().collect();
+    assert_eq!(q.backlog(&bounds), 1);
+    q.receive(&s, "w1", 1, 70, &ends(&[(0, 1)]));
+    q.ack(d(0, 0, 2)).expect("ack");
+    assert_eq!(q.backlog(&bounds), 0);
 }

@@ -1,6 +1,7 @@
 //! `raftlog.v1.Broker`: topics, produce, fetch, subscribe and consumer groups, one file per
 //! area ([`topics`], [`produce`], [`fetch`], [`groups`]); this file holds what they share (the
 //! service, the write-or-forward path, name checks) and the trait impl that routes each RPC.
+//! `raftlog.v1.Queues` ([`queues`]) is a service of its own on the same parts.
 //!
 //! Reads are served from this node's applied state. Writes become [`Command`]s proposed through
 //! Raft here when this node leads, or are forwarded once to the leader ([`super::forward`]).
@@ -9,6 +10,7 @@
 mod fetch;
 mod groups;
 mod produce;
+pub mod queues;
 #[cfg(feature = "unsafe-test-bugs")]
 mod test_bugs;
 mod topics;
@@ -78,15 +80,34 @@ impl BrokerService {
     where
         Fut: Future<Output = Result<Response<T>, Status>>,
     {
+        self.write_or_forward_on(forwarded, deadline, command, applied, |channel| {
+            forward(
+                BrokerClient::new(channel)
+                    .max_decoding_message_size(FORWARDED_RESPONSE_BYTES_MAX)
+                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+            )
+        })
+        .await
+    }
+
+    /// [`Self::write_or_forward`] for any service: `forward` gets the channel to the leader.
+    pub(super) async fn write_or_forward_on<T, Fut>(
+        &self,
+        forwarded: bool,
+        deadline: Instant,
+        command: Command,
+        applied: impl FnOnce(CommandResponse) -> Result<T, ApiError>,
+        forward: impl FnOnce(Channel) -> Fut,
+    ) -> Result<Response<T>, Status>
+    where
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
         match self.group().write(command, deadline).await {
             Ok(CommandResponse::Rejected(r)) => Err(ApiError::from(r).into()),
             Ok(response) => Ok(Response::new(applied(response)?)),
             Err(WriteError::NotLeader(leader)) => {
                 let (channel, leader) = self.forwarder.route(forwarded, leader, self.ctx.id)?;
-                let client = BrokerClient::new(channel)
-                    .max_decoding_message_size(FORWARDED_RESPONSE_BYTES_MAX)
-                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX);
-                forward(client)
+                forward(channel)
                     .await
                     .map_err(|s| leader_unreachable(s, leader))
             }

@@ -55,7 +55,7 @@ impl StateMachine {
     /// Appends the records at the partition's end offset, unless the producer sequence marks
     /// them as a retry (then the offsets they got the first time) or is out of order, or the
     /// end offset is not the expected one. Their rows collect in `rows`.
-    fn append(
+    pub(super) fn append(
         &mut self,
         append: RecordAppend<'_>,
         topics: &mut TopicChanges<'_>,
@@ -210,13 +210,13 @@ impl StateMachine {
 }
 
 /// An append of records to one partition, as `Command::Append` carries it.
-struct RecordAppend<'c> {
-    topic: &'c str,
-    partition: u32,
-    records: &'c [Record],
-    proposed_at_ms: i64,
-    producer: Option<ProducerSequence>,
-    expected_end_offset: Option<u64>,
+pub(super) struct RecordAppend<'c> {
+    pub(super) topic: &'c str,
+    pub(super) partition: u32,
+    pub(super) records: &'c [Record],
+    pub(super) proposed_at_ms: i64,
+    pub(super) producer: Option<ProducerSequence>,
+    pub(super) expected_end_offset: Option<u64>,
 }
 
 /// Judges an idempotent batch against what its producer already appended to `at` (topic id,

@@ -19,8 +19,10 @@
 //! - `changes.rs`: the working copies of the tables that one apply call changes;
 //! - one file per command family, each an `impl StateMachine` block with one entry point that
 //!   the dispatch calls: `topics.rs`, `appends.rs` (appends and idempotent producers),
-//!   `offsets.rs` (consumer groups' committed offsets), `maintenance.rs` (producer expiry and
-//!   retention), `security.rs` (tokens and ACL entries). A new family is a new file and one arm in the dispatch;
+//!   `offsets.rs` (consumer groups' committed offsets), `membership.rs` (coordinated groups'
+//!   members), `queues.rs` (queue groups: deliveries, settlements, dead letters),
+//!   `maintenance.rs` (producer expiry and retention), `security.rs` (tokens, ACL entries and
+//!   quotas). A new family is a new file and one arm in the dispatch;
 //! - `raft_impl.rs`: openraft's traits (apply, snapshots).
 
 mod appends;
@@ -28,6 +30,7 @@ mod changes;
 mod maintenance;
 mod membership;
 mod offsets;
+mod queues;
 mod raft_impl;
 mod read;
 mod security;
@@ -54,6 +57,7 @@ use raftlog_core::{
     Command, CommandResponse, GroupId, GroupOffset, GroupOffsets, ProducerState, TopicState,
 };
 
+pub use queues::dead_letter_header;
 pub use read::{ReadError, ReadResult};
 pub use view::StateView;
 
@@ -69,6 +73,11 @@ pub struct StateMachine {
     /// Coordinated groups this apply call changed (`None`: no members left), published to the
     /// view with the call's other changes once its write batch is in RocksDB.
     coordination_changes: BTreeMap<String, Option<Coordination>>,
+    /// Queue groups with their delivery state: apply reads and writes them; the view gets a copy
+    /// of each queue an apply call changed (`queues.rs`).
+    queues: BTreeMap<String, raftlog_core::queue::Queue>,
+    /// Queues this apply call changed (or deleted), published after its write batch.
+    queue_changes: std::collections::BTreeSet<String>,
     /// The security tables as this apply call changed them (a copy of the view's, taken at the
     /// call's first security command), published with the call's other changes.
     security_changes: Option<raftlog_core::auth::Security>,
@@ -109,6 +118,8 @@ impl StateMachine {
             next_producer_id: 1,
             producers: BTreeMap::new(),
             coordination_changes: BTreeMap::new(),
+            queues: BTreeMap::new(),
+            queue_changes: Default::default(),
             security_changes: None,
             next_acl_id: 1,
             snapshots,
@@ -165,6 +176,13 @@ impl StateMachine {
         self.producers = self.load_producers()?;
         let groups = self.load_groups()?;
         let coordinations = self.load_coordinations()?;
+        self.queues = self.load_queues()?;
+        self.queue_changes.clear();
+        *self.view.queues.write().expect("queue table lock") = self
+            .queues
+            .iter()
+            .map(|(name, queue)| (name.clone(), Arc::new(queue.clone())))
+            .collect();
         self.next_acl_id = self
             .get(&keys::sm_singleton(group, sm_tag::NEXT_ACL_ID))?
             .unwrap_or(1);
@@ -283,6 +301,7 @@ impl StateMachine {
         drop((live_topics, live_groups));
         self.publish(changed_topics, changed_groups);
         self.publish_coordinations();
+        self.publish_queues();
         self.publish_security();
         self.view.applied.send_replace(self.last_applied);
         Ok(responses)
@@ -314,6 +333,16 @@ impl StateMachine {
                 self.maintain(now_ms, producer_idle_ms, topics, batch)?
             }
             EntryPayload::Normal(command) => {
+                // A queue command may dead-letter a record appended earlier in this apply call:
+                // it reads it from RocksDB, so first write what the entries before it stored
+                // (as Maintenance does; see queues.rs).
+                let reads_records = matches!(
+                    command,
+                    Command::QueueReceive { .. } | Command::QueueSettle { .. }
+                );
+                if reads_records && !batch.is_empty() {
+                    self.write_applied(std::mem::take(batch), previous)?;
+                }
                 let mut rows = EntryRows::default();
                 let response = self.apply_command(&command, topics, groups, batch, &mut rows);
                 self.write_entry_rows(rows, topics, batch);
@@ -365,6 +394,10 @@ impl StateMachine {
             | Command::RemoveGroupMember { .. } => {
                 self.apply_membership_command(command, topics, groups, batch)
             }
+            Command::CreateQueue { .. }
+            | Command::DeleteQueue { .. }
+            | Command::QueueReceive { .. }
+            | Command::QueueSettle { .. } => self.apply_queue_command(command, topics, batch, rows),
             Command::CreateToken { .. }
             | Command::RevokeToken { .. }
             | Command::AddAcl { .. }

@@ -242,6 +242,26 @@ impl StateView {
 
     /// The stored batch of `topic_id`/`partition` that holds `offset`, if one is stored: the last
     /// batch whose base offset is at most `offset`, as its base offset and its stored bytes.
+    /// The record at `offset` of a partition as stored now, whether or not the view has
+    /// published it yet: for apply, which writes what the entries before the current one
+    /// stored before it reads (`StateMachine::apply_entry`), so that every node reads the same
+    /// however openraft splits entries into apply calls.
+    pub(super) fn stored_record(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<Record>, ReadError> {
+        let Some((base, value)) = self.batch_holding(topic_id, partition, offset)? else {
+            return Ok(None);
+        };
+        let records = stored_batch::records_shared(bytes::Bytes::from(value))
+            .map_err(|e| ReadError::Storage(e.to_string()))?;
+        Ok(usize::try_from(offset - base)
+            .ok()
+            .and_then(|i| records.into_iter().nth(i)))
+    }
+
     fn batch_holding(
         &self,
         topic_id: u64,

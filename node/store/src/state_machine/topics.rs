@@ -38,7 +38,7 @@ impl StateMachine {
     }
 
     /// A new topic with the next topic id, unless the name is taken or `topics_max` reached.
-    fn create_topic(
+    pub(super) fn create_topic(
         &mut self,
         name: &str,
         settings: &TopicSettings,

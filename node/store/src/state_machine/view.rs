@@ -14,6 +14,7 @@ use crate::StateFlushed;
 use raftlog_core::auth::Security;
 use raftlog_core::coordination::{Coordination, Topics};
 use raftlog_core::limits::READS_PARALLEL;
+use raftlog_core::queue::Queue;
 use raftlog_core::types::LogId;
 use raftlog_core::{GroupId, GroupOffsets, TopicSettings, TopicState};
 
@@ -26,6 +27,8 @@ pub struct StateView {
     pub(super) groups: RwLock<BTreeMap<String, GroupOffsets>>,
     /// Coordinated groups' membership, by group name (groups with members only).
     pub(super) coordinations: RwLock<BTreeMap<String, Coordination>>,
+    /// Queue groups as the last apply call that changed them left them.
+    pub(super) queues: RwLock<BTreeMap<String, Arc<Queue>>>,
     /// Tokens and ACL entries, swapped whole when an apply call changed them, so a request's
     /// check holds one `Arc` instead of a lock.
     pub(super) security: RwLock<Arc<Security>>,
@@ -49,6 +52,7 @@ impl StateView {
             topics: RwLock::new(BTreeMap::new()),
             groups: RwLock::new(BTreeMap::new()),
             coordinations: RwLock::new(BTreeMap::new()),
+            queues: RwLock::new(BTreeMap::new()),
             security: RwLock::new(Arc::default()),
             applied: applied_tx,
             coordination_changed: watch::channel(0).0,
@@ -151,5 +155,19 @@ impl StateView {
             .values()
             .map(|t| (t.name.clone(), (t.id, t.settings.partitions)))
             .collect()
+    }
+
+    /// A queue group as last applied.
+    pub fn queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues
+            .read()
+            .expect("queue table lock")
+            .get(name)
+            .cloned()
+    }
+
+    /// Every queue group, by name.
+    pub fn queues(&self) -> BTreeMap<String, Arc<Queue>> {
+        self.queues.read().expect("queue table lock").clone()
     }
 }

@@ -1,0 +1,340 @@
+//! Queue groups: many workers share a topic's records one by one (docs/api.md, "Queues").
+//!
+//! - [`Client::create_queue`], [`Client::describe_queue`], ...: one call per RPC of
+//!   `raftlog.v1.Queues`.
+//! - [`Worker`]: receive → handle → ack / release / reject, and [`Worker::run`], which handles
+//!   one job at a time and keeps its lock extended while the handler runs.
+//!
+//! Delivery is at least once: a job whose worker dies, hangs past its lock or loses the answer
+//! to an ack is delivered again (with a higher [`Job::delivery_count`]), so handlers should be
+//! idempotent or check [`Job::delivery_count`]. An ack that returned `Ok` is final.
+
+use std::future::Future;
+use std::time::Duration;
+
+use raftlog_proto::v1::queues_client::QueuesClient;
+use tonic::{Code, Status};
+
+use crate::{pb, to_status, Client, Connection, Error, MESSAGE_BYTES_MAX};
+
+/// One delivery of a record to a worker.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Names this delivery in a settlement.
+    pub delivery_id: String,
+    pub partition: u32,
+    pub offset: u64,
+    /// How many times the record was delivered, this time included.
+    pub delivery_count: u32,
+    /// The lock runs until then (the leader's clock, ms since the Unix epoch).
+    pub lock_deadline_ms: i64,
+    pub record: pb::Record,
+}
+
+impl From<pb::QueueRecord> for Job {
+    fn from(r: pb::QueueRecord) -> Self {
+        Job {
+            delivery_id: r.delivery_id,
+            partition: r.partition,
+            offset: r.offset,
+            delivery_count: r.delivery_count,
+            lock_deadline_ms: r.lock_deadline_ms,
+            record: r.record.unwrap_or_default(),
+        }
+    }
+}
+
+/// A settlement the queue refused (the record was delivered again since, it is done, or the
+/// lock ran out before an extend).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{delivery_id}: {code}: {message}")]
+pub struct Refused {
+    pub delivery_id: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// What a handler decides about a job ([`Worker::run`]).
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ack,
+    /// Deliver again after this delay (zero: the queue's backoff).
+    Release(Duration),
+    /// Dead-letter it, with this error text.
+    Reject(String),
+}
+
+impl Client {
+    /// Queues stub for one node.
+    pub fn queues_at(&self, addr: &str) -> Result<QueuesClient<Connection>, Error> {
+        Ok(QueuesClient::new(self.connection(addr)?)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX))
+    }
+
+    /// Creates a queue group on `topic` (or confirms it exists with these settings).
+    pub async fn create_queue(
+        &self,
+        queue: &str,
+        topic: &str,
+        settings: pb::QueueSettings,
+    ) -> Result<pb::CreateQueueResponse, Error> {
+        self.with_leader(|addr| {
+            let request = pb::CreateQueueRequest {
+                queue: queue.to_string(),
+                topic: topic.to_string(),
+                settings: Some(settings.clone()),
+            };
+            async move {
+                self.queues_at(&addr)
+                    .map_err(to_status)?
+                    .create_queue(self.deadlined(request))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    pub async fn delete_queue(&self, queue: &str) -> Result<(), Error> {
+        self.with_leader(|addr| async move {
+            let request = pb::DeleteQueueRequest {
+                queue: queue.to_string(),
+            };
+            self.queues_at(&addr)
+                .map_err(to_status)?
+                .delete_queue(self.deadlined(request))
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// A queue as the leader's applied state has it (counts judged by the leader's clock).
+    pub async fn describe_queue(&self, queue: &str) -> Result<pb::QueueInfo, Error> {
+        self.with_leader(|addr| async move {
+            let request = pb::DescribeQueueRequest {
+                queue: queue.to_string(),
+            };
+            self.queues_at(&addr)
+                .map_err(to_status)?
+                .describe_queue(request)
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    pub async fn list_queues(&self) -> Result<Vec<pb::QueueInfo>, Error> {
+        self.with_leader(|addr| async move {
+            self.queues_at(&addr)
+                .map_err(to_status)?
+                .list_queues(pb::ListQueuesRequest {})
+                .await
+                .map(|r| r.into_inner().queues)
+        })
+        .await
+    }
+
+    /// Locks up to `max` records of `queue` for `worker`, waiting up to `wait` for one.
+    pub async fn receive(
+        &self,
+        queue: &str,
+        worker: &str,
+        max: u32,
+        wait: Duration,
+    ) -> Result<Vec<Job>, Error> {
+        self.with_leader(|addr| {
+            let request = pb::ReceiveRequest {
+                queue: queue.to_string(),
+                worker: worker.to_string(),
+                max_records: max,
+                wait_ms: wait.as_millis().min(u128::from(u32::MAX)) as u32,
+            };
+            async move {
+                self.queues_at(&addr)
+                    .map_err(to_status)?
+                    .receive(self.deadlined(request))
+                    .await
+                    .map(|r| r.into_inner().records)
+            }
+        })
+        .await
+        .map(|records| records.into_iter().map(Job::from).collect())
+    }
+
+    /// Sends decisions about deliveries; one outcome per settlement, in order.
+    pub async fn settle(
+        &self,
+        queue: &str,
+        settlements: Vec<pb::Settlement>,
+    ) -> Result<Vec<pb::SettleOutcome>, Error> {
+        self.with_leader(|addr| {
+            let request = pb::SettleRequest {
+                queue: queue.to_string(),
+                settlements: settlements.clone(),
+            };
+            async move {
+                self.queues_at(&addr)
+                    .map_err(to_status)?
+                    .settle(self.deadlined(request))
+                    .await
+                    .map(|r| r.into_inner().outcomes)
+            }
+        })
+        .await
+    }
+}
+
+/// A worker of one queue: receives jobs and settles them.
+#[derive(Clone)]
+pub struct Worker {
+    client: Client,
+    queue: String,
+    name: String,
+    /// Longest wait of one receive (a long poll).
+    pub wait: Duration,
+}
+
+impl Worker {
+    pub fn new(client: Client, queue: impl Into<String>, name: impl Into<String>) -> Self {
+        Worker {
+            client,
+            queue: queue.into(),
+            name: name.into(),
+            wait: Duration::from_secs(5),
+        }
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Up to `max` jobs, waiting up to [`Self::wait`] for the first.
+    pub async fn receive(&self, max: u32) -> Result<Vec<Job>, Error> {
+        self.client
+            .receive(&self.queue, &self.name, max, self.wait)
+            .await
+    }
+
+    pub async fn ack(&self, job: &Job) -> Result<(), Error> {
+        self.settle_one(job, pb::SettleAction::Ack, 0, String::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Gives the job back: delivered again after `delay` (zero: the queue's backoff).
+    pub async fn release(&self, job: &Job, delay: Duration) -> Result<(), Error> {
+        let delay_ms = delay.as_millis().min(u128::from(u32::MAX)) as u32;
+        self.settle_one(job, pb::SettleAction::Release, delay_ms, String::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Dead-letters the job now, with `error` as the reason.
+    pub async fn reject(&self, job: &Job, error: impl Into<String>) -> Result<(), Error> {
+        self.settle_one(job, pb::SettleAction::Reject, 0, error.into())
+            .await
+            .map(|_| ())
+    }
+
+    /// Keeps the job's lock for another lock time; returns the new deadline.
+    pub async fn extend(&self, job: &Job) -> Result<i64, Error> {
+        self.settle_one(job, pb::SettleAction::Extend, 0, String::new())
+            .await
+    }
+
+    /// Acks many jobs in one call (one Raft entry); the refused ones are returned.
+    pub async fn ack_all(&self, jobs: &[Job]) -> Result<Vec<Refused>, Error> {
+        let settlements = jobs
+            .iter()
+            .map(|job| pb::Settlement {
+                delivery_id: job.delivery_id.clone(),
+                action: pb::SettleAction::Ack as i32,
+                ..Default::default()
+            })
+            .collect();
+        let outcomes = self.client.settle(&self.queue, settlements).await?;
+        Ok(outcomes
+            .into_iter()
+            .filter(|o| !o.ok)
+            .map(|o| Refused {
+                delivery_id: o.delivery_id,
+                code: o.error_code,
+                message: o.message,
+            })
+            .collect())
+    }
+
+    async fn settle_one(
+        &self,
+        job: &Job,
+        action: pb::SettleAction,
+        delay_ms: u32,
+        error: String,
+    ) -> Result<i64, Error> {
+        let settlement = pb::Settlement {
+            delivery_id: job.delivery_id.clone(),
+            action: action as i32,
+            delay_ms,
+            error,
+        };
+        let outcome = self
+            .client
+            .settle(&self.queue, vec![settlement])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Status(Status::internal("a settle answered no outcome")))?;
+        if outcome.ok {
+            return Ok(outcome.lock_deadline_ms);
+        }
+        Err(Error::Status(Status::new(
+            Code::FailedPrecondition,
+            format!(
+                "{}: {}: {}",
+                outcome.delivery_id, outcome.error_code, outcome.message
+            ),
+        )))
+    }
+
+    /// Handles jobs one at a time until `handle` is cancelled with the future (or a receive
+    /// fails): each job's lock is extended at half its lock time while `handle` runs, then the
+    /// job is settled as `handle` decides. A settlement the queue refuses (the job was delivered
+    /// again meanwhile) is skipped: the newer delivery decides.
+    pub async fn run<F, Fut>(&self, lock: Duration, mut handle: F) -> Result<(), Error>
+    where
+        F: FnMut(Job) -> Fut,
+        Fut: Future<Output = Outcome>,
+    {
+        loop {
+            for job in self.receive(1).await? {
+                let outcome = {
+                    let work = handle(job.clone());
+                    tokio::pin!(work);
+                    let mut ticks = tokio::time::interval(lock / 2);
+                    ticks.tick().await;
+                    loop {
+                        tokio::select! {
+                            outcome = &mut work => break outcome,
+                            _ = ticks.tick() => {
+                                // A lost extend is not fatal: the ack is accepted until the
+                                // record is delivered again.
+                                let _ = self.extend(&job).await;
+                            }
+                        }
+                    }
+                };
+                let settled = match outcome {
+                    Outcome::Ack => self.ack(&job).await,
+                    Outcome::Release(delay) => self.release(&job, delay).await,
+                    Outcome::Reject(error) => self.reject(&job, error).await,
+                };
+                match settled {
+                    Err(e) if e.code() == Code::FailedPrecondition => {}
+                    other => other?,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! Queue groups on a 3-node cluster of real processes: records handed to one worker at a time,
+//! redelivered when a lock runs out or a worker releases them (not before their delay),
+//! dead-lettered with their origin in headers when rejected or delivered too often, locks kept by
+//! extends, and locks and delivery counts kept across a leader kill -9.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use raftlog_client::queue::{Job, Worker};
+use raftlog_client::{pb, record, Client};
+use support::{NodeOptions, TestCluster};
+use tonic::Code;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn header<'a>(r: &'a pb::Record, key: &str) -> Option<&'a str> {
+    r.headers
+        .iter()
+        .find(|h| h.key == key)
+        .map(|h| std::str::from_utf8(&h.value).unwrap())
+}
+
+fn values(jobs: &[Job]) -> Vec<String> {
+    jobs.iter()
+        .map(|j| String::from_utf8(j.record.value.to_vec()).unwrap())
+        .collect()
+}
+
+async fn produce(client: &Client, topic: &str, partitions: u32, count: usize) {
+    for i in 0..count {
+        let partition = i as u32 % partitions;
+        client
+            .produce(
+                topic,
+                partition,
+                vec![record(format!("job-{i}").into_bytes())],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Everything in the topic `name` (every partition), from node 1.
+async fn read_topic(client: &Client, name: &str) -> Vec<pb::Record> {
+    let info = client.describe_topic(name).await.unwrap();
+    let mut out = Vec::new();
+    for partition in 0..info.config.unwrap().partitions {
+        let response = client
+            .fetch(pb::FetchRequest {
+                topic: name.into(),
+                partition,
+                offset: 0,
+                max_records: 1000,
+                max_bytes: 0,
+                max_wait_ms: 0,
+            })
+            .await
+            .unwrap();
+        out.extend(response.records);
+    }
+    out
+}
+
+fn settings(lock_ms: u32, max_deliveries: u32) -> pb::QueueSettings {
+    pb::QueueSettings {
+        lock_ms,
+        max_deliveries,
+        dead_letters: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_records_with_redelivery_release_reject_and_dead_letters() {
+    let cluster = TestCluster::start(3, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("tasks", 3).await.unwrap();
+    let created = client
+        .create_queue("work", "tasks", settings(1500, 2))
+        .await
+        .unwrap();
+    assert!(created.created);
+    // The same settings again: no change; other settings: refused.
+    let again = client
+        .create_queue("work", "tasks", settings(1500, 2))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    let other = client
+        .create_queue("work", "tasks", settings(9000, 2))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), Code::AlreadyExists, "{other}");
+    produce(&client, "tasks", 3, 12).await;
+
+    let a = Worker::new(client.clone(), "work", "a");
+    let b = Worker::new(client.clone(), "work", "b");
+    let c = Worker::new(client.clone(), "work", "c");
+    let got_a = a.receive(4).await.unwrap();
+    let got_b = b.receive(4).await.unwrap();
+    let got_c = c.receive(4).await.unwrap();
+    let mut all: BTreeSet<String> = BTreeSet::new();
+    for v in values(&got_a)
+        .into_iter()
+        .chain(values(&got_b))
+        .chain(values(&got_c))
+    {
+        assert!(all.insert(v.clone()), "{v} handed out twice while locked");
+    }
+    assert_eq!(all.len(), 12, "every record handed out once");
+    assert!(got_a.iter().all(|j| j.delivery_count == 1));
+
+    // Nothing left while every lock runs.
+    let mut quick = Worker::new(client.clone(), "work", "quick");
+    quick.wait = Duration::ZERO;
+    assert!(quick.receive(10).await.unwrap().is_empty());
+
+    // a acks; b does nothing (its locks run out); c releases two with a delay and rejects two.
+    assert!(a.ack_all(&got_a).await.unwrap().is_empty());
+    let released_at = now_ms();
+    c.release(&got_c[0], Duration::from_millis(3000))
+        .await
+        .unwrap();
+    c.release(&got_c[1], Duration::from_millis(3000))
+        .await
+        .unwrap();
+    c.reject(&got_c[2], "bad input").await.unwrap();
+    c.reject(&got_c[3], "bad input").await.unwrap();
+
+    // b's records come back when their locks run out, delivered a second time.
+    let mut d = Worker::new(client.clone(), "work", "d");
+    d.wait = Duration::from_secs(5);
+    let again = d.receive(10).await.unwrap();
+    let lock_deadline = got_b.iter().map(|j| j.lock_deadline_ms).max().unwrap();
+    assert!(
+        now_ms() >= lock_deadline - 50,
+        "redelivered before the lock ran out"
+    );
+    assert_eq!(sorted(values(&again)), sorted(values(&got_b)));
+    assert!(again.iter().all(|j| j.delivery_count == 2));
+    // b's late ack names a superseded delivery: refused, nothing changes.
+    let late = b.ack(&got_b[0]).await.unwrap_err();
+    assert!(late.to_string().contains("SUPERSEDED"), "{late}");
+
+    // The released ones come back after their delay, not before.
+    // (Released one after the other, they may come back in two receives.)
+    let mut released = d.receive(10).await.unwrap();
+    assert!(
+        now_ms() >= released_at + 3000 - 50,
+        "a released record came back before its delay"
+    );
+    if released.len() < 2 {
+        released.extend(d.receive(10).await.unwrap());
+    }
+    assert_eq!(sorted(values(&released)), sorted(values(&got_c[..2])));
+
+    // d lets everything run out again: the second delivery was the last (max 2), so the
+    // next receive dead-letters them instead.
+    let mut e = Worker::new(client.clone(), "work", "e");
+    e.wait = Duration::from_secs(4);
+    assert!(e.receive(10).await.unwrap().is_empty());
+    let info = client.describe_queue("work").await.unwrap();
+    assert_eq!(info.backlog, 0, "{info:?}");
+    assert_eq!(info.acked, 4);
+    assert_eq!(info.dead_lettered, 8, "{info:?}");
+    assert_eq!(info.redelivered, 6);
+
+    // Read from whichever node answers: wait until it has applied all eight.
+    let letters = cluster
+        .wait_for("the dead letters", Duration::from_secs(10), || async {
+            Some(read_topic(&client, "tasks.work.dlq").await).filter(|l| l.len() >= 8)
+        })
+        .await;
+    assert_eq!(letters.len(), 8);
+    let rejected: Vec<_> = letters
+        .iter()
+        .filter(|r| header(r, "raftlog-dlq-reason") == Some("rejected"))
+        .collect();
+    assert_eq!(rejected.len(), 2);
+    for r in &rejected {
+        assert_eq!(header(r, "raftlog-dlq-error"), Some("bad input"));
+        assert_eq!(header(r, "raftlog-dlq-topic"), Some("tasks"));
+        assert_eq!(header(r, "raftlog-dlq-queue"), Some("work"));
+        assert_eq!(header(r, "raftlog-dlq-deliveries"), Some("1"));
+    }
+    let original = got_c
+        .iter()
+        .find(|j| j.record.value == rejected[0].value)
+        .expect("the rejected record's value");
+    assert_eq!(
+        header(rejected[0], "raftlog-dlq-offset"),
+        Some(original.offset.to_string().as_str())
+    );
+    let maxed = letters
+        .iter()
+        .filter(|r| header(r, "raftlog-dlq-reason") == Some("max-deliveries"))
+        .count();
+    assert_eq!(maxed, 6);
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_extended_lock_holds_and_bad_settlements_change_nothing() {
+    let cluster = TestCluster::start(3, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("tasks", 1).await.unwrap();
+    client
+        .create_queue("work", "tasks", settings(1000, 5))
+        .await
+        .unwrap();
+    produce(&client, "tasks", 1, 1).await;
+    let a = Worker::new(client.clone(), "work", "a");
+    let job = a.receive(1).await.unwrap().remove(0);
+    // Extended for three lock times: nobody else gets the record meanwhile.
+    let mut other = Worker::new(client.clone(), "work", "other");
+    other.wait = Duration::from_millis(700);
+    for _ in 0..4 {
+        a.extend(&job).await.unwrap();
+        assert!(other.receive(1).await.unwrap().is_empty());
+    }
+    // Bad input: refused precisely, nothing changed.
+    let bad = client
+        .settle(
+            "work",
+            vec![pb::Settlement {
+                delivery_id: "zero".into(),
+                action: pb::SettleAction::Ack as i32,
+                ..Default::default()
+            }],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad}");
+    let unknown = client
+        .settle(
+            "work",
+            vec![pb::Settlement {
+                delivery_id: "0.77.1".into(),
+                action: pb::SettleAction::Ack as i32,
+                ..Default::default()
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unknown[0].error_code, "UNKNOWN_DELIVERY");
+    let no_queue = client
+        .receive("nope", "a", 1, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(no_queue.code(), Code::NotFound, "{no_queue}");
+    let no_topic = client
+        .create_queue("q2", "missing", settings(1000, 5))
+        .await
+        .unwrap_err();
+    assert_eq!(no_topic.code(), Code::NotFound, "{no_topic}");
+    let info = client.describe_queue("work").await.unwrap();
+    assert_eq!((info.in_flight, info.delivered, info.acked), (1, 1, 0));
+    a.ack(&job).await.unwrap();
+    // An ack repeated (after an unknown outcome, say) is fine.
+    a.ack(&job).await.unwrap();
+    let info = client.describe_queue("work").await.unwrap();
+    assert_eq!((info.in_flight, info.backlog, info.acked), (0, 0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_and_delivery_counts_survive_a_leader_kill() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("tasks", 2).await.unwrap();
+    client
+        .create_queue("work", "tasks", settings(4000, 5))
+        .await
+        .unwrap();
+    produce(&client, "tasks", 2, 6).await;
+    let a = Worker::new(client.clone(), "work", "a");
+    let held = a.receive(6).await.unwrap();
+    assert_eq!(held.len(), 6);
+    cluster.kill9(leader);
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, leader);
+    // The new leader knows the locks: nothing is handed out before they run out.
+    let mut b = Worker::new(client.clone(), "work", "b");
+    b.wait = Duration::from_secs(8);
+    let again = b.receive(6).await.unwrap();
+    let deadline = held.iter().map(|j| j.lock_deadline_ms).max().unwrap();
+    assert!(
+        now_ms() >= deadline - 50,
+        "records delivered again while their locks ran"
+    );
+    assert!(
+        again.iter().all(|j| j.delivery_count == 2),
+        "delivery counts kept: {:?}",
+        again.iter().map(|j| &j.delivery_id).collect::<Vec<_>>()
+    );
+    assert!(!again.is_empty());
+    b.ack_all(&again).await.unwrap();
+    let info = client.describe_queue("work").await.unwrap();
+    assert_eq!(info.acked as usize, again.len());
+}
