@@ -15,8 +15,8 @@ use raftlog_proto::v1::queues_server::QueuesServer;
 use tokio::net::TcpListener;
 
 use crate::admin_http;
-use crate::api::broker::queues::QueuesService;
 use crate::api::auth::AuthService;
+use crate::api::broker::queues::QueuesService;
 use crate::api::broker::BrokerService;
 use crate::api::cluster::ClusterService;
 use crate::api::forward::Forwarder;

@@ -299,6 +299,7 @@ pub enum Command {
         queue: String,
         settlements: Vec<Settlement>,
         now_ms: i64,
+    },
     /// Store a bearer token (its salted hash; the leader made the salt and id, so applying
     /// draws no randomness). Refused if the id exists or `tokens_max` tokens exist.
     CreateToken {
