@@ -351,6 +351,7 @@ impl Command {
 }
 
 impl std::fmt::Display for Command {
+    // Long: one short arm per command variant; split, the variants' texts would be scattered.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::CreateTopic { name, settings, .. } => {
