@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "raftlog/v1/broker.proto",
         "raftlog/v1/cluster.proto",
         "raftlog/v1/queue.proto",
+        "raftlog/v1/auth.proto",
         "raftlog/raft/v1/raft.proto",
     ];
     for f in files {

@@ -33,9 +33,9 @@ trap cleanup EXIT
 export RAFTLOG_NO_BUILD=1
 
 all_ticks() { echo $(($(node_cpu_ticks 1) + $(node_cpu_ticks 2) + $(node_cpu_ticks 3))); }
-log_index() { curl -fsS "127.0.0.1:909$1/metrics" | awk '/^raftlog_raft_last_log_index/ {print $2; exit}'; }
+log_index() { admin_get "127.0.0.1:909$1/metrics" | awk '/^raftlog_raft_last_log_index/ {print $2; exit}'; }
 heartbeats() { # GroupHeartbeat requests node $1 answered
-  curl -fsS "127.0.0.1:909$1/metrics" |
+  admin_get "127.0.0.1:909$1/metrics" |
     awk '/^raftlog_requests_total\{method="GroupHeartbeat"/ {n += $2} END {print n + 0}'
 }
 

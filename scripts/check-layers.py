@@ -57,6 +57,7 @@ LAYERS = {
         {"config", "disk", "metrics", "tls"},
         {"raft"},
         {"group"},
+        {"auth"},
         {"node"},
         {"api"},
         {"admin_http", "logging", "server"},

@@ -3,9 +3,10 @@
 #   scripts/cluster.sh up [--secure] | down | status | kill N | restart N | logs N
 # Node N serves gRPC on 127.0.0.1:805N and admin HTTP on 127.0.0.1:909N; its data, log and pid
 # are under $RAFTLOG_DATA_DIR/node-N (default ./data). `up` builds the binaries when needed.
-# `up --secure` serves TLS (docs/security.md): it creates a CA, node certificates and an `admin`
-# client certificate under $RAFTLOG_DATA_DIR/pki (once; `raftlog cert`), and from then on that
-# data dir's nodes always start with TLS (restart N included).
+# `up --secure` serves TLS and turns auth on (docs/security.md): it creates a CA, node
+# certificates, an `admin` client certificate (a super-user) and a bootstrap token
+# (pki/bootstrap.token, a super-user too) under $RAFTLOG_DATA_DIR/pki (once; `raftlog cert`), and
+# from then on that data dir's nodes always start with TLS and auth (restart N included).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -43,7 +44,8 @@ start_node() {
   done
   local tls=()
   if secure; then
-    tls=(RAFTLOG_TLS_CA="$PKI_DIR/ca.pem" RAFTLOG_TLS_CERT="$PKI_DIR/node-$n.pem" RAFTLOG_TLS_KEY="$PKI_DIR/node-$n-key.pem")
+    tls=(RAFTLOG_TLS_CA="$PKI_DIR/ca.pem" RAFTLOG_TLS_CERT="$PKI_DIR/node-$n.pem" RAFTLOG_TLS_KEY="$PKI_DIR/node-$n-key.pem"
+         RAFTLOG_AUTH_ENABLED=true RAFTLOG_SUPER_USERS=User:admin RAFTLOG_BOOTSTRAP_TOKEN_FILE="$PKI_DIR/bootstrap.token")
   fi
   env "${tls[@]}" \
   RAFTLOG_NODE_ID="$n" \
@@ -87,6 +89,13 @@ client_tls_env() {
 }
 status() { env $(client_tls_env) RAFTLOG_ENDPOINTS="$ENDPOINTS" "$CLI_BIN" cluster status "$@"; }
 
+# The bootstrap token of a secure data dir: 256 random bits, made once (also for data dirs made
+# --secure before auth existed).
+make_bootstrap_token() {
+  [ -f "$PKI_DIR/bootstrap.token" ] && return
+  (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$PKI_DIR/bootstrap.token")
+}
+
 # A CA, a certificate per node (node-N, 127.0.0.1, localhost) and an `admin` client certificate.
 make_pki() {
   secure && return
@@ -121,12 +130,15 @@ case "$cmd" in
     elif secure; then
       log "$DATA_DIR was set up with --secure: starting with TLS"
     fi
+    if secure; then make_bootstrap_token; fi
     for n in "${NODES[@]}"; do start_node "$n"; done
     wait_ready "${NODES[@]}"
     status
     if secure; then
-      log "cluster is up, TLS on (clients and peers; peers by certificate). To use it:"
+      log "cluster is up, TLS and auth on (clients by certificate or token; peers by certificate). To use it:"
       echo "  export $(client_tls_env)"
+      echo "  (the admin certificate is a super-user; so is the token: export RAFTLOG_TOKEN=\$(cat $PKI_DIR/bootstrap.token))"
+      echo "  Give others a token and ACL entries: $CLI_BIN token create --principal alice; $CLI_BIN acl add --principal alice --resource topic --name demo --operation write"
       echo "  $CLI_BIN topic create demo && $CLI_BIN produce demo hello && $CLI_BIN consume demo"
       echo "  (or pass --tls-ca $PKI_DIR/ca.pem --tls-cert $PKI_DIR/admin.pem --tls-key $PKI_DIR/admin-key.pem)"
       echo "  More clients: $CLI_BIN cert client NAME --dir $PKI_DIR. Rotate: replace a node's files, then kill -HUP its pid (or wait 10 s)."
@@ -148,6 +160,7 @@ case "$cmd" in
   restart)
     [ -n "${2:-}" ] || die "usage: cluster.sh restart N"
     is_node "$2" || die "no node $2 in this cluster (nodes ${NODES[*]})"
+    if secure; then make_bootstrap_token; fi
     stop_node "$2" || true; start_node "$2"; wait_ready "$2" ;;
   logs) [ -n "${2:-}" ] || die "usage: cluster.sh logs N"; tail -n "${LINES:-100}" -f "$(node_dir "$2")/node.log" ;;
   *) echo "usage: $0 up [--secure] | down | status | kill N | restart N | logs N" >&2; exit 2 ;;

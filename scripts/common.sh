@@ -20,10 +20,20 @@ node_cpu_ticks() { # utime + stime of node $1, in clock ticks
   stat=${stat##*) } # the fields after the command name; utime and stime are the 12th and 13th
   echo "$stat" | awk '{print $12 + $13}'
 }
+# GET from a local node's admin port ($1: URL), with the bootstrap token of a `cluster.sh up
+# --secure` data dir (its /metrics and /status need one).
+admin_get() {
+  local token="${RAFTLOG_DATA_DIR:-./data}/pki/bootstrap.token"
+  if [ -f "$token" ]; then
+    curl -fsS -H "Authorization: Bearer $(cat "$token")" "$1"
+  else
+    curl -fsS "$1"
+  fi
+}
 leader_node() { # the node that says it leads, from its admin /status
   local n
   for n in 1 2 3; do
-    if curl -fsS "127.0.0.1:909$n/status" 2>/dev/null | grep -q '"role":"leader"'; then
+    if admin_get "127.0.0.1:909$n/status" 2>/dev/null | grep -q '"role":"leader"'; then
       echo "$n"; return
     fi
   done

@@ -374,7 +374,9 @@ pub async fn explain(client: Option<&Client>, error: anyhow::Error) -> CliError 
             ),
         ),
         Error::Status(s) => (s.code(), s.message().to_string()),
-        Error::Endpoint(_) | Error::Tls(_) => (Code::InvalidArgument, e.to_string()),
+        Error::Endpoint(_) | Error::Tls(_) | Error::Token(_) => {
+            (Code::InvalidArgument, e.to_string())
+        }
     };
     // The context the command added ("reading orders/0"), then the node's words.
     let context = error
@@ -389,7 +391,15 @@ pub async fn explain(client: Option<&Client>, error: anyhow::Error) -> CliError 
     if closed_under_request(code, &message) {
         return error.hint(TLS_HINT);
     }
-    error
+    match code {
+        Code::Unauthenticated => error.hint(
+            "the cluster requires authentication: give a token with --token (RAFTLOG_TOKEN);              an admin makes one with `raftlog token create` (docs/security.md)",
+        ),
+        Code::PermissionDenied => error.hint(
+            "ask an admin for an ACL entry (`raftlog acl add`); `raftlog whoami` shows who the              cluster takes you for",
+        ),
+        _ => error,
+    }
 }
 
 /// What a node that closed the connection under a request most likely means.

@@ -1,7 +1,8 @@
 //! `raftlog`: the command-line tool. Aligned columns for people, `--json` for programs, errors as
 //! `error:` plus a `hint:` with the fix.
 //!
-//! Modules by command area: `topic`, `produce`, `consume`, `group`, `cluster`, `bench`; and what
+//! Modules by command area: `topic`, `produce`, `consume`, `group`, `cluster`, `access` (tokens,
+//! ACLs), `cert`, `bench`; and what
 //! they share: `codec` (key/value encodings, the JSON form), `format` (`consume --format`),
 //! `units` (durations, sizes, offsets, endpoints), `diagnose` (errors and cluster verdicts),
 //! `output` (stdout, tables).
@@ -12,6 +13,7 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use raftlog_client::{Client, RetryPolicy, TlsOptions};
 
+mod access;
 mod bench;
 mod cert;
 mod cluster;
@@ -36,7 +38,9 @@ Examples:
   raftlog cluster status
 
 TLS: raftlog --tls-ca pki/ca.pem [--tls-cert pki/alice.pem --tls-key pki/alice-key.pem] cluster status
-Environment: RAFTLOG_ENDPOINTS, RAFTLOG_TLS_CA, RAFTLOG_CERT, RAFTLOG_KEY (as the flags).
+Auth: raftlog --token $(cat admin.token) token create --principal alice --expires-in 90d
+      raftlog acl add --principal alice --resource topic --name orders- --prefix --operation write
+Environment: RAFTLOG_ENDPOINTS, RAFTLOG_TLS_CA, RAFTLOG_CERT, RAFTLOG_KEY, RAFTLOG_TOKEN (as the flags).
 Exit status: 0 success, 1 error (or `cluster status` unhealthy), 2 wrong usage.";
 
 #[derive(Parser)]
@@ -81,6 +85,16 @@ struct Cli {
     /// `produce`.)
     #[arg(long, global = true, env = "RAFTLOG_KEY", value_name = "FILE")]
     tls_key: Option<std::path::PathBuf>,
+    /// Bearer token sent with every call (`raftlog token create` makes one), for clusters with
+    /// auth on.
+    #[arg(
+        long,
+        global = true,
+        env = "RAFTLOG_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,6 +117,17 @@ enum Command {
     /// Cluster health, membership and maintenance.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Bearer tokens: create (printed once), list, revoke.
+    #[command(subcommand)]
+    Token(access::TokenCmd),
+    /// ACL entries: who may do what on which topics, groups, queues and the cluster.
+    #[command(subcommand)]
+    Acl(access::AclCmd),
+    /// Quotas per principal: produce and fetch bytes/s, requests/s, on each node.
+    #[command(subcommand)]
+    Quota(access::QuotaCmd),
+    /// Print the principal the cluster takes this client for.
+    Whoami,
     /// Make a cluster CA and node and client certificates (for TLS; no openssl needed).
     #[command(subcommand)]
     Cert(cert::CertCmd),
@@ -169,7 +194,10 @@ fn make_client(cli: &Cli) -> anyhow::Result<Client> {
         deadline: cli.timeout,
         ..RetryPolicy::default()
     };
-    let client = Client::new(endpoints)?.with_retry(retry);
+    let mut client = Client::new(endpoints)?.with_retry(retry);
+    if let Some(token) = &cli.token {
+        client = client.with_token(token)?;
+    }
     match (&cli.tls_ca, &cli.tls_cert, &cli.tls_key) {
         (None, None, None) => Ok(client),
         (None, _, _) => anyhow::bail!(
@@ -191,6 +219,10 @@ async fn run(ctx: Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Group(cmd) => group::run(&ctx, cmd).await?,
         Command::Queue(cmd) => queue::run(&ctx, cmd).await?,
         Command::Cluster(cmd) => return cluster::run(&ctx, cmd).await,
+        Command::Token(cmd) => access::token(&ctx, cmd).await?,
+        Command::Acl(cmd) => access::acl(&ctx, cmd).await?,
+        Command::Quota(cmd) => access::quota(&ctx, cmd).await?,
+        Command::Whoami => access::whoami(&ctx).await?,
         Command::Bench(cmd) => bench::run(&ctx.client, cmd, ctx.json).await?,
         Command::Cert(_) => unreachable!("run before a client is made"),
         Command::Completion { shell } => {

@@ -1,7 +1,8 @@
 //! raftlog's Rust client: connect with a list of endpoints, find and follow the leader for writes,
 //! read from any node, and retry what is safe to retry.
 //!
-//! - [`Client`]: one call per RPC, with leader following and retries.
+//! - [`Client`]: one call per RPC, with leader following and retries; a bearer token
+//!   ([`Client::with_token`]) goes with every call.
 //! - [`producer::Producer`]: batches records per partition (linger and size bounds), partitions
 //!   keyed records by the documented key hash, keeps each partition's order.
 //! - [`produce_stream::ProduceStream`]: many produce requests in flight on one stream to the
@@ -12,7 +13,8 @@
 //!   rejects or extends them.
 //!
 //! Retries: a write is retried only when the node said it was definitely not applied (no leader,
-//! not the leader) or the connection was never made. Any other failure of a write is reported as
+//! not the leader, over the caller's quota: after the wait the node asks for) or the connection
+//! was never made. Any other failure of a write is reported as
 //! [`Error::is_definite`] = false: the write may or may not have been applied.
 
 use std::collections::HashMap;
@@ -20,9 +22,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use raftlog_proto::v1::auth_client::AuthClient;
 use raftlog_proto::v1::broker_client::BrokerClient;
 use raftlog_proto::v1::cluster_client::ClusterClient;
 pub use raftlog_proto::v1::{self as pb};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
@@ -38,6 +43,8 @@ pub const NOT_APPLIED_HEADER: &str = "raftlog-not-applied";
 pub const END_OFFSET_HEADER: &str = "raftlog-end-offset";
 pub const START_OFFSET_HEADER: &str = "raftlog-start-offset";
 pub const MEMBER_FENCED_HEADER: &str = "raftlog-member-fenced";
+/// How long a call refused for its principal's quota should wait before it is tried again, ms.
+pub const RETRY_AFTER_HEADER: &str = "retry-after-ms";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -54,20 +61,23 @@ pub enum Error {
     /// The TLS files could not be read or used.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The token cannot be sent (see [`Client::with_token`]).
+    #[error("token: {0}")]
+    Token(String),
 }
 
 impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Status(s) | Error::Exhausted { last: s, .. } => s.code(),
-            Error::Endpoint(_) | Error::Tls(_) => Code::InvalidArgument,
+            Error::Endpoint(_) | Error::Tls(_) | Error::Token(_) => Code::InvalidArgument,
         }
     }
 
     pub fn status(&self) -> Option<&Status> {
         match self {
             Error::Status(s) | Error::Exhausted { last: s, .. } => Some(s),
-            Error::Endpoint(_) | Error::Tls(_) => None,
+            Error::Endpoint(_) | Error::Tls(_) | Error::Token(_) => None,
         }
     }
 
@@ -121,6 +131,22 @@ impl Error {
             }
         }
     }
+}
+
+/// The wait a node asked for when it refused a call over its principal's quota
+/// (RESOURCE_EXHAUSTED with [`RETRY_AFTER_HEADER`]).
+fn retry_after(status: &Status) -> Option<Duration> {
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let ms: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_HEADER)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms))
 }
 
 /// The node said nothing was applied, or the request never left this process (no connection).
@@ -192,6 +218,28 @@ impl TlsOptions {
     }
 }
 
+/// What every call of a [`Client`] carries to identify its caller: a bearer token as
+/// `authorization: Bearer <token>` (docs/security.md), or nothing.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to one node with the client's credentials on every call: what the stubs
+/// ([`Client::broker_at`], ...) run on.
+pub type Connection = InterceptedService<Channel, Credentials>;
+
 /// A connection to a raftlog cluster. Cheap to clone; clones share connections and the leader
 /// they learned.
 #[derive(Clone)]
@@ -202,6 +250,7 @@ pub struct Client {
     retry: RetryPolicy,
     /// TLS for every connection; none: plaintext.
     tls: Option<ClientTlsConfig>,
+    credentials: Credentials,
 }
 
 tokio::task_local! {
@@ -229,6 +278,7 @@ impl Client {
             leader: Arc::default(),
             retry: RetryPolicy::default(),
             tls: None,
+            credentials: Credentials::default(),
         };
         for e in client.endpoints.iter() {
             client.channel(e)?;
@@ -247,12 +297,25 @@ impl Client {
         Ok(self)
     }
 
+    /// Sends `token` with every call as `authorization: Bearer <token>` (the secret `raftlog
+    /// token create` printed). Refused here if it cannot be a header value.
+    pub fn with_token(mut self, token: &str) -> Result<Self, Error> {
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| Error::Token("the token holds characters a header cannot carry".into()))?;
+        self.credentials = Credentials {
+            authorization: Some(value),
+        };
+        Ok(self)
+    }
+
     /// A client of other endpoints (one node, say) with this one's TLS and retry policy.
     pub fn for_endpoints(
         &self,
         endpoints: impl IntoIterator<Item = impl Into<String>>,
     ) -> Result<Self, Error> {
         let mut client = Client::new(endpoints)?.with_retry(self.retry.clone());
+        client.credentials = self.credentials.clone();
         if let Some(tls) = &self.tls {
             client.tls = Some(tls.clone());
             for e in client.endpoints.iter() {
@@ -301,16 +364,43 @@ impl Client {
         Ok(channel)
     }
 
+    fn connection(&self, addr: &str) -> Result<Connection, Error> {
+        Ok(InterceptedService::new(
+            self.channel(addr)?,
+            self.credentials.clone(),
+        ))
+    }
+
     /// Broker stub for one node.
-    pub fn broker_at(&self, addr: &str) -> Result<BrokerClient<Channel>, Error> {
-        Ok(BrokerClient::new(self.channel(addr)?)
+    pub fn broker_at(&self, addr: &str) -> Result<BrokerClient<Connection>, Error> {
+        Ok(BrokerClient::new(self.connection(addr)?)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX))
     }
 
     /// Cluster (operator) stub for one node.
-    pub fn cluster_at(&self, addr: &str) -> Result<ClusterClient<Channel>, Error> {
-        Ok(ClusterClient::new(self.channel(addr)?))
+    pub fn cluster_at(&self, addr: &str) -> Result<ClusterClient<Connection>, Error> {
+        Ok(ClusterClient::new(self.connection(addr)?))
+    }
+
+    /// Auth (tokens, ACLs) stub for one node.
+    pub fn auth_at(&self, addr: &str) -> Result<AuthClient<Connection>, Error> {
+        Ok(AuthClient::new(self.connection(addr)?))
+    }
+
+    /// Runs an Auth call that changes the security state on the leader (following hints,
+    /// retrying what was certainly not applied).
+    pub async fn auth_write<T, F, Fut>(&self, mut op: F) -> Result<T, Error>
+    where
+        F: FnMut(AuthClient<Connection>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.with_leader(|addr| {
+            let stub = self.auth_at(&addr).map_err(to_status);
+            let call = stub.map(&mut op);
+            async move { call?.await.map(tonic::Response::into_inner) }
+        })
+        .await
     }
 
     /// The node to send a write to: the last known leader, else each endpoint in turn.
@@ -368,6 +458,19 @@ impl Client {
                         backoff = (backoff * 2).min(self.retry.backoff_max);
                     }
                 }
+                Err(status) if retry_after(&status).is_some() => {
+                    // Over the principal's quota: nothing was done; wait as long as the node
+                    // says, if the retry deadline allows.
+                    let wait = retry_after(&status).unwrap_or_default();
+                    if start.elapsed() + wait >= self.retry.deadline {
+                        return Err(Error::Exhausted {
+                            attempts: attempt,
+                            elapsed: start.elapsed(),
+                            last: status,
+                        });
+                    }
+                    tokio::time::sleep(wait).await;
+                }
                 Err(status) => {
                     if status.code() == Code::Unavailable || status.code() == Code::DeadlineExceeded
                     {
@@ -398,14 +501,26 @@ impl Client {
         F: FnMut(String) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
+        let start = Instant::now();
         let mut last = None;
         for addr in self.endpoints.iter() {
-            match op(addr.clone()).await {
-                Ok(v) => return Ok(v),
-                Err(s) if s.code() == Code::Unavailable || s.code() == Code::DeadlineExceeded => {
-                    last = Some(s)
+            loop {
+                match op(addr.clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(s)
+                        if s.code() == Code::Unavailable || s.code() == Code::DeadlineExceeded =>
+                    {
+                        last = Some(s);
+                        break;
+                    }
+                    // Over the caller's quota on this node: wait as asked, within the deadline.
+                    Err(s) => match retry_after(&s) {
+                        Some(wait) if start.elapsed() + wait < self.retry.deadline => {
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => return Err(Error::Status(s)),
+                    },
                 }
-                Err(s) => return Err(Error::Status(s)),
             }
         }
         let detail = last.map_or_else(String::new, |s| format!(": {}", s.message()));
@@ -606,7 +721,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        let mut broker = BrokerClient::new(channel).max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let connection = InterceptedService::new(channel, self.credentials.clone());
+        let mut broker = BrokerClient::new(connection).max_decoding_message_size(MESSAGE_BYTES_MAX);
         broker
             .subscribe(request)
             .await

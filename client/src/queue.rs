@@ -13,10 +13,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use raftlog_proto::v1::queues_client::QueuesClient;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::{pb, to_status, Client, Error, MESSAGE_BYTES_MAX};
+use crate::{pb, to_status, Client, Connection, Error, MESSAGE_BYTES_MAX};
 
 /// One delivery of a record to a worker.
 #[derive(Debug, Clone)]
@@ -67,8 +66,8 @@ pub enum Outcome {
 
 impl Client {
     /// Queues stub for one node.
-    pub fn queues_at(&self, addr: &str) -> Result<QueuesClient<Channel>, Error> {
-        Ok(QueuesClient::new(self.channel(addr)?)
+    pub fn queues_at(&self, addr: &str) -> Result<QueuesClient<Connection>, Error> {
+        Ok(QueuesClient::new(self.connection(addr)?)
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX))
     }

@@ -1,7 +1,8 @@
 //! The admin HTTP server: `/healthz` (the process is alive), `/readyz` (knows a leader and has
 //! applied everything it knows committed), `/status` (this node's view of the cluster as JSON,
 //! the Cluster.Status answer; docs/operations.md has the fields) and `/metrics` (Prometheus text
-//! format, see [`crate::metrics`]).
+//! format, see [`crate::metrics`]). With `admin_token_required`, `/status` and `/metrics` need a
+//! bearer token allowed to describe the cluster; the health probes stay open.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -19,11 +20,17 @@ use raftlog_core::group_lag;
 use raftlog_proto::v1::QueueInfo;
 
 pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Receiver<bool>) {
+    let protected = Router::new()
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            require_token,
+        ));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/status", get(status))
-        .route("/metrics", get(metrics))
+        .merge(protected)
         .with_state(ctx);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -32,6 +39,53 @@ pub async fn serve(listener: TcpListener, ctx: NodeContext, mut stop: watch::Rec
         .await;
     if let Err(e) = result {
         tracing::error!("admin HTTP server failed: {e}");
+    }
+}
+
+/// With `admin_token_required`, `/status` and `/metrics` answer only a bearer token whose
+/// principal may describe the cluster: 401 without a valid token, 403 without the permission.
+/// The probes stay open: a load balancer or kubelet has no token.
+async fn require_token(
+    State(ctx): State<NodeContext>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use raftlog_core::auth::{Operation, ResourceType, CLUSTER_RESOURCE};
+    if !ctx.config.auth.admin_token_required {
+        return next.run(request).await;
+    }
+    let path = request.uri().path().to_string();
+    let caller = if request
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        // Tokens only: this port has no TLS, so no client certificate, and no node vouches.
+        ctx.auth
+            .authenticate(request.headers(), &axum::http::Extensions::new())
+    } else {
+        Err(crate::auth::Unauthenticated {
+            reason: "no_credentials",
+            message: "send `Authorization: Bearer <token>` (admin_token_required)".into(),
+        })
+    };
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(failure) => {
+            let status = crate::auth::unauthenticated(failure, &path, None);
+            return (StatusCode::UNAUTHORIZED, format!("{}\n", status.message())).into_response();
+        }
+    };
+    match ctx.auth.check(
+        &caller,
+        ResourceType::Cluster,
+        CLUSTER_RESOURCE,
+        Operation::Describe,
+        &path,
+        None,
+    ) {
+        Ok(()) => next.run(request).await,
+        Err(status) => (StatusCode::FORBIDDEN, format!("{}\n", status.message())).into_response(),
     }
 }
 

@@ -26,6 +26,8 @@ pub struct NodeConfig {
     pub initial_cluster: Vec<(u64, String)>,
     /// TLS on the gRPC port (clients and peers alike); `None` serves plaintext.
     pub tls: Option<TlsSettings>,
+    /// Client authentication and authorization (docs/security.md).
+    pub auth: AuthSettings,
     pub raft: RaftTimings,
     pub snapshot: SnapshotPolicy,
     pub limits: Limits,
@@ -62,6 +64,22 @@ pub struct TlsSettings {
     pub client_cert_required: bool,
     /// How often the files are checked for changes and reloaded; 0: only on SIGHUP.
     pub reload_check_ms: u64,
+}
+
+/// Client authentication and authorization (docs/security.md).
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// Every call of the client-facing services needs credentials (a bearer token or a client
+    /// certificate) and a permission from the replicated ACLs.
+    pub enabled: bool,
+    /// Principals (`User:<name>`) that may do everything, whatever the ACLs say.
+    pub super_users: Vec<String>,
+    /// A file holding a token that is a super-user's (`User:bootstrap`) on this node: how the
+    /// first tokens and ACL entries get created. Kept only as a hash in memory.
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// `/metrics` and `/status` of the admin HTTP port need a bearer token with describe on the
+    /// cluster. The health probes stay open.
+    pub admin_token_required: bool,
 }
 
 impl TlsSettings {
@@ -304,6 +322,22 @@ pub struct Args {
     /// [default: 10000].
     #[arg(long, env = "RAFTLOG_TLS_RELOAD_CHECK_MS")]
     pub tls_reload_check_ms: Option<u64>,
+    /// Require authentication (a bearer token or a client certificate) and ACL permission on
+    /// every client call [default: false].
+    #[arg(long, env = "RAFTLOG_AUTH_ENABLED")]
+    pub auth_enabled: Option<bool>,
+    /// Principals that may do everything, comma-separated, e.g. "User:admin,User:ops"
+    /// ("admin" is taken as "User:admin") [default: none].
+    #[arg(long, env = "RAFTLOG_SUPER_USERS")]
+    pub super_users: Option<String>,
+    /// File holding a bootstrap token (at least 32 characters): a super-user, User:bootstrap,
+    /// for creating the first tokens and ACL entries. Needs auth_enabled [default: none].
+    #[arg(long, env = "RAFTLOG_BOOTSTRAP_TOKEN_FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Require a bearer token with describe on the cluster for the admin HTTP port's /metrics and
+    /// /status (health probes stay open). Needs auth_enabled [default: auth_enabled].
+    #[arg(long, env = "RAFTLOG_ADMIN_TOKEN_REQUIRED")]
+    pub admin_token_required: Option<bool>,
     /// Raft heartbeat interval [default: 150].
     #[arg(long, env = "RAFTLOG_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
@@ -547,6 +581,12 @@ impl Args {
                 .unwrap_or_else(|| "127.0.0.1:9091".parse().expect("literal address")),
             initial_cluster,
             tls,
+            auth: resolve_auth(
+                pick!(auth_enabled),
+                pick!(super_users),
+                pick!(bootstrap_token_file),
+                pick!(admin_token_required),
+            )?,
             raft: RaftTimings {
                 heartbeat_interval_ms: pick!(heartbeat_interval_ms)
                     .unwrap_or(raft_default.heartbeat_interval_ms),
@@ -676,6 +716,52 @@ fn resolve_tls(
             )))
         }
     }
+}
+
+/// The auth settings: super-users as principals, and the settings that need auth on refused
+/// without it (they would silently protect nothing).
+fn resolve_auth(
+    enabled: Option<bool>,
+    super_users: Option<String>,
+    bootstrap_token_file: Option<PathBuf>,
+    admin_token_required: Option<bool>,
+) -> Result<AuthSettings, ConfigError> {
+    let enabled = enabled.unwrap_or(false);
+    let mut principals = Vec::new();
+    for name in super_users.iter().flat_map(|s| s.split(',')) {
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        let principal = raftlog_core::auth::principal(name);
+        let valid = principal
+            .strip_prefix("User:")
+            .is_some_and(raftlog_core::auth::valid_name);
+        if !valid {
+            return Err(ConfigError::Invalid(format!(
+                "super_users: '{name}' is not a principal (User:<name>, the name of                  [A-Za-z0-9._@-])"
+            )));
+        }
+        principals.push(principal);
+    }
+    if !enabled {
+        if bootstrap_token_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "bootstrap_token_file needs auth_enabled = true".into(),
+            ));
+        }
+        if admin_token_required == Some(true) {
+            return Err(ConfigError::Invalid(
+                "admin_token_required needs auth_enabled = true".into(),
+            ));
+        }
+    }
+    Ok(AuthSettings {
+        enabled,
+        super_users: principals,
+        bootstrap_token_file,
+        admin_token_required: admin_token_required.unwrap_or(enabled),
+    })
 }
 
 /// How often the TLS files are checked for changes unless configured.

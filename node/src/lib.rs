@@ -5,11 +5,13 @@
 //! flushed callback), replicated to peers by [`raft::network`], and once committed applied by
 //! [`raftlog_store::StateMachine`], whose answer becomes the client's ack.
 //! Read path: [`api`] serves fetches from this node's applied state ([`raftlog_store::StateView`]).
-//! [`server`] assembles the parts; [`config`] resolves the configuration; [`admin_http`] serves
-//! health, status and [`metrics`].
+//! [`auth`] authenticates client requests and checks them against the replicated ACLs before
+//! any handler runs. [`server`] assembles the parts; [`config`] resolves the configuration;
+//! [`admin_http`] serves health, status and [`metrics`].
 
 mod admin_http;
 mod api;
+mod auth;
 mod config;
 mod disk;
 mod group;

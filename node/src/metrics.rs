@@ -50,6 +50,15 @@ pub const TLS_RELOADS: &str = "raftlog_tls_reloads_total";
 pub const TLS_HANDSHAKE_FAILURES: &str = "raftlog_tls_handshake_failures_total";
 /// Raft requests refused because the caller's certificate names no member node, by reason.
 pub const PEER_REFUSALS: &str = "raftlog_peer_refusals_total";
+/// Client requests refused as unauthenticated (auth on), by reason (`no_credentials`,
+/// `malformed`, `unknown_token`, `bad_secret`, `expired_token`, `unusable_certificate`).
+pub const AUTH_FAILURES: &str = "raftlog_auth_failures_total";
+/// Client requests refused because no ACL entry allows them (or one denies them), by resource
+/// type.
+pub const PERMISSION_DENIALS: &str = "raftlog_permission_denials_total";
+/// Client calls refused because their principal was over its quota on this node, by rate
+/// (`requests`, `produce_bytes`, `fetch_bytes`).
+pub const THROTTLED: &str = "raftlog_throttled_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

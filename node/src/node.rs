@@ -1,5 +1,5 @@
-//! One running node as its request handlers see it: its id, configuration, TLS material and
-//! disk-space guard (what the node has once) and the registry of the Raft groups it runs.
+//! One running node as its request handlers see it: its id, configuration, TLS material, auth
+//! checker and disk-space guard (what the node has once) and the registry of the Raft groups it runs.
 
 use std::sync::Arc;
 
@@ -17,6 +17,8 @@ pub struct NodeContext {
     pub groups: Arc<Groups>,
     /// The node's certificates when it serves TLS (its own connections to the leader use them).
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Authentication and authorization of client requests (off unless `auth_enabled`).
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl NodeContext {

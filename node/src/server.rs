@@ -8,17 +8,20 @@ use std::time::Duration;
 
 use anyhow::Context;
 use raftlog_proto::raft::v1::raft_server::RaftServer;
+use raftlog_proto::v1::auth_server::AuthServer;
 use raftlog_proto::v1::broker_server::BrokerServer;
 use raftlog_proto::v1::cluster_server::ClusterServer;
 use raftlog_proto::v1::queues_server::QueuesServer;
 use tokio::net::TcpListener;
 
 use crate::admin_http;
+use crate::api::auth::AuthService;
 use crate::api::broker::queues::QueuesService;
 use crate::api::broker::BrokerService;
 use crate::api::cluster::ClusterService;
 use crate::api::forward::Forwarder;
 use crate::api::request_metrics::RequestMetricsLayer;
+use crate::auth::layer::AuthLayer;
 use crate::config::NodeConfig;
 use crate::group::{Group, Groups, PeerParts};
 use crate::node::NodeContext;
@@ -45,12 +48,14 @@ pub async fn run(
     let dbs = raftlog_store::open(&config.data_dir, &config.storage).context("opening RocksDB")?;
     let (group, peer_parts) = Group::start(METADATA_GROUP, &dbs, &config, tls.clone()).await?;
     let config = Arc::new(config);
+    let auth = make_auth(&config, &group)?;
     let ctx = NodeContext {
         id: config.node_id,
         config: config.clone(),
         disk: crate::disk::DiskSpace::watch(config.data_dir.clone()),
         groups: Arc::new(Groups::new([group.clone()])),
         tls: tls.clone(),
+        auth,
     };
     if !config.initial_cluster.is_empty() {
         bootstrap(&group.raft, &config).await?;
@@ -61,21 +66,18 @@ pub async fn run(
         node_id = config.node_id,
         grpc = %config.listen_addr,
         tls = tls.is_some(),
+        auth = config.auth.enabled,
         admin = %config.admin_addr,
         data_dir = %config.data_dir.display(),
         "raftlog node started"
     );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<BrokerServer<BrokerService>>()
-        .await;
-    health_reporter
-        .set_serving::<ClusterServer<ClusterService>>()
-        .await;
-    health_reporter
-        .set_serving::<QueuesServer<QueuesService>>()
-        .await;
+    for service in CLIENT_SERVICES {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grpc = serve_grpc(listener, &ctx, peer_parts, health_service, stop_rx.clone())?;
     let tasks = NodeTasks {
@@ -115,6 +117,43 @@ pub async fn run(
     Ok(())
 }
 
+/// The client-facing services, as the gRPC health protocol names them.
+const CLIENT_SERVICES: [&str; 4] = [
+    "raftlog.v1.Broker",
+    "raftlog.v1.Queues",
+    "raftlog.v1.Cluster",
+    "raftlog.v1.Auth",
+];
+
+/// The node's authentication and authorization, over the metadata group's applied state.
+fn make_auth(config: &NodeConfig, group: &Group) -> anyhow::Result<Arc<crate::auth::Auth>> {
+    Ok(Arc::new(crate::auth::Auth::new(
+        config.auth.enabled,
+        config.auth.super_users.iter().cloned(),
+        read_bootstrap_token(config)?,
+        group.view.clone(),
+        group.raft.clone(),
+    )))
+}
+
+/// The hash of the bootstrap token (`bootstrap_token_file`), read once at start.
+fn read_bootstrap_token(config: &NodeConfig) -> anyhow::Result<Option<[u8; 32]>> {
+    let Some(path) = &config.auth.bootstrap_token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading bootstrap_token_file {}", path.display()))?;
+    let token = text.trim();
+    // Anyone who guesses it is a super-user: refuse a short one rather than start weak.
+    anyhow::ensure!(
+        token.len() >= 32,
+        "bootstrap_token_file {}: the token must be at least 32 characters (it has {})",
+        path.display(),
+        token.len()
+    );
+    Ok(Some(crate::auth::tokens::bootstrap_hash(token)))
+}
+
 /// Binds the gRPC and the admin HTTP listeners.
 async fn bind(config: &NodeConfig) -> anyhow::Result<(TcpListener, TcpListener)> {
     let listener = TcpListener::bind(config.listen_addr)
@@ -142,12 +181,7 @@ async fn prepare_stop(
         // operator see why. Its log and state on disk are what a restart recovers from.
         tracing::error!(node_id, error = %fatal, "Raft stopped on a fatal error; stopping the node");
         // Probes see it at once, not only when the port closes after the drain.
-        for service in [
-            "",
-            "raftlog.v1.Broker",
-            "raftlog.v1.Cluster",
-            "raftlog.v1.Queues",
-        ] {
+        for service in [""].into_iter().chain(CLIENT_SERVICES) {
             health_reporter
                 .set_service_status(service, tonic_health::ServingStatus::NotServing)
                 .await;
@@ -191,7 +225,7 @@ impl NodeTasks {
 }
 
 /// The gRPC server of the node's one port: the peer service (Raft), the client services (Broker,
-/// Cluster), health and reflection, over TLS when `tls` is given; it stops accepting when `stop`
+/// Cluster, Auth) behind the auth layer, health and reflection, over TLS when `tls` is given; it stops accepting when `stop`
 /// turns true.
 fn serve_grpc(
     listener: TcpListener,
@@ -214,6 +248,7 @@ fn serve_grpc(
             .with_service_name("raftlog.v1.Broker")
             .with_service_name("raftlog.v1.Cluster")
             .with_service_name("raftlog.v1.Queues")
+            .with_service_name("raftlog.v1.Auth")
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -240,9 +275,12 @@ fn serve_grpc(
     );
     let queues = QueuesService::new(ctx.clone(), forwarder.clone(), stop.clone());
     let broker = BrokerService::new(ctx.clone(), forwarder.clone(), stop);
+    // Outermost first: refusals are counted as requests too; the auth layer sees every call
+    // before its service.
     let router = raftlog_proto::http2::server(tonic::transport::Server::builder())
         .tcp_nodelay(true)
         .layer(RequestMetricsLayer::new())
+        .layer(AuthLayer::new(ctx.auth.clone(), client_message_bytes_max))
         .add_service(
             RaftServer::new(peer)
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
@@ -256,8 +294,9 @@ fn serve_grpc(
         .add_service(QueuesServer::new(queues))
         .add_service(ClusterServer::new(ClusterService::new(
             ctx.clone(),
-            forwarder,
+            forwarder.clone(),
         )))
+        .add_service(AuthServer::new(AuthService::new(ctx.clone(), forwarder)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha);

@@ -22,6 +22,7 @@ fn tls_options(dir: &Path, args: &[&str]) -> NodeOptions {
     NodeOptions {
         args: args.iter().map(|a| a.to_string()).collect(),
         tls_dir: Some(dir.to_path_buf()),
+        ..Default::default()
     }
 }
 

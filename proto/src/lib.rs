@@ -2,7 +2,8 @@
 //! the wire contract: the key partitioner, which the node and every client must compute alike.
 //! Conversions to domain types live at the boundaries in `node` and `client`.
 //!
-//! - [`v1`]: the client API (`Broker`, `Queues`) and the operator API (`Cluster`).
+//! - [`v1`]: the client API (`Broker`, `Queues`) and the operator APIs (`Cluster`; `Auth`: tokens,
+//!   ACLs).
 //! - [`raft::v1`]: the peer-only Raft transport.
 //! - [`http2`]: the HTTP/2 framing and flow-control settings every raftlog endpoint uses.
 //! - `PARTITIONER_KEY_HASH` is [`partition_for_key`]; [`record_size`] is how limits count a record.

@@ -12,7 +12,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-EXPECTED = {"raftlog.v1.Broker", "raftlog.v1.Cluster", "grpc.health.v1.Health"}
+EXPECTED = {"raftlog.v1.Broker", "raftlog.v1.Cluster", "raftlog.v1.Auth", "grpc.health.v1.Health"}
 
 
 def reflection_request(stub, request):
@@ -23,7 +23,7 @@ def reflection_request(stub, request):
 def main(addr):
     channel = grpc.insecure_channel(addr)
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ["", "raftlog.v1.Broker", "raftlog.v1.Cluster"]:
+    for service in ["", "raftlog.v1.Broker", "raftlog.v1.Cluster", "raftlog.v1.Auth"]:
         status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
         assert status == health_pb2.HealthCheckResponse.SERVING, f"health of '{service}': {status}"
 

@@ -19,6 +19,10 @@ pub struct NodeOptions {
     /// TLS: a directory of [`pki::Pki`] files. Node `id` serves with `node-<id>.pem`, and the
     /// cluster's clients connect with `ca.pem` and the `client` certificate.
     pub tls_dir: Option<PathBuf>,
+    /// Auth on (docs/security.md): every node runs with `--auth-enabled true` and this token as
+    /// its bootstrap token (`User:bootstrap`, a super-user), and the harness's own clients
+    /// (status, digests, metrics, [`TestCluster::client`]) send it.
+    pub admin_token: Option<String>,
 }
 
 pub struct TestNode {
@@ -170,6 +174,14 @@ impl TestCluster {
         if let Some(initial) = &node.initial_cluster {
             cmd.arg("--initial-cluster").arg(initial);
         }
+        if let Some(token) = &options.admin_token {
+            let file = node.data_dir.join("bootstrap.token");
+            std::fs::write(&file, token).unwrap();
+            cmd.arg("--auth-enabled")
+                .arg("true")
+                .arg("--bootstrap-token-file")
+                .arg(file);
+        }
         node.child = Some(cmd.spawn().expect("spawn raftlog-node"));
     }
 
@@ -202,8 +214,13 @@ impl TestCluster {
         let mut stream = tokio::net::TcpStream::connect(&self.node(id).admin)
             .await
             .expect("connect to the admin HTTP server");
+        let authorization = self
+            .options
+            .admin_token
+            .as_ref()
+            .map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
         let request = format!(
-            "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n",
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\n{authorization}\r\n",
             self.node(id).admin
         );
         stream.write_all(request.as_bytes()).await.unwrap();
@@ -248,8 +265,15 @@ impl TestCluster {
         self.with_tls(Client::new([self.node(id).grpc.clone()]).unwrap())
     }
 
-    /// `client` over TLS with the cluster's `client` certificate, when the cluster runs TLS.
+    /// `client` over TLS with the cluster's `client` certificate, when the cluster runs TLS, and
+    /// with the admin token when auth is on.
     fn with_tls(&self, client: Client) -> Client {
+        let client = match &self.options.admin_token {
+            None => client,
+            Some(token) => client
+                .with_token(token)
+                .expect("a token a header can carry"),
+        };
         match &self.options.tls_dir {
             None => client,
             Some(dir) => client

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Acl, Quota, TokenRecord};
 use crate::coordination::{topic_name, Answer, GroupError, Heartbeat, Stamp, Topics};
 use crate::queue::{QueueDefinition, QueueError, Received, Settlement};
 
@@ -299,6 +300,24 @@ pub enum Command {
         settlements: Vec<Settlement>,
         now_ms: i64,
     },
+    /// Store a bearer token (its salted hash; the leader made the salt and id, so applying
+    /// draws no randomness). Refused if the id exists or `tokens_max` tokens exist.
+    CreateToken {
+        token: Box<TokenRecord>,
+        tokens_max: u32,
+    },
+    /// Forget a token: from the moment a node applies this, it refuses the token.
+    RevokeToken { id: String },
+    /// Add an ACL entry under the next ACL id; an entry equal to an existing one keeps that one.
+    AddAcl { acl: Box<Acl>, acls_max: u32 },
+    /// Remove the ACL entry `id`.
+    RemoveAcl { id: u64 },
+    /// Set a principal's quota; an unlimited one (all rates 0) removes it.
+    SetQuota {
+        principal: String,
+        quota: Quota,
+        quotas_max: u32,
+    },
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -332,6 +351,7 @@ impl Command {
 }
 
 impl std::fmt::Display for Command {
+    // Long: one short arm per command variant; split, the variants' texts would be scattered.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::CreateTopic { name, settings, .. } => {
@@ -399,6 +419,13 @@ impl std::fmt::Display for Command {
                 queue, settlements, ..
             } => write!(f, "QueueSettle({queue}, {} settlements)", settlements.len()),
             Command::AlterTopic { name, .. } => write!(f, "AlterTopic({name})"),
+            Command::CreateToken { token, .. } => {
+                write!(f, "CreateToken({} for {})", token.id, token.principal)
+            }
+            Command::RevokeToken { id } => write!(f, "RevokeToken({id})"),
+            Command::AddAcl { acl, .. } => write!(f, "AddAcl({acl})"),
+            Command::RemoveAcl { id } => write!(f, "RemoveAcl({id})"),
+            Command::SetQuota { principal, .. } => write!(f, "SetQuota({principal})"),
             Command::InitProducer { .. } => write!(f, "InitProducer"),
             Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
             Command::Batch(commands) => write!(f, "Batch({} commands)", commands.len()),
@@ -455,6 +482,20 @@ pub enum CommandResponse {
     QueueReceived(Box<Received>),
     /// One outcome per settlement, in order: for an extend the new lock deadline, else 0.
     QueueSettled(Vec<Result<i64, QueueError>>),
+    TokenCreated,
+    /// Whether the token existed (and is gone now).
+    TokenRevoked {
+        revoked: bool,
+    },
+    /// The entry's id; `existed`: an equal entry was there already.
+    AclAdded {
+        id: u64,
+        existed: bool,
+    },
+    AclRemoved {
+        removed: bool,
+    },
+    QuotaSet,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -566,6 +607,14 @@ pub enum Rejection {
     QueueTopicGone { queue: String, topic: String },
     #[error("a dead-letter topic cannot be the queue's own topic '{0}'")]
     DeadLetterIsOrigin(String),
+    #[error("the cluster already holds {0} tokens, the maximum (revoke some first)")]
+    TooManyTokens(u32),
+    #[error("a token with id {0} exists already")]
+    TokenExists(String),
+    #[error("the cluster already holds {0} ACL entries, the maximum (remove some first)")]
+    TooManyAcls(u32),
+    #[error("the cluster already holds {0} quotas, the maximum (remove some first)")]
+    TooManyQuotas(u32),
 }
 
 impl Rejection {

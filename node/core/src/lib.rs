@@ -7,6 +7,7 @@
 //!   replicated state's rows (an on-disk format);
 //! - [`coordination`]: consumer-group membership and assignment, a pure function of the
 //!   replicated state;
+//! - [`auth`]: tokens, ACL entries and the authorization rule over them (pure);
 //! - [`queue`]: queue consumption (per-record locks, redelivery, dead letters), a pure function
 //!   of the replicated state;
 //! - [`types`]: openraft's type configuration and the aliases of its generics, the one place that
@@ -17,6 +18,7 @@
 //! **Architecture invariant**: this crate knows no storage engine (RocksDB), no gRPC (tonic,
 //! prost, the wire types) and no networking. `scripts/check-layers.py` holds it.
 
+pub mod auth;
 mod command;
 pub mod coordination;
 mod ids;

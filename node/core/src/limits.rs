@@ -100,6 +100,18 @@ pub const LOG_WAL_TOTAL_BYTES_MAX: u64 = 128 << 20;
 /// Memtable size of the tiny `raft_meta` column family (vote, committed, last purged).
 pub const META_MEMTABLE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most bearer tokens the cluster holds. Every node keeps them all in memory and checks a token
+/// by one lookup, so this bounds memory, not time; revoke unused ones.
+pub const TOKENS_MAX: u32 = 10_000;
+
+/// Most ACL entries the cluster holds. A request is checked against every entry of its resource
+/// type (a scan, no index), so this bounds the time of one check as well as memory.
+pub const ACLS_MAX: u32 = 10_000;
+
+/// Most principals with a quota. Each node keeps a token bucket per principal and rate it has
+/// seen calls from, so this bounds that memory too.
+pub const QUOTAS_MAX: u32 = 10_000;
+
 // ---- How they relate ----
 
 const _: () = {

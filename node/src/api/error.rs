@@ -185,6 +185,12 @@ impl From<Rejection> for ApiError {
             }
             Rejection::QueueTopicGone { .. } => ApiError::FailedPrecondition(message),
             Rejection::DeadLetterIsOrigin(_) => ApiError::InvalidArgument(message),
+            Rejection::TooManyTokens(_)
+            | Rejection::TooManyAcls(_)
+            | Rejection::TooManyQuotas(_) => ApiError::ResourceExhausted(message),
+            Rejection::TokenExists(_) => {
+                ApiError::AlreadyExists(format!("{message}; create the token again"))
+            }
             Rejection::EndOffsetMismatch { actual, .. } => ApiError::WithOffsets {
                 code: Code::FailedPrecondition,
                 message: format!(

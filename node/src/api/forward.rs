@@ -119,13 +119,17 @@ impl Forwarder {
         }
     }
 
-    /// Wraps a message for forwarding, marked so it is not forwarded again.
+    /// Wraps a message for forwarding, marked so it is not forwarded again, with what
+    /// identifies its caller when auth is on (`crate::auth::forward_caller`: the client's token,
+    /// and the principal this node vouches for, which the leader honours from a member node's
+    /// certificate only).
     pub fn forwarded<T>(message: T) -> Request<T> {
         let mut request = Request::new(message);
         request.metadata_mut().insert(
             FORWARDED_HEADER,
             tonic::metadata::MetadataValue::from_static("1"),
         );
+        crate::auth::forward_caller(request.metadata_mut());
         request
     }
 

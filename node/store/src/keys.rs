@@ -61,6 +61,14 @@ pub mod sm_tag {
     pub const QUEUE: u8 = 0x50;
     /// tag · queue name · 0x00 · partition → the queue's delivery state of that partition.
     pub const QUEUE_PARTITION: u8 = 0x51;
+    /// The id the next ACL entry gets.
+    pub const NEXT_ACL_ID: u8 = 0x0A;
+    /// tag · token id → a bearer token's hash (`auth::TokenRecord`).
+    pub const TOKEN: u8 = 0x70;
+    /// tag · ACL id (u64) → an ACL entry (`auth::Acl`).
+    pub const ACL: u8 = 0x71;
+    /// tag · principal → its quota (`auth::Quota`).
+    pub const QUOTA: u8 = 0x72;
 }
 
 pub fn sm_prefix(group: GroupId) -> [u8; 8] {
@@ -192,6 +200,24 @@ pub fn parse_queue_partition(key: &[u8]) -> Option<(String, u32)> {
 pub fn sm_producer(group: GroupId, producer_id: u64) -> Vec<u8> {
     let mut key = sm_singleton(group, sm_tag::PRODUCER);
     key.extend_from_slice(&producer_id.to_be_bytes());
+    key
+}
+
+pub fn sm_token(group: GroupId, id: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::TOKEN);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub fn sm_quota(group: GroupId, principal: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::QUOTA);
+    key.extend_from_slice(principal.as_bytes());
+    key
+}
+
+pub fn sm_acl(group: GroupId, id: u64) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::ACL);
+    key.extend_from_slice(&id.to_be_bytes());
     key
 }
 

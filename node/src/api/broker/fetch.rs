@@ -13,6 +13,13 @@ pub(super) async fn fetch(
     broker: &BrokerService,
     request: Request<FetchRequest>,
 ) -> Result<Response<FetchResponse>, Status> {
+    use crate::auth::quota::Rate;
+    // A fetch's cost is known once it is read: it may start while its principal is not in
+    // debt, and then pays what it read (`crate::auth::quota`).
+    let caller = crate::auth::caller_of(&request).cloned();
+    if let Some(caller) = &caller {
+        broker.ctx.auth.admit_rate(caller, Rate::FetchBytes)?;
+    }
     let req = request.into_inner();
     broker.validate_topic_name(&req.topic)?;
     let limits = &broker.ctx.config.limits;
@@ -56,6 +63,13 @@ pub(super) async fn fetch(
         }
     };
     count_out(&req.topic, &result.records);
+    if let Some(caller) = &caller {
+        let bytes: usize = result.records.iter().map(|(_, r)| r.size_bytes()).sum();
+        broker
+            .ctx
+            .auth
+            .debit(caller, Rate::FetchBytes, bytes as u64);
+    }
     Ok(Response::new(FetchResponse {
         records: result
             .records

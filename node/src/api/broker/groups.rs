@@ -130,8 +130,9 @@ pub(super) async fn fetch_offsets(
 
 pub(super) async fn list(
     broker: &BrokerService,
-    _: Request<ListGroupsRequest>,
+    request: Request<ListGroupsRequest>,
 ) -> Result<Response<ListGroupsResponse>, Status> {
+    let visible = broker.visible(&request, raftlog_core::auth::ResourceType::Group);
     let view = &broker.group().view;
     let topics = view.topics();
     let mut offsets = view.groups();
@@ -139,6 +140,7 @@ pub(super) async fn list(
     let names: BTreeSet<String> = offsets
         .keys()
         .chain(coordinations.keys())
+        .filter(|name| visible(name))
         .cloned()
         .collect();
     let groups = names

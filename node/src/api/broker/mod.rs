@@ -161,6 +161,27 @@ impl BrokerService {
         Ok(())
     }
 
+    /// Which resources of type `resource` the caller of `request` may see in a list (those it
+    /// may describe; all of them when auth is off): the `Filtered` rules of `crate::auth::rules`.
+    pub(super) fn visible<T>(
+        &self,
+        request: &Request<T>,
+        resource: raftlog_core::auth::ResourceType,
+    ) -> impl Fn(&str) -> bool {
+        let caller = crate::auth::caller_of(request).cloned();
+        let auth = self.ctx.auth.clone();
+        move |name| {
+            caller.as_ref().is_none_or(|caller| {
+                auth.allows(
+                    caller,
+                    resource,
+                    name,
+                    raftlog_core::auth::Operation::Describe,
+                )
+            })
+        }
+    }
+
     /// The Raft group that serves a request: today the one group of the node.
     pub(super) fn group(&self) -> &Group {
         self.ctx.metadata()

@@ -18,6 +18,12 @@ use crate::group::{now_ms, WriteError};
 use raftlog_core::limits::{PEER_MESSAGE_BYTES_MAX, PRODUCE_STREAM_IN_FLIGHT_MAX};
 use raftlog_core::{Command, CommandResponse, ProducerSequence, Rejection};
 
+/// Who a produce stream's messages come from (`None`: auth off), for checking each one.
+pub(super) struct StreamCheck {
+    caller: Option<crate::auth::Caller>,
+    peer: Option<std::net::SocketAddr>,
+}
+
 /// A produce request checked and placed on a partition, or one only the leader can place.
 enum PreparedProduce {
     Append(PreparedAppend),
@@ -138,6 +144,7 @@ impl BrokerService {
         self,
         mut inbound: tonic::Streaming<ProduceStreamRequest>,
         answers: tokio::sync::mpsc::Sender<Result<ProduceStreamResponse, Status>>,
+        check: StreamCheck,
     ) {
         use futures::future::Either;
         use futures::stream::{FuturesUnordered, StreamExt};
@@ -164,7 +171,12 @@ impl BrokerService {
                     };
                     let request_id = message.request_id;
                     let started = std::time::Instant::now();
-                    match self.submit_stream_produce(message.request.unwrap_or_default()).await {
+                    let request = message.request.unwrap_or_default();
+                    let submitted = match self.check_stream_message(&check, &request) {
+                        Ok(()) => self.submit_stream_produce(request).await,
+                        Err(denied) => Err(denied),
+                    };
+                    match submitted {
                         Ok(pending) => in_flight.push(Either::Left(async move {
                             (request_id, started, pending.await)
                         })),
@@ -194,6 +206,39 @@ impl BrokerService {
         if let Some(status) = broken {
             let _ = answers.send(Err(status)).await;
         }
+    }
+
+    /// The `PerMessage` rule of ProduceStream (`crate::auth::rules`): each message needs write
+    /// on the topic it names, and counts against the caller's quota; a refused one is answered
+    /// with PERMISSION_DENIED (or RESOURCE_EXHAUSTED) and the stream goes on.
+    fn check_stream_message(
+        &self,
+        check: &StreamCheck,
+        request: &ProduceRequest,
+    ) -> Result<(), Status> {
+        let Some(caller) = &check.caller else {
+            return Ok(());
+        };
+        let Some(crate::auth::rules::Rule::PerMessage(resource, operation)) =
+            crate::auth::rules::rule("/raftlog.v1.Broker/ProduceStream")
+        else {
+            unreachable!("ProduceStream's rule is PerMessage");
+        };
+        self.ctx.auth.check(
+            caller,
+            resource,
+            &request.topic,
+            operation,
+            "Broker/ProduceStream",
+            check.peer,
+        )?;
+        // Each message is a request and its records' bytes are produced, as for Produce.
+        use crate::auth::quota::Rate;
+        let bytes: usize = request.records.iter().map(raftlog_proto::record_size).sum();
+        self.ctx.auth.charge(caller, Rate::Requests, 1)?;
+        self.ctx
+            .auth
+            .charge(caller, Rate::ProduceBytes, bytes as u64)
     }
 
     /// Proposes one request of a produce stream; the returned future answers it.
@@ -402,9 +447,12 @@ pub(super) async fn produce_stream(
     broker: &BrokerService,
     request: Request<tonic::Streaming<ProduceStreamRequest>>,
 ) -> Result<Response<super::ProduceAnswers>, Status> {
+    let caller = crate::auth::caller_of(&request).cloned();
+    let peer = request.remote_addr();
     let inbound = request.into_inner();
     let (answers, stream) = tokio::sync::mpsc::channel(PRODUCE_STREAM_IN_FLIGHT_MAX);
-    tokio::spawn(broker.clone().serve_produce_stream(inbound, answers));
+    let check = StreamCheck { caller, peer };
+    tokio::spawn(broker.clone().serve_produce_stream(inbound, answers, check));
     Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
         stream,
     )))

@@ -8,6 +8,7 @@ use super::{unexpected, BrokerService};
 use crate::api::convert::topic_to_pb;
 use crate::api::error::ApiError;
 use crate::api::forward::{is_forwarded, Forwarder};
+use raftlog_core::auth::ResourceType;
 use raftlog_core::{Command, CommandResponse, Rejection, TopicSettings};
 
 pub(super) async fn create(
@@ -71,14 +72,16 @@ pub(super) async fn create(
 
 pub(super) async fn list(
     broker: &BrokerService,
-    _: Request<ListTopicsRequest>,
+    request: Request<ListTopicsRequest>,
 ) -> Result<Response<ListTopicsResponse>, Status> {
     let leader = broker.leader_id();
+    let visible = broker.visible(&request, ResourceType::Topic);
     let topics = broker
         .group()
         .view
         .topics()
         .into_iter()
+        .filter(|t| visible(&t.name))
         .map(|t| topic_to_pb(t, leader))
         .collect();
     Ok(Response::new(ListTopicsResponse { topics }))

@@ -21,7 +21,8 @@
 //!   the dispatch calls: `topics.rs`, `appends.rs` (appends and idempotent producers),
 //!   `offsets.rs` (consumer groups' committed offsets), `membership.rs` (coordinated groups'
 //!   members), `queues.rs` (queue groups: deliveries, settlements, dead letters),
-//!   `maintenance.rs` (producer expiry and retention). A new family is a new file and one arm in the dispatch;
+//!   `maintenance.rs` (producer expiry and retention), `security.rs` (tokens, ACL entries and
+//!   quotas). A new family is a new file and one arm in the dispatch;
 //! - `raft_impl.rs`: openraft's traits (apply, snapshots).
 
 mod appends;
@@ -32,6 +33,7 @@ mod offsets;
 mod queues;
 mod raft_impl;
 mod read;
+mod security;
 #[cfg(test)]
 mod tests;
 mod topics;
@@ -76,6 +78,10 @@ pub struct StateMachine {
     queues: BTreeMap<String, raftlog_core::queue::Queue>,
     /// Queues this apply call changed (or deleted), published after its write batch.
     queue_changes: std::collections::BTreeSet<String>,
+    /// The security tables as this apply call changed them (a copy of the view's, taken at the
+    /// call's first security command), published with the call's other changes.
+    security_changes: Option<raftlog_core::auth::Security>,
+    next_acl_id: u64,
     snapshots: SnapshotStore,
 }
 
@@ -84,6 +90,10 @@ type Row = (Box<[u8]>, Box<[u8]>);
 
 fn sm_err(e: impl std::fmt::Display) -> StorageError {
     StorageError::other(format!("state machine: {e}"))
+}
+
+fn decode_err(e: impl std::fmt::Display) -> StorageError {
+    sm_err(e)
 }
 
 fn snap_err(e: impl std::fmt::Display) -> StorageError {
@@ -110,6 +120,8 @@ impl StateMachine {
             coordination_changes: BTreeMap::new(),
             queues: BTreeMap::new(),
             queue_changes: Default::default(),
+            security_changes: None,
+            next_acl_id: 1,
             snapshots,
         };
         sm.load()?;
@@ -171,6 +183,12 @@ impl StateMachine {
             .iter()
             .map(|(name, queue)| (name.clone(), Arc::new(queue.clone())))
             .collect();
+        self.next_acl_id = self
+            .get(&keys::sm_singleton(group, sm_tag::NEXT_ACL_ID))?
+            .unwrap_or(1);
+        let security = self.load_security()?;
+        self.security_changes = None;
+        *self.view.security.write().expect("security table lock") = Arc::new(security);
         *self.view.topics.write().expect("topic table lock") = topics;
         *self.view.groups.write().expect("group table lock") = groups;
         *self
@@ -284,6 +302,7 @@ impl StateMachine {
         self.publish(changed_topics, changed_groups);
         self.publish_coordinations();
         self.publish_queues();
+        self.publish_security();
         self.view.applied.send_replace(self.last_applied);
         Ok(responses)
     }
@@ -379,6 +398,11 @@ impl StateMachine {
             | Command::DeleteQueue { .. }
             | Command::QueueReceive { .. }
             | Command::QueueSettle { .. } => self.apply_queue_command(command, topics, batch, rows),
+            Command::CreateToken { .. }
+            | Command::RevokeToken { .. }
+            | Command::AddAcl { .. }
+            | Command::RemoveAcl { .. }
+            | Command::SetQuota { .. } => self.apply_security_command(command, batch),
             Command::Maintenance { .. } => {
                 unreachable!("apply() runs Maintenance itself, against flushed state")
             }

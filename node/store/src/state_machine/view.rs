@@ -1,6 +1,7 @@
 //! The applied state as readers see it: [`StateView`], shared between the state machine (its only
-//! writer) and the API. It owns the in-memory topic and group tables and the last applied id;
-//! what is read from RocksDB through it (records, offsets by time, the digest) is in `read.rs`.
+//! writer) and the API. It owns the in-memory topic, group and security tables and the last
+//! applied id; what is read from RocksDB through it (records, offsets by time, the digest) is in
+//! `read.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -10,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::db::CF_STATE_MACHINE;
 use crate::StateFlushed;
+use raftlog_core::auth::Security;
 use raftlog_core::coordination::{Coordination, Topics};
 use raftlog_core::limits::READS_PARALLEL;
 use raftlog_core::queue::Queue;
@@ -27,6 +29,9 @@ pub struct StateView {
     pub(super) coordinations: RwLock<BTreeMap<String, Coordination>>,
     /// Queue groups as the last apply call that changed them left them.
     pub(super) queues: RwLock<BTreeMap<String, Arc<Queue>>>,
+    /// Tokens and ACL entries, swapped whole when an apply call changed them, so a request's
+    /// check holds one `Arc` instead of a lock.
+    pub(super) security: RwLock<Arc<Security>>,
     pub(super) applied: watch::Sender<Option<LogId>>,
     /// Counts the apply calls that changed some coordinated group's membership (held member
     /// heartbeats wait on it).
@@ -48,6 +53,7 @@ impl StateView {
             groups: RwLock::new(BTreeMap::new()),
             coordinations: RwLock::new(BTreeMap::new()),
             queues: RwLock::new(BTreeMap::new()),
+            security: RwLock::new(Arc::default()),
             applied: applied_tx,
             coordination_changed: watch::channel(0).0,
             flushed: StateFlushed::default(),
@@ -134,6 +140,11 @@ impl StateView {
             .read()
             .expect("coordination table lock")
             .clone()
+    }
+
+    /// The tokens and ACL entries as of the last apply call.
+    pub fn security(&self) -> Arc<Security> {
+        self.security.read().expect("security table lock").clone()
     }
 
     /// Every topic as the coordination rules see it: name → (topic id, partitions).

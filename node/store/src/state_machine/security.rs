@@ -1,0 +1,135 @@
+//! Applying the security commands: `Command::CreateToken`, `RevokeToken`, `AddAcl`, `RemoveAcl`
+//! and `SetQuota`. A token's row holds its salted hash (`raftlog_core::auth::TokenRecord`), an ACL
+//! entry's row the entry, a quota's row the principal's rates; both tables are small and kept whole in the view, where every request's
+//! authentication and authorization reads them. Like the other tables, what an apply call changes
+//! is published to the view only after its write batch is in RocksDB.
+
+use std::sync::Arc;
+
+use rocksdb::WriteBatch;
+
+use super::{decode_err, StateMachine};
+use crate::codec::{decode, encode};
+use crate::keys::{self, sm_tag};
+use raftlog_core::auth::Security;
+use raftlog_core::types::StorageError;
+use raftlog_core::{Command, CommandResponse, Rejection};
+
+impl StateMachine {
+    /// Applies `Command::CreateToken`, `RevokeToken`, `AddAcl`, `RemoveAcl` or `SetQuota`.
+    pub(super) fn apply_security_command(
+        &mut self,
+        command: &Command,
+        batch: &mut WriteBatch,
+    ) -> CommandResponse {
+        let (group, cf) = (self.view.group, self.view.cf());
+        let live = self.view.security();
+        let security = self
+            .security_changes
+            .get_or_insert_with(|| Security::clone(&live));
+        match command {
+            Command::CreateToken { token, tokens_max } => {
+                if security.tokens.contains_key(&token.id) {
+                    return CommandResponse::Rejected(Rejection::TokenExists(token.id.clone()));
+                }
+                if security.tokens.len() >= *tokens_max as usize {
+                    return CommandResponse::Rejected(Rejection::TooManyTokens(*tokens_max));
+                }
+                batch.put_cf(cf, keys::sm_token(group, &token.id), encode(&**token));
+                security.tokens.insert(token.id.clone(), (**token).clone());
+                CommandResponse::TokenCreated
+            }
+            Command::RevokeToken { id } => {
+                let revoked = security.tokens.remove(id).is_some();
+                if revoked {
+                    batch.delete_cf(cf, keys::sm_token(group, id));
+                }
+                CommandResponse::TokenRevoked { revoked }
+            }
+            Command::AddAcl { acl, acls_max } => {
+                if let Some(id) = security.find_acl(acl) {
+                    return CommandResponse::AclAdded { id, existed: true };
+                }
+                if security.acls.len() >= *acls_max as usize {
+                    return CommandResponse::Rejected(Rejection::TooManyAcls(*acls_max));
+                }
+                let id = self.next_acl_id;
+                self.next_acl_id += 1;
+                batch.put_cf(
+                    cf,
+                    keys::sm_singleton(group, sm_tag::NEXT_ACL_ID),
+                    encode(&self.next_acl_id),
+                );
+                batch.put_cf(cf, keys::sm_acl(group, id), encode(&**acl));
+                security.acls.insert(id, (**acl).clone());
+                CommandResponse::AclAdded { id, existed: false }
+            }
+            Command::RemoveAcl { id } => {
+                let removed = security.acls.remove(id).is_some();
+                if removed {
+                    batch.delete_cf(cf, keys::sm_acl(group, *id));
+                }
+                CommandResponse::AclRemoved { removed }
+            }
+            Command::SetQuota {
+                principal,
+                quota,
+                quotas_max,
+            } => {
+                let key = keys::sm_quota(group, principal);
+                if quota.is_unlimited() {
+                    security.quotas.remove(principal);
+                    batch.delete_cf(cf, key);
+                } else {
+                    let new = !security.quotas.contains_key(principal);
+                    if new && security.quotas.len() >= *quotas_max as usize {
+                        return CommandResponse::Rejected(Rejection::TooManyQuotas(*quotas_max));
+                    }
+                    batch.put_cf(cf, key, encode(quota));
+                    security.quotas.insert(principal.clone(), *quota);
+                }
+                CommandResponse::QuotaSet
+            }
+            other => unreachable!("not a security command: {other}"),
+        }
+    }
+
+    /// Publishes the security tables this apply call changed (see `StateMachine::publish`).
+    pub(super) fn publish_security(&mut self) {
+        if let Some(security) = self.security_changes.take() {
+            *self.view.security.write().expect("security table lock") = Arc::new(security);
+        }
+    }
+
+    /// Reads the token and ACL rows (at open and after a snapshot is installed).
+    pub(super) fn load_security(&self) -> Result<Security, StorageError> {
+        let group = self.view.group;
+        let mut security = Security::default();
+        let prefix = keys::sm_singleton(group, sm_tag::TOKEN);
+        for item in self.rows_under(&prefix) {
+            let (_, value) = item?;
+            let token: raftlog_core::auth::TokenRecord = decode(&value).map_err(decode_err)?;
+            security.tokens.insert(token.id.clone(), token);
+        }
+        let prefix = keys::sm_singleton(group, sm_tag::QUOTA);
+        for item in self.rows_under(&prefix) {
+            let (key, value) = item?;
+            let principal = String::from_utf8(key[prefix.len()..].to_vec()).map_err(decode_err)?;
+            security
+                .quotas
+                .insert(principal, decode(&value).map_err(decode_err)?);
+        }
+        let prefix = keys::sm_singleton(group, sm_tag::ACL);
+        for item in self.rows_under(&prefix) {
+            let (key, value) = item?;
+            let id = key[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| decode_err("malformed ACL key in state machine"))?;
+            security
+                .acls
+                .insert(id, decode(&value).map_err(decode_err)?);
+        }
+        Ok(security)
+    }
+}
