@@ -12,7 +12,9 @@
 #               20 s of members (some of which come back as zombies and commit) must find
 #               `group-commit-non-owner`;
 #   queue-ignore-locks  takes back every lock of a queue at each receive, valid or not: 20 s of
-#               queue workers without faults must find `queue-double-lock`.
+#               queue workers without faults must find `queue-double-lock`;
+#   queue-ignore-keys  hands out records of a key-ordered queue as if it were not: 20 s of
+#               queue workers on a key-ordered queue must find `queue-key-order`.
 # Exits 0 when every bug is caught, 1 when one is missed.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -59,4 +61,6 @@ caught group-commit-any-member group-commit-non-owner --time 20 --nemesis none -
   --consumers 1 --partitions 6 --members 3 || missed=1
 caught queue-ignore-locks queue-double-lock --time 20 --nemesis none --producers 2 \
   --consumers 1 --partitions 4 --queue-workers 4 || missed=1
+caught queue-ignore-keys queue-key-order --time 20 --nemesis none --producers 2 \
+  --consumers 1 --partitions 4 --queue-workers 4 --queue-key-ordered || missed=1
 exit $missed

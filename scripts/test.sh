@@ -89,6 +89,9 @@ jepsen_run stream 30 kill,pause stream
 jepsen_run groups 30 kill,pause,partition plain --members 3 --partitions 6
 # Queue workers (ack, release, reject, extend, hang, crash) through every kind of fault.
 jepsen_run queues 30 kill,pause,partition plain --queue-workers 4 --partitions 4
+# The same on a key-ordered queue: one record per key out at a time, in offset order.
+jepsen_run queues-keyed 30 kill,pause,partition plain --queue-workers 4 --partitions 4 \
+  --queue-key-ordered
 log "fault injection: the harness must catch a node that acknowledges before commit"
 if "$ROOT/scripts/jepsen-teeth.sh" "$jepsen_out/teeth"; then
   passed=$((passed + 1))

@@ -103,6 +103,16 @@ pub struct CreateArgs {
     /// Records locked at once over the whole queue.
     #[arg(long, default_value_t = 1000)]
     in_flight_max: u32,
+    /// Records locked at once by one worker [default: no cap of its own].
+    #[arg(long, value_name = "N")]
+    worker_in_flight_max: Option<u32>,
+    /// One record per key out at a time, each key's records in offset order.
+    #[arg(long)]
+    key_ordered: bool,
+    /// Records set aside per partition (delayed, held behind their key) before the queue stops
+    /// looking further into it.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    lookahead_max: u32,
     /// Append dead letters to a topic (default name <topic>.<queue>.dlq).
     #[arg(long)]
     dead_letters: bool,
@@ -126,6 +136,9 @@ pub async fn run(ctx: &Ctx, cmd: QueueCmd) -> anyhow::Result<()> {
                 in_flight_max: args.in_flight_max,
                 dead_letters: args.dead_letters || args.dead_letter_topic.is_some(),
                 dead_letter_topic: args.dead_letter_topic.unwrap_or_default(),
+                worker_in_flight_max: args.worker_in_flight_max.unwrap_or(0),
+                key_ordered: args.key_ordered,
+                lookahead_max: args.lookahead_max,
             };
             let work = async {
                 anyhow::Ok(
@@ -344,12 +357,16 @@ fn info_json(q: &pb::QueueInfo) -> serde_json::Value {
             "max_deliveries": s.max_deliveries,
             "backoff_ms": s.backoff_ms,
             "in_flight_max": s.in_flight_max,
+            "worker_in_flight_max": s.worker_in_flight_max,
+            "key_ordered": s.key_ordered,
+            "lookahead_max": s.lookahead_max,
             "dead_letter_topic": if s.dead_letters { json!(s.dead_letter_topic) } else { json!(null) },
         },
         "backlog": q.backlog,
         "in_flight": q.in_flight,
         "waiting": q.waiting,
         "delayed": q.delayed,
+        "held": q.held,
         "full": q.full,
         "oldest_lock_age_ms": q.oldest_unacked_age_ms,
         "delivered": q.delivered,
@@ -386,6 +403,22 @@ fn print_info(ctx: &Ctx, q: &pb::QueueInfo) {
         ),
         ("in flight max", s.in_flight_max.to_string()),
         (
+            "per worker",
+            match s.worker_in_flight_max {
+                0 => "no cap of its own".into(),
+                n => n.to_string(),
+            },
+        ),
+        (
+            "order",
+            if s.key_ordered {
+                "by key".into()
+            } else {
+                "none".into()
+            },
+        ),
+        ("lookahead", format!("{} per partition", s.lookahead_max)),
+        (
             "dead letters",
             if s.dead_letters {
                 s.dead_letter_topic.clone()
@@ -403,6 +436,7 @@ fn print_info(ctx: &Ctx, q: &pb::QueueInfo) {
             ),
         ),
         ("waiting", format!("{} ({} delayed)", q.waiting, q.delayed)),
+        ("held behind their key", q.held.to_string()),
         ("oldest lock age", format!("{} ms", q.oldest_unacked_age_ms)),
         ("delivered", q.delivered.to_string()),
         ("redelivered", q.redelivered.to_string()),

@@ -5,6 +5,9 @@
 //! - [`Worker`]: receive → handle → ack / release / reject, and [`Worker::run`], which handles
 //!   one job at a time and keeps its lock extended while the handler runs.
 //!
+//! - [`deliver_after`], [`deliver_at`]: a record queue workers receive no earlier than a time
+//!   (plain readers of the topic see it at once, in offset order).
+//!
 //! Delivery is at least once: a job whose worker dies, hangs past its lock or loses the answer
 //! to an ack is delivered again (with a higher [`Job::delivery_count`]), so handlers should be
 //! idempotent or check [`Job::delivery_count`]. An ack that returned `Ok` is final.
@@ -16,6 +19,47 @@ use raftlog_proto::v1::queues_client::QueuesClient;
 use tonic::{Code, Status};
 
 use crate::{pb, to_status, Client, Connection, Error, MESSAGE_BYTES_MAX};
+
+/// The header that delays a record's delivery to queue workers by this many milliseconds after
+/// its timestamp (which the leader stamps when the producer leaves it 0).
+pub const DELAY_HEADER: &str = "raftlog-delay-ms";
+/// The header that holds a record's delivery to queue workers until this time (ms since the
+/// Unix epoch, the leader's clock).
+pub const NOT_BEFORE_HEADER: &str = "raftlog-not-before-ms";
+
+/// Queue workers receive `record` no sooner than `delay` after its timestamp.
+pub fn deliver_after(record: &mut pb::Record, delay: Duration) {
+    let ms = delay.as_millis().min(i64::MAX as u128);
+    set_header(record, DELAY_HEADER, ms.to_string());
+}
+
+/// Queue workers receive `record` no sooner than `unix_ms` (ms since the Unix epoch).
+pub fn deliver_at(record: &mut pb::Record, unix_ms: i64) {
+    set_header(record, NOT_BEFORE_HEADER, unix_ms.max(0).to_string());
+}
+
+/// The time before which queue workers do not receive `record` (as stored: its timestamp set),
+/// from its delivery headers; 0 when it has none.
+pub fn not_before_ms(record: &pb::Record) -> i64 {
+    let number = |name: &str| {
+        record
+            .headers
+            .iter()
+            .filter(|h| h.key == name)
+            .filter_map(|h| std::str::from_utf8(&h.value).ok()?.parse::<i64>().ok())
+            .max()
+    };
+    let delayed = number(DELAY_HEADER).map(|d| record.timestamp_ms.saturating_add(d));
+    delayed.max(number(NOT_BEFORE_HEADER)).unwrap_or(0)
+}
+
+fn set_header(record: &mut pb::Record, name: &str, value: String) {
+    record.headers.retain(|h| h.key != name);
+    record.headers.push(pb::Header {
+        key: name.to_string(),
+        value: value.into_bytes().into(),
+    });
+}
 
 /// One delivery of a record to a worker.
 #[derive(Debug, Clone)]

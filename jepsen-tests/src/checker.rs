@@ -25,7 +25,7 @@ const MAX_OPS: usize = 8;
 const MAX_SKIPPED: usize = 16;
 
 /// Every anomaly kind that makes a history invalid, in report order.
-pub const FATAL_KINDS: [&str; 21] = [
+pub const FATAL_KINDS: [&str; 22] = [
     "lost-write",
     "inconsistent-offsets",
     "duplicate",
@@ -47,6 +47,7 @@ pub const FATAL_KINDS: [&str; 21] = [
     "queue-double-lock",
     "queue-delivery-count",
     "queue-dead-letter",
+    "queue-key-order",
 ];
 
 /// How much later than its invocation a write may be stamped by the leader that takes it: the
@@ -319,11 +320,12 @@ pub struct Anomalies {
     pub queue_double_lock: Examples<QueueAnomaly>,
     pub queue_delivery_count: Examples<QueueAnomaly>,
     pub queue_dead_letter: Examples<QueueAnomaly>,
+    pub queue_key_order: Examples<QueueAnomaly>,
 }
 
 impl Anomalies {
     /// `(kind, count)` for every kind, in [`FATAL_KINDS`] order.
-    pub fn counts(&self) -> [(&'static str, usize); 21] {
+    pub fn counts(&self) -> [(&'static str, usize); 22] {
         let c = [
             self.lost_write.count,
             self.inconsistent_offsets.count,
@@ -346,6 +348,7 @@ impl Anomalies {
             self.queue_double_lock.count,
             self.queue_delivery_count.count,
             self.queue_dead_letter.count,
+            self.queue_key_order.count,
         ];
         std::array::from_fn(|i| (FATAL_KINDS[i], c[i]))
     }
@@ -1073,6 +1076,7 @@ pub fn check(history: &History) -> CheckResult {
     anomalies.queue_double_lock = queue.double_lock;
     anomalies.queue_delivery_count = queue.delivery_count;
     anomalies.queue_dead_letter = queue.dead_letter;
+    anomalies.queue_key_order = queue.key_order;
 
     let availability = availability(ops);
 

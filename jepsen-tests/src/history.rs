@@ -191,6 +191,9 @@ pub enum OpValue {
         at_ns: u64,
         /// The lock's deadline, ms since the start of the test (the leader's clock).
         deadline_ms: i64,
+        /// The record's key, in a key-ordered queue.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     QueueSettle {
         member: String,
@@ -464,6 +467,7 @@ struct RawValue {
     deadline_ms: Option<i64>,
     action: Option<String>,
     reason: Option<String>,
+    key: Option<String>,
 }
 
 impl TryFrom<RawOp> for Op {
@@ -525,6 +529,7 @@ impl TryFrom<RawOp> for Op {
                 count: v.count.ok_or_else(|| missing("count"))?,
                 at_ns: v.at_ns.ok_or_else(|| missing("at_ns"))?,
                 deadline_ms: v.deadline_ms.ok_or_else(|| missing("deadline_ms"))?,
+                key: v.key,
             },
             OpF::QueueSettle => OpValue::QueueSettle {
                 member: v.member.ok_or_else(|| missing("member"))?,

@@ -53,6 +53,10 @@ struct Args {
     /// locks and crash, drained after healing (checked as `queue-*`).
     #[arg(long, default_value_t = 0)]
     queue_workers: usize,
+    /// Makes the queue key-ordered (one record per key out at a time, in offset order; checked
+    /// as `queue-key-order`).
+    #[arg(long)]
+    queue_key_ordered: bool,
     /// Seed of the nemesis schedule and the workload's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -142,7 +146,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let endpoints = cluster.endpoints();
     workload::create_topic(&endpoints, args.partitions).await?;
     if args.queue_workers > 0 {
-        queue_workload::create_queue(&endpoints).await?;
+        queue_workload::create_queue(&endpoints, args.queue_key_ordered).await?;
     }
 
     let recorder = Recorder::new();
@@ -152,6 +156,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         partitions: args.partitions,
         recorder: recorder.clone(),
         deadline,
+        queue_key_ordered: args.queue_key_ordered,
     };
     let values = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();

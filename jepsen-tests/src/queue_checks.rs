@@ -11,7 +11,12 @@
 //! - `queue-delivery-count`: a delivery count over the queue's limit, or not above the count of a
 //!   delivery of the same record that was handed out before it;
 //! - `queue-dead-letter`: a dead letter of a record that was acked, a record dead-lettered twice,
-//!   or delivered with a count above the one its dead letter carries (delivered after it left).
+//!   or delivered with a count above the one its dead letter carries (delivered after it left);
+//! - `queue-key-order` (key-ordered queues): a record handed out before the previous record of
+//!   its key in its partition was done: answered before an ack or reject of that one was even
+//!   sent (or, for one dead-lettered for its deliveries, before its last delivery was asked
+//!   for). That covers both two records of a key in flight at once and a key's records out of
+//!   offset order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +42,7 @@ pub struct QueueAnomalies {
     pub double_lock: Examples<QueueAnomaly>,
     pub delivery_count: Examples<QueueAnomaly>,
     pub dead_letter: Examples<QueueAnomaly>,
+    pub key_order: Examples<QueueAnomaly>,
 }
 
 /// One delivery as the history shows it.
@@ -54,6 +60,11 @@ struct Delivery {
 #[derive(Default)]
 struct RecordEvents {
     deliveries: Vec<Delivery>,
+    /// The record's key, as a delivery of it in a key-ordered queue showed it.
+    key: Option<String>,
+    /// The earliest moment the record may have been done: an ack or reject of it sent that was
+    /// answered OK or not at all (ns since the start).
+    settled_from_ns: Option<u64>,
     /// (answered at ns, op) of acks answered OK.
     acked_ok: Vec<(u64, u64)>,
     /// An ack was sent whose outcome is unknown (it may have been applied).
@@ -116,18 +127,19 @@ pub fn check_with(
                 count,
                 at_ns,
                 deadline_ms,
+                key,
                 ..
-            } => records
-                .entry((*partition, *offset))
-                .or_default()
-                .deliveries
-                .push(Delivery {
+            } => {
+                let events = records.entry((*partition, *offset)).or_default();
+                events.key = events.key.take().or_else(|| key.clone());
+                events.deliveries.push(Delivery {
                     op: inv.index,
                     count: *count,
                     sent_ns: *at_ns,
                     answered_ns: inv.time_ns,
                     lock_end_ns: deadline_ms * MS,
-                }),
+                });
+            }
             OpValue::QueueSettle { .. } => settles.push((inv, comp)),
             OpValue::QueueDeadLetter {
                 partition,
@@ -156,6 +168,10 @@ pub fn check_with(
         };
         let events = records.entry((*partition, *offset)).or_default();
         let kind = comp.map_or(OpKind::Info, |c| c.kind);
+        if (action == "ack" || action == "reject") && kind != OpKind::Fail {
+            let at = events.settled_from_ns.get_or_insert(inv.time_ns);
+            *at = (*at).min(inv.time_ns);
+        }
         if action == "ack" {
             match (kind, comp) {
                 (OpKind::Ok, Some(c)) => events.acked_ok.push((c.time_ns, c.index)),
@@ -182,7 +198,60 @@ pub fn check_with(
             _ => delivery.lock_end_ns = delivery.lock_end_ns.min(inv.time_ns as i64),
         }
     }
-    judge(&records, max_deliveries, final_log)
+    let mut found = judge(&records, max_deliveries, final_log);
+    found.key_order = key_order(&records);
+    found
+}
+
+/// The `queue-key-order` check: per partition and key, each record's deliveries against the
+/// moment the previous record of the key may first have been done.
+fn key_order(records: &BTreeMap<(u32, u64), RecordEvents>) -> Examples<QueueAnomaly> {
+    let mut by_key: BTreeMap<(u32, &str), Vec<(u64, &RecordEvents)>> = BTreeMap::new();
+    for (&(partition, offset), events) in records {
+        if let Some(key) = &events.key {
+            by_key
+                .entry((partition, key))
+                .or_default()
+                .push((offset, events));
+        }
+    }
+    let mut found = Vec::new();
+    for ((partition, key), in_order) in by_key {
+        for pair in in_order.windows(2) {
+            let ((before, earlier), (offset, later)) = (pair[0], pair[1]);
+            // Dead-lettered for its deliveries: at a receive after its last delivery.
+            let last_delivery = earlier
+                .dead_letters
+                .iter()
+                .any(|(_, reason, _)| reason == "max-deliveries")
+                .then(|| earlier.deliveries.iter().map(|d| d.sent_ns).max())
+                .flatten();
+            let done_from = [earlier.settled_from_ns, last_delivery]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(u64::MAX);
+            for d in later
+                .deliveries
+                .iter()
+                .filter(|d| d.answered_ns < done_from)
+            {
+                let what = format!(
+                    "key {key}: delivered (count {}) before offset {before} of the key was done",
+                    d.count
+                );
+                let mut ops: Vec<u64> = earlier.deliveries.iter().map(|d| d.op).collect();
+                ops.push(d.op);
+                found.push(QueueAnomaly {
+                    partition,
+                    offset,
+                    what,
+                    ops,
+                });
+            }
+        }
+    }
+    Examples::sorted_by_key(found, |a: &QueueAnomaly| (a.partition, a.offset))
 }
 
 // Long: one pass over every record, each check a few lines; split, they would share all of it.
@@ -282,6 +351,7 @@ fn judge(
         double_lock: Examples::sorted_by_key(double_lock, by_record),
         delivery_count: Examples::sorted_by_key(counts, by_record),
         dead_letter: Examples::sorted_by_key(dead, by_record),
+        key_order: Examples::default(),
     }
 }
 
@@ -295,6 +365,18 @@ mod tests {
     /// A delivery of (0, offset) with `count`, its receive sent at `sent_ms`, answered 1 ms
     /// later, locked until `deadline_ms`.
     fn delivery(h: &mut History, p: u64, offset: u64, count: u32, sent_ms: u64, deadline_ms: i64) {
+        keyed_delivery(h, p, offset, count, sent_ms, deadline_ms, None);
+    }
+
+    fn keyed_delivery(
+        h: &mut History,
+        p: u64,
+        offset: u64,
+        count: u32,
+        sent_ms: u64,
+        deadline_ms: i64,
+        key: Option<&str>,
+    ) {
         let v = OpValue::QueueDelivery {
             member: format!("w{p}"),
             partition: 0,
@@ -303,6 +385,7 @@ mod tests {
             count,
             at_ns: sent_ms * MS,
             deadline_ms,
+            key: key.map(str::to_string),
         };
         h.invoke((sent_ms + 1) * MS, p, v.clone());
         h.complete((sent_ms + 1) * MS + 1, p, OpKind::Ok, v);
@@ -375,5 +458,23 @@ mod tests {
         assert_eq!(found.lost.count, 1);
         assert_eq!(found.lost.examples[0].offset, 1);
         assert_eq!(found.delivery_count.count, 1);
+    }
+
+    #[test]
+    fn a_key_delivered_out_of_turn_is_found_and_in_turn_is_not() {
+        let mut h = History::new();
+        // Key a: 0 acked at 50, then 2 handed out at 60 (in turn); 3 handed out at 10, while 2
+        // was not even delivered (out of turn). Key b: 1 alone.
+        keyed_delivery(&mut h, 1, 0, 1, 0, 100, Some("a"));
+        keyed_delivery(&mut h, 2, 1, 1, 0, 100, Some("b"));
+        keyed_delivery(&mut h, 3, 3, 1, 10, 110, Some("a"));
+        settle(&mut h, 1, 0, 1, "ack", 50);
+        keyed_delivery(&mut h, 1, 2, 1, 60, 160, Some("a"));
+        settle(&mut h, 1, 2, 1, "ack", 70);
+        settle(&mut h, 2, 1, 1, "ack", 70);
+        settle(&mut h, 3, 3, 1, "ack", 70);
+        let found = check_with(h.ops(), &h.pairs(), 4, &log(4));
+        assert_eq!(found.key_order.count, 1, "{:?}", found.key_order);
+        assert_eq!(found.key_order.examples[0].offset, 3);
     }
 }

@@ -24,7 +24,7 @@ pub const DEAD_LETTERS: &str = "jepsen-q-dlq";
 const LOCK_MS: u32 = 1500;
 
 /// Creates the queue (with dead letters), retrying until the cluster accepts it.
-pub async fn create_queue(endpoints: &[String]) -> anyhow::Result<()> {
+pub async fn create_queue(endpoints: &[String], key_ordered: bool) -> anyhow::Result<()> {
     let client = client(endpoints)?;
     let settings = pb::QueueSettings {
         lock_ms: LOCK_MS,
@@ -33,6 +33,8 @@ pub async fn create_queue(endpoints: &[String]) -> anyhow::Result<()> {
         in_flight_max: 200,
         dead_letters: true,
         dead_letter_topic: DEAD_LETTERS.into(),
+        key_ordered,
+        ..Default::default()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -58,6 +60,12 @@ fn record_delivery(w: &Workload, worker: &str, job: &Job, sent_ns: u64) {
         count: job.delivery_count,
         at_ns: sent_ns,
         deadline_ms: w.recorder.since_start_ms(job.lock_deadline_ms),
+        key: job
+            .record
+            .key
+            .as_ref()
+            .filter(|_| w.queue_key_ordered)
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
     };
     let process = w.recorder.new_process();
     w.recorder.invoke(process, op.clone());

@@ -30,7 +30,13 @@ pub struct Workload {
     pub partitions: u32,
     pub recorder: Recorder,
     pub deadline: Instant,
+    /// The queue workload's queue is key-ordered (`--queue-key-ordered`).
+    pub queue_key_ordered: bool,
 }
+
+/// Records carry one of this many keys (`k<value mod RECORD_KEYS>`): the key-ordered queue
+/// checks order per key. Producers name the partition, so keys do not pick it.
+pub const RECORD_KEYS: u64 = 16;
 
 /// How long a client operation may take, retries included; an op that outlives it is `info`.
 /// The nodes are started with the same `write_timeout_ms_max`, so no write of the workload is
@@ -98,7 +104,8 @@ pub async fn produce(
         let partition = rng.random_range(0..w.partitions);
         let value = values.fetch_add(1, Ordering::Relaxed);
         w.recorder.invoke(process, OpValue::send(partition, value));
-        let record = raftlog_client::record(value.to_string().into_bytes());
+        let mut record = raftlog_client::record(value.to_string().into_bytes());
+        record.key = Some(format!("k{}", value % RECORD_KEYS).into_bytes().into());
         let result = match (&producer, &stream) {
             (Some(producer), _) => match producer.send_to(TOPIC, partition, record).await {
                 Ok(delivery) => delivery.await.map(|d| d.offset),

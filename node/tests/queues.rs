@@ -1,7 +1,8 @@
 //! Queue groups on a 3-node cluster of real processes: records handed to one worker at a time,
 //! redelivered when a lock runs out or a worker releases them (not before their delay),
 //! dead-lettered with their origin in headers when rejected or delivered too often, locks kept by
-//! extends, and locks and delivery counts kept across a leader kill -9.
+//! extends, locks and delivery counts kept across a leader kill -9, delayed records held until
+//! their time, and key-ordered queues keeping each key's offset order under failing workers.
 
 mod support;
 
@@ -310,4 +311,195 @@ async fn locks_and_delivery_counts_survive_a_leader_kill() {
     b.ack_all(&again).await.unwrap();
     let info = client.describe_queue("work").await.unwrap();
     assert_eq!(info.acked as usize, again.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_records_are_not_received_before_their_time_and_readers_see_them_at_once() {
+    let cluster = TestCluster::start(3, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("later", 1).await.unwrap();
+    client
+        .create_queue("lq", "later", settings(10_000, 3))
+        .await
+        .unwrap();
+    // A malformed delivery time is refused and appends nothing.
+    let mut bad = record(b"bad".to_vec());
+    bad.headers.push(pb::Header {
+        key: raftlog_client::queue::DELAY_HEADER.into(),
+        value: b"soon".to_vec().into(),
+    });
+    let err = client.produce("later", 0, vec![bad]).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    let mut delayed = record(b"delayed".to_vec());
+    raftlog_client::queue::deliver_after(&mut delayed, Duration::from_millis(1500));
+    let mut at = record(b"at".to_vec());
+    raftlog_client::queue::deliver_at(&mut at, now_ms() + 800);
+    let plain = record(b"now".to_vec());
+    client
+        .produce("later", 0, vec![delayed, at, plain])
+        .await
+        .unwrap();
+    // Plain readers see all three, in offset order, at once.
+    let read: Vec<_> = read_topic(&client, "later").await;
+    assert_eq!(read.len(), 3);
+
+    let w = Worker::new(client.clone(), "lq", "w");
+    let first = w.receive(10).await.unwrap();
+    assert_eq!(values(&first), ["now"]);
+    w.ack(&first[0]).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        for job in w.receive(10).await.unwrap() {
+            let received_ms = now_ms();
+            let not_before = raftlog_client::queue::not_before_ms(&job.record);
+            assert!(not_before > 0, "{job:?}");
+            // The leader delivered it at or after its time; the answer came after that.
+            assert!(
+                received_ms >= not_before,
+                "received {received_ms} < {not_before}"
+            );
+            assert_eq!(job.delivery_count, 1, "a first delivery, not a redelivery");
+            seen.push(String::from_utf8(job.record.value.to_vec()).unwrap());
+            w.ack(&job).await.unwrap();
+        }
+    }
+    assert_eq!(seen, ["at", "delayed"]);
+    let info = client.describe_queue("lq").await.unwrap();
+    assert_eq!((info.backlog, info.redelivered), (0, 0), "{info:?}");
+}
+
+/// What the key-ordered workers saw, shared between them.
+#[derive(Default)]
+struct KeyedRun {
+    /// Per key, the offsets finished (acked or rejected), in the order they were settled.
+    finished: std::collections::BTreeMap<String, Vec<u64>>,
+    /// (key, offset) whose ack or reject is on its way (counted as finished while it is).
+    settling: BTreeSet<(String, u64)>,
+    violations: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_ordered_queue_keeps_each_keys_offset_order_under_failing_workers() {
+    use rand::{Rng, SeedableRng};
+    use std::sync::{Arc, Mutex};
+
+    const RECORDS: u64 = 240;
+    const KEYS: u64 = 12;
+    const WORKER_CAP: usize = 2;
+    let cluster = TestCluster::start(3, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("orders", 2).await.unwrap();
+    let queue_settings = pb::QueueSettings {
+        key_ordered: true,
+        worker_in_flight_max: WORKER_CAP as u32,
+        ..settings(1500, 20)
+    };
+    client
+        .create_queue("ordered", "orders", queue_settings)
+        .await
+        .unwrap();
+    // Key j lives in partition j mod 2; the offsets of each key, in order.
+    let mut expected: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for i in 0..RECORDS {
+        let j = i % KEYS;
+        let mut r = record(i.to_string().into_bytes());
+        r.key = Some(format!("key-{j}").into_bytes().into());
+        let ack = client
+            .produce("orders", (j % 2) as u32, vec![r])
+            .await
+            .unwrap();
+        expected
+            .entry(format!("key-{j}"))
+            .or_default()
+            .push(ack.base_offset);
+    }
+    let expected = Arc::new(expected);
+    let run = Arc::new(Mutex::new(KeyedRun::default()));
+    let mut tasks = Vec::new();
+    for index in 0..8u64 {
+        let (client, expected, run) = (client.clone(), expected.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(index);
+            let mut incarnation = 0;
+            let mut w = Worker::new(client.clone(), "ordered", format!("w{index}.0"));
+            w.wait = Duration::from_millis(300);
+            let give_up = std::time::Instant::now() + Duration::from_secs(90);
+            loop {
+                let done: usize = run.lock().unwrap().finished.values().map(Vec::len).sum();
+                if done as u64 == RECORDS || std::time::Instant::now() > give_up {
+                    return;
+                }
+                let Ok(jobs) = w.receive(4).await else {
+                    continue;
+                };
+                assert!(
+                    jobs.len() <= WORKER_CAP,
+                    "over the worker cap: {}",
+                    jobs.len()
+                );
+                for job in jobs {
+                    let key = String::from_utf8(job.record.key.clone().unwrap().to_vec()).unwrap();
+                    let offsets = &expected[&key];
+                    {
+                        let mut run = run.lock().unwrap();
+                        let run = &mut *run;
+                        let finished = run.finished.get(&key).cloned().unwrap_or_default();
+                        let settled = |o: &u64| {
+                            finished.contains(o) || run.settling.contains(&(key.clone(), *o))
+                        };
+                        let before_done = offsets.iter().filter(|&&o| o < job.offset).all(settled);
+                        let after_done = offsets.iter().any(|&o| o > job.offset && settled(&o));
+                        if !before_done || after_done {
+                            run.violations.push(format!(
+                                "{key} offset {} (count {}) handed out with finished {finished:?}",
+                                job.offset, job.delivery_count
+                            ));
+                        }
+                    }
+                    let roll = rng.random_range(0..100);
+                    if roll >= 85 {
+                        // A crash: the worker drops what it holds and comes back under a new
+                        // name; the lock runs out and the record comes back.
+                        incarnation += 1;
+                        w = Worker::new(
+                            client.clone(),
+                            "ordered",
+                            format!("w{index}.{incarnation}"),
+                        );
+                        w.wait = Duration::from_millis(300);
+                        break;
+                    }
+                    if (70..85).contains(&roll) && job.delivery_count < 3 {
+                        let delay = Duration::from_millis(rng.random_range(0..100));
+                        // Refused only if the lock ran out meanwhile: it comes back anyway.
+                        let _ = w.release(&job, delay).await;
+                        continue;
+                    }
+                    let settling = (key.clone(), job.offset);
+                    run.lock().unwrap().settling.insert(settling.clone());
+                    let outcome = if roll < 5 {
+                        w.reject(&job, "bad order").await
+                    } else {
+                        w.ack(&job).await
+                    };
+                    let mut run = run.lock().unwrap();
+                    run.settling.remove(&settling);
+                    // Refused only if the lock ran out and the record went out again.
+                    if outcome.is_ok() {
+                        run.finished.entry(key).or_default().push(job.offset);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let run = run.lock().unwrap();
+    assert!(run.violations.is_empty(), "{:#?}", run.violations);
+    // Each key finished in offset order, every record once.
+    assert_eq!(run.finished, *expected);
 }

@@ -41,7 +41,8 @@ pub use types::{SnapshotData, TypeConfig};
 /// harness to prove it catches them (scripts/jepsen-teeth.sh): `group-double-owner` grants a
 /// partition while another member still owns it; `group-commit-any-member` accepts a commit
 /// from any member, owner or not; `queue-ignore-locks` lets every lock of a queue run out at
-/// the next receive.
+/// the next receive; `queue-ignore-keys` hands out a key-ordered queue's records as if it were
+/// not key-ordered.
 #[cfg(feature = "unsafe-test-bugs")]
 pub(crate) fn test_bug(name: &str) -> bool {
     std::env::var("RAFTLOG_UNSAFE_BUG").is_ok_and(|bug| bug == name)

@@ -8,6 +8,11 @@
 //! over the done records at its front, so the state holds only what is between the slowest
 //! unfinished record and the newest delivered one.
 //!
+//! Two kinds of records are set aside ahead of delivery: a record whose producer asked for a
+//! later delivery (`delivery_header`) waits, never delivered, until then; and in a key-ordered
+//! queue a record whose key has an earlier record locked or waiting is *held* until that one is
+//! done, so a key's records go out one at a time in offset order while other keys go on.
+//!
 //! Acquisitions are replicated (a receive is a command): a lock survives a leader change as it
 //! is, and no new leader has to wait out locks it may not know of. Time is the leader's stamp in
 //! the command (`now_ms`), never a replica's clock: a lock has run out when a command stamped
@@ -16,6 +21,58 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
+
+/// Header names a producer sets on a record to have queue workers receive it no earlier than a
+/// given time (plain readers of the topic see it in offset order as usual). Values are decimal
+/// text; a produce with a malformed one is refused.
+pub mod delivery_header {
+    /// Milliseconds since the Unix epoch (by the leader's clock).
+    pub const NOT_BEFORE_MS: &str = "raftlog-not-before-ms";
+    /// Milliseconds after the record's timestamp (which the leader stamps when the producer
+    /// leaves it 0).
+    pub const DELAY_MS: &str = "raftlog-delay-ms";
+}
+
+/// What a queue needs to know about a record before it hands it out, read from the stored
+/// record at apply (the same bytes on every node).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordFacts {
+    /// xxh3-64 of the record's key; `None`: unkeyed. Keys that hash alike share one order,
+    /// which costs parallelism, never order.
+    pub key: Option<u64>,
+    /// Not delivered to a worker before this time (ms since the Unix epoch); 0: at once.
+    pub not_before_ms: i64,
+}
+
+impl RecordFacts {
+    /// The facts of a stored record from its key, headers and timestamp (set when stored).
+    pub fn of(key: Option<&[u8]>, headers: &[(String, bytes::Bytes)], timestamp_ms: i64) -> Self {
+        let mut not_before_ms = 0;
+        for (name, value) in headers {
+            let at = match name.as_str() {
+                delivery_header::NOT_BEFORE_MS => parse_header_ms(value),
+                delivery_header::DELAY_MS => {
+                    parse_header_ms(value).map(|delay| timestamp_ms.saturating_add(delay))
+                }
+                _ => None,
+            };
+            not_before_ms = not_before_ms.max(at.unwrap_or(0));
+        }
+        RecordFacts {
+            key: key.map(xxhash_rust::xxh3::xxh3_64),
+            not_before_ms,
+        }
+    }
+}
+
+/// A delivery header's value: a non-negative decimal number of milliseconds.
+pub fn parse_header_ms(value: &[u8]) -> Option<i64> {
+    std::str::from_utf8(value)
+        .ok()?
+        .parse::<i64>()
+        .ok()
+        .filter(|ms| *ms >= 0)
+}
 
 /// How a queue group hands out records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +86,16 @@ pub struct QueueSettings {
     pub backoff_ms: Vec<u32>,
     /// Records locked at once over the whole group; a receive beyond it gets nothing.
     pub in_flight_max: u32,
+    /// Records locked at once by one worker (by the name it receives with); 0: no cap of its
+    /// own.
+    pub worker_in_flight_max: u32,
+    /// At most one record per key locked or waiting at a time, a key's records delivered in
+    /// offset order (within a partition: the key partitioner keeps a key in one).
+    pub key_ordered: bool,
+    /// Per partition, how many records the queue sets aside ahead of delivery (delayed, held
+    /// behind their key, or waiting to be delivered again) before it stops taking new records
+    /// of that partition: bounds the state a stuck key or a far delay can pile up.
+    pub lookahead_max: u32,
 }
 
 /// Where one delivered record stands.
@@ -38,14 +105,19 @@ pub struct Lock {
     /// Deliveries so far, this one included.
     pub count: u32,
     pub deadline_ms: i64,
+    /// The record's key hash, in a key-ordered queue (the key it keeps busy).
+    pub key: Option<u64>,
 }
 
 /// A record to deliver again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
-    /// Deliveries so far.
+    /// Deliveries so far: 0 for a record never delivered (delayed by its producer, or next of
+    /// its key after a held time).
     pub count: u32,
     pub not_before_ms: i64,
+    /// The record's key hash, in a key-ordered queue (the key it keeps busy).
+    pub key: Option<u64>,
 }
 
 /// One partition of the topic, for one queue group.
@@ -59,7 +131,21 @@ pub struct PartitionQueue {
     pub done: BTreeSet<u64>,
     pub locked: BTreeMap<u64, Lock>,
     pub waiting: BTreeMap<u64, Waiting>,
+    /// Key-ordered queues: the offset of each busy key's record (locked or waiting); the key's
+    /// later records are held until it is done.
+    pub owners: BTreeMap<u64, u64>,
+    /// Key-ordered queues: records never delivered because an earlier record of their key is
+    /// not done, by (key, offset), with the producer's not-before time.
+    pub held: BTreeMap<(u64, u64), i64>,
+    /// The latest [`DEAD_LETTERS_REMEMBERED`] records dead-lettered, also below `floor`: a late
+    /// ack of one is refused (it was not acked), not mistaken for a repeated ack.
+    pub dead_letters: BTreeSet<u64>,
 }
+
+/// Dead-lettered offsets a partition's queue state remembers (see
+/// [`PartitionQueue::dead_letters`]); an ack of an older dead letter answers OK as for any done
+/// record. Bounded because the state is one row rewritten at each settlement.
+pub const DEAD_LETTERS_REMEMBERED: usize = 256;
 
 /// A delivery of one record: which, and the how-many-th (acks name it, so that an ack from a
 /// delivery that has since been superseded is told apart).
@@ -123,7 +209,8 @@ pub enum QueueError {
     UnknownDelivery(Delivery),
     /// The record was delivered again since (its lock ran out): the newer delivery decides.
     Superseded { delivery: Delivery, current: u32 },
-    /// The record is done (acked or dead-lettered): only an ack of it is accepted again.
+    /// The record is done (acked or dead-lettered): only an ack of an acked one is accepted
+    /// again.
     AlreadyDone(Delivery),
     /// Extend of a record whose lock ran out (it may be delivered again any moment).
     LockExpired(Delivery),
@@ -133,6 +220,21 @@ pub enum QueueError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueState {
     pub partitions: BTreeMap<u32, PartitionQueue>,
+}
+
+/// A record about to be locked: where it is, and its key in a key-ordered queue.
+struct At {
+    partition: u32,
+    offset: u64,
+    key: Option<u64>,
+}
+
+/// The new records a receive may take: each partition's end, the leader's time, and how to
+/// learn a record's key and not-before time.
+struct NewRecords<'a> {
+    ends: &'a BTreeMap<u32, u64>,
+    now_ms: i64,
+    facts: &'a mut dyn FnMut(u32, u64) -> RecordFacts,
 }
 
 /// Where a delivery's record is in its partition.
@@ -156,14 +258,65 @@ impl PartitionQueue {
         }
     }
 
-    /// Marks `offset` done and moves the floor over the done records at the front.
+    /// Marks `offset` done, moves the floor over the done records at the front, and hands its
+    /// key on to the key's next held record.
     fn finish(&mut self, offset: u64) {
-        self.locked.remove(&offset);
-        self.waiting.remove(&offset);
+        let key = self.forget(offset);
         self.done.insert(offset);
         while self.done.remove(&self.floor) {
             self.floor += 1;
         }
+        if let Some(key) = key {
+            self.free_key(key, offset);
+        }
+    }
+
+    /// Finishes `offset` as a dead letter, remembering it as one.
+    fn dead_letter(&mut self, offset: u64) {
+        self.finish(offset);
+        self.dead_letters.insert(offset);
+        while self.dead_letters.len() > DEAD_LETTERS_REMEMBERED {
+            self.dead_letters.pop_first();
+        }
+    }
+
+    /// Takes `offset` out of the locked and waiting records; returns its key.
+    fn forget(&mut self, offset: u64) -> Option<u64> {
+        let locked = self.locked.remove(&offset).and_then(|lock| lock.key);
+        let waiting = self.waiting.remove(&offset).and_then(|w| w.key);
+        locked.or(waiting)
+    }
+
+    /// The record at `offset` no longer keeps `key` busy: the key's next held record (lowest
+    /// offset) becomes ready from its own not-before time on, and keeps the key busy.
+    fn free_key(&mut self, key: u64, offset: u64) {
+        if self.owners.get(&key) != Some(&offset) {
+            return;
+        }
+        self.owners.remove(&key);
+        let next = self.held.range((key, 0)..=(key, u64::MAX)).next();
+        if let Some((&(key, offset), &not_before_ms)) = next {
+            self.held.remove(&(key, offset));
+            self.owners.insert(key, offset);
+            self.waiting.insert(
+                offset,
+                Waiting {
+                    count: 0,
+                    not_before_ms,
+                    key: Some(key),
+                },
+            );
+        }
+    }
+
+    /// Records set aside ahead of delivery: held, delayed or waiting to be delivered again.
+    fn set_aside(&self) -> usize {
+        self.held.len() + self.waiting.len()
+    }
+
+    /// Whether new records of this partition may be taken (the lookahead is not full).
+    fn takes_new(&self, settings: &QueueSettings) -> bool {
+        self.set_aside() < settings.lookahead_max.max(1) as usize
     }
 
     /// Locks whose deadline has passed at `now_ms` go back to waiting, ready at once.
@@ -182,6 +335,7 @@ impl PartitionQueue {
                 Waiting {
                     count: lock.count,
                     not_before_ms: lock.deadline_ms.min(now_ms),
+                    key: lock.key,
                 },
             );
         }
@@ -194,9 +348,35 @@ impl QueueState {
         self.partitions.values().map(|p| p.locked.len()).sum()
     }
 
-    /// Hands `worker` up to `max` records: first those waiting to be delivered again whose time
-    /// has come (oldest offset first), then records never delivered, partition by partition in
-    /// turn, up to each partition's `ends` (its end offset). A record already delivered
+    /// Records locked now by `worker`.
+    pub fn in_flight_of(&self, worker: &str) -> usize {
+        self.partitions
+            .values()
+            .map(|p| p.locked.values().filter(|l| l.worker == worker).count())
+            .sum()
+    }
+
+    /// Records held behind an earlier record of their key (key-ordered queues).
+    pub fn held(&self) -> usize {
+        self.partitions.values().map(|p| p.held.len()).sum()
+    }
+
+    /// How many more records `worker` may lock now: the queue's room and the worker's own.
+    fn room(&self, settings: &QueueSettings, worker: &str) -> usize {
+        let queue = (settings.in_flight_max as usize).saturating_sub(self.in_flight());
+        if settings.worker_in_flight_max == 0 {
+            return queue;
+        }
+        let own =
+            (settings.worker_in_flight_max as usize).saturating_sub(self.in_flight_of(worker));
+        queue.min(own)
+    }
+
+    /// Hands `worker` up to `max` records: first those waiting to be delivered (again) whose
+    /// time has come (oldest offset first), then records never looked at, partition by
+    /// partition in turn, up to each partition's `ends` (its end offset). `facts` tells a new
+    /// record's key and not-before time: a record whose time has not come waits, and in a
+    /// key-ordered queue one whose key is busy is held. A record already delivered
     /// `max_deliveries` times is dead-lettered instead. Locks that ran out at `now_ms` are
     /// released first.
     pub fn receive(
@@ -206,6 +386,7 @@ impl QueueState {
         max: u32,
         now_ms: i64,
         ends: &BTreeMap<u32, u64>,
+        facts: &mut dyn FnMut(u32, u64) -> RecordFacts,
     ) -> Received {
         let deadline_ms = now_ms + i64::from(settings.lock_ms);
         let mut out = Received {
@@ -215,10 +396,14 @@ impl QueueState {
         for &partition in ends.keys() {
             self.partitions.entry(partition).or_default().expire(now_ms);
         }
-        let room = (settings.in_flight_max as usize).saturating_sub(self.in_flight());
-        let mut budget = (max as usize).min(room);
+        let mut budget = (max as usize).min(self.room(settings, worker));
         self.redeliver_ready(settings, worker, now_ms, &mut budget, &mut out);
-        self.deliver_new(settings, worker, ends, &mut budget, &mut out);
+        let new = NewRecords {
+            ends,
+            now_ms,
+            facts,
+        };
+        self.deliver_new(settings, worker, new, &mut budget, &mut out);
         out
     }
 
@@ -248,9 +433,9 @@ impl QueueState {
                 break;
             }
             let queue = self.partitions.get_mut(&partition).expect("partition");
-            let count = queue.waiting.remove(&offset).expect("waiting").count;
+            let Waiting { count, key, .. } = queue.waiting[&offset];
             if count >= settings.max_deliveries {
-                queue.finish(offset);
+                queue.dead_letter(offset);
                 out.dead_lettered.push(DeadLetter {
                     partition,
                     offset,
@@ -259,21 +444,33 @@ impl QueueState {
                 });
                 continue;
             }
-            Self::lock(queue, partition, offset, count + 1, worker, out);
+            let at = At {
+                partition,
+                offset,
+                key,
+            };
+            queue.waiting.remove(&offset);
+            Self::lock(queue, at, count + 1, worker, out);
             *budget -= 1;
         }
     }
 
-    /// Delivers records never delivered, one partition after another in turn, up to each
-    /// partition's end, while `budget` lasts.
+    /// Takes records never looked at, one partition after another in turn, up to each
+    /// partition's end, while `budget` lasts (and the partition's lookahead has room): delivers
+    /// each, or sets it aside (delayed, or held behind its key).
     fn deliver_new(
         &mut self,
         settings: &QueueSettings,
         worker: &str,
-        ends: &BTreeMap<u32, u64>,
+        new: NewRecords<'_>,
         budget: &mut usize,
         out: &mut Received,
     ) {
+        let NewRecords {
+            ends,
+            now_ms,
+            facts,
+        } = new;
         let mut progressed = true;
         while *budget > 0 && progressed {
             progressed = false;
@@ -282,60 +479,88 @@ impl QueueState {
                     break;
                 }
                 let queue = self.partitions.entry(partition).or_default();
-                if queue.next >= end {
+                if queue.next >= end || !queue.takes_new(settings) {
                     continue;
                 }
                 let offset = queue.next;
                 queue.next += 1;
                 progressed = true;
                 if settings.max_deliveries == 0 {
-                    queue.finish(offset);
+                    queue.dead_letter(offset);
                     out.dead_lettered.push(DeadLetter {
                         partition,
                         offset,
                         deliveries: 0,
                         reason: DeadLetterReason::MaxDeliveries,
                     });
-                } else {
-                    Self::lock(queue, partition, offset, 1, worker, out);
-                    *budget -= 1;
+                    continue;
                 }
+                let RecordFacts { key, not_before_ms } = facts(partition, offset);
+                // The planted bug forgets the queue is key-ordered.
+                let key =
+                    key.filter(|_| settings.key_ordered && !crate::test_bug("queue-ignore-keys"));
+                if let Some(key) = key {
+                    if queue.owners.contains_key(&key) {
+                        queue.held.insert((key, offset), not_before_ms);
+                        continue;
+                    }
+                    queue.owners.insert(key, offset);
+                }
+                if not_before_ms > now_ms {
+                    let waiting = Waiting {
+                        count: 0,
+                        not_before_ms,
+                        key,
+                    };
+                    queue.waiting.insert(offset, waiting);
+                    continue;
+                }
+                let at = At {
+                    partition,
+                    offset,
+                    key,
+                };
+                Self::lock(queue, at, 1, worker, out);
+                *budget -= 1;
             }
         }
     }
 
-    fn lock(
-        queue: &mut PartitionQueue,
-        partition: u32,
-        offset: u64,
-        count: u32,
-        worker: &str,
-        out: &mut Received,
-    ) {
+    fn lock(queue: &mut PartitionQueue, at: At, count: u32, worker: &str, out: &mut Received) {
         queue.locked.insert(
-            offset,
+            at.offset,
             Lock {
                 worker: worker.to_string(),
                 count,
                 deadline_ms: out.deadline_ms,
+                key: at.key,
             },
         );
         out.delivered.push(Delivery {
-            partition,
-            offset,
+            partition: at.partition,
+            offset: at.offset,
             count,
         });
     }
 
     /// The record of `delivery` is done. Accepted while it is that delivery's record to decide
-    /// on: locked by it, or waiting after its lock ran out (not delivered again yet), or done
-    /// already (an ack repeated after an unknown outcome). True when this ack finished it.
+    /// on: locked by it, or waiting after its lock ran out (not delivered again yet), or acked
+    /// already (an ack repeated after an unknown outcome). Refused for a record dead-lettered
+    /// meanwhile (one of the partition's latest [`DEAD_LETTERS_REMEMBERED`]). True when this
+    /// ack finished it.
     pub fn ack(&mut self, delivery: Delivery) -> Result<bool, QueueError> {
+        if delivery.count == 0 {
+            // Never handed out: a record set aside before its first delivery has count 0.
+            return Err(QueueError::UnknownDelivery(delivery));
+        }
         let queue = self
             .partitions
             .get_mut(&delivery.partition)
             .ok_or(QueueError::UnknownDelivery(delivery))?;
         match queue.place(delivery.offset) {
+            Place::Done if queue.dead_letters.contains(&delivery.offset) => {
+                Err(QueueError::AlreadyDone(delivery))
+            }
             Place::Done => Ok(false),
             Place::Locked(count) | Place::Waiting(count) if count == delivery.count => {
                 queue.finish(delivery.offset);
@@ -372,12 +597,13 @@ impl QueueState {
                 .copied()
                 .unwrap_or(0)
         };
-        queue.locked.remove(&delivery.offset);
+        let key = queue.forget(delivery.offset);
         queue.waiting.insert(
             delivery.offset,
             Waiting {
                 count: delivery.count,
                 not_before_ms: now_ms + i64::from(delay),
+                key,
             },
         );
         Ok(())
@@ -386,7 +612,7 @@ impl QueueState {
     /// The worker rejects the record: it leaves the queue for the dead letters now.
     pub fn reject(&mut self, delivery: Delivery) -> Result<DeadLetter, QueueError> {
         let queue = self.current(delivery)?;
-        queue.finish(delivery.offset);
+        queue.dead_letter(delivery.offset);
         Ok(DeadLetter {
             partition: delivery.partition,
             offset: delivery.offset,
@@ -415,6 +641,9 @@ impl QueueState {
 
     /// The partition of `delivery` when the delivery is the record's current one and not done.
     fn current(&mut self, delivery: Delivery) -> Result<&mut PartitionQueue, QueueError> {
+        if delivery.count == 0 {
+            return Err(QueueError::UnknownDelivery(delivery));
+        }
         let queue = self
             .partitions
             .get_mut(&delivery.partition)
@@ -499,28 +728,46 @@ impl PartitionQueue {
             return 0;
         }
         let mut gone = 0;
+        let mut freed = Vec::new();
         for offset in self.floor..start.min(self.next) {
-            if self.locked.remove(&offset).is_some() || self.waiting.remove(&offset).is_some() {
-                gone += 1;
+            let unfinished =
+                self.locked.contains_key(&offset) || self.waiting.contains_key(&offset);
+            if let Some(key) = self.forget(offset) {
+                freed.push((key, offset));
             }
+            gone += u64::from(unfinished);
             self.done.remove(&offset);
         }
+        self.dead_letters.retain(|&offset| offset >= start);
+        let before = self.held.len();
+        self.held.retain(|&(_, offset), _| offset >= start);
+        gone += (before - self.held.len()) as u64;
         gone += start.saturating_sub(self.next);
         self.next = self.next.max(start);
         self.floor = start;
         while self.done.remove(&self.floor) {
             self.floor += 1;
         }
+        for (key, offset) in freed {
+            self.free_key(key, offset);
+        }
         gone
     }
 }
 
 impl QueueState {
-    /// Whether a receive at `now_ms` could hand something out: room under the in-flight cap and
-    /// a record never delivered below its partition's end, or one waiting whose time has come,
-    /// or a lock that has run out.
-    pub fn ready(&self, settings: &QueueSettings, now_ms: i64, ends: &BTreeMap<u32, u64>) -> bool {
-        let has_room = self.in_flight() < settings.in_flight_max as usize;
+    /// Whether a receive by `worker` at `now_ms` could hand something out (or set something
+    /// aside): room under the in-flight caps and a record never looked at below its
+    /// partition's end (with room in the partition's lookahead), or one waiting whose time has
+    /// come, or a lock that has run out.
+    pub fn ready(
+        &self,
+        settings: &QueueSettings,
+        worker: &str,
+        now_ms: i64,
+        ends: &BTreeMap<u32, u64>,
+    ) -> bool {
+        let has_room = self.room(settings, worker) > 0;
         let expired_lock = || {
             self.partitions
                 .values()
@@ -533,7 +780,7 @@ impl QueueState {
         let new_records = ends.iter().any(|(partition, &end)| {
             self.partitions
                 .get(partition)
-                .map_or(end > 0, |p| p.next < end)
+                .map_or(end > 0, |p| p.next < end && p.takes_new(settings))
         });
         new_records
             || expired_lock()
@@ -558,8 +805,9 @@ impl QueueState {
             .min()
     }
 
-    /// Records waiting to be delivered again (released or lock ran out), and of those the ones
-    /// whose delay has not ended at `now_ms`.
+    /// Records waiting to be delivered (again: released, or their lock ran out; or for the
+    /// first time: delayed by their producer, or next of their key), and of those the ones
+    /// whose time has not come at `now_ms`.
     pub fn waiting(&self, now_ms: i64) -> (usize, usize) {
         let mut waiting = 0;
         let mut delayed = 0;

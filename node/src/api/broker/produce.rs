@@ -362,6 +362,7 @@ impl BrokerService {
                 )));
             }
             batch_bytes += size;
+            check_delivery_headers(i, record)?;
         }
         if batch_bytes > limits.batch_bytes_max {
             return Err(ApiError::InvalidArgument(format!(
@@ -393,6 +394,24 @@ impl BrokerService {
         }
         Ok(())
     }
+}
+
+/// A record's queue delivery headers (`raftlog-not-before-ms`, `raftlog-delay-ms`) must be
+/// non-negative decimal milliseconds: a queue reads them at apply, and a typo must not turn into
+/// a record delivered at once.
+fn check_delivery_headers(i: usize, record: &Record) -> Result<(), ApiError> {
+    use raftlog_core::queue::{delivery_header, parse_header_ms};
+    for header in &record.headers {
+        let name = header.key.as_str();
+        if (name == delivery_header::NOT_BEFORE_MS || name == delivery_header::DELAY_MS)
+            && parse_header_ms(&header.value).is_none()
+        {
+            return Err(ApiError::InvalidArgument(format!(
+                "record {i}: header {name} must be a non-negative number of milliseconds"
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(super) async fn produce(

@@ -31,6 +31,10 @@ use raftlog_core::{Command, CommandResponse, Rejection};
 const LOCK_MS_DEFAULT: u32 = 30_000;
 const MAX_DELIVERIES_DEFAULT: u32 = 5;
 const IN_FLIGHT_MAX_DEFAULT: u32 = 1000;
+const LOOKAHEAD_MAX_DEFAULT: u32 = 10_000;
+/// A partition's queue state is one row, rewritten at each settlement of it: the lookahead
+/// bounds its size.
+const LOOKAHEAD_MAX_BOUND: u32 = 100_000;
 /// Bounds of a queue's settings.
 const LOCK_MS_MIN: u32 = 100;
 const LOCK_MS_MAX: u32 = 12 * 3600 * 1000;
@@ -88,6 +92,9 @@ impl QueuesService {
             max_deliveries: pick(asked.max_deliveries, MAX_DELIVERIES_DEFAULT),
             backoff_ms: asked.backoff_ms,
             in_flight_max: pick(asked.in_flight_max, IN_FLIGHT_MAX_DEFAULT),
+            worker_in_flight_max: asked.worker_in_flight_max,
+            key_ordered: asked.key_ordered,
+            lookahead_max: pick(asked.lookahead_max, LOOKAHEAD_MAX_DEFAULT),
         };
         let in_flight_bound = self.broker.ctx.config.limits.queue_in_flight_max;
         let invalid = |m: String| Err(ApiError::InvalidArgument(m));
@@ -114,6 +121,18 @@ impl QueuesService {
             return invalid(format!(
                 "in_flight_max must be at most {in_flight_bound} (queue_in_flight_max; got {})",
                 settings.in_flight_max
+            ));
+        }
+        if settings.worker_in_flight_max > settings.in_flight_max {
+            return invalid(format!(
+                "worker_in_flight_max must be at most in_flight_max ({}; got {})",
+                settings.in_flight_max, settings.worker_in_flight_max
+            ));
+        }
+        if settings.lookahead_max > LOOKAHEAD_MAX_BOUND {
+            return invalid(format!(
+                "lookahead_max must be at most {LOOKAHEAD_MAX_BOUND} (got {})",
+                settings.lookahead_max
             ));
         }
         Ok(settings)
@@ -370,7 +389,7 @@ impl QueuesService {
             let ends = partition_ends(&queue, &group.view)?;
             let now = now_ms();
             let settings = &queue.definition.settings;
-            if queue.state.ready(settings, now, &ends) {
+            if queue.state.ready(settings, &req.worker, now, &ends) {
                 let received = self.propose_receive(req, max, deadline).await?;
                 if !received.delivered.is_empty() {
                     return Ok(self.read_delivered(&queue, received).await);
@@ -620,6 +639,9 @@ pub fn queue_info(name: &str, queue: &Queue, view: &raftlog_store::StateView) ->
             in_flight_max: settings.in_flight_max,
             dead_letters: definition.dead_letter_topic.is_some(),
             dead_letter_topic: definition.dead_letter_topic.clone().unwrap_or_default(),
+            worker_in_flight_max: settings.worker_in_flight_max,
+            key_ordered: settings.key_ordered,
+            lookahead_max: settings.lookahead_max,
         }),
         backlog: queue.state.backlog(&bounds),
         in_flight: in_flight as u64,
@@ -635,5 +657,6 @@ pub fn queue_info(name: &str, queue: &Queue, view: &raftlog_store::StateView) ->
         expired: counters.expired,
         full: in_flight >= settings.in_flight_max as usize,
         created_at_ms: definition.created_at_ms,
+        held: queue.state.held() as u64,
     }
 }

@@ -24,7 +24,8 @@ use super::StateMachine;
 use crate::codec::encode;
 use crate::keys;
 use raftlog_core::queue::{
-    DeadLetter, DeadLetterReason, Queue, QueueCounters, QueueDefinition, SettleAction, Settlement,
+    DeadLetter, DeadLetterReason, Queue, QueueCounters, QueueDefinition, RecordFacts, SettleAction,
+    Settlement,
 };
 use raftlog_core::{Command, CommandResponse, Record, Rejection, TopicSettings};
 
@@ -241,7 +242,15 @@ impl StateMachine {
             ends.insert(partition, bounds.end_offset);
         }
         let settings = queue.definition.settings.clone();
-        let received = queue.state.receive(&settings, worker, max, now_ms, &ends);
+        let mut reader = FactsReader {
+            view: &self.view,
+            topic_id: queue.definition.topic_id,
+            batch: None,
+        };
+        let mut facts = |partition, offset| reader.facts(partition, offset);
+        let received = queue
+            .state
+            .receive(&settings, worker, max, now_ms, &ends, &mut facts);
         for delivery in &received.delivered {
             touched.insert(delivery.partition);
             queue.counters.delivered += 1;
@@ -399,6 +408,41 @@ impl StateMachine {
             }
         }
         Ok(queues)
+    }
+}
+
+/// Reads what a receive needs to know about new records (key, not-before time) from the stored
+/// batches, decoding a batch once for the consecutive offsets it holds.
+struct FactsReader<'a> {
+    view: &'a super::StateView,
+    topic_id: u64,
+    /// The last batch decoded: its partition, base offset and records.
+    batch: Option<(u32, u64, Vec<Record>)>,
+}
+
+impl FactsReader<'_> {
+    fn facts(&mut self, partition: u32, offset: u64) -> RecordFacts {
+        let cached = |batch: &Option<(u32, u64, Vec<Record>)>| {
+            batch.as_ref().and_then(|(p, base, records)| {
+                let index = offset.checked_sub(*base)?;
+                (*p == partition)
+                    .then(|| records.get(index as usize))
+                    .flatten()
+                    .map(|r| RecordFacts::of(r.key.as_deref(), &r.headers, r.timestamp_ms))
+            })
+        };
+        if let Some(facts) = cached(&self.batch) {
+            return facts;
+        }
+        // A record retention deleted meanwhile counts as plain: the queue drops deleted records
+        // anyway. A read error is taken alike, as the dead-letter read takes it.
+        self.batch = self
+            .view
+            .stored_records_from(self.topic_id, partition, offset)
+            .ok()
+            .flatten()
+            .map(|(base, records)| (partition, base, records));
+        cached(&self.batch).unwrap_or_default()
     }
 }
 

@@ -240,8 +240,6 @@ impl StateView {
         Ok((state.id, part.start_offset, part.end_offset))
     }
 
-    /// The stored batch of `topic_id`/`partition` that holds `offset`, if one is stored: the last
-    /// batch whose base offset is at most `offset`, as its base offset and its stored bytes.
     /// The record at `offset` of a partition as stored now, whether or not the view has
     /// published it yet: for apply, which writes what the entries before the current one
     /// stored before it reads (`StateMachine::apply_entry`), so that every node reads the same
@@ -252,16 +250,32 @@ impl StateView {
         partition: u32,
         offset: u64,
     ) -> Result<Option<Record>, ReadError> {
-        let Some((base, value)) = self.batch_holding(topic_id, partition, offset)? else {
+        let Some((base, records)) = self.stored_records_from(topic_id, partition, offset)? else {
             return Ok(None);
         };
-        let records = stored_batch::records_shared(bytes::Bytes::from(value))
-            .map_err(|e| ReadError::Storage(e.to_string()))?;
         Ok(usize::try_from(offset - base)
             .ok()
             .and_then(|i| records.into_iter().nth(i)))
     }
 
+    /// The records of the stored batch holding `offset` (as [`Self::stored_record`] reads it),
+    /// with the batch's base offset: for a reader of consecutive offsets, one decode per batch.
+    pub(super) fn stored_records_from(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        offset: u64,
+    ) -> Result<Option<(u64, Vec<Record>)>, ReadError> {
+        let Some((base, value)) = self.batch_holding(topic_id, partition, offset)? else {
+            return Ok(None);
+        };
+        let records = stored_batch::records_shared(bytes::Bytes::from(value))
+            .map_err(|e| ReadError::Storage(e.to_string()))?;
+        Ok(Some((base, records)))
+    }
+
+    /// The stored batch of `topic_id`/`partition` that holds `offset`, if one is stored: the last
+    /// batch whose base offset is at most `offset`, as its base offset and its stored bytes.
     fn batch_holding(
         &self,
         topic_id: u64,
