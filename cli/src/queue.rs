@@ -71,6 +71,15 @@ pub enum QueueCmd {
         #[arg(long, value_parser = units::duration_or_zero, value_name = "DURATION")]
         delay: Option<Duration>,
     },
+    /// Put the queue's dead letters back on its topic (each once), to be handed out again.
+    #[command(after_help = "Example:\n  raftlog queue redrive jobs")]
+    Redrive {
+        /// Queue name.
+        queue: String,
+        /// Redrive at most this many [default: all there are].
+        #[arg(long, value_name = "N")]
+        max: Option<u64>,
+    },
     /// Dead-letter deliveries now.
     Reject {
         /// Queue name.
@@ -216,6 +225,7 @@ pub async fn run(ctx: &Ctx, cmd: QueueCmd) -> anyhow::Result<()> {
             worker,
             ack,
         } => receive(ctx, &queue, max, wait, &worker, ack).await?,
+        QueueCmd::Redrive { queue, max } => redrive(ctx, &queue, max).await?,
         QueueCmd::Ack { queue, delivery } => {
             settle(ctx, &queue, delivery, pb::SettleAction::Ack, 0, "").await?
         }
@@ -347,6 +357,38 @@ async fn settle(
     Ok(())
 }
 
+/// Redrives in calls of up to 1000 dead letters until none is left (or `max` went), showing
+/// progress on stderr.
+async fn redrive(ctx: &Ctx, queue: &str, max: Option<u64>) -> anyhow::Result<()> {
+    let client = &ctx.client;
+    let mut moved = 0u64;
+    let mut remaining = 0;
+    loop {
+        let room = max.map_or(1000, |m| m.saturating_sub(moved).min(1000)) as u32;
+        if room == 0 {
+            break;
+        }
+        let work = async { anyhow::Ok(client.redrive(queue, room).await?) };
+        let answer = guard_call(client, ctx.timeout, true, work).await?;
+        moved += answer.records;
+        remaining = answer.remaining;
+        if !ctx.json && remaining > 0 {
+            eprintln!("redrove {moved}, {remaining} left");
+        }
+        if remaining == 0 || answer.records == 0 {
+            break;
+        }
+    }
+    if ctx.json {
+        output::json(&json!({"queue": queue, "redriven": moved, "remaining": remaining}));
+    } else {
+        output::line(&format!(
+            "redrove {moved} dead letters of queue {queue} to its topic"
+        ));
+    }
+    Ok(())
+}
+
 fn info_json(q: &pb::QueueInfo) -> serde_json::Value {
     let s = q.settings.clone().unwrap_or_default();
     json!({
@@ -376,6 +418,7 @@ fn info_json(q: &pb::QueueInfo) -> serde_json::Value {
         "dead_lettered": q.dead_lettered,
         "lock_timeouts": q.lock_timeouts,
         "expired": q.expired,
+        "redriven": q.redriven,
         "created_at_ms": q.created_at_ms,
     })
 }
@@ -445,6 +488,7 @@ fn print_info(ctx: &Ctx, q: &pb::QueueInfo) {
         ("dead-lettered", q.dead_lettered.to_string()),
         ("lock timeouts", q.lock_timeouts.to_string()),
         ("expired (retention)", q.expired.to_string()),
+        ("redriven", q.redriven.to_string()),
     ];
     for (k, v) in rows {
         table.row([k.to_string(), v]);

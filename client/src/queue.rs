@@ -154,6 +154,28 @@ impl Client {
         .await
     }
 
+    /// Appends up to `max_records` of the queue's dead letters to its topic again (0: the
+    /// node's default); the answer says how many went and how many are left. Each dead letter
+    /// goes back once, also when a call is retried.
+    pub async fn redrive(
+        &self,
+        queue: &str,
+        max_records: u32,
+    ) -> Result<pb::RedriveResponse, Error> {
+        self.with_leader(|addr| async move {
+            let request = pb::RedriveRequest {
+                queue: queue.to_string(),
+                max_records,
+            };
+            self.queues_at(&addr)
+                .map_err(to_status)?
+                .redrive(self.deadlined(request))
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
     /// A queue as the leader's applied state has it (counts judged by the leader's clock).
     pub async fn describe_queue(&self, queue: &str) -> Result<pb::QueueInfo, Error> {
         self.with_leader(|addr| async move {

@@ -286,6 +286,13 @@ async fn call_every_rpc(
         })
     );
     call!(
+        "/raftlog.v1.Queues/Redrive",
+        queues.redrive(pb::RedriveRequest {
+            queue: "q".into(),
+            max_records: 0,
+        })
+    );
+    call!(
         "/raftlog.v1.Cluster/Initialize",
         cluster.initialize(pb::InitializeRequest {
             members: vec![pb::Member {

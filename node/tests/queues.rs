@@ -205,6 +205,58 @@ async fn workers_share_records_with_redelivery_release_reject_and_dead_letters()
         .filter(|r| header(r, "raftlog-dlq-reason") == Some("max-deliveries"))
         .count();
     assert_eq!(maxed, 6);
+
+    // Redrive: the eight go back to their partitions of the topic, without the dead-letter
+    // headers, in two calls; then there is nothing left, and a queue without dead letters
+    // refuses.
+    let first = client.redrive("work", 5).await.unwrap();
+    assert_eq!((first.records, first.remaining), (5, 3));
+    let second = client.redrive("work", 0).await.unwrap();
+    assert_eq!((second.records, second.remaining), (3, 0));
+    let again = client.redrive("work", 0).await.unwrap();
+    assert_eq!((again.records, again.remaining), (0, 0));
+    let redriven = e.receive(10).await.unwrap();
+    let mut back = redriven.clone();
+    while back.len() < 8 {
+        back.extend(e.receive(10).await.unwrap());
+    }
+    assert_eq!(
+        sorted(values(&back)),
+        sorted(
+            letters
+                .iter()
+                .map(|r| String::from_utf8(r.value.to_vec()).unwrap())
+                .collect()
+        )
+    );
+    for job in &back {
+        assert_eq!(job.delivery_count, 1, "a new record to the queue");
+        assert!(job
+            .record
+            .headers
+            .iter()
+            .all(|h| !h.key.starts_with("raftlog-dlq-")));
+        let letter = letters
+            .iter()
+            .find(|r| r.value == job.record.value)
+            .unwrap();
+        assert_eq!(
+            header(letter, "raftlog-dlq-partition"),
+            Some(job.partition.to_string().as_str()),
+            "back to the partition it came from"
+        );
+    }
+    assert_eq!(client.describe_queue("work").await.unwrap().redriven, 8);
+    let no_letters = pb::QueueSettings {
+        dead_letters: false,
+        ..settings(1500, 2)
+    };
+    client
+        .create_queue("nodlq", "tasks", no_letters)
+        .await
+        .unwrap();
+    let refused = client.redrive("nodlq", 0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused}");
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

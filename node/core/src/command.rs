@@ -318,6 +318,15 @@ pub enum Command {
         quota: Quota,
         quotas_max: u32,
     },
+    /// Append the queue's dead letters not redriven yet (up to `max_records` and about
+    /// `max_bytes`) to its topic again, without their dead-letter headers, and move its redrive
+    /// cursor past them: one command, so a dead letter is redriven once.
+    QueueRedrive {
+        queue: String,
+        max_records: u32,
+        max_bytes: u64,
+        now_ms: i64,
+    },
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -426,6 +435,7 @@ impl std::fmt::Display for Command {
             Command::AddAcl { acl, .. } => write!(f, "AddAcl({acl})"),
             Command::RemoveAcl { id } => write!(f, "RemoveAcl({id})"),
             Command::SetQuota { principal, .. } => write!(f, "SetQuota({principal})"),
+            Command::QueueRedrive { queue, .. } => write!(f, "QueueRedrive({queue})"),
             Command::InitProducer { .. } => write!(f, "InitProducer"),
             Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
             Command::Batch(commands) => write!(f, "Batch({} commands)", commands.len()),
@@ -496,6 +506,11 @@ pub enum CommandResponse {
         removed: bool,
     },
     QuotaSet,
+    /// Dead letters appended to the queue's topic again, and those left to redrive.
+    QueueRedriven {
+        records: u64,
+        remaining: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -615,6 +630,8 @@ pub enum Rejection {
     TooManyAcls(u32),
     #[error("the cluster already holds {0} quotas, the maximum (remove some first)")]
     TooManyQuotas(u32),
+    #[error("queue '{0}' keeps no dead letters (it was created without dead_letters)")]
+    NoDeadLetters(String),
 }
 
 impl Rejection {

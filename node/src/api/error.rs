@@ -185,6 +185,7 @@ impl From<Rejection> for ApiError {
             }
             Rejection::QueueTopicGone { .. } => ApiError::FailedPrecondition(message),
             Rejection::DeadLetterIsOrigin(_) => ApiError::InvalidArgument(message),
+            Rejection::NoDeadLetters(_) => ApiError::FailedPrecondition(message),
             Rejection::TooManyTokens(_)
             | Rejection::TooManyAcls(_)
             | Rejection::TooManyQuotas(_) => ApiError::ResourceExhausted(message),

@@ -160,6 +160,11 @@ pub const RULES: &[(&str, Rule)] = &[
     ),
     ("/raftlog.v1.Queues/Receive", Rule::Needs(&[queue(1, Read)])),
     ("/raftlog.v1.Queues/Settle", Rule::Needs(&[queue(1, Read)])),
+    // Redrive appends to the queue's topic what its dead letters hold: alter on the queue.
+    (
+        "/raftlog.v1.Queues/Redrive",
+        Rule::Needs(&[queue(1, Alter)]),
+    ),
     // raftlog.v1.Cluster (cluster.proto)
     (
         "/raftlog.v1.Cluster/Initialize",

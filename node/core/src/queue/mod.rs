@@ -701,6 +701,8 @@ pub struct QueueDefinition {
 pub struct Queue {
     pub definition: QueueDefinition,
     pub counters: QueueCounters,
+    /// Per partition of the dead-letter topic, the first dead letter not redriven yet.
+    pub redrive_from: BTreeMap<u32, u64>,
     #[serde(skip)]
     pub state: QueueState,
 }
@@ -716,6 +718,8 @@ pub struct QueueCounters {
     pub dead_lettered: u64,
     /// Records that left the queue undelivered or unfinished because retention deleted them.
     pub expired: u64,
+    /// Dead letters appended to the topic again (`raftlog queue redrive`).
+    pub redriven: u64,
     /// Locks that ran out (the record was not settled in time).
     pub lock_timeouts: u64,
 }

@@ -32,6 +32,8 @@ const LOCK_MS_DEFAULT: u32 = 30_000;
 const MAX_DELIVERIES_DEFAULT: u32 = 5;
 const IN_FLIGHT_MAX_DEFAULT: u32 = 1000;
 const LOOKAHEAD_MAX_DEFAULT: u32 = 10_000;
+/// Dead letters one Redrive moves when the request does not say.
+const REDRIVE_RECORDS_DEFAULT: u32 = 1000;
 /// A partition's queue state is one row, rewritten at each settlement of it: the lookahead
 /// bounds its size.
 const LOOKAHEAD_MAX_BOUND: u32 = 100_000;
@@ -348,6 +350,47 @@ impl Queues for QueuesService {
             )
             .await
     }
+
+    async fn redrive(
+        &self,
+        request: Request<RedriveRequest>,
+    ) -> Result<Response<RedriveResponse>, Status> {
+        let broker = &self.broker;
+        let forwarded = is_forwarded(&request);
+        let deadline = broker.write_deadline(&request);
+        let req = request.into_inner();
+        broker.validate_name("queue", &req.queue)?;
+        let limits = &broker.ctx.config.limits;
+        let max_records = match req.max_records {
+            0 => REDRIVE_RECORDS_DEFAULT,
+            n => n,
+        }
+        .min(u32::try_from(limits.batch_records_max).unwrap_or(u32::MAX));
+        let command = Command::QueueRedrive {
+            queue: req.queue.clone(),
+            max_records,
+            max_bytes: limits.batch_bytes_max as u64,
+            now_ms: now_ms(),
+        };
+        broker
+            .write_or_forward_on(
+                forwarded,
+                deadline,
+                command,
+                |response| match response {
+                    CommandResponse::QueueRedriven { records, remaining } => {
+                        Ok(RedriveResponse { records, remaining })
+                    }
+                    other => Err(unexpected(other)),
+                },
+                |channel| async move {
+                    self.leader_client(channel)
+                        .redrive(Forwarder::forwarded_write(req, deadline)?)
+                        .await
+                },
+            )
+            .await
+    }
 }
 
 /// Why a receive on the leader did not answer with records.
@@ -658,5 +701,6 @@ pub fn queue_info(name: &str, queue: &Queue, view: &raftlog_store::StateView) ->
         full: in_flight >= settings.in_flight_max as usize,
         created_at_ms: definition.created_at_ms,
         held: queue.state.held() as u64,
+        redriven: counters.redriven,
     }
 }

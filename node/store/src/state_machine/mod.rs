@@ -338,7 +338,9 @@ impl StateMachine {
                 // (as Maintenance does; see queues.rs).
                 let reads_records = matches!(
                     command,
-                    Command::QueueReceive { .. } | Command::QueueSettle { .. }
+                    Command::QueueReceive { .. }
+                        | Command::QueueSettle { .. }
+                        | Command::QueueRedrive { .. }
                 );
                 if reads_records && !batch.is_empty() {
                     self.write_applied(std::mem::take(batch), previous)?;
@@ -397,7 +399,10 @@ impl StateMachine {
             Command::CreateQueue { .. }
             | Command::DeleteQueue { .. }
             | Command::QueueReceive { .. }
-            | Command::QueueSettle { .. } => self.apply_queue_command(command, topics, batch, rows),
+            | Command::QueueSettle { .. }
+            | Command::QueueRedrive { .. } => {
+                self.apply_queue_command(command, topics, batch, rows)
+            }
             Command::CreateToken { .. }
             | Command::RevokeToken { .. }
             | Command::AddAcl { .. }

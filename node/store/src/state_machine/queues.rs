@@ -94,6 +94,18 @@ impl StateMachine {
                 settlements,
                 now_ms,
             } => self.queue_settle(queue, settlements, *now_ms, topics, batch, rows),
+            Command::QueueRedrive {
+                queue,
+                max_records,
+                max_bytes,
+                now_ms,
+            } => {
+                let limits = RedriveLimits {
+                    records: u64::from(*max_records),
+                    bytes: *max_bytes,
+                };
+                self.queue_redrive(queue, limits, *now_ms, topics, batch, rows)
+            }
             other => unreachable!("not a queue command: {other}"),
         }
     }
@@ -150,6 +162,7 @@ impl StateMachine {
         let queue = Queue {
             definition: definition.clone(),
             counters: QueueCounters::default(),
+            redrive_from: BTreeMap::new(),
             state: Default::default(),
         };
         batch.put_cf(
@@ -326,6 +339,105 @@ impl StateMachine {
         CommandResponse::QueueSettled(outcomes)
     }
 
+    /// Appends dead letters of the queue not redriven yet to its topic again (each to the
+    /// partition it came from, without the dead-letter headers, with its own key, value,
+    /// timestamp and other headers), and moves the queue's redrive cursor past them.
+    fn queue_redrive(
+        &mut self,
+        name: &str,
+        limits: RedriveLimits,
+        now_ms: i64,
+        topics: &mut TopicChanges<'_>,
+        batch: &mut WriteBatch,
+        rows: &mut EntryRows,
+    ) -> CommandResponse {
+        let mut queue = match self.take_queue(name, topics) {
+            Ok(queue) => queue,
+            Err(rejection) => return CommandResponse::Rejected(rejection),
+        };
+        let origin = queue.definition.topic.clone();
+        let letters = queue.definition.dead_letter_topic.clone();
+        let source = letters.as_ref().and_then(|t| {
+            let state = topics.get(t)?;
+            let bounds: Vec<(u64, u64)> = state
+                .partitions
+                .iter()
+                .map(|p| (p.start_offset, p.end_offset))
+                .collect();
+            Some((state.id, bounds))
+        });
+        let Some((letters_id, bounds)) = source else {
+            let rejection = match letters {
+                None => Rejection::NoDeadLetters(name.to_string()),
+                Some(topic) => Rejection::UnknownTopic(topic),
+            };
+            self.queues.insert(name.to_string(), queue);
+            return CommandResponse::Rejected(rejection);
+        };
+        let partitions = topics
+            .get(&origin)
+            .map_or(1, |t| t.settings.partitions.max(1));
+        let picked = self.pick_dead_letters(&mut queue, letters_id, &bounds, partitions, &limits);
+        queue.counters.redriven += picked.records;
+        for (partition, records) in &picked.by_partition {
+            self.append(
+                RecordAppend {
+                    topic: &origin,
+                    partition: *partition,
+                    records,
+                    proposed_at_ms: now_ms,
+                    producer: None,
+                    expected_end_offset: None,
+                },
+                topics,
+                rows,
+            );
+        }
+        self.put_queue(name, queue, BTreeSet::new(), batch);
+        CommandResponse::QueueRedriven {
+            records: picked.records,
+            remaining: picked.remaining,
+        }
+    }
+
+    /// Reads the queue's dead letters from its redrive cursor on, within `limits`, for the
+    /// topic's `partitions`, and moves the cursor past them.
+    fn pick_dead_letters(
+        &self,
+        queue: &mut Queue,
+        letters_id: u64,
+        bounds: &[(u64, u64)],
+        partitions: u32,
+        limits: &RedriveLimits,
+    ) -> Picked {
+        let mut picked = Picked::default();
+        for (partition, &(start, end)) in (0u32..).zip(bounds) {
+            let from = queue.redrive_from.get(&partition).copied().unwrap_or(0);
+            let mut offset = from.max(start);
+            while offset < end && picked.within(limits) {
+                let Ok(Some((base, records))) =
+                    self.view.stored_records_from(letters_id, partition, offset)
+                else {
+                    break;
+                };
+                let before = offset;
+                for record in records.into_iter().skip((offset - base) as usize) {
+                    if offset >= end || !picked.within(limits) {
+                        break;
+                    }
+                    picked.add(redriven_record(record, partition, partitions));
+                    offset += 1;
+                }
+                if offset == before {
+                    break; // no stored record at `offset`: nothing more to read here
+                }
+            }
+            queue.redrive_from.insert(partition, offset);
+            picked.remaining += end.saturating_sub(offset);
+        }
+        picked
+    }
+
     /// Appends the dead letter to the queue's dead-letter topic (if it has one and it exists),
     /// with headers naming its origin, and counts it.
     fn dead_letter(
@@ -445,6 +557,53 @@ impl FactsReader<'_> {
         cached(&self.batch).unwrap_or_default()
     }
 }
+
+/// How much one redrive command moves.
+struct RedriveLimits {
+    records: u64,
+    bytes: u64,
+}
+
+/// The dead letters a redrive picked, by the partition of the topic they go back to.
+#[derive(Default)]
+struct Picked {
+    by_partition: BTreeMap<u32, Vec<Record>>,
+    records: u64,
+    bytes: u64,
+    remaining: u64,
+}
+
+impl Picked {
+    fn within(&self, limits: &RedriveLimits) -> bool {
+        self.records < limits.records && self.bytes < limits.bytes
+    }
+
+    fn add(&mut self, (partition, record): (u32, Record)) {
+        self.records += 1;
+        self.bytes += record.size_bytes() as u64;
+        self.by_partition.entry(partition).or_default().push(record);
+    }
+}
+
+/// A dead letter as it goes back to its topic: without the dead-letter headers, to the
+/// partition its `raftlog-dlq-partition` header names (when the topic has it), else to the
+/// dead letter's own partition number modulo the topic's partition count.
+fn redriven_record(mut record: Record, partition: u32, partitions: u32) -> (u32, Record) {
+    let origin = record
+        .headers
+        .iter()
+        .find(|(name, _)| name == dead_letter_header::PARTITION)
+        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.parse::<u32>().ok())
+        .filter(|&p| p < partitions)
+        .unwrap_or(partition % partitions);
+    record
+        .headers
+        .retain(|(name, _)| !name.starts_with(DEAD_LETTER_HEADER_PREFIX));
+    (origin, record)
+}
+
+/// What every dead-letter header's name starts with.
+const DEAD_LETTER_HEADER_PREFIX: &str = "raftlog-dlq-";
 
 /// The record as its dead letter: the same key, value and timestamp, its headers and the
 /// dead-letter headers.
