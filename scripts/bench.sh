@@ -15,7 +15,8 @@
 #    C=64, one record per request. raftlog runs each load twice: on one pipelined ProduceStream,
 #    and as one unary Produce call per request (what a client generated from the proto does
 #    first). NATS's client publishes to the stream's leader (as raftlog's client follows its
-#    leader), R3, file storage. raftlog acks after fsync on a majority.
+#    leader), R3, file storage. raftlog acks after fsync on a majority. Then the queue load (see
+#    QUEUE_COUNT below), against NATS's durable pull consumer with explicit acks.
 # 2. raftlog only, once, on a fresh cluster: 8 partitions at C=64; 100 records per request; the
 #    batching producer writing 1M 1 KiB records, then read back from node 1 (catch-up); end-to-end
 #    latency at 2,000 records/s, pushed (Subscribe) and pulled (long-poll Fetch); then 2,000 more
@@ -80,6 +81,12 @@ COMPARED=(
   "100B-C64    100  64 120000"
 )
 CATCHUP_COUNT=$((1000000 / SCALE)) CATCHUP_PARTITIONS=4 E2E_RATE=2000 MANY_TOPICS=$((2000 / SCALE))
+# The queue load: a producer (64 in flight) appends this many 1 KiB records while 16 workers
+# receive up to 10 at a time and ack each one (`raftlog bench queue`); raftlog also key-ordered
+# with 1,000 keys (NATS has no per-key order). In the tables its req/s are acked records/s and its
+# latency is from each record's send to its ack; raftlog's row is labelled "stream" (its
+# producer uses the stream).
+QUEUE_COUNT=$((40000 / SCALE))
 
 peak_rss_mb() { # the largest VmHWM of the given pid files, in MiB
   local max=0 kb f
@@ -140,6 +147,12 @@ compared_raftlog() {
       record "$round" "$name" raftlog "$transport" "$(raftlog_rss)" "$line"
     done
   done
+  for keys in 0 1000; do
+    name=queue-1KiB-16w$([ "$keys" = 0 ] || echo "-${keys}keys")
+    line=$(cli bench queue --payload "$PAYLOAD" --topic "b-$name" --count "$QUEUE_COUNT" \
+      $([ "$keys" = 0 ] || echo --keys "$keys")) || { failures=$((failures + 1)); continue; }
+    record "$round" "$name" raftlog stream "$(raftlog_rss)" "$line"
+  done
   raftlog_down
 }
 
@@ -155,6 +168,11 @@ compared_nats() {
       { failures=$((failures + 1)); continue; }
     record "$round" "$name" nats "$sync" "$(nats_rss)" "$line"
   done
+  if line=$(cli bench queue --system nats --payload "$PAYLOAD" --topic b-queue --count "$QUEUE_COUNT"); then
+    record "$round" queue-1KiB-16w nats "$sync" "$(nats_rss)" "$line"
+  else
+    failures=$((failures + 1))
+  fi
   "$ROOT/scripts/nats-cluster.sh" down >/dev/null
 }
 

@@ -28,6 +28,7 @@ mod e2e;
 mod group;
 mod nats;
 mod produce;
+mod queue;
 
 #[derive(clap::Subcommand)]
 pub enum BenchCmd {
@@ -46,6 +47,10 @@ pub enum BenchCmd {
     /// Rebalance time: members read a topic under steady produce; each round one member stops
     /// (crash or leave) and the time until the others read all of its partitions is reported.
     Rebalance(group::RebalanceArgs),
+    /// Queue throughput: a producer appends COUNT records while WORKERS workers receive and ack
+    /// each; acked records per second and send-to-ack latency (raftlog or NATS JetStream's pull
+    /// consumer).
+    Queue(queue::QueueArgs),
 }
 
 /// How the end-to-end consumer reads.
@@ -264,6 +269,7 @@ pub async fn run(client: &Client, cmd: BenchCmd, as_json: bool) -> anyhow::Resul
         BenchCmd::E2e(args) => e2e::e2e(client, args, as_json).await,
         BenchCmd::GroupMembers(args) => group::group_members(client, args, as_json).await,
         BenchCmd::Rebalance(args) => group::rebalance(client, args, as_json).await,
+        BenchCmd::Queue(args) => queue::queue(client, args, as_json).await,
     }
 }
 

@@ -17,66 +17,9 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
     if args.partitions != 1 || args.records_per_request != 1 {
         bail!("--system nats publishes one message per request to one stream: --partitions and --records-per-request must be 1");
     }
-    let servers = args
-        .nats_url
-        .iter()
-        .map(|u| u.parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .context("--nats-url")?;
-    let client = async_nats::ConnectOptions::new()
-        .name("raftlog-bench")
-        .connect(servers)
-        .await
-        .with_context(|| format!("connecting to NATS at {}", args.nats_url.join(",")))?;
-    let server_version = client.server_info().version;
-    let js = jetstream::new(client);
-    let config = stream::Config {
-        name: args.topic.clone(),
-        subjects: vec![args.topic.clone()],
-        num_replicas: args.nats_replicas,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    };
-    // A cluster just started elects its meta leader before that leader has heard every server
-    // announce itself, and until then it refuses to place replicas ("no suitable peers for
-    // placement, peer offline"): that one refusal is retried for up to 30 s.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stream = loop {
-        match js.get_or_create_stream(config.clone()).await {
-            Ok(stream) => break stream,
-            Err(e) if no_peers_yet(&e) && Instant::now() < deadline => {
-                tracing::debug!("creating stream: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("creating JetStream stream '{}'", args.topic))
-            }
-        }
-    };
-    let replicas = stream.cached_info().config.num_replicas;
-    // As raftlog's client follows its leader, NATS's goes to the stream's leader: a publish to
-    // any other server is relayed to it, one more hop than raftlog's requests make.
-    let (js, leader) = connect_to_stream_leader(&args, js, &stream_name(&args)).await?;
+    let (js, leader, server_version, replicas) =
+        leader_stream(&args.nats_url, &args.topic, args.nats_replicas).await?;
     let payloads = super::Payloads::new(args.payload, args.record_bytes);
-    let value = payloads.next();
-    // A stream just created may answer "no stream found" for a moment (its Raft group is still
-    // electing a leader): one warm-up message, retried for up to 10 s, before the clock starts.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let warm_up = async {
-            js.publish(args.topic.clone(), value.clone()).await?.await?;
-            anyhow::Ok(())
-        };
-        match warm_up.await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!("warm-up publish: {e:#}; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e.context(format!("publishing to stream '{}'", args.topic))),
-        }
-    }
     let subject = Arc::new(args.topic.clone());
     let op = move |_: u64| {
         let (js, subject, value) = (js.clone(), subject.clone(), payloads.next());
@@ -103,15 +46,77 @@ pub async fn produce(args: ProduceArgs, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn stream_name(args: &ProduceArgs) -> String {
-    args.topic.clone()
+/// Creates (or finds) the R`replicas` file stream `name` (its subject is `name` too) and
+/// connects to its leader: the context on that connection, the leader's name, the server version
+/// and the stream's replicas. Ready for publishing: a first message went through.
+pub async fn leader_stream(
+    urls: &[String],
+    name: &str,
+    replicas: usize,
+) -> anyhow::Result<(jetstream::Context, Option<String>, String, usize)> {
+    let servers = urls
+        .iter()
+        .map(|u| u.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .context("--nats-url")?;
+    let client = async_nats::ConnectOptions::new()
+        .name("raftlog-bench")
+        .connect(servers)
+        .await
+        .with_context(|| format!("connecting to NATS at {}", urls.join(",")))?;
+    let server_version = client.server_info().version;
+    let js = jetstream::new(client);
+    let config = stream::Config {
+        name: name.to_string(),
+        subjects: vec![name.to_string()],
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    // A cluster just started elects its meta leader before that leader has heard every server
+    // announce itself, and until then it refuses to place replicas ("no suitable peers for
+    // placement, peer offline"): that one refusal is retried for up to 30 s.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stream = loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => break stream,
+            Err(e) if no_peers_yet(&e) && Instant::now() < deadline => {
+                tracing::debug!("creating stream: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating JetStream stream '{name}'")),
+        }
+    };
+    let replicas = stream.cached_info().config.num_replicas;
+    // As raftlog's client follows its leader, NATS's goes to the stream's leader: a publish to
+    // any other server is relayed to it, one more hop than raftlog's requests make.
+    let (js, leader) = connect_to_stream_leader(urls, js, name).await?;
+    let value = bytes::Bytes::from_static(b"warm-up");
+    // A stream just created may answer "no stream found" for a moment (its Raft group is still
+    // electing a leader): one warm-up message, retried for up to 10 s, before the clock starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let warm_up = async {
+            js.publish(name.to_string(), value.clone()).await?.await?;
+            anyhow::Ok(())
+        };
+        match warm_up.await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("warm-up publish: {e:#}; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.context(format!("publishing to stream '{name}'"))),
+        }
+    }
+    Ok((js, leader, server_version, replicas))
 }
 
 /// A JetStream context on a connection to the server that leads `stream` (its name, or `None`
 /// when the stream has no leader to name, e.g. one replica on the server connected to), found by
 /// asking the stream and connecting to each of `--nats-url` until one is that server.
 async fn connect_to_stream_leader(
-    args: &ProduceArgs,
+    urls: &[String],
     js: jetstream::Context,
     stream: &str,
 ) -> anyhow::Result<(jetstream::Context, Option<String>)> {
@@ -137,7 +142,7 @@ async fn connect_to_stream_leader(
             None => return Ok((js, None)),
         }
     };
-    for url in &args.nats_url {
+    for url in urls {
         let server = url
             .parse::<async_nats::ServerAddr>()
             .context("--nats-url")?;
