@@ -3,7 +3,8 @@
 # 3-node NATS JetStream cluster, in ONE run (this machine is noisy: compare the ratios, not
 # absolute figures across runs).
 #
-#   scripts/bench.sh [--rounds N] [--quick] [--no-nats | --nats-only] [--payload random|fill]
+#   scripts/bench.sh [--rounds N] [--quick] [--no-nats | --nats-only] [--queue-only]
+#                    [--payload random|fill]
 #
 # 1. The comparison, --rounds times (default 3). Each round starts a fresh cluster of each system
 #    in turn, the order rotating by round so no system always meets the machine's state at the
@@ -25,15 +26,16 @@
 # Prints one JSON line per run (with the peak RSS of the largest node), then the tables: every
 # round's figures, and per load the median with the spread (min-max) over the rounds and the
 # ratios of the medians.
-# --quick divides every count by 4; --no-nats skips NATS, --nats-only runs only NATS.
+# --quick divides every count by 4; --no-nats skips NATS, --nats-only runs only NATS;
+# --queue-only runs only the queue loads of the comparison (part 1).
 # --payload: what record values hold, for every system. "random" (the default): distinct,
 # incompressible bytes, like real data. "fill": b'x' repeated, which RocksDB's LZ4 shrinks ~250x
 # on its way to disk (flatters raftlog; NATS does not compress), kept to compare with old tables.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 ENDPOINTS="127.0.0.1:8051,127.0.0.1:8052,127.0.0.1:8053"
-SCALE=1 NATS=1 RAFTLOG=1 PAYLOAD=random ROUNDS=3
-usage="usage: $0 [--rounds N] [--quick] [--no-nats | --nats-only] [--payload random|fill]"
+SCALE=1 NATS=1 RAFTLOG=1 PAYLOAD=random ROUNDS=3 QUEUE_ONLY=0
+usage="usage: $0 [--rounds N] [--quick] [--no-nats | --nats-only] [--queue-only] [--payload random|fill]"
 while [ $# -gt 0 ]; do
   arg=$1
   shift
@@ -51,6 +53,7 @@ while [ $# -gt 0 ]; do
       ;;
     --no-nats) NATS=0 ;;
     --nats-only) RAFTLOG=0 ;;
+    --queue-only) QUEUE_ONLY=1 ;;
     *) die "$usage" ;;
   esac
 done
@@ -87,6 +90,7 @@ CATCHUP_COUNT=$((1000000 / SCALE)) CATCHUP_PARTITIONS=4 E2E_RATE=2000 MANY_TOPIC
 # latency is from each record's send to its ack; raftlog's row is labelled "stream" (its
 # producer uses the stream).
 QUEUE_COUNT=$((40000 / SCALE))
+[ "$QUEUE_ONLY" = 0 ] || COMPARED=()
 
 peak_rss_mb() { # the largest VmHWM of the given pid files, in MiB
   local max=0 kb f
@@ -199,7 +203,7 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
-if [ "$RAFTLOG" = 1 ]; then
+if [ "$RAFTLOG" = 1 ] && [ "$QUEUE_ONLY" = 0 ]; then
   log "raftlog alone: partitions, batches, producer, catch-up, end to end, many topics"
   raftlog_up
   line=$(cli bench produce --payload "$PAYLOAD" --topic b-1KiB-C64-p8 --partitions 8 \
