@@ -44,11 +44,13 @@ pub struct QueueArgs {
     /// Bytes of each record's value (at least 8: it starts with its send time).
     #[arg(long, default_value_t = 1024)]
     record_bytes: usize,
+    /// What record values hold after their send time: `random` (incompressible) or `fill`.
     #[arg(long, value_enum, default_value_t = Payload::Random)]
     payload: Payload,
     /// Give records this many distinct keys and make the queue key-ordered (raftlog only).
     #[arg(long, value_name = "N")]
     keys: Option<u64>,
+    /// The system under load.
     #[arg(long, value_enum, default_value_t = System::Raftlog)]
     system: System,
     /// Comma-separated NATS servers (with --system nats).
