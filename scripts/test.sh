@@ -82,7 +82,8 @@ jepsen_run() {
   fi
 }
 jepsen_run run 60 kill,pause,partition plain
-jepsen_run idempotent 30 kill,partition idempotent
+# Secured: TLS on client and peer ports, auth on, every client with a token (docs/security.md).
+jepsen_run idempotent 30 kill,partition idempotent --secure
 jepsen_run stream 30 kill,pause stream
 # Members of a coordinated consumer group come, go and die under faults: no partition may have
 # two owners in any node's state.

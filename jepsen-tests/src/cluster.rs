@@ -79,6 +79,10 @@ impl Cluster {
                 paused: false,
             });
         }
+        for node in &nodes {
+            let host = node.grpc.rsplit_once(':').map_or("", |(host, _)| host);
+            crate::secure::issue_node_certificate(node.id, host)?;
+        }
         let initial_cluster = nodes
             .iter()
             .map(|n| format!("{}={}", n.id, n.grpc))
@@ -150,6 +154,7 @@ impl Cluster {
             // `late-write`).
             .arg("--write-timeout-ms-max")
             .arg(crate::workload::CLIENT_DEADLINE.as_millis().to_string())
+            .envs(crate::secure::node_env(node.id))
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -203,7 +208,8 @@ impl Cluster {
     }
 
     async fn status(&self, i: usize) -> Option<pb::NodeStatus> {
-        let client = Client::new([self.nodes[i].grpc.clone()]).ok()?;
+        let client =
+            crate::secure::secured(Client::new([self.nodes[i].grpc.clone()]).ok()?).ok()?;
         let mut cluster = client.cluster_at(&self.nodes[i].grpc).ok()?;
         let mut request = tonic::Request::new(pb::StatusRequest {});
         request.set_timeout(Duration::from_millis(500));

@@ -17,4 +17,5 @@ pub mod net;
 pub mod queue_checks;
 pub mod queue_workload;
 pub mod report;
+pub mod secure;
 pub mod workload;

@@ -14,6 +14,7 @@ use raftlog_jepsen::history::Recorder;
 use raftlog_jepsen::nemesis::{Fault, Nemesis, Schedule};
 use raftlog_jepsen::net::Network;
 use raftlog_jepsen::queue_workload;
+use raftlog_jepsen::secure;
 use raftlog_jepsen::workload::{self, Workload};
 use raftlog_jepsen::{checker, logs, report};
 
@@ -57,6 +58,10 @@ struct Args {
     /// as `queue-key-order`).
     #[arg(long)]
     queue_key_ordered: bool,
+    /// Runs the cluster secured: TLS on client and peer ports (certificates made with the
+    /// `raftlog` CLI next to the node binary), authentication on, every client with a token.
+    #[arg(long)]
+    secure: bool,
     /// Seed of the nemesis schedule and the workload's choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -138,12 +143,23 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         faults = ?faults.iter().map(|f| f.name()).collect::<Vec<_>>(), out = %out.display(), "starting run"
     );
 
+    if args.secure {
+        let cli = node_bin.with_file_name("raftlog");
+        anyhow::ensure!(
+            cli.exists(),
+            "--secure needs the CLI at {} (cargo build --release -p raftlog-cli)",
+            cli.display()
+        );
+        secure::enable(&cli, &out.join("pki"))?;
+        tracing::info!("secured: TLS on client and peer ports, auth on, clients with a token");
+    }
     let mut cluster = Cluster::start(args.nodes, node_bin, out.join("data"), net)?;
     cluster
         .wait_recovered(Duration::from_secs(60))
         .await
         .context("initial cluster")?;
     let endpoints = cluster.endpoints();
+    secure::check_refusals(&endpoints).await?;
     workload::create_topic(&endpoints, args.partitions).await?;
     if args.queue_workers > 0 {
         queue_workload::create_queue(&endpoints, args.queue_key_ordered).await?;

@@ -340,7 +340,7 @@ impl Nemesis {
 }
 
 fn admin_client(cluster: &Cluster) -> anyhow::Result<Client> {
-    Ok(Client::new(cluster.endpoints())?.with_retry(RetryPolicy {
+    crate::secure::secured(Client::new(cluster.endpoints())?.with_retry(RetryPolicy {
         deadline: Duration::from_secs(20),
         ..RetryPolicy::default()
     }))

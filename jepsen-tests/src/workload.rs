@@ -45,7 +45,7 @@ pub const CLIENT_DEADLINE: Duration = Duration::from_secs(3);
 
 pub(crate) fn client(endpoints: &[String]) -> anyhow::Result<Client> {
     // Short deadlines keep operations flowing through faults.
-    Ok(Client::new(endpoints.to_vec())?.with_retry(RetryPolicy {
+    crate::secure::secured(Client::new(endpoints.to_vec())?.with_retry(RetryPolicy {
         deadline: CLIENT_DEADLINE,
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(200),
