@@ -120,7 +120,7 @@ pub struct CreateArgs {
     key_ordered: bool,
     /// Records set aside per partition (delayed, held behind their key) before the queue stops
     /// looking further into it.
-    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    #[arg(long, default_value_t = 1000, value_name = "N")]
     lookahead_max: u32,
     /// Append dead letters to a topic (default name <topic>.<queue>.dlq).
     #[arg(long)]

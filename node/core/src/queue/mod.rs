@@ -200,6 +200,9 @@ pub struct Received {
     pub deadline_ms: i64,
     /// Taken out of the queue on the way (delivered too often).
     pub dead_lettered: Vec<DeadLetter>,
+    /// Every partition whose state this receive changed (delivered, dead-lettered, or set
+    /// records aside): the rows to write.
+    pub changed: BTreeSet<u32>,
 }
 
 /// Why an ack, release, reject or extend was refused.
@@ -434,6 +437,7 @@ impl QueueState {
             }
             let queue = self.partitions.get_mut(&partition).expect("partition");
             let Waiting { count, key, .. } = queue.waiting[&offset];
+            out.changed.insert(partition);
             if count >= settings.max_deliveries {
                 queue.dead_letter(offset);
                 out.dead_lettered.push(DeadLetter {
@@ -485,6 +489,7 @@ impl QueueState {
                 let offset = queue.next;
                 queue.next += 1;
                 progressed = true;
+                out.changed.insert(partition);
                 if settings.max_deliveries == 0 {
                     queue.dead_letter(offset);
                     out.dead_lettered.push(DeadLetter {

@@ -31,7 +31,7 @@ use raftlog_core::{Command, CommandResponse, Rejection};
 const LOCK_MS_DEFAULT: u32 = 30_000;
 const MAX_DELIVERIES_DEFAULT: u32 = 5;
 const IN_FLIGHT_MAX_DEFAULT: u32 = 1000;
-const LOOKAHEAD_MAX_DEFAULT: u32 = 10_000;
+const LOOKAHEAD_MAX_DEFAULT: u32 = 1000;
 /// Dead letters one Redrive moves when the request does not say.
 const REDRIVE_RECORDS_DEFAULT: u32 = 1000;
 /// A partition's queue state is one row, rewritten at each settlement of it: the lookahead

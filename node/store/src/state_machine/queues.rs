@@ -241,13 +241,14 @@ impl StateMachine {
         let mut ends = BTreeMap::new();
         for (partition, bounds) in (0u32..).zip(&topic.partitions) {
             let state = queue.state.partitions.entry(partition).or_default();
+            let floor = state.floor;
             let gone = state.drop_below(bounds.start_offset);
             let timed_out = state
                 .locked
                 .values()
                 .filter(|lock| lock.deadline_ms <= now_ms)
                 .count() as u64;
-            if gone > 0 || timed_out > 0 {
+            if gone > 0 || timed_out > 0 || state.floor != floor {
                 touched.insert(partition);
             }
             queue.counters.expired += gone;
@@ -264,6 +265,9 @@ impl StateMachine {
         let received = queue
             .state
             .receive(&settings, worker, max, now_ms, &ends, &mut facts);
+        // Every partition whose state changed is written, also one that only set records aside
+        // (held or delayed): a row left stale comes back at the next restart or snapshot.
+        touched.extend(&received.changed);
         for delivery in &received.delivered {
             touched.insert(delivery.partition);
             queue.counters.delivered += 1;

@@ -432,3 +432,75 @@ fn tokens_and_acl_entries_apply_and_reload_from_their_rows() {
     assert!(security.tokens.is_empty());
     assert_eq!(security.acls.keys().copied().collect::<Vec<_>>(), [2, 3]);
 }
+
+/// A queue's state as the state machine holds it in memory is what its rows hold: a receive
+/// that only sets records aside (held behind their key, delayed) writes its partition's row too,
+/// so a restart (or a snapshot, built from the rows) hands nothing out again.
+#[test]
+fn a_queues_state_in_memory_is_what_reloads_from_its_rows() {
+    use raftlog_core::queue::{delivery_header, QueueDefinition, QueueSettings};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let keyed = |key: &str, value: &str| Record {
+        key: Some(bytes::Bytes::from(key.to_string())),
+        ..record(value.to_string())
+    };
+    let mut delayed = record("later");
+    delayed.headers.push((
+        delivery_header::NOT_BEFORE_MS.into(),
+        bytes::Bytes::from_static(b"999999"),
+    ));
+    let definition = QueueDefinition {
+        topic: "t".into(),
+        topic_id: 1,
+        settings: QueueSettings {
+            lock_ms: 1000,
+            max_deliveries: 3,
+            backoff_ms: Vec::new(),
+            in_flight_max: 100,
+            worker_in_flight_max: 0,
+            key_ordered: true,
+            lookahead_max: 100,
+        },
+        dead_letter_topic: None,
+        created_at_ms: 0,
+    };
+    let receive = |max| Command::QueueReceive {
+        queue: "q".into(),
+        worker: "w".into(),
+        max,
+        now_ms: 10,
+    };
+    let before = {
+        let (_dbs, mut sm) = open_state_machine(dir.path());
+        sm.apply_entries([
+            entry(1, create_topic("t", 2, 0, 10)),
+            entry(
+                2,
+                Command::CreateQueue {
+                    queue: "q".into(),
+                    definition: Box::new(definition),
+                    queues_max: 10,
+                    topics_max: 10,
+                },
+            ),
+            // Partition 0: key a twice, then a delayed record; partition 1: one record.
+            entry(
+                3,
+                append_to("t", 0, vec![keyed("a", "1"), keyed("a", "2")], None),
+            ),
+            entry(4, append_to("t", 0, vec![delayed], None)),
+            entry(5, append_to("t", 1, vec![record("x")], None)),
+            // Takes partition 0's first record and partition 1's; then, with one record to
+            // give, partition 0 only sets records aside.
+            entry(6, receive(2)),
+            entry(7, receive(1)),
+        ])
+        .expect("apply");
+        sm.queues.clone()
+    };
+    let (_dbs, sm) = open_state_machine(dir.path());
+    let state = &sm.queues["q"].state;
+    assert_eq!(state.held(), 1, "{state:?}");
+    assert_eq!(state.waiting(10), (1, 1), "the delayed record waits");
+    assert_eq!(sm.queues, before);
+}
