@@ -91,7 +91,8 @@ fn since_sent_us(value: &[u8], now_ns: u64) -> u64 {
 
 /// What the workers share: acks so far and the latencies.
 struct Tally {
-    acked: AtomicU64,
+    /// Shared with the progress line.
+    acked: Arc<AtomicU64>,
     hist: Mutex<Histogram<u64>>,
 }
 
@@ -115,14 +116,10 @@ pub async fn queue(client: &Client, args: QueueArgs, as_json: bool) -> anyhow::R
         "--keys (key-ordered) is raftlog's; NATS has no per-key order"
     );
     let tally = Arc::new(Tally {
-        acked: AtomicU64::new(0),
+        acked: Arc::new(AtomicU64::new(0)),
         hist: Mutex::new(new_histogram()),
     });
-    let progress = spawn_progress(
-        Arc::new(AtomicU64::new(0)),
-        args.count,
-        "(see the result line)",
-    );
+    let progress = spawn_progress(tally.acked.clone(), args.count, "records");
     let start = Instant::now();
     let (produced_secs, extra) = match args.system {
         System::Raftlog => raftlog_run(client, &args, tally.clone()).await?,
