@@ -630,7 +630,10 @@ pub enum Rejection {
     TooManyAcls(u32),
     #[error("the cluster already holds {0} quotas, the maximum (remove some first)")]
     TooManyQuotas(u32),
-    #[error("queue '{0}' keeps no dead letters (it was created without dead_letters)")]
+    #[error(
+        "queue '{0}' keeps no dead letters (it was created without dead_letters): nothing to \
+         redrive; to keep them, delete the queue and create it with dead_letters"
+    )]
     NoDeadLetters(String),
 }
 
