@@ -85,7 +85,9 @@ COMPARED=(
 )
 CATCHUP_COUNT=$((1000000 / SCALE)) CATCHUP_PARTITIONS=4 E2E_RATE=2000 MANY_TOPICS=$((2000 / SCALE))
 # The queue load: a producer (64 in flight) appends this many 1 KiB records while 16 workers
-# receive up to 10 at a time and ack each one (`raftlog bench queue`); raftlog also key-ordered
+# receive up to 10 at a time and ack each one (`raftlog bench queue`), then the same with workers
+# taking records pushed over a stream (`--stream`: raftlog's ReceiveStream with 10 in flight per
+# worker, NATS's `messages()` pulling 10 at a time); raftlog also key-ordered
 # with 1,000 keys (NATS has no per-key order). In the tables its req/s are acked records/s and its
 # latency is from each record's send to its ack; raftlog's row is labelled "stream" (its
 # producer uses the stream).
@@ -151,10 +153,12 @@ compared_raftlog() {
       record "$round" "$name" raftlog "$transport" "$(raftlog_rss)" "$line"
     done
   done
-  for keys in 0 1000; do
-    name=queue-1KiB-16w$([ "$keys" = 0 ] || echo "-${keys}keys")
+  for load in "0 receive" "0 stream" "1000 receive"; do
+    read -r keys workers <<<"$load"
+    name=queue-1KiB-16w$([ "$workers" = receive ] || echo "-stream")$([ "$keys" = 0 ] || echo "-${keys}keys")
     line=$(cli bench queue --payload "$PAYLOAD" --topic "b-$name" --count "$QUEUE_COUNT" \
-      $([ "$keys" = 0 ] || echo --keys "$keys")) || { failures=$((failures + 1)); continue; }
+      $([ "$keys" = 0 ] || echo --keys "$keys") $([ "$workers" = receive ] || echo --stream)) ||
+      { failures=$((failures + 1)); continue; }
     record "$round" "$name" raftlog stream "$(raftlog_rss)" "$line"
   done
   raftlog_down
@@ -172,11 +176,15 @@ compared_nats() {
       { failures=$((failures + 1)); continue; }
     record "$round" "$name" nats "$sync" "$(nats_rss)" "$line"
   done
-  if line=$(cli bench queue --system nats --payload "$PAYLOAD" --topic b-queue --count "$QUEUE_COUNT"); then
-    record "$round" queue-1KiB-16w nats "$sync" "$(nats_rss)" "$line"
-  else
-    failures=$((failures + 1))
-  fi
+  for workers in receive stream; do
+    name=queue-1KiB-16w$([ "$workers" = receive ] || echo "-stream")
+    if line=$(cli bench queue --system nats --payload "$PAYLOAD" --topic "b-$name" \
+      --count "$QUEUE_COUNT" $([ "$workers" = receive ] || echo --stream)); then
+      record "$round" "$name" nats "$sync" "$(nats_rss)" "$line"
+    else
+      failures=$((failures + 1))
+    fi
+  done
   "$ROOT/scripts/nats-cluster.sh" down >/dev/null
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use raftlog_client::pb;
+use raftlog_client::queue::Job;
 use serde_json::json;
 
 use crate::codec::{self, Encoding, Encodings};
@@ -39,7 +40,7 @@ pub enum QueueCmd {
     Receive {
         /// Queue name.
         queue: String,
-        /// Most records to take.
+        /// Most records to take (with --follow: most held at once, not yet settled).
         #[arg(long, short = 'n', default_value_t = 1)]
         max: u32,
         /// How long to wait for a record.
@@ -51,6 +52,10 @@ pub enum QueueCmd {
         /// Ack every record received at once (take records off the queue).
         #[arg(long)]
         ack: bool,
+        /// Keep receiving (until Ctrl-C): records are pushed as they come, one line each, over
+        /// a stream that follows the leader.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Done with these deliveries: never delivered to this queue again.
     Ack {
@@ -221,9 +226,23 @@ pub async fn run(ctx: &Ctx, cmd: QueueCmd) -> anyhow::Result<()> {
         QueueCmd::Receive {
             queue,
             max,
+            wait: _,
+            worker,
+            ack,
+            follow: true,
+        } => {
+            tokio::select! {
+                result = follow(ctx, &queue, max, &worker, ack) => result?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        QueueCmd::Receive {
+            queue,
+            max,
             wait,
             worker,
             ack,
+            follow: false,
         } => receive(ctx, &queue, max, wait, &worker, ack).await?,
         QueueCmd::Redrive { queue, max } => redrive(ctx, &queue, max).await?,
         QueueCmd::Ack { queue, delivery } => {
@@ -272,20 +291,9 @@ async fn receive(
             anyhow::bail!("ack refused: {r}");
         }
     }
-    let text = Encodings {
-        key: Encoding::Text,
-        value: Encoding::Text,
-    };
     if ctx.json {
         for job in &jobs {
-            let mut record = codec::record_json("", job.partition, &job.record, text);
-            let fields = record.as_object_mut().expect("a record is an object");
-            fields.remove("topic");
-            fields.insert("delivery_id".into(), json!(job.delivery_id));
-            fields.insert("delivery_count".into(), json!(job.delivery_count));
-            fields.insert("lock_deadline_ms".into(), json!(job.lock_deadline_ms));
-            fields.insert("acked".into(), json!(ack));
-            output::json(&record);
+            output::json(&job_json(job, ack));
         }
         return Ok(());
     }
@@ -309,6 +317,53 @@ async fn receive(
     }
     table.print();
     Ok(())
+}
+
+/// One delivery as a JSON object: the record's fields (text encodings) and the delivery's.
+fn job_json(job: &Job, acked: bool) -> serde_json::Value {
+    let text = Encodings {
+        key: Encoding::Text,
+        value: Encoding::Text,
+    };
+    let mut record = codec::record_json("", job.partition, &job.record, text);
+    let fields = record.as_object_mut().expect("a record is an object");
+    fields.remove("topic");
+    fields.insert("delivery_id".into(), json!(job.delivery_id));
+    fields.insert("delivery_count".into(), json!(job.delivery_count));
+    fields.insert("lock_deadline_ms".into(), json!(job.lock_deadline_ms));
+    fields.insert("acked".into(), json!(acked));
+    record
+}
+
+/// `receive --follow`: records pushed over a receive stream, printed one line each as they
+/// come (a JSON object with --json; otherwise delivery, partition, offset, count, key and value
+/// separated by tabs), each acked first with --ack.
+async fn follow(ctx: &Ctx, queue: &str, max: u32, worker: &str, ack: bool) -> anyhow::Result<()> {
+    let worker = raftlog_client::queue::Worker::new(ctx.client.clone(), queue, worker);
+    let mut jobs = worker.stream(max.max(1));
+    loop {
+        let job = jobs.next().await?;
+        if ack {
+            worker.ack(&job).await?;
+        }
+        if ctx.json {
+            output::json(&job_json(&job, ack));
+            continue;
+        }
+        let key = job
+            .record
+            .key
+            .as_ref()
+            .map_or_else(String::new, |k| codec::escape(k));
+        output::line(&format!(
+            "{}\t{}\t{}\t{}\t{key}\t{}",
+            job.delivery_id,
+            job.partition,
+            job.offset,
+            job.delivery_count,
+            codec::escape(&job.record.value)
+        ));
+    }
 }
 
 async fn settle(

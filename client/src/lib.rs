@@ -364,6 +364,28 @@ impl Client {
         Ok(channel)
     }
 
+    /// A connection for a stream that lives as long as the caller reads it: no request
+    /// timeout (and not the cached channel, which has one).
+    pub(crate) fn stream_connection(&self, addr: &str) -> Result<Connection, Error> {
+        let channel = self
+            .endpoint(addr)?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(InterceptedService::new(channel, self.credentials.clone()))
+    }
+
+    /// Remembers the leader a refusal names (if it names one) for the next call.
+    pub(crate) fn follow_leader_hint(&self, status: &Status) {
+        let hint = status
+            .metadata()
+            .get(LEADER_ADDR_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Some(hint) = hint {
+            *self.leader.lock().expect("leader lock") = Some(hint.to_string());
+        }
+    }
+
     fn connection(&self, addr: &str) -> Result<Connection, Error> {
         Ok(InterceptedService::new(
             self.channel(addr)?,
@@ -715,14 +737,8 @@ impl Client {
             offset,
             max_records: 0,
         };
-        // A subscription lives as long as the caller wants: no request timeout on this channel.
-        let channel = self
-            .endpoint(addr)?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let connection = InterceptedService::new(channel, self.credentials.clone());
-        let mut broker = BrokerClient::new(connection).max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let mut broker = BrokerClient::new(self.stream_connection(addr)?)
+            .max_decoding_message_size(MESSAGE_BYTES_MAX);
         broker
             .subscribe(request)
             .await

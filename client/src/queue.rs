@@ -4,6 +4,8 @@
 //!   `raftlog.v1.Queues`.
 //! - [`Worker`]: receive → handle → ack / release / reject, and [`Worker::run`], which handles
 //!   one job at a time and keeps its lock extended while the handler runs.
+//! - [`JobStream`] ([`Worker::stream`]): jobs pushed by the leader as they become available, up
+//!   to an in-flight cap, over one stream that follows the leader.
 //!
 //! - [`deliver_after`], [`deliver_at`]: a record queue workers receive no earlier than a time
 //!   (plain readers of the topic see it at once, in offset order).
@@ -12,6 +14,7 @@
 //! to an ack is delivered again (with a higher [`Job::delivery_count`]), so handlers should be
 //! idempotent or check [`Job::delivery_count`]. An ack that returned `Ok` is final.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
@@ -310,6 +313,19 @@ impl Worker {
             .await
     }
 
+    /// Jobs pushed by the leader as they become available, at most `max_in_flight` of them
+    /// locked by this worker at once (a job counts until it is settled or its lock runs out).
+    /// The worker's name should be unique to the stream: the cap counts locks by name.
+    pub fn stream(&self, max_in_flight: u32) -> JobStream {
+        JobStream {
+            worker: self.clone(),
+            max_in_flight,
+            stream: None,
+            ready: VecDeque::new(),
+            broke: false,
+        }
+    }
+
     /// Acks many jobs in one call (one Raft entry); the refused ones are returned.
     pub async fn ack_all(&self, jobs: &[Job]) -> Result<Vec<Refused>, Error> {
         let settlements = jobs
@@ -403,4 +419,94 @@ impl Worker {
             }
         }
     }
+}
+
+/// Jobs pushed by the leader over a `ReceiveStream` ([`Worker::stream`]). The stream is opened
+/// on first use and opened again (on the leader, following its hint) when it breaks: a leader
+/// change, a node stopping, a lost connection. Locks held when it breaks stay held; settle them
+/// as usual.
+pub struct JobStream {
+    worker: Worker,
+    max_in_flight: u32,
+    stream: Option<tonic::Streaming<pb::ReceiveResponse>>,
+    ready: VecDeque<Job>,
+    /// The last stream broke: wait a moment before opening the next, so a node that keeps
+    /// ending streams is not hammered.
+    broke: bool,
+}
+
+/// Pause before opening a receive stream again after one broke.
+const STREAM_REOPEN_PAUSE: Duration = Duration::from_millis(100);
+
+impl JobStream {
+    /// The next job, waiting as long as it takes. Fails when no node serves the stream within
+    /// the client's retry deadline, or for a refusal that retrying cannot change (an unknown
+    /// queue, a missing permission).
+    pub async fn next(&mut self) -> Result<Job, Error> {
+        loop {
+            if let Some(job) = self.ready.pop_front() {
+                return Ok(job);
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                if std::mem::take(&mut self.broke) {
+                    tokio::time::sleep(STREAM_REOPEN_PAUSE).await;
+                }
+                self.stream = Some(self.open().await?);
+                continue;
+            };
+            match stream.message().await {
+                Ok(Some(response)) => self
+                    .ready
+                    .extend(response.records.into_iter().map(Job::from)),
+                Ok(None) => {
+                    self.stream = None;
+                    self.broke = true;
+                }
+                Err(status) if stream_broke(&status) => {
+                    self.worker.client.follow_leader_hint(&status);
+                    self.stream = None;
+                    self.broke = true;
+                }
+                Err(status) => return Err(Error::Status(status)),
+            }
+        }
+    }
+
+    /// The next jobs: waits for one, then takes up to `max` in all of those already here.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Job>, Error> {
+        let first = self.next().await?;
+        let more = self.ready.len().min(max.saturating_sub(1));
+        Ok(std::iter::once(first)
+            .chain(self.ready.drain(..more))
+            .collect())
+    }
+
+    async fn open(&self) -> Result<tonic::Streaming<pb::ReceiveResponse>, Error> {
+        let client = &self.worker.client;
+        client
+            .with_leader(|addr| {
+                let request = pb::ReceiveStreamRequest {
+                    queue: self.worker.queue.clone(),
+                    worker: self.worker.name.clone(),
+                    max_in_flight: self.max_in_flight,
+                };
+                async move {
+                    let connection = client.stream_connection(&addr).map_err(to_status)?;
+                    QueuesClient::new(connection)
+                        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+                        .receive_stream(request)
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            })
+            .await
+    }
+}
+
+/// Whether a receive stream ended for a reason that opening it again can cure.
+fn stream_broke(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted | Code::Internal
+    )
 }

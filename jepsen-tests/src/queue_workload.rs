@@ -3,9 +3,11 @@
 //! locks run out (hang), and sometimes crash (drop what they hold and start over as a new
 //! worker). Each record handed out is a `queue_delivery` op, each settlement a `queue_settle`
 //! op. After healing, workers drain the queue (receive and ack until the leader says nothing is
-//! left), and the dead-letter topic is read back as `queue_dead_letter` ops; `queue_checks`
+//! left, or nothing was handed out for a minute), and the dead-letter topic is read back as `queue_dead_letter` ops; `queue_checks`
 //! judges it all.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raftlog_client::queue::Job;
@@ -22,6 +24,10 @@ pub const QUEUE: &str = "jepsen-q";
 pub const DEAD_LETTERS: &str = "jepsen-q-dlq";
 /// Short, so that hung workers' records come back within a run.
 const LOCK_MS: u32 = 1500;
+/// The drain stops after this long without a delivery...
+const DRAIN_IDLE_MAX: Duration = Duration::from_secs(60);
+/// ...or after this long in all.
+const DRAIN_CAP: Duration = Duration::from_secs(300);
 
 /// Creates the queue (with dead letters), retrying until the cluster accepts it.
 pub async fn create_queue(endpoints: &[String], key_ordered: bool) -> anyhow::Result<()> {
@@ -196,13 +202,22 @@ async fn handle(w: &Workload, client: &Client, name: &str, job: &Job, rng: &mut 
 /// up after a minute (the checker then reports what was never finished).
 pub async fn drain(w: &Workload, workers: usize) -> anyhow::Result<()> {
     let client = client(&w.endpoints)?;
-    let give_up = Instant::now() + Duration::from_secs(60);
+    // A drain after a long faulted run may have thousands of records to hand out (redeliveries
+    // wait out their backoff), so it goes on while deliveries keep coming and stops only after a
+    // minute without one, or at the hard cap. A record it leaves is reported as queue-lost.
+    let started = Instant::now();
+    let hard_cap = started + DRAIN_CAP;
+    let last_delivery_ms = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for index in 0..workers.max(1) {
-        let (w, client) = (w.clone(), client.clone());
+        let (w, client, last_delivery_ms) = (w.clone(), client.clone(), last_delivery_ms.clone());
         tasks.push(tokio::spawn(async move {
             let name = format!("drain{index}");
-            while Instant::now() < give_up {
+            let stalled = || {
+                let idle_since = Duration::from_millis(last_delivery_ms.load(Ordering::Relaxed));
+                started.elapsed().saturating_sub(idle_since) > DRAIN_IDLE_MAX
+            };
+            while Instant::now() < hard_cap && !stalled() {
                 let sent_ns = w.recorder.elapsed_ns();
                 let Ok(jobs) = client
                     .receive(QUEUE, &name, 50, Duration::from_millis(500))
@@ -218,7 +233,10 @@ pub async fn drain(w: &Workload, workers: usize) -> anyhow::Result<()> {
                     if done {
                         return;
                     }
+                    continue;
                 }
+                let now_ms = started.elapsed().as_millis() as u64;
+                last_delivery_ms.fetch_max(now_ms, Ordering::Relaxed);
                 for job in &jobs {
                     record_delivery(&w, &name, job, sent_ns);
                     settle(&w, &client, &name, job, pb::SettleAction::Ack, 0).await;

@@ -345,6 +345,75 @@ fn render_partitions_and_groups(ctx: &NodeContext, out: &mut String) {
 /// A per-queue gauge: its name, its help text and how to read it off the queue's description.
 type QueueGauge = (&'static str, &'static str, fn(&QueueInfo) -> u64);
 
+/// The per-queue series, in the order they are rendered.
+const QUEUE_SERIES: [QueueGauge; 13] = [
+    (
+        "raftlog_queue_backlog",
+        "records of a queue not finished (never delivered, waiting or locked)",
+        |q| q.backlog,
+    ),
+    (
+        "raftlog_queue_in_flight",
+        "records of a queue locked by workers",
+        |q| q.in_flight,
+    ),
+    (
+        "raftlog_queue_waiting",
+        "records of a queue waiting to be delivered again",
+        |q| q.waiting,
+    ),
+    (
+        "raftlog_queue_delayed",
+        "waiting records whose delay has not ended",
+        |q| q.delayed,
+    ),
+    (
+        "raftlog_queue_held",
+        "records of a key-ordered queue held behind an earlier record of their key",
+        |q| q.held,
+    ),
+    (
+        "raftlog_queue_full",
+        "1 while a queue's in-flight cap is reached (receives wait)",
+        |q| u64::from(q.full),
+    ),
+    (
+        "raftlog_queue_oldest_lock_age_seconds",
+        "age of the oldest lock of a queue (since its last delivery or extend)",
+        |q| q.oldest_unacked_age_ms / 1000,
+    ),
+    (
+        "raftlog_queue_delivered_total",
+        "deliveries of a queue (a counter)",
+        |q| q.delivered,
+    ),
+    (
+        "raftlog_queue_redelivered_total",
+        "deliveries of a queue after the first of their record (a counter)",
+        |q| q.redelivered,
+    ),
+    (
+        "raftlog_queue_acked_total",
+        "records of a queue acked (a counter)",
+        |q| q.acked,
+    ),
+    (
+        "raftlog_queue_dead_lettered_total",
+        "records of a queue dead-lettered (a counter)",
+        |q| q.dead_lettered,
+    ),
+    (
+        "raftlog_queue_redriven_total",
+        "dead letters of a queue appended to its topic again by redrive (a counter)",
+        |q| q.redriven,
+    ),
+    (
+        "raftlog_queue_lock_timeouts_total",
+        "locks of a queue that ran out (a counter)",
+        |q| q.lock_timeouts,
+    ),
+];
+
 /// Each queue's backlog, records in flight and waiting, the age of its oldest lock, and what
 /// it has done (counters), as this node's applied state has them.
 fn render_queues(ctx: &NodeContext, out: &mut String) {
@@ -354,64 +423,7 @@ fn render_queues(ctx: &NodeContext, out: &mut String) {
         .iter()
         .map(|(name, queue)| queue_info(name, queue, view))
         .collect();
-    let series: [QueueGauge; 11] = [
-        (
-            "raftlog_queue_backlog",
-            "records of a queue not finished (never delivered, waiting or locked)",
-            |q| q.backlog,
-        ),
-        (
-            "raftlog_queue_in_flight",
-            "records of a queue locked by workers",
-            |q| q.in_flight,
-        ),
-        (
-            "raftlog_queue_waiting",
-            "records of a queue waiting to be delivered again",
-            |q| q.waiting,
-        ),
-        (
-            "raftlog_queue_delayed",
-            "waiting records whose delay has not ended",
-            |q| q.delayed,
-        ),
-        (
-            "raftlog_queue_full",
-            "1 while a queue's in-flight cap is reached (receives wait)",
-            |q| u64::from(q.full),
-        ),
-        (
-            "raftlog_queue_oldest_lock_age_seconds",
-            "age of the oldest lock of a queue (since its last delivery or extend)",
-            |q| q.oldest_unacked_age_ms / 1000,
-        ),
-        (
-            "raftlog_queue_delivered_total",
-            "deliveries of a queue (a counter)",
-            |q| q.delivered,
-        ),
-        (
-            "raftlog_queue_redelivered_total",
-            "deliveries of a queue after the first of their record (a counter)",
-            |q| q.redelivered,
-        ),
-        (
-            "raftlog_queue_acked_total",
-            "records of a queue acked (a counter)",
-            |q| q.acked,
-        ),
-        (
-            "raftlog_queue_dead_lettered_total",
-            "records of a queue dead-lettered (a counter)",
-            |q| q.dead_lettered,
-        ),
-        (
-            "raftlog_queue_lock_timeouts_total",
-            "locks of a queue that ran out (a counter)",
-            |q| q.lock_timeouts,
-        ),
-    ];
-    for (name, help, value) in series {
+    for (name, help, value) in QUEUE_SERIES {
         gauge(out, name, help);
         for q in &queues {
             let _ = writeln!(out, "{name}{{queue=\"{}\"}} {}", q.queue, value(q));

@@ -275,6 +275,13 @@ async fn call_every_rpc(
         })
     );
     call!(
+        "/raftlog.v1.Queues/ReceiveStream",
+        queues.receive_stream(pb::ReceiveStreamRequest {
+            queue: "q".into(),
+            ..Default::default()
+        })
+    );
+    call!(
         "/raftlog.v1.Queues/Settle",
         queues.settle(pb::SettleRequest {
             queue: "q".into(),

@@ -2,7 +2,8 @@
 //! redelivered when a lock runs out or a worker releases them (not before their delay),
 //! dead-lettered with their origin in headers when rejected or delivered too often, locks kept by
 //! extends, locks and delivery counts kept across a leader kill -9, delayed records held until
-//! their time, and key-ordered queues keeping each key's offset order under failing workers.
+//! their time, key-ordered queues keeping each key's offset order under failing workers, and a
+//! receive stream that pushes records up to its worker's cap and follows a new leader.
 
 mod support;
 
@@ -554,4 +555,65 @@ async fn a_key_ordered_queue_keeps_each_keys_offset_order_under_failing_workers(
     assert!(run.violations.is_empty(), "{:#?}", run.violations);
     // Each key finished in offset order, every record once.
     assert_eq!(run.finished, *expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receive_stream_pushes_records_up_to_its_cap_and_follows_a_new_leader() {
+    let mut cluster = TestCluster::start(3, NodeOptions::default());
+    let leader = cluster.wait_for_leader().await;
+    let client = cluster.client();
+    client.create_topic("tasks", 2).await.unwrap();
+    client
+        .create_queue("work", "tasks", settings(30_000, 5))
+        .await
+        .unwrap();
+    let worker = Worker::new(client.clone(), "work", "streamer");
+    let mut stream = worker.stream(3);
+    // Records produced after the stream opened are pushed to it.
+    let opened = tokio::spawn(async move {
+        let mut first = Vec::new();
+        for _ in 0..3 {
+            first.push(stream.next().await.unwrap());
+        }
+        (stream, first)
+    });
+    produce(&client, "tasks", 2, 10).await;
+    let (mut stream, first) = opened.await.unwrap();
+    // At the cap nothing more is locked for the worker, however long it waits.
+    let more = tokio::time::timeout(Duration::from_millis(700), stream.next()).await;
+    assert!(more.is_err(), "a fourth record pushed past the cap of 3");
+    assert_eq!(client.describe_queue("work").await.unwrap().in_flight, 3);
+    // An ack makes room for one more.
+    worker.ack(&first[0]).await.unwrap();
+    let fourth = stream.next().await.unwrap();
+    assert_eq!(client.describe_queue("work").await.unwrap().in_flight, 3);
+
+    // The leader dies with three records locked by the stream: the stream opens again on the
+    // new leader, the locks held stay held (acks of them are accepted there), and the rest of
+    // the records come through it.
+    cluster.kill9(leader);
+    let new_leader = cluster.wait_for_leader().await;
+    assert_ne!(new_leader, leader);
+    let held: Vec<Job> = first[1..].iter().cloned().chain([fourth]).collect();
+    let refused = worker.ack_all(&held).await.unwrap();
+    assert!(
+        refused.is_empty(),
+        "acks of locks held across the kill refused: {refused:?}"
+    );
+    let mut rest = Vec::new();
+    while rest.len() < 6 {
+        let job = stream.next().await.unwrap();
+        assert_eq!(job.delivery_count, 1, "{} delivered again", job.delivery_id);
+        worker.ack(&job).await.unwrap();
+        rest.push(job);
+    }
+    let all: Vec<Job> = first
+        .into_iter()
+        .chain(held.into_iter().skip(2))
+        .chain(rest)
+        .collect();
+    let seen: BTreeSet<String> = values(&all).into_iter().collect();
+    assert_eq!(seen.len(), 10, "every record once: {seen:?}");
+    let info = client.describe_queue("work").await.unwrap();
+    assert_eq!((info.acked, info.backlog, info.redelivered), (10, 0, 0));
 }

@@ -47,6 +47,11 @@ pub struct QueueArgs {
     /// What record values hold after their send time: `random` (incompressible) or `fill`.
     #[arg(long, value_enum, default_value_t = Payload::Random)]
     payload: Payload,
+    /// Workers take records pushed over a stream (raftlog's ReceiveStream with BATCH in flight
+    /// per worker; NATS's `messages()` with BATCH per pull) instead of one receive (fetch) at a
+    /// time.
+    #[arg(long)]
+    stream: bool,
     /// Give records this many distinct keys and make the queue key-ordered (raftlog only).
     #[arg(long, value_name = "N")]
     keys: Option<u64>,
@@ -133,6 +138,7 @@ pub async fn queue(client: &Client, args: QueueArgs, as_json: bool) -> anyhow::R
         "system": args.system.name(), "mode": "queue", "records": acked,
         "record_bytes": args.record_bytes, "payload": args.payload.name(),
         "workers": args.workers, "batch": args.batch, "keys": args.keys,
+        "transport": if args.stream { "stream" } else { "receive" },
         "seconds": secs, "acked_per_s": acked as f64 / secs,
         // For the benchmark tables, which rank loads by requests per second.
         "requests_per_s": acked as f64 / secs,
@@ -182,9 +188,22 @@ async fn raftlog_run(
         let mut worker = Worker::new(client.clone(), queue.clone(), format!("bench-{i}"));
         worker.wait = Duration::from_millis(500);
         let (tally, count, batch) = (tally.clone(), args.count, args.batch);
+        let mut stream = args.stream.then(|| worker.stream(batch));
         workers.push(tokio::spawn(async move {
             while tally.acked.load(Ordering::Relaxed) < count {
-                let jobs = worker.receive(batch).await?;
+                let jobs = match stream.as_mut() {
+                    // Bounded, so the worker sees the end of the run.
+                    Some(stream) => match tokio::time::timeout(
+                        Duration::from_millis(500),
+                        stream.next_batch(batch as usize),
+                    )
+                    .await
+                    {
+                        Ok(jobs) => jobs?,
+                        Err(_) => continue,
+                    },
+                    None => worker.receive(batch).await?,
+                };
                 if jobs.is_empty() {
                     continue;
                 }
@@ -244,6 +263,12 @@ async fn nats_run(args: &QueueArgs, tally: Arc<Tally>) -> anyhow::Result<(f64, s
     for _ in 0..args.workers {
         let (tally, count, batch, consumer) =
             (tally.clone(), args.count, args.batch, consumer.clone());
+        if args.stream {
+            workers.push(tokio::spawn(nats_stream_worker(
+                consumer, batch, count, tally,
+            )));
+            continue;
+        }
         workers.push(tokio::spawn(async move {
             while tally.acked.load(Ordering::Relaxed) < count {
                 let mut messages = consumer
@@ -285,4 +310,35 @@ async fn nats_run(args: &QueueArgs, tally: Arc<Tally>) -> anyhow::Result<(f64, s
     let about = json!({"server_version": server_version, "stream_replicas": replicas,
                        "storage": "file", "consumer": "durable pull, explicit ack"});
     Ok((produced_secs, json!({ "nats": about })))
+}
+
+/// A NATS worker on the consumer's `messages()` stream (pulls of `batch` kept going by the
+/// client), acking each message, until `count` records are acked in all.
+async fn nats_stream_worker(
+    consumer: consumer::Consumer<consumer::pull::Config>,
+    batch: u32,
+    count: u64,
+    tally: Arc<Tally>,
+) -> anyhow::Result<()> {
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch as usize)
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("messages: {e}"))?;
+    while tally.acked.load(Ordering::Relaxed) < count {
+        // Bounded, so the worker sees the end of the run.
+        let Ok(next) = tokio::time::timeout(Duration::from_millis(500), messages.next()).await
+        else {
+            continue;
+        };
+        let Some(message) = next else { break };
+        let message = message.map_err(|e| anyhow::anyhow!("messages: {e}"))?;
+        message
+            .ack()
+            .await
+            .map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+        tally.add(std::iter::once(message.payload.clone()));
+    }
+    Ok(())
 }

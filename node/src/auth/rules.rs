@@ -159,6 +159,10 @@ pub const RULES: &[(&str, Rule)] = &[
         Rule::Needs(&[queue(1, Delete)]),
     ),
     ("/raftlog.v1.Queues/Receive", Rule::Needs(&[queue(1, Read)])),
+    (
+        "/raftlog.v1.Queues/ReceiveStream",
+        Rule::Needs(&[queue(1, Read)]),
+    ),
     ("/raftlog.v1.Queues/Settle", Rule::Needs(&[queue(1, Read)])),
     // Redrive appends to the queue's topic what its dead letters hold: alter on the queue.
     (

@@ -359,6 +359,16 @@ impl QueueState {
             .sum()
     }
 
+    /// The lock deadlines of the records `worker` holds, locks that ran out and are not yet
+    /// taken back included.
+    pub fn lock_deadlines_of<'a>(&'a self, worker: &'a str) -> impl Iterator<Item = i64> + 'a {
+        self.partitions
+            .values()
+            .flat_map(|p| p.locked.values())
+            .filter(move |l| l.worker == worker)
+            .map(|l| l.deadline_ms)
+    }
+
     /// Records held behind an earlier record of their key (key-ordered queues).
     pub fn held(&self) -> usize {
         self.partitions.values().map(|p| p.held.len()).sum()

@@ -1,5 +1,6 @@
 //! `raftlog.v1.Queues`: queue groups on topics (create, describe, list, delete), and the workers'
-//! Receive (a long poll) and Settle (ack, release, reject, extend).
+//! Receive (a long poll), ReceiveStream (records pushed up to a worker's in-flight cap) and
+//! Settle (ack, release, reject, extend).
 //!
 //! Receives and settlements are replicated commands proposed by the leader (a follower forwards
 //! the call once), stamped with the leader's clock: locks and delivery counts survive a leader
@@ -278,13 +279,7 @@ impl Queues for QueuesService {
         let deadline = broker.write_deadline(&request);
         let req = request.into_inner();
         broker.validate_name("queue", &req.queue)?;
-        if req.worker.len() > WORKER_NAME_BYTES_MAX {
-            return Err(ApiError::InvalidArgument(format!(
-                "worker names are at most {WORKER_NAME_BYTES_MAX} bytes (got {})",
-                req.worker.len()
-            ))
-            .into());
-        }
+        check_worker_name(&req.worker)?;
         let group = broker.group();
         if !group.is_leader() {
             let (mut client, leader) = self.route(forwarded, group.leader())?;
@@ -305,6 +300,37 @@ impl Queues for QueuesService {
             Err(ReceiveError::Api(e)) => Err(e.into()),
             Ok(records) => Ok(Response::new(ReceiveResponse { records })),
         }
+    }
+
+    type ReceiveStreamStream = ReceivePushes;
+
+    async fn receive_stream(
+        &self,
+        request: Request<ReceiveStreamRequest>,
+    ) -> Result<Response<Self::ReceiveStreamStream>, Status> {
+        let broker = &self.broker;
+        let forwarded = is_forwarded(&request);
+        let req = request.into_inner();
+        broker.validate_name("queue", &req.queue)?;
+        check_worker_name(&req.worker)?;
+        let group = broker.group();
+        if !group.is_leader() {
+            let (mut client, leader) = self.route(forwarded, group.leader())?;
+            let pushes = client
+                .receive_stream(Forwarder::forwarded(req))
+                .await
+                .map_err(|s| leader_unreachable(s, leader))?
+                .into_inner();
+            return Ok(Response::new(Box::pin(pushes)));
+        }
+        if group.view.queue(&req.queue).is_none() {
+            return Err(ApiError::from(Rejection::UnknownQueue(req.queue)).into());
+        }
+        let (pushes, stream) = tokio::sync::mpsc::channel(RECEIVE_STREAM_BUFFER);
+        tokio::spawn(self.clone().serve_receive_stream(req, pushes));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(stream),
+        )))
     }
 
     async fn settle(
@@ -393,6 +419,35 @@ impl Queues for QueuesService {
     }
 }
 
+/// A receive stream's messages, from this node or from the leader it forwards to.
+type ReceivePushes =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ReceiveResponse, Status>> + Send>>;
+type ReceivePushSender = tokio::sync::mpsc::Sender<Result<ReceiveResponse, Status>>;
+
+/// Messages of a receive stream queued for the worker: the stream's records are locked when
+/// proposed, so little is kept ahead of a slow reader.
+const RECEIVE_STREAM_BUFFER: usize = 2;
+/// The longest long poll of a receive stream before it looks at the worker's room again.
+const RECEIVE_STREAM_POLL: Duration = Duration::from_secs(10);
+
+fn check_worker_name(worker: &str) -> Result<(), ApiError> {
+    if worker.len() > WORKER_NAME_BYTES_MAX {
+        return Err(ApiError::InvalidArgument(format!(
+            "worker names are at most {WORKER_NAME_BYTES_MAX} bytes (got {})",
+            worker.len()
+        )));
+    }
+    Ok(())
+}
+
+fn worker_or_anonymous(worker: &str) -> String {
+    if worker.is_empty() {
+        "anonymous".to_string()
+    } else {
+        worker.to_string()
+    }
+}
+
 /// Why a receive on the leader did not answer with records.
 enum ReceiveError {
     Write(WriteError),
@@ -406,6 +461,79 @@ impl From<ApiError> for ReceiveError {
 }
 
 impl QueuesService {
+    /// Serves one receive stream on the leader: whenever the worker holds fewer than its
+    /// `max_in_flight` locks, a long poll for the difference; at the cap, a wait for an apply
+    /// (a settlement) or the moment the worker's earliest lock runs out. Ends when the worker
+    /// goes away or the node stops, and with an error when this node stops leading (naming the
+    /// new leader) or the queue is deleted.
+    async fn serve_receive_stream(self, req: ReceiveStreamRequest, pushes: ReceivePushSender) {
+        let group = self.broker.group();
+        let worker = worker_or_anonymous(&req.worker);
+        let max_in_flight = req.max_in_flight.max(1);
+        let mut applied = group.view.applied();
+        let mut stopping = self.broker.stopping.clone();
+        let fail = |status: Status| async { pushes.send(Err(status)).await.ok() };
+        loop {
+            if !group.is_leader() {
+                let not_leader = ApiError::not_leader(self.broker.ctx.id, group.leader());
+                fail(not_leader.into()).await;
+                return;
+            }
+            let Some(queue) = group.view.queue(&req.queue) else {
+                fail(ApiError::from(Rejection::UnknownQueue(req.queue.clone())).into()).await;
+                return;
+            };
+            let now = now_ms();
+            let held = queue
+                .state
+                .lock_deadlines_of(&worker)
+                .filter(|&d| d > now)
+                .count();
+            let room = max_in_flight.saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));
+            if room == 0 {
+                let earliest = queue.state.lock_deadlines_of(&worker).min().unwrap_or(now);
+                let wake = Instant::now() + Duration::from_millis((earliest - now).max(0) as u64);
+                tokio::select! {
+                    _ = tokio::time::timeout_at(wake.into(), applied.changed()) => {}
+                    () = stopped(&mut stopping) => return,
+                    () = pushes.closed() => return,
+                }
+                continue;
+            }
+            let poll = ReceiveRequest {
+                queue: req.queue.clone(),
+                worker: worker.clone(),
+                max_records: room,
+                wait_ms: RECEIVE_STREAM_POLL.as_millis() as u32,
+            };
+            let deadline = Instant::now() + RECEIVE_STREAM_POLL + DEADLINE_MARGIN * 2;
+            let received = tokio::select! {
+                received = self.receive_here(&poll, deadline) => received,
+                () = pushes.closed() => return,
+            };
+            match received {
+                Ok(records) if records.is_empty() => {
+                    if *stopping.borrow() {
+                        return;
+                    }
+                }
+                Ok(records) => {
+                    if pushes.send(Ok(ReceiveResponse { records })).await.is_err() {
+                        return;
+                    }
+                }
+                Err(ReceiveError::Write(e)) => {
+                    fail(ApiError::write_failed(self.broker.ctx.id, e).into()).await;
+                    return;
+                }
+                Err(ReceiveError::Api(e)) => {
+                    fail(e.into()).await;
+                    return;
+                }
+            }
+        }
+    }
+
     /// The long poll on the leader: proposes a receive whenever the applied state says one can
     /// hand something out, until one does or the wait is over.
     async fn receive_here(
@@ -459,14 +587,9 @@ impl QueuesService {
         max: u32,
         deadline: Instant,
     ) -> Result<Received, ReceiveError> {
-        let worker = if req.worker.is_empty() {
-            "anonymous".to_string()
-        } else {
-            req.worker.clone()
-        };
         let command = Command::QueueReceive {
             queue: req.queue.clone(),
-            worker,
+            worker: worker_or_anonymous(&req.worker),
             max,
             now_ms: now_ms(),
         };
