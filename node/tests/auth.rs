@@ -259,10 +259,14 @@ async fn call_every_rpc(
         "/raftlog.v1.Queues/DescribeQueue",
         queues.describe_queue(pb::DescribeQueueRequest { queue: "q".into() })
     );
-    call!(
+    let listed = queues.list_queues(pb::ListQueuesRequest {}).await;
+    out.push((
         "/raftlog.v1.Queues/ListQueues",
-        queues.list_queues(pb::ListQueuesRequest {})
-    );
+        listed.and_then(|r| match r.into_inner().queues.len() {
+            0 => Err(Status::permission_denied("(filtered to nothing)")),
+            _ => Ok(()),
+        }),
+    ));
     call!(
         "/raftlog.v1.Queues/DeleteQueue",
         queues.delete_queue(pb::DeleteQueueRequest { queue: "q".into() })
@@ -508,11 +512,15 @@ async fn every_rpc_refuses_the_unauthenticated_and_the_unauthorized_and_changes_
     let cluster = TestCluster::start(3, secured(&[]));
     cluster.wait_for_leader().await;
     let admin = cluster.client();
-    // Something for each call to change: a topic with records, a group with offsets, a token
-    // and an ACL entry (of someone else).
+    // Something for each call to change: a topic with records, a group with offsets, a queue,
+    // a token and an ACL entry (of someone else).
     admin.create_topic("t", 1).await.unwrap();
     support::produce_values(&admin, "t", 0, "v", 3).await;
     admin.commit_offsets("g", "t", [(0, 2)]).await.unwrap();
+    admin
+        .create_queue("q", "t", pb::QueueSettings::default())
+        .await
+        .unwrap();
     let (mallory, _) = create_token(&admin, "mallory", 0).await;
     let (_, other_token) = create_token(&admin, "other", 0).await;
     let other_acl = add_acl(
@@ -668,6 +676,32 @@ async fn acl_entries_grant_what_they_name_through_any_node() {
         seen,
         ["orders-1", "orders-2", "orders-secret", "public-news"]
     );
+    // And the queues she may describe (read implies it).
+    for (queue, topic) in [("orders-q", "orders-1"), ("other-q", "other")] {
+        admin
+            .create_queue(queue, topic, pb::QueueSettings::default())
+            .await
+            .unwrap();
+    }
+    add_acl(
+        &admin,
+        "alice",
+        pb::AclResourceType::Queue,
+        "orders-q",
+        false,
+        Read,
+        Allow,
+    )
+    .await;
+    cluster.wait_caught_up(&[1, 2, 3]).await;
+    let queues: Vec<String> = alice_there
+        .list_queues()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|q| q.queue)
+        .collect();
+    assert_eq!(queues, ["orders-q"]);
 
     // A wildcard entry for everyone.
     let bob = plain_client(&cluster, leader).with_token(&bob).unwrap();

@@ -149,11 +149,7 @@ pub const RULES: &[(&str, Rule)] = &[
         "/raftlog.v1.Queues/DescribeQueue",
         Rule::Needs(&[queue(1, Describe)]),
     ),
-    // Not filtered per queue yet: listing needs describe on the cluster.
-    (
-        "/raftlog.v1.Queues/ListQueues",
-        Rule::Needs(&[Need::Cluster(Describe)]),
-    ),
+    ("/raftlog.v1.Queues/ListQueues", Rule::Filtered(Queue)),
     (
         "/raftlog.v1.Queues/DeleteQueue",
         Rule::Needs(&[queue(1, Delete)]),

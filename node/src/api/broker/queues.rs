@@ -229,12 +229,16 @@ impl Queues for QueuesService {
 
     async fn list_queues(
         &self,
-        _: Request<ListQueuesRequest>,
+        request: Request<ListQueuesRequest>,
     ) -> Result<Response<ListQueuesResponse>, Status> {
+        let visible = self
+            .broker
+            .visible(&request, raftlog_core::auth::ResourceType::Queue);
         let view = &self.broker.group().view;
         let queues = view
             .queues()
             .iter()
+            .filter(|(name, _)| visible(name))
             .map(|(name, queue)| queue_info(name, queue, view))
             .collect();
         Ok(Response::new(ListQueuesResponse { queues }))
