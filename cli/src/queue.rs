@@ -187,6 +187,7 @@ pub async fn run(ctx: &Ctx, cmd: QueueCmd) -> anyhow::Result<()> {
                 "queue",
                 "topic",
                 "backlog",
+                "ready",
                 "in flight",
                 "waiting",
                 "acked",
@@ -197,6 +198,7 @@ pub async fn run(ctx: &Ctx, cmd: QueueCmd) -> anyhow::Result<()> {
                     q.queue.clone(),
                     q.topic.clone(),
                     q.backlog.to_string(),
+                    q.ready.to_string(),
                     q.in_flight.to_string(),
                     q.waiting.to_string(),
                     q.acked.to_string(),
@@ -460,6 +462,7 @@ fn info_json(q: &pb::QueueInfo) -> serde_json::Value {
             "dead_letter_topic": if s.dead_letters { json!(s.dead_letter_topic) } else { json!(null) },
         },
         "backlog": q.backlog,
+        "ready": q.ready,
         "in_flight": q.in_flight,
         "waiting": q.waiting,
         "delayed": q.delayed,
@@ -525,6 +528,7 @@ fn print_info(ctx: &Ctx, q: &pb::QueueInfo) {
             },
         ),
         ("backlog", q.backlog.to_string()),
+        ("ready", q.ready.to_string()),
         (
             "in flight",
             format!(

@@ -346,11 +346,16 @@ fn render_partitions_and_groups(ctx: &NodeContext, out: &mut String) {
 type QueueGauge = (&'static str, &'static str, fn(&QueueInfo) -> u64);
 
 /// The per-queue series, in the order they are rendered.
-const QUEUE_SERIES: [QueueGauge; 13] = [
+const QUEUE_SERIES: [QueueGauge; 14] = [
     (
         "raftlog_queue_backlog",
         "records of a queue not finished (never delivered, waiting or locked)",
         |q| q.backlog,
+    ),
+    (
+        "raftlog_queue_ready",
+        "records of a queue a receive could hand out now (not locked, delayed or held)",
+        |q| q.ready,
     ),
     (
         "raftlog_queue_in_flight",

@@ -582,11 +582,13 @@ async fn a_receive_stream_pushes_records_up_to_its_cap_and_follows_a_new_leader(
     // At the cap nothing more is locked for the worker, however long it waits.
     let more = tokio::time::timeout(Duration::from_millis(700), stream.next()).await;
     assert!(more.is_err(), "a fourth record pushed past the cap of 3");
-    assert_eq!(client.describe_queue("work").await.unwrap().in_flight, 3);
+    let info = client.describe_queue("work").await.unwrap();
+    assert_eq!((info.backlog, info.ready, info.in_flight), (10, 7, 3));
     // An ack makes room for one more.
     worker.ack(&first[0]).await.unwrap();
     let fourth = stream.next().await.unwrap();
-    assert_eq!(client.describe_queue("work").await.unwrap().in_flight, 3);
+    let info = client.describe_queue("work").await.unwrap();
+    assert_eq!((info.backlog, info.ready, info.in_flight), (9, 6, 3));
 
     // The leader dies with three records locked by the stream: the stream opens again on the
     // new leader, the locks held stay held (acks of them are accepted there), and the rest of

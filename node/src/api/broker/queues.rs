@@ -792,6 +792,8 @@ pub fn queue_info(name: &str, queue: &Queue, view: &raftlog_store::StateView) ->
         .unwrap_or_default();
     let (waiting, delayed) = queue.state.waiting(now);
     let in_flight = queue.state.in_flight();
+    let backlog = queue.state.backlog(&bounds);
+    let held = queue.state.held();
     let oldest_lock = queue
         .state
         .partitions
@@ -813,7 +815,8 @@ pub fn queue_info(name: &str, queue: &Queue, view: &raftlog_store::StateView) ->
             key_ordered: settings.key_ordered,
             lookahead_max: settings.lookahead_max,
         }),
-        backlog: queue.state.backlog(&bounds),
+        backlog,
+        ready: backlog.saturating_sub((in_flight + delayed + held) as u64),
         in_flight: in_flight as u64,
         waiting: waiting as u64,
         delayed: delayed as u64,
@@ -827,7 +830,7 @@ pub fn queue_info(name: &str, queue: &Queue, view: &raftlog_store::StateView) ->
         expired: counters.expired,
         full: in_flight >= settings.in_flight_max as usize,
         created_at_ms: definition.created_at_ms,
-        held: queue.state.held() as u64,
+        held: held as u64,
         redriven: counters.redriven,
     }
 }
