@@ -1,11 +1,13 @@
 //! Many random malformed requests against a 3-node cluster of real processes, once plain and once
-//! with auth on (a super-user's token on every request, so the authorization layer parses the
-//! garbage first): the nodes stay up, answer every request, and their data stays intact.
+//! secured (TLS on every port and auth on: sent over TLS with a super-user's token on every
+//! request, so the authorization layer parses the garbage first): the nodes stay up, answer every
+//! request, and their data stays intact.
 //!
 //! Two kinds of garbage, generated up front from a fixed seed (`RAFTLOG_FUZZ_SEED` overrides it):
 //! - raw: bodies of random bytes (plus truncated or mutated real messages, overlong varints,
 //!   deeply nested length-delimited fields, bad lengths and wire types) sent through a byte codec
-//!   to every unary method of `raftlog.v1.Broker` and `raftlog.v1.Cluster` (except the membership
+//!   to every unary method of `raftlog.v1.Broker`, `raftlog.v1.Queues` and `raftlog.v1.Cluster`
+//!   (no queue exists, so a body that would create one is replaced; except the membership
 //!   RPCs, for which an empty body is a legitimate request; InitProducer gets only bodies that do
 //!   not decode, as every request that decodes is granted a producer id), and random or mutated
 //!   postcard payloads inside well-formed envelopes to the peer-only `raftlog.raft.v1.Raft`. Any
@@ -53,7 +55,7 @@ use rand::{Rng, RngCore, SeedableRng};
 use support::{read_all, NodeOptions, TestCluster};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
 const DEFAULT_SEED: u64 = 0x5eed_2a11_0f0f_1e57;
@@ -97,6 +99,13 @@ const CLIENT_METHODS: &[&str] = &[
     "/raftlog.v1.Broker/ListOffsets",
     "/raftlog.v1.Broker/GroupHeartbeat",
     "/raftlog.v1.Broker/RemoveGroupMember",
+    "/raftlog.v1.Queues/CreateQueue",
+    "/raftlog.v1.Queues/DescribeQueue",
+    "/raftlog.v1.Queues/ListQueues",
+    "/raftlog.v1.Queues/DeleteQueue",
+    "/raftlog.v1.Queues/Receive",
+    "/raftlog.v1.Queues/Settle",
+    "/raftlog.v1.Queues/Redrive",
     "/raftlog.v1.Cluster/Status",
     "/raftlog.v1.Cluster/TriggerSnapshot",
     "/raftlog.v1.Cluster/StateDigest",
@@ -483,6 +492,58 @@ fn plausible(rng: &mut StdRng, path: &str) -> Vec<u8> {
             timestamp_ms: rng.random_bool(0.5).then(|| rng.random()),
         }
         .encode_to_vec(),
+        "CreateQueue" => pb::CreateQueueRequest {
+            queue: any_name(rng),
+            topic: any_name(rng),
+            settings: rng.random_bool(0.7).then(|| pb::QueueSettings {
+                lock_ms: any_u32(rng),
+                max_deliveries: any_u32(rng),
+                backoff_ms: (0..rng.random_range(0..40)).map(|_| any_u32(rng)).collect(),
+                in_flight_max: any_u32(rng),
+                dead_letters: rng.random(),
+                dead_letter_topic: any_name(rng),
+                worker_in_flight_max: any_u32(rng),
+                key_ordered: rng.random(),
+                lookahead_max: any_u32(rng),
+            }),
+        }
+        .encode_to_vec(),
+        "DescribeQueue" => pb::DescribeQueueRequest {
+            queue: any_name(rng),
+        }
+        .encode_to_vec(),
+        "DeleteQueue" => pb::DeleteQueueRequest {
+            queue: any_name(rng),
+        }
+        .encode_to_vec(),
+        "Receive" => pb::ReceiveRequest {
+            queue: any_name(rng),
+            worker: random_unicode(rng, 300),
+            max_records: any_u32(rng),
+            wait_ms: rng.random_range(0..100),
+        }
+        .encode_to_vec(),
+        "Settle" => pb::SettleRequest {
+            queue: any_name(rng),
+            settlements: (0..rng.random_range(0..5))
+                .map(|_| pb::Settlement {
+                    delivery_id: match rng.random_range(0..3) {
+                        0 => "0.0.1".to_string(),
+                        1 => "x".to_string(),
+                        _ => random_unicode(rng, 40),
+                    },
+                    action: rng.random_range(-1..6),
+                    delay_ms: any_u32(rng),
+                    error: random_unicode(rng, 64),
+                })
+                .collect(),
+        }
+        .encode_to_vec(),
+        "Redrive" => pb::RedriveRequest {
+            queue: any_name(rng),
+            max_records: any_u32(rng),
+        }
+        .encode_to_vec(),
         // Messages without fields: unknown fields of every wire type.
         _ => {
             let mut out = Vec::new();
@@ -624,6 +685,9 @@ fn raw_body_is_unsafe(path: &str, body: &[u8]) -> bool {
         "CommitOffsets" => pb::CommitOffsetsRequest::decode(body)
             .is_ok_and(|r| r.topic == TOPIC && valid_name(&r.group)),
         "Fetch" => pb::FetchRequest::decode(body).is_ok_and(|r| r.max_wait_ms > 100),
+        // No queue exists, so only a create on the topic that exists could change anything.
+        "CreateQueue" => pb::CreateQueueRequest::decode(body)
+            .is_ok_and(|r| valid_name(&r.queue) && r.topic == TOPIC),
         // A join with a valid group name adds a member.
         "GroupHeartbeat" => pb::GroupHeartbeatRequest::decode(body).is_ok_and(|r| {
             valid_name(&r.group) && r.member_id.is_empty() && r.subscription.is_some()
@@ -1556,16 +1620,47 @@ async fn random_malformed_requests_leave_the_nodes_up_and_the_data_intact() {
     fuzz(NodeOptions::default()).await;
 }
 
-/// The same against a cluster with auth on, the fuzz sent with a super-user's token: every
-/// request passes the authorization layer, which reads resource names out of the garbage before
-/// any handler sees it (docs/security.md).
+/// The same against a secured cluster: TLS on every port and auth on, the fuzz sent over TLS
+/// with node 1's certificate (so the Raft service admits it and parses the garbage) and a
+/// super-user's token: every request passes the authorization layer, which reads resource names
+/// out of the garbage before any handler sees it (docs/security.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn random_malformed_requests_leave_a_cluster_with_auth_up_and_its_data_intact() {
+async fn random_malformed_requests_leave_a_secured_cluster_up_and_its_data_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::pki::Pki::for_cluster(dir.path(), 3);
     fuzz(NodeOptions {
         admin_token: Some("malformed-requests-bootstrap-token-0123456789".into()),
+        tls_dir: Some(pki.dir().to_path_buf()),
         ..Default::default()
     })
     .await;
+}
+
+/// A raw channel to node `id`: plaintext, or TLS trusting the cluster's CA and presenting node
+/// 1's certificate.
+fn raw_channel(addr: &str, id: u64, tls_dir: Option<&std::path::Path>) -> Channel {
+    let Some(dir) = tls_dir else {
+        return Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .connect_lazy();
+    };
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(
+            read("node-1.pem"),
+            read("node-1-key.pem"),
+        ))
+        .domain_name(format!("node-{id}"));
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .connect_lazy()
 }
 
 // Long: the fuzz's phases (setup, raw, structured, checks) read in order, sharing their state.
@@ -1584,6 +1679,7 @@ async fn fuzz(options: NodeOptions) {
         .admin_token
         .as_ref()
         .map(|token| format!("Bearer {token}").parse().unwrap());
+    let tls_dir = options.tls_dir.clone();
     let mut cluster = TestCluster::start(3, options);
     cluster.wait_for_leader().await;
     let client = cluster.client();
@@ -1634,16 +1730,9 @@ async fn fuzz(options: NodeOptions) {
     }
     assert_eq!(before.groups.len(), 1, "setup");
 
-    let channels: Vec<Channel> = cluster
-        .nodes
-        .iter()
-        .map(|n| {
-            Endpoint::from_shared(format!("http://{}", n.grpc))
-                .unwrap()
-                .connect_timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy()
-        })
+    let channels: Vec<Channel> = (1..)
+        .zip(&cluster.nodes)
+        .map(|(id, n)| raw_channel(&n.grpc, id, tls_dir.as_deref()))
         .collect();
     let codes: Arc<Mutex<BTreeMap<String, BTreeMap<String, usize>>>> = Arc::default();
     let findings: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -809,6 +809,46 @@ impl QueueState {
                 .any(|p| p.waiting.values().any(|w| w.not_before_ms <= now_ms))
     }
 
+    /// About how many records a receive at `now_ms` could hand out, counted up to `limit`:
+    /// records never looked at below their partition's end (where the partition takes new
+    /// ones), waiting records whose time has come, and locks that ran out. Not the caps, and
+    /// not key order (a new record may turn out to be held behind its key).
+    pub fn available(
+        &self,
+        settings: &QueueSettings,
+        now_ms: i64,
+        ends: &BTreeMap<u32, u64>,
+        limit: usize,
+    ) -> usize {
+        let mut count = 0usize;
+        for (partition, &end) in ends {
+            count += match self.partitions.get(partition) {
+                None => end as usize,
+                Some(p) if p.takes_new(settings) => end.saturating_sub(p.next) as usize,
+                Some(_) => 0,
+            };
+            if count >= limit {
+                return limit;
+            }
+        }
+        for p in self.partitions.values() {
+            count += p
+                .waiting
+                .values()
+                .filter(|w| w.not_before_ms <= now_ms)
+                .count();
+            count += p
+                .locked
+                .values()
+                .filter(|l| l.deadline_ms <= now_ms)
+                .count();
+            if count >= limit {
+                return limit;
+            }
+        }
+        count
+    }
+
     /// The earliest moment after `now_ms` at which a record becomes ready without anything
     /// else happening: a delay that ends or a lock that runs out.
     pub fn next_ready_ms(&self, now_ms: i64) -> Option<i64> {

@@ -447,3 +447,22 @@ fn a_late_ack_of_a_dead_lettered_record_is_refused_and_of_an_acked_one_accepted(
     assert_eq!(q.ack(d(0, 1, 1)), Ok(false));
     assert_eq!(q.ack(d(0, 0, 1)), Err(QueueError::AlreadyDone(d(0, 0, 1))));
 }
+
+#[test]
+fn available_counts_new_records_due_waits_and_run_out_locks_up_to_the_limit() {
+    let mut q = QueueState::default();
+    let s = settings();
+    let e = ends(&[(0, 4), (1, 3)]);
+    assert_eq!(q.available(&s, 0, &e, 100), 7);
+    assert_eq!(q.available(&s, 0, &e, 5), 5);
+    let got = q.receive(&s, "w", 4, 0, &e, &mut plain);
+    assert_eq!(got.delivered.len(), 4);
+    // Three never looked at; the four locked are not available while their locks run.
+    assert_eq!(q.available(&s, 10, &e, 100), 3);
+    // A release with a delay: available once the delay is over.
+    q.release(&s, got.delivered[0], 40, 10).unwrap();
+    assert_eq!(q.available(&s, 20, &e, 100), 3);
+    assert_eq!(q.available(&s, 60, &e, 100), 4);
+    // Locks that ran out count too.
+    assert_eq!(q.available(&s, 1000, &e, 100), 7);
+}

@@ -431,6 +431,9 @@ type ReceivePushSender = tokio::sync::mpsc::Sender<Result<ReceiveResponse, Statu
 /// Messages of a receive stream queued for the worker: the stream's records are locked when
 /// proposed, so little is kept ahead of a slow reader.
 const RECEIVE_STREAM_BUFFER: usize = 2;
+/// How long a receive stream whose worker holds records waits for enough records to fill half
+/// its cap before it takes fewer.
+const RECEIVE_STREAM_GATHER: Duration = Duration::from_millis(10);
 /// The longest long poll of a receive stream before it looks at the worker's room again.
 const RECEIVE_STREAM_POLL: Duration = Duration::from_secs(10);
 
@@ -493,7 +496,8 @@ impl QueuesService {
                 .lock_deadlines_of(&worker)
                 .filter(|&d| d > now)
                 .count();
-            let room = max_in_flight.saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));
+            let held = u32::try_from(held).unwrap_or(u32::MAX);
+            let room = max_in_flight.saturating_sub(held);
             if room == 0 {
                 let earliest = queue.state.lock_deadlines_of(&worker).min().unwrap_or(now);
                 let wake = Instant::now() + Duration::from_millis((earliest - now).max(0) as u64);
@@ -503,6 +507,13 @@ impl QueuesService {
                     () = pushes.closed() => return,
                 }
                 continue;
+            }
+            // A worker that holds records is busy: wait a moment for enough records to fill
+            // half its cap, so that one receive (one Raft entry) hands out several rather than
+            // one per settled record. An idle worker gets the first record at once.
+            let want = room.min(max_in_flight.div_ceil(2)) as usize;
+            if held > 0 && !self.gather(&req.queue, want, &mut applied, &pushes).await {
+                return;
             }
             let poll = ReceiveRequest {
                 queue: req.queue.clone(),
@@ -534,6 +545,37 @@ impl QueuesService {
                     fail(e.into()).await;
                     return;
                 }
+            }
+        }
+    }
+
+    /// Waits, up to [`RECEIVE_STREAM_GATHER`], until the queue has about `want` records to hand
+    /// out; false when the stream's worker went away meanwhile.
+    async fn gather(
+        &self,
+        queue: &str,
+        want: usize,
+        applied: &mut tokio::sync::watch::Receiver<Option<raftlog_core::types::LogId>>,
+        pushes: &ReceivePushSender,
+    ) -> bool {
+        let view = &self.broker.group().view;
+        let until = Instant::now() + RECEIVE_STREAM_GATHER;
+        loop {
+            // A queue gone or a topic deleted: the receive says so.
+            let Some(q) = view.queue(queue) else {
+                return true;
+            };
+            let Ok(ends) = partition_ends(&q, view) else {
+                return true;
+            };
+            let settings = &q.definition.settings;
+            if Instant::now() >= until || q.state.available(settings, now_ms(), &ends, want) >= want
+            {
+                return true;
+            }
+            tokio::select! {
+                _ = tokio::time::timeout_at(until.into(), applied.changed()) => {}
+                () = pushes.closed() => return false,
             }
         }
     }
