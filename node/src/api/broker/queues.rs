@@ -499,7 +499,14 @@ impl QueuesService {
             let held = u32::try_from(held).unwrap_or(u32::MAX);
             let room = max_in_flight.saturating_sub(held);
             if room == 0 {
-                let earliest = queue.state.lock_deadlines_of(&worker).min().unwrap_or(now);
+                // The earliest of the locks that still run (one that ran out is not counted
+                // in `held`; waking for it would spin until some receive takes it back).
+                let earliest = queue
+                    .state
+                    .lock_deadlines_of(&worker)
+                    .filter(|&d| d > now)
+                    .min()
+                    .unwrap_or(now);
                 let wake = Instant::now() + Duration::from_millis((earliest - now).max(0) as u64);
                 tokio::select! {
                     _ = tokio::time::timeout_at(wake.into(), applied.changed()) => {}
