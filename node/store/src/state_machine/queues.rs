@@ -196,6 +196,25 @@ impl StateMachine {
         }
     }
 
+    /// `topic` was deleted: queues whose dead letters go there forget how far they redrove, so
+    /// a topic recreated under the name is redriven from its start.
+    pub(super) fn forget_redrive_cursors(&mut self, topic: &str, batch: &mut WriteBatch) {
+        let names: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| {
+                q.definition.dead_letter_topic.as_deref() == Some(topic)
+                    && !q.redrive_from.is_empty()
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            let mut queue = self.queues.remove(&name).expect("listed above");
+            queue.redrive_from.clear();
+            self.put_queue(&name, queue, BTreeSet::new(), batch);
+        }
+    }
+
     /// Writes the queue's row and the rows of its partitions in `touched`, and puts it back.
     fn put_queue(
         &mut self,

@@ -504,3 +504,85 @@ fn a_queues_state_in_memory_is_what_reloads_from_its_rows() {
     assert_eq!(state.waiting(10), (1, 1), "the delayed record waits");
     assert_eq!(sm.queues, before);
 }
+
+/// Deleting a queue's dead-letter topic forgets the queue's redrive cursor (in its row too): a
+/// topic recreated under that name is redriven from its start, not from where the old one was.
+#[test]
+fn deleting_the_dead_letter_topic_resets_the_redrive_cursor() {
+    use raftlog_core::queue::{Delivery, QueueDefinition, QueueSettings, SettleAction, Settlement};
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let definition = QueueDefinition {
+        topic: "t".into(),
+        topic_id: 1,
+        settings: QueueSettings {
+            lock_ms: 1000,
+            max_deliveries: 3,
+            backoff_ms: Vec::new(),
+            in_flight_max: 100,
+            worker_in_flight_max: 0,
+            key_ordered: false,
+            lookahead_max: 100,
+        },
+        dead_letter_topic: Some("dlq".into()),
+        created_at_ms: 0,
+    };
+    let redrive = Command::QueueRedrive {
+        queue: "q".into(),
+        max_records: 100,
+        max_bytes: 1 << 20,
+        now_ms: 30,
+    };
+    {
+        let (_dbs, mut sm) = open_state_machine(dir.path());
+        sm.apply_entries([
+            entry(1, create_topic("t", 1, 0, 10)),
+            entry(
+                2,
+                Command::CreateQueue {
+                    queue: "q".into(),
+                    definition: Box::new(definition),
+                    queues_max: 10,
+                    topics_max: 10,
+                },
+            ),
+            entry(3, append_to("t", 0, vec![record("a"), record("b")], None)),
+            entry(
+                4,
+                Command::QueueReceive {
+                    queue: "q".into(),
+                    worker: "w".into(),
+                    max: 2,
+                    now_ms: 10,
+                },
+            ),
+            entry(
+                5,
+                Command::QueueSettle {
+                    queue: "q".into(),
+                    settlements: (0..2)
+                        .map(|offset| Settlement {
+                            delivery: Delivery {
+                                partition: 0,
+                                offset,
+                                count: 1,
+                            },
+                            action: SettleAction::Reject { error: "no".into() },
+                        })
+                        .collect(),
+                    now_ms: 20,
+                },
+            ),
+            entry(6, redrive.clone()),
+        ])
+        .expect("apply");
+        assert_eq!(sm.queues["q"].redrive_from.get(&0), Some(&2));
+        sm.apply_entries([entry(7, Command::DeleteTopic { name: "dlq".into() })])
+            .expect("apply");
+        assert!(sm.queues["q"].redrive_from.is_empty());
+    }
+    let (_dbs, sm) = open_state_machine(dir.path());
+    assert!(
+        sm.queues["q"].redrive_from.is_empty(),
+        "the row was rewritten"
+    );
+}

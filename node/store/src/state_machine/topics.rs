@@ -32,7 +32,13 @@ impl StateMachine {
                 retention_ms,
                 retention_bytes,
             } => self.alter_topic(name, *retention_ms, *retention_bytes, topics, batch),
-            Command::DeleteTopic { name } => self.delete_topic(name, topics, groups, batch),
+            Command::DeleteTopic { name } => {
+                let response = self.delete_topic(name, topics, groups, batch);
+                if matches!(response, CommandResponse::TopicDeleted) {
+                    self.forget_redrive_cursors(name, batch);
+                }
+                response
+            }
             other => unreachable!("not a topic command: {other}"),
         }
     }
