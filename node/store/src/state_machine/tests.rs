@@ -433,12 +433,38 @@ fn tokens_and_acl_entries_apply_and_reload_from_their_rows() {
     assert_eq!(security.acls.keys().copied().collect::<Vec<_>>(), [2, 3]);
 }
 
+/// Creates queue `q` on topic `t` (id 1): 1 s locks, 3 deliveries, key order and dead letters
+/// as given.
+fn create_queue_q(key_ordered: bool, dead_letter_topic: Option<&str>) -> Command {
+    use raftlog_core::queue::{QueueDefinition, QueueSettings};
+    Command::CreateQueue {
+        queue: "q".into(),
+        definition: Box::new(QueueDefinition {
+            topic: "t".into(),
+            topic_id: 1,
+            settings: QueueSettings {
+                lock_ms: 1000,
+                max_deliveries: 3,
+                backoff_ms: Vec::new(),
+                in_flight_max: 100,
+                worker_in_flight_max: 0,
+                key_ordered,
+                lookahead_max: 100,
+            },
+            dead_letter_topic: dead_letter_topic.map(str::to_string),
+            created_at_ms: 0,
+        }),
+        queues_max: 10,
+        topics_max: 10,
+    }
+}
+
 /// A queue's state as the state machine holds it in memory is what its rows hold: a receive
 /// that only sets records aside (held behind their key, delayed) writes its partition's row too,
 /// so a restart (or a snapshot, built from the rows) hands nothing out again.
 #[test]
 fn a_queues_state_in_memory_is_what_reloads_from_its_rows() {
-    use raftlog_core::queue::{delivery_header, QueueDefinition, QueueSettings};
+    use raftlog_core::queue::delivery_header;
     let dir = tempfile::tempdir().expect("temporary directory");
     let keyed = |key: &str, value: &str| Record {
         key: Some(bytes::Bytes::from(key.to_string())),
@@ -449,21 +475,6 @@ fn a_queues_state_in_memory_is_what_reloads_from_its_rows() {
         delivery_header::NOT_BEFORE_MS.into(),
         bytes::Bytes::from_static(b"999999"),
     ));
-    let definition = QueueDefinition {
-        topic: "t".into(),
-        topic_id: 1,
-        settings: QueueSettings {
-            lock_ms: 1000,
-            max_deliveries: 3,
-            backoff_ms: Vec::new(),
-            in_flight_max: 100,
-            worker_in_flight_max: 0,
-            key_ordered: true,
-            lookahead_max: 100,
-        },
-        dead_letter_topic: None,
-        created_at_ms: 0,
-    };
     let receive = |max| Command::QueueReceive {
         queue: "q".into(),
         worker: "w".into(),
@@ -474,15 +485,7 @@ fn a_queues_state_in_memory_is_what_reloads_from_its_rows() {
         let (_dbs, mut sm) = open_state_machine(dir.path());
         sm.apply_entries([
             entry(1, create_topic("t", 2, 0, 10)),
-            entry(
-                2,
-                Command::CreateQueue {
-                    queue: "q".into(),
-                    definition: Box::new(definition),
-                    queues_max: 10,
-                    topics_max: 10,
-                },
-            ),
+            entry(2, create_queue_q(true, None)),
             // Partition 0: key a twice, then a delayed record; partition 1: one record.
             entry(
                 3,
@@ -509,23 +512,8 @@ fn a_queues_state_in_memory_is_what_reloads_from_its_rows() {
 /// topic recreated under that name is redriven from its start, not from where the old one was.
 #[test]
 fn deleting_the_dead_letter_topic_resets_the_redrive_cursor() {
-    use raftlog_core::queue::{Delivery, QueueDefinition, QueueSettings, SettleAction, Settlement};
+    use raftlog_core::queue::{Delivery, SettleAction, Settlement};
     let dir = tempfile::tempdir().expect("temporary directory");
-    let definition = QueueDefinition {
-        topic: "t".into(),
-        topic_id: 1,
-        settings: QueueSettings {
-            lock_ms: 1000,
-            max_deliveries: 3,
-            backoff_ms: Vec::new(),
-            in_flight_max: 100,
-            worker_in_flight_max: 0,
-            key_ordered: false,
-            lookahead_max: 100,
-        },
-        dead_letter_topic: Some("dlq".into()),
-        created_at_ms: 0,
-    };
     let redrive = Command::QueueRedrive {
         queue: "q".into(),
         max_records: 100,
@@ -536,15 +524,7 @@ fn deleting_the_dead_letter_topic_resets_the_redrive_cursor() {
         let (_dbs, mut sm) = open_state_machine(dir.path());
         sm.apply_entries([
             entry(1, create_topic("t", 1, 0, 10)),
-            entry(
-                2,
-                Command::CreateQueue {
-                    queue: "q".into(),
-                    definition: Box::new(definition),
-                    queues_max: 10,
-                    topics_max: 10,
-                },
-            ),
+            entry(2, create_queue_q(false, Some("dlq"))),
             entry(3, append_to("t", 0, vec![record("a"), record("b")], None)),
             entry(
                 4,
