@@ -44,7 +44,7 @@ pub enum QueueCmd {
         #[arg(long, short = 'n', default_value_t = 1)]
         max: u32,
         /// How long to wait for a record.
-        #[arg(long, value_parser = units::duration_or_zero, default_value = "5s", value_name = "DURATION")]
+        #[arg(long, value_parser = units::duration_or_zero, default_value = "5s", value_name = "DURATION", conflicts_with = "follow")]
         wait: Duration,
         /// The worker name shown by describe.
         #[arg(long, default_value = "cli")]
