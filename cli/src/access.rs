@@ -69,7 +69,8 @@ pub enum AclCmd {
 
 #[derive(Subcommand, Clone)]
 pub enum QuotaCmd {
-    /// Set a principal's quota (each node enforces it on its own); all three 0 removes it.
+    /// Set a principal's quota: rates (each node enforces them on its own) and creation caps
+    /// (for the whole cluster). Sets all of them: a flag left out is no limit; all 0 removes it.
     Set {
         /// Whose: a name (taken as User:<name>) or User:<name>.
         #[arg(long)]
@@ -83,6 +84,15 @@ pub enum QuotaCmd {
         /// Calls it may make per second on each node [default: 0, no limit].
         #[arg(long, default_value = "0", value_name = "N")]
         requests_per_sec: u64,
+        /// Topics it may own (created and not deleted) [default: 0, no cap].
+        #[arg(long, default_value = "0", value_name = "N")]
+        topics_max: u32,
+        /// Partitions its topics may have in all [default: 0, no cap].
+        #[arg(long, default_value = "0", value_name = "N")]
+        partitions_max: u32,
+        /// Consumer groups and queues it may own [default: 0, no cap].
+        #[arg(long, default_value = "0", value_name = "N")]
+        groups_max: u32,
     },
     /// List the principals with a quota.
     List,
@@ -107,7 +117,7 @@ pub enum Op {
     All,
 }
 
-fn time_ms(ms: i64) -> String {
+pub(crate) fn time_ms(ms: i64) -> String {
     if ms <= 0 {
         return "never".into();
     }
@@ -307,6 +317,9 @@ pub async fn quota(ctx: &Ctx, cmd: QuotaCmd) -> anyhow::Result<()> {
             produce_bytes_per_sec,
             fetch_bytes_per_sec,
             requests_per_sec,
+            topics_max,
+            partitions_max,
+            groups_max,
         } => {
             let request = pb::SetQuotaRequest {
                 quota: Some(pb::Quota {
@@ -314,6 +327,9 @@ pub async fn quota(ctx: &Ctx, cmd: QuotaCmd) -> anyhow::Result<()> {
                     produce_bytes_per_sec,
                     fetch_bytes_per_sec,
                     requests_per_sec,
+                    topics_max,
+                    partitions_max,
+                    groups_max,
                 }),
             };
             ctx.client
@@ -325,7 +341,9 @@ pub async fn quota(ctx: &Ctx, cmd: QuotaCmd) -> anyhow::Result<()> {
             if ctx.json {
                 output::json(
                     &json!({"principal": principal, "produce_bytes_per_sec": produce_bytes_per_sec,
-                                     "fetch_bytes_per_sec": fetch_bytes_per_sec, "requests_per_sec": requests_per_sec}),
+                            "fetch_bytes_per_sec": fetch_bytes_per_sec, "requests_per_sec": requests_per_sec,
+                            "topics_max": topics_max, "partitions_max": partitions_max,
+                            "groups_max": groups_max}),
                 );
             } else {
                 output::line(&format!("quota of {principal} set"));
@@ -342,7 +360,9 @@ pub async fn quota(ctx: &Ctx, cmd: QuotaCmd) -> anyhow::Result<()> {
                     .iter()
                     .map(|q| {
                         json!({"principal": q.principal, "produce_bytes_per_sec": q.produce_bytes_per_sec,
-                               "fetch_bytes_per_sec": q.fetch_bytes_per_sec, "requests_per_sec": q.requests_per_sec})
+                               "fetch_bytes_per_sec": q.fetch_bytes_per_sec, "requests_per_sec": q.requests_per_sec,
+                               "topics_max": q.topics_max, "partitions_max": q.partitions_max,
+                               "groups_max": q.groups_max})
                     })
                     .collect();
                 output::json_pretty(&json!(list));
@@ -360,6 +380,9 @@ pub async fn quota(ctx: &Ctx, cmd: QuotaCmd) -> anyhow::Result<()> {
                 "produce bytes/s",
                 "fetch bytes/s",
                 "requests/s",
+                "topics",
+                "partitions",
+                "groups",
             ]);
             for q in &quotas {
                 table.row([
@@ -367,6 +390,9 @@ pub async fn quota(ctx: &Ctx, cmd: QuotaCmd) -> anyhow::Result<()> {
                     limit(q.produce_bytes_per_sec),
                     limit(q.fetch_bytes_per_sec),
                     limit(q.requests_per_sec),
+                    limit(q.topics_max.into()),
+                    limit(q.partitions_max.into()),
+                    limit(q.groups_max.into()),
                 ]);
             }
             output::line(table.render().trim_end());
@@ -402,7 +428,7 @@ pub async fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
 }
 
 /// The answer of the first endpoint that gives one (reads: any node's applied state will do).
-async fn first_answer<T, F, Fut>(ctx: &Ctx, mut call: F) -> anyhow::Result<T>
+pub(crate) async fn first_answer<T, F, Fut>(ctx: &Ctx, mut call: F) -> anyhow::Result<T>
 where
     F: FnMut(pb::auth_client::AuthClient<raftlog_client::Connection>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -452,7 +478,7 @@ fn op_pb(o: Op) -> pb::AclOperation {
     }
 }
 
-fn acl_json(a: &pb::AclEntry) -> serde_json::Value {
+pub(crate) fn acl_json(a: &pb::AclEntry) -> serde_json::Value {
     let lower = |s: &str, prefix: &str| s.trim_start_matches(prefix).to_ascii_lowercase();
     let resource = pb::AclResourceType::try_from(a.resource_type)
         .map(|r| lower(r.as_str_name(), "ACL_RESOURCE_TYPE_"))

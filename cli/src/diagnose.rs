@@ -393,10 +393,12 @@ pub async fn explain(client: Option<&Client>, error: anyhow::Error) -> CliError 
     }
     match code {
         Code::Unauthenticated => error.hint(
-            "the cluster requires authentication: give a token with --token (RAFTLOG_TOKEN);              an admin makes one with `raftlog token create` (docs/security.md)",
+            "the cluster requires authentication: give a token with --token (RAFTLOG_TOKEN); \
+             an admin makes one with `raftlog user create` (docs/security.md)",
         ),
         Code::PermissionDenied => error.hint(
-            "ask an admin for an ACL entry (`raftlog acl add`); `raftlog whoami` shows who the              cluster takes you for",
+            "ask an admin for an ACL entry (`raftlog acl add`); `raftlog whoami` shows who the \
+             cluster takes you for",
         ),
         _ => error,
     }

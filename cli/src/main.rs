@@ -27,6 +27,7 @@ mod produce;
 mod queue;
 mod topic;
 mod units;
+mod user;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -117,6 +118,9 @@ enum Command {
     /// Cluster health, membership and maintenance.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
+    /// Users (principals) whole: create (a first token), list, describe, revoke all tokens.
+    #[command(subcommand)]
+    User(user::UserCmd),
     /// Bearer tokens: create (printed once), list, revoke.
     #[command(subcommand)]
     Token(access::TokenCmd),
@@ -219,6 +223,7 @@ async fn run(ctx: Ctx, command: Command) -> anyhow::Result<ExitCode> {
         Command::Group(cmd) => group::run(&ctx, cmd).await?,
         Command::Queue(cmd) => queue::run(&ctx, cmd).await?,
         Command::Cluster(cmd) => return cluster::run(&ctx, cmd).await,
+        Command::User(cmd) => user::user(&ctx, cmd).await?,
         Command::Token(cmd) => access::token(&ctx, cmd).await?,
         Command::Acl(cmd) => access::acl(&ctx, cmd).await?,
         Command::Quota(cmd) => access::quota(&ctx, cmd).await?,

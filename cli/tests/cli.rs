@@ -895,3 +895,88 @@ async fn tokens_and_acl_entries_from_the_cli() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// `raftlog user`: a user made with its first token, listed and described with its ACL entries
+/// and quota (creation caps included), held to its cap on topics, and revoked whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_whole_from_the_cli() {
+    const ADMIN: &str = "cli-test-bootstrap-token-0123456789abcdef";
+    let cluster = TestCluster::start(
+        3,
+        NodeOptions {
+            admin_token: Some(ADMIN.into()),
+            ..Default::default()
+        },
+    );
+    cluster.wait_for_leader().await;
+    let eps = endpoints(&cluster, 1);
+    let as_admin =
+        |args: &[&'static str]| -> Vec<&'static str> { [&["--token", ADMIN][..], args].concat() };
+    let token = text(ok(&eps, &as_admin(&["user", "create", "bob"]), b""))
+        .trim()
+        .to_string();
+    ok(
+        &eps,
+        &as_admin(&[
+            "acl",
+            "add",
+            "--principal",
+            "bob",
+            "--resource",
+            "topic",
+            "--name",
+            "b-",
+            "--prefix",
+            "--operation",
+            "all",
+        ]),
+        b"",
+    );
+    ok(
+        &eps,
+        &as_admin(&["quota", "set", "--principal", "bob", "--topics-max", "1"]),
+        b"",
+    );
+    let users: serde_json::Value =
+        serde_json::from_str(&text(ok(&eps, &as_admin(&["--json", "user", "list"]), b""))).unwrap();
+    assert_eq!(users[0]["principal"], "User:bob", "{users}");
+    assert_eq!(
+        (&users[0]["tokens"], &users[0]["acls"], &users[0]["quota"]),
+        (&1.into(), &1.into(), &true.into()),
+        "{users}"
+    );
+    let bob: serde_json::Value = serde_json::from_str(&text(ok(
+        &eps,
+        &as_admin(&["--json", "user", "describe", "bob"]),
+        b"",
+    )))
+    .unwrap();
+    assert_eq!(bob["quota"]["topics_max"], 1, "{bob}");
+    assert_eq!(bob["acls"][0]["pattern"], "b-", "{bob}");
+    cluster.wait_caught_up(&[1, 2, 3]).await;
+
+    let as_bob = |args: &[&str]| {
+        raftlog(&eps, args)
+            .env("RAFTLOG_TOKEN", &token)
+            .output()
+            .unwrap()
+    };
+    assert!(as_bob(&["topic", "create", "b-1"]).status.success());
+    let capped = as_bob(&["topic", "create", "b-2"]);
+    let capped = String::from_utf8_lossy(&capped.stderr);
+    assert!(
+        capped.contains("ResourceExhausted") && capped.contains("at most 1 topics"),
+        "{capped}"
+    );
+
+    let revoked: serde_json::Value = serde_json::from_str(&text(ok(
+        &eps,
+        &as_admin(&["--json", "user", "revoke", "bob", "--acls"]),
+        b"",
+    )))
+    .unwrap();
+    assert_eq!(revoked["revoked_tokens"].as_array().unwrap().len(), 1);
+    assert_eq!(revoked["removed_acls"].as_array().unwrap().len(), 1);
+    cluster.wait_caught_up(&[1, 2, 3]).await;
+    assert!(!as_bob(&["whoami"]).status.success());
+}

@@ -5,7 +5,7 @@
 //! that forwards to the leader; a token revoked through one node is refused by every node, and
 //! an expired one by any; with TLS, a client certificate is a principal and a forwarding node
 //! vouches for it; the admin port's /metrics and /status need a token; a principal over its
-//! quota is told to wait, and the Rust client waits.
+//! quota is told to wait, and the Rust client waits; creation caps bound what a principal owns.
 //!
 //! The full decision matrix is unit-tested on the matcher (`raftlog_core::auth`); these tests
 //! check that the node applies it to the right resource and operation of each call.
@@ -1048,4 +1048,126 @@ async fn a_principal_over_its_quota_is_told_to_wait_and_the_client_waits() {
             .await
             .expect("no quota any more");
     }
+}
+
+/// The code and message of a refused call of the Rust client.
+fn refusal<T: std::fmt::Debug>(result: Result<T, raftlog_client::Error>) -> (Code, String) {
+    let status = match result.expect_err("refused") {
+        raftlog_client::Error::Status(status) => status,
+        other => panic!("not a refusal: {other:?}"),
+    };
+    (status.code(), status.message().to_string())
+}
+
+/// Creation caps: a principal may own at most so many topics, partitions and groups (consumer
+/// groups and queues), counted from what it created that still exists, through any node. A
+/// create past a cap is refused with RESOURCE_EXHAUSTED and changes nothing; deleting makes
+/// room; what others create does not count; the counts survive a restart of every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creation_caps_bound_what_a_principal_owns_through_any_node_and_a_restart() {
+    let mut cluster = TestCluster::start(3, secured(&[]));
+    let leader = cluster.wait_for_leader().await;
+    let admin = cluster.client();
+    let (gina, _) = create_token(&admin, "gina", 0).await;
+    for resource in [
+        pb::AclResourceType::Topic,
+        pb::AclResourceType::Group,
+        pb::AclResourceType::Queue,
+    ] {
+        let (op, allow) = (pb::AclOperation::All, pb::AclPermission::Allow);
+        add_acl(&admin, "gina", resource, "g-", true, op, allow).await;
+    }
+    let caps = pb::Quota {
+        principal: "gina".into(),
+        topics_max: 2,
+        partitions_max: 4,
+        groups_max: 2,
+        ..Default::default()
+    };
+    set_quota(&admin, caps).await;
+    let listed = admin
+        .auth_at(&cluster.node(leader).grpc)
+        .unwrap()
+        .list_quotas(pb::ListQuotasRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .quotas;
+    assert_eq!(
+        listed
+            .iter()
+            .map(|q| (
+                q.principal.as_str(),
+                q.topics_max,
+                q.partitions_max,
+                q.groups_max
+            ))
+            .collect::<Vec<_>>(),
+        [("User:gina", 2, 4, 2)]
+    );
+    cluster.wait_caught_up(&[1, 2, 3]).await;
+    // Through a follower: it forwards the creates, and the leader counts them for gina.
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let gina = plain_client(&cluster, follower).with_token(&gina).unwrap();
+
+    gina.create_topic("g-a", 2).await.unwrap();
+    let (code, message) = refusal(gina.create_topic("g-b", 3).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(
+        message.contains("User:gina may own at most 4 partitions"),
+        "{message}"
+    );
+    assert_eq!(
+        refusal(admin.describe_topic("g-b").await).0,
+        Code::NotFound,
+        "a refused create changes nothing"
+    );
+    gina.create_topic("g-b", 2).await.unwrap();
+    let (code, message) = refusal(gina.create_topic("g-c", 1).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("at most 2 topics"), "{message}");
+    // Others' topics are not gina's.
+    admin.create_topic("g-admins", 8).await.unwrap();
+
+    // Groups: a consumer group (by its first commit) and a queue fill the cap of 2.
+    gina.commit_offsets("g-1", "g-a", [(0, 0)]).await.unwrap();
+    gina.create_queue("g-q", "g-a", pb::QueueSettings::default())
+        .await
+        .unwrap();
+    let (code, message) = refusal(gina.commit_offsets("g-2", "g-a", [(0, 0)]).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("at most 2 groups"), "{message}");
+    let mut broker = gina.broker_at(&cluster.node(leader).grpc).unwrap();
+    let join = broker
+        .group_heartbeat(pb::GroupHeartbeatRequest {
+            group: "g-3".into(),
+            subscription: Some(pb::Subscription {
+                topics: vec!["g-a".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(join.code(), Code::ResourceExhausted, "{join:?}");
+    // Committing to a group it has is no creation.
+    gina.commit_offsets("g-1", "g-a", [(1, 0)]).await.unwrap();
+
+    // Deleting makes room.
+    admin.delete_topic("g-b").await.unwrap();
+    gina.create_topic("g-c", 1).await.unwrap();
+
+    // Every node restarts; the owners and caps are in the replicated state.
+    for id in 1..=3 {
+        cluster.kill9(id);
+    }
+    for id in 1..=3 {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader().await;
+    let (code, message) = refusal(gina.create_topic("g-d", 1).await);
+    assert_eq!(code, Code::ResourceExhausted, "{message}");
+    assert!(message.contains("at most 2 topics"), "{message}");
+    let (code, _) = refusal(gina.commit_offsets("g-2", "g-a", [(0, 0)]).await);
+    assert_eq!(code, Code::ResourceExhausted);
+    support::assert_digests_equal(&cluster.wait_converged(&[1, 2, 3]).await);
 }

@@ -103,13 +103,55 @@ impl Quota {
     }
 }
 
-/// The security tables of the replicated state: tokens by id, ACL entries by id, quotas by
-/// principal.
+/// What one principal may own at once: the topics, partitions and groups it created that still
+/// exist; 0: no cap. Checked when the command that would create something applies, so two
+/// creations racing each other cannot pass a cap together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreationCaps {
+    pub topics: u32,
+    /// The partitions of its topics, summed.
+    pub partitions: u32,
+    /// Consumer groups and queue groups.
+    pub groups: u32,
+}
+
+/// What a principal owns, or what one command would create, in the units of [`CreationCaps`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owned {
+    pub topics: u32,
+    pub partitions: u32,
+    pub groups: u32,
+}
+
+impl CreationCaps {
+    pub fn is_unlimited(&self) -> bool {
+        *self == CreationCaps::default()
+    }
+
+    /// The first cap that `owned` plus `adding` would pass, as (what it counts, the cap).
+    pub fn passed_by(&self, owned: Owned, adding: Owned) -> Option<(&'static str, u32)> {
+        let over =
+            |cap: u32, have: u32, add: u32| cap != 0 && add > 0 && have.saturating_add(add) > cap;
+        if over(self.topics, owned.topics, adding.topics) {
+            Some(("topics", self.topics))
+        } else if over(self.partitions, owned.partitions, adding.partitions) {
+            Some(("partitions", self.partitions))
+        } else if over(self.groups, owned.groups, adding.groups) {
+            Some(("groups (consumer groups and queues)", self.groups))
+        } else {
+            None
+        }
+    }
+}
+
+/// The security tables of the replicated state: tokens by id, ACL entries by id, quotas and
+/// creation caps by principal.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Security {
     pub tokens: BTreeMap<String, TokenRecord>,
     pub acls: BTreeMap<u64, Acl>,
     pub quotas: BTreeMap<String, Quota>,
+    pub caps: BTreeMap<String, CreationCaps>,
 }
 
 /// Why a request is refused, for the caller and the audit log.

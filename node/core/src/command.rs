@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Acl, Quota, TokenRecord};
+use crate::auth::{Acl, CreationCaps, Quota, TokenRecord};
 use crate::coordination::{topic_name, Answer, GroupError, Heartbeat, Stamp, Topics};
 use crate::queue::{QueueDefinition, QueueError, Received, Settlement};
 
@@ -327,6 +327,22 @@ pub enum Command {
         max_bytes: u64,
         now_ms: i64,
     },
+    /// A command that may create a topic, a consumer group or a queue, proposed for the
+    /// authenticated `principal`: applied as `command` is, unless what it would create takes the
+    /// principal past one of its creation caps (then refused, nothing changed); what it creates
+    /// is recorded as the principal's.
+    OnBehalfOf {
+        principal: String,
+        command: Box<Command>,
+    },
+    /// Set a principal's rates and creation caps together (the successor of `SetQuota`); all of
+    /// them 0 removes both.
+    SetLimits {
+        principal: String,
+        quota: Quota,
+        caps: CreationCaps,
+        quotas_max: u32,
+    },
 }
 
 /// Identifies an idempotent batch: the producer and the sequence number of its first record.
@@ -435,6 +451,8 @@ impl std::fmt::Display for Command {
             Command::AddAcl { acl, .. } => write!(f, "AddAcl({acl})"),
             Command::RemoveAcl { id } => write!(f, "RemoveAcl({id})"),
             Command::SetQuota { principal, .. } => write!(f, "SetQuota({principal})"),
+            Command::SetLimits { principal, .. } => write!(f, "SetLimits({principal})"),
+            Command::OnBehalfOf { principal, command } => write!(f, "{command} for {principal}"),
             Command::QueueRedrive { queue, .. } => write!(f, "QueueRedrive({queue})"),
             Command::InitProducer { .. } => write!(f, "InitProducer"),
             Command::Maintenance { now_ms, .. } => write!(f, "Maintenance(at {now_ms})"),
@@ -635,6 +653,15 @@ pub enum Rejection {
          redrive; to keep them, delete the queue and create it with dead_letters"
     )]
     NoDeadLetters(String),
+    #[error(
+        "{principal} may own at most {cap} {what} (its creation cap): delete some of its own \
+         first, or have an admin raise the cap (raftlog quota set)"
+    )]
+    CreationCapReached {
+        principal: String,
+        what: String,
+        cap: u32,
+    },
 }
 
 impl Rejection {

@@ -417,9 +417,15 @@ impl auth_server::Auth for AuthService {
             fetch_bytes_per_sec: given.fetch_bytes_per_sec,
             requests_per_sec: given.requests_per_sec,
         };
-        let command = Command::SetQuota {
+        let caps = model::CreationCaps {
+            topics: given.topics_max,
+            partitions: given.partitions_max,
+            groups: given.groups_max,
+        };
+        let command = Command::SetLimits {
             principal: principal.clone(),
             quota,
+            caps,
             quotas_max: QUOTAS_MAX,
         };
         let response = self
@@ -438,7 +444,7 @@ impl auth_server::Auth for AuthService {
             caller.as_ref(),
             "Auth/SetQuota",
             peer,
-            &format!("quota of {principal} set to {quota:?}"),
+            &format!("quota of {principal} set to {quota:?}, {caps:?}"),
         );
         Ok(response)
     }
@@ -448,14 +454,22 @@ impl auth_server::Auth for AuthService {
         _request: Request<ListQuotasRequest>,
     ) -> Result<Response<ListQuotasResponse>, Status> {
         let security = self.ctx.auth.security();
-        let quotas = security
-            .quotas
-            .iter()
-            .map(|(principal, q)| Quota {
-                principal: principal.clone(),
-                produce_bytes_per_sec: q.produce_bytes_per_sec,
-                fetch_bytes_per_sec: q.fetch_bytes_per_sec,
-                requests_per_sec: q.requests_per_sec,
+        let principals: std::collections::BTreeSet<&String> =
+            security.quotas.keys().chain(security.caps.keys()).collect();
+        let quotas = principals
+            .into_iter()
+            .map(|principal| {
+                let q = security.quotas.get(principal).copied().unwrap_or_default();
+                let caps = security.caps.get(principal).copied().unwrap_or_default();
+                Quota {
+                    principal: principal.clone(),
+                    produce_bytes_per_sec: q.produce_bytes_per_sec,
+                    fetch_bytes_per_sec: q.fetch_bytes_per_sec,
+                    requests_per_sec: q.requests_per_sec,
+                    topics_max: caps.topics,
+                    partitions_max: caps.partitions,
+                    groups_max: caps.groups,
+                }
             })
             .collect();
         Ok(Response::new(ListQuotasResponse { quotas }))

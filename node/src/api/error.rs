@@ -186,6 +186,7 @@ impl From<Rejection> for ApiError {
             Rejection::QueueTopicGone { .. } => ApiError::FailedPrecondition(message),
             Rejection::DeadLetterIsOrigin(_) => ApiError::InvalidArgument(message),
             Rejection::NoDeadLetters(_) => ApiError::FailedPrecondition(message),
+            Rejection::CreationCapReached { .. } => ApiError::ResourceExhausted(message),
             Rejection::TooManyTokens(_)
             | Rejection::TooManyAcls(_)
             | Rejection::TooManyQuotas(_) => ApiError::ResourceExhausted(message),

@@ -372,6 +372,24 @@ tokio::task_local! {
     pub static CURRENT_CALLER: Caller;
 }
 
+/// The principal of the request being handled, when auth is on.
+pub fn current_principal() -> Option<String> {
+    CURRENT_CALLER.try_with(|c| c.principal.clone()).ok()
+}
+
+/// `command` (one that may create a topic, group or queue) as proposed for the current caller:
+/// wrapped in `Command::OnBehalfOf` when auth is on, so apply checks the caller's creation caps
+/// and records it as the owner of what it creates.
+pub fn on_behalf_of_caller(command: raftlog_core::Command) -> raftlog_core::Command {
+    match current_principal() {
+        Some(principal) => raftlog_core::Command::OnBehalfOf {
+            principal,
+            command: Box::new(command),
+        },
+        None => command,
+    }
+}
+
 /// Adds what identifies the current caller to a request this node forwards: the client's own
 /// `authorization` header, and the principal this node authenticated ([`PRINCIPAL_HEADER`],
 /// which the leader honours because the forwarding connection presents a member node's

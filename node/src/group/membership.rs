@@ -99,12 +99,14 @@ impl From<WriteError> for HeartbeatError {
 impl Group {
     /// Serves one heartbeat of `group`'s member on the leader: through the log when it changes
     /// the group, from the applied state otherwise (see the module doc).
+    /// `principal`: the caller's, when auth is on: a heartbeat that creates the group is
+    /// proposed on its behalf (`Command::OnBehalfOf`: its creation caps, the group's owner).
     pub async fn group_heartbeat(
         &self,
         group: &str,
-        heartbeat: Heartbeat,
-        stamp: Stamp,
+        (heartbeat, stamp): (Heartbeat, Stamp),
         groups_max: u32,
+        principal: Option<String>,
         deadline: Instant,
     ) -> Result<Answer, HeartbeatError> {
         let arrived = Instant::now();
@@ -120,12 +122,19 @@ impl Group {
             self.sessions.heard(group, &answer.member_id, arrived);
             return Ok(answer);
         }
-        let command = Command::GroupHeartbeat {
+        let mut command = Command::GroupHeartbeat {
             group: group.to_string(),
             heartbeat: Box::new(heartbeat),
             stamp: Box::new(stamp),
             groups_max,
         };
+        let new_group = !self.view.group_exists(group);
+        if let Some(principal) = principal.filter(|_| new_group) {
+            command = Command::OnBehalfOf {
+                principal,
+                command: Box::new(command),
+            };
+        }
         match self.write(command, deadline).await? {
             CommandResponse::Member(answer) => {
                 self.sessions.heard(group, &answer.member_id, arrived);

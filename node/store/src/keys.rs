@@ -69,6 +69,11 @@ pub mod sm_tag {
     pub const ACL: u8 = 0x71;
     /// tag · principal → its quota (`auth::Quota`).
     pub const QUOTA: u8 = 0x72;
+    /// tag · principal → its creation caps (`auth::CreationCaps`).
+    pub const CAPS: u8 = 0x73;
+    /// tag · resource kind (a byte, see `sm_owner`) · name → the principal that created the
+    /// topic, consumer group or queue.
+    pub const OWNER: u8 = 0x74;
 }
 
 pub fn sm_prefix(group: GroupId) -> [u8; 8] {
@@ -212,6 +217,21 @@ pub fn sm_token(group: GroupId, id: &str) -> Vec<u8> {
 pub fn sm_quota(group: GroupId, principal: &str) -> Vec<u8> {
     let mut key = sm_singleton(group, sm_tag::QUOTA);
     key.extend_from_slice(principal.as_bytes());
+    key
+}
+
+pub fn sm_caps(group: GroupId, principal: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::CAPS);
+    key.extend_from_slice(principal.as_bytes());
+    key
+}
+
+/// The owner row of a resource; `kind` is `b't'` (topic), `b'g'` (consumer group) or `b'q'`
+/// (queue).
+pub fn sm_owner(group: GroupId, kind: u8, name: &str) -> Vec<u8> {
+    let mut key = sm_singleton(group, sm_tag::OWNER);
+    key.push(kind);
+    key.extend_from_slice(name.as_bytes());
     key
 }
 

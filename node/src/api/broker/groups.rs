@@ -54,7 +54,7 @@ pub(super) async fn commit_offsets(
     }
     let member =
         (!req.member_id.is_empty()).then(|| Box::new((req.member_id.clone(), req.member_epoch)));
-    let command = Command::CommitFencedOffsets {
+    let commit = Command::CommitFencedOffsets {
         group: req.group.clone(),
         topic: req.topic.clone(),
         offsets: req
@@ -66,6 +66,13 @@ pub(super) async fn commit_offsets(
         groups_max: broker.ctx.config.limits.groups_max,
         allow_rewind: req.allow_rewind,
         member,
+    };
+    // Only a commit that may create the group needs its caller's creation caps checked.
+    let view = &broker.group().view;
+    let command = if view.group_exists(&req.group) {
+        commit
+    } else {
+        crate::auth::on_behalf_of_caller(commit)
     };
     broker
         .write_or_forward(
@@ -285,7 +292,13 @@ async fn answer_heartbeat(
     let (heartbeat, stamp) = broker.heartbeat_command(req, &topics)?;
     let groups_max = broker.ctx.config.limits.groups_max;
     match group
-        .group_heartbeat(&req.group, heartbeat, stamp, groups_max, deadline)
+        .group_heartbeat(
+            &req.group,
+            (heartbeat, stamp),
+            groups_max,
+            crate::auth::current_principal(),
+            deadline,
+        )
         .await
     {
         Ok(answer) => {

@@ -179,7 +179,7 @@ impl Queues for QueuesService {
             .topic(&req.topic)
             .ok_or_else(|| ApiError::from(Rejection::UnknownTopic(req.topic.clone())))?;
         let limits = &broker.ctx.config.limits;
-        let command = Command::CreateQueue {
+        let command = crate::auth::on_behalf_of_caller(Command::CreateQueue {
             queue: req.queue.clone(),
             definition: Box::new(QueueDefinition {
                 topic: req.topic.clone(),
@@ -190,7 +190,7 @@ impl Queues for QueuesService {
             }),
             queues_max: limits.queues_max,
             topics_max: limits.topics_max,
-        };
+        });
         let view = broker.group().view.clone();
         let name = req.queue.clone();
         broker

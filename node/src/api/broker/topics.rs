@@ -37,7 +37,7 @@ pub(super) async fn create(
         0 => record_limit,
         n => n.min(record_limit),
     };
-    let command = Command::CreateTopic {
+    let command = crate::auth::on_behalf_of_caller(Command::CreateTopic {
         name: req.name.clone(),
         settings: TopicSettings {
             partitions,
@@ -46,7 +46,7 @@ pub(super) async fn create(
             max_record_bytes,
         },
         topics_max: limits.topics_max,
-    };
+    });
     let (view, leader) = (broker.group().view.clone(), broker.ctx.id);
     let name = req.name.clone();
     broker

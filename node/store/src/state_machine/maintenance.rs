@@ -1,11 +1,12 @@
 //! Applying `Command::Maintenance`, the leader's periodic housekeeping: forgets producers idle
-//! for too long and deletes the stored batches that fall out of their topic's retention. Unlike
+//! for too long, deletes the stored batches that fall out of their topic's retention and drops
+//! the owner rows of deleted resources (`ownership.rs`). Unlike
 //! the other commands it reads RocksDB (the batch headers), so it runs against written rows:
 //! `StateMachine::apply_entries` writes the entries before it first.
 
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 
-use super::changes::TopicChanges;
+use super::changes::{GroupChanges, TopicChanges};
 use super::{sm_err, StateMachine};
 use crate::codec::encode;
 use crate::keys;
@@ -14,16 +15,19 @@ use raftlog_core::types::StorageError;
 use raftlog_core::{CommandResponse, PartitionState, TopicSettings, TopicState};
 
 impl StateMachine {
-    /// `Command::Maintenance`: expires idle producers and applies retention. Reads batch headers
+    /// `Command::Maintenance`: expires idle producers, applies retention, forgets owners of what
+    /// is gone. Reads batch headers
     /// from RocksDB, so the caller must have written every earlier entry's rows first.
     pub(super) fn maintain(
         &mut self,
         now_ms: i64,
         producer_idle_ms: u64,
         topics: &mut TopicChanges<'_>,
+        groups: &GroupChanges<'_>,
         batch: &mut WriteBatch,
     ) -> Result<CommandResponse, StorageError> {
         self.expire_producers(now_ms, producer_idle_ms, batch);
+        self.forget_gone_owners(topics, groups, batch);
         for name in topics.names_with_retention() {
             // Retention changes few topics per pass: work on a copy, stored only if it changed.
             let mut state = topics.get(&name).expect("a listed topic exists").clone();

@@ -103,7 +103,7 @@ impl StateMachine {
     }
 
     /// The group's coordination as this apply call sees it (its own earlier changes included).
-    fn coordination(&self, group: &str) -> Coordination {
+    pub(super) fn coordination(&self, group: &str) -> Coordination {
         match self.coordination_changes.get(group) {
             Some(changed) => changed.clone().unwrap_or_default(),
             None => self

@@ -22,7 +22,7 @@
 //!   `offsets.rs` (consumer groups' committed offsets), `membership.rs` (coordinated groups'
 //!   members), `queues.rs` (queue groups: deliveries, settlements, dead letters),
 //!   `maintenance.rs` (producer expiry and retention), `security.rs` (tokens, ACL entries and
-//!   quotas). A new family is a new file and one arm in the dispatch;
+//!   quotas), `ownership.rs` (who created what, and the creation caps). A new family is a new file and one arm in the dispatch;
 //! - `raft_impl.rs`: openraft's traits (apply, snapshots).
 
 mod appends;
@@ -30,6 +30,7 @@ mod changes;
 mod maintenance;
 mod membership;
 mod offsets;
+mod ownership;
 mod queues;
 mod raft_impl;
 mod read;
@@ -82,6 +83,8 @@ pub struct StateMachine {
     /// call's first security command), published with the call's other changes.
     security_changes: Option<raftlog_core::auth::Security>,
     next_acl_id: u64,
+    /// Who created each topic, group and queue (`ownership.rs`): only apply reads it.
+    owners: ownership::Owners,
     snapshots: SnapshotStore,
 }
 
@@ -122,6 +125,7 @@ impl StateMachine {
             queue_changes: Default::default(),
             security_changes: None,
             next_acl_id: 1,
+            owners: Default::default(),
             snapshots,
         };
         sm.load()?;
@@ -188,6 +192,7 @@ impl StateMachine {
             .unwrap_or(1);
         let security = self.load_security()?;
         self.security_changes = None;
+        self.owners = self.load_owners()?;
         *self.view.security.write().expect("security table lock") = Arc::new(security);
         *self.view.topics.write().expect("topic table lock") = topics;
         *self.view.groups.write().expect("group table lock") = groups;
@@ -330,7 +335,7 @@ impl StateMachine {
                 if !batch.is_empty() {
                     self.write_applied(std::mem::take(batch), previous)?;
                 }
-                self.maintain(now_ms, producer_idle_ms, topics, batch)?
+                self.maintain(now_ms, producer_idle_ms, topics, groups, batch)?
             }
             EntryPayload::Normal(command) => {
                 // A queue command may dead-letter a record appended earlier in this apply call:
@@ -407,7 +412,11 @@ impl StateMachine {
             | Command::RevokeToken { .. }
             | Command::AddAcl { .. }
             | Command::RemoveAcl { .. }
-            | Command::SetQuota { .. } => self.apply_security_command(command, batch),
+            | Command::SetQuota { .. }
+            | Command::SetLimits { .. } => self.apply_security_command(command, batch),
+            Command::OnBehalfOf { principal, command } => {
+                self.apply_on_behalf_of(principal, command, topics, groups, batch, rows)
+            }
             Command::Maintenance { .. } => {
                 unreachable!("apply() runs Maintenance itself, against flushed state")
             }

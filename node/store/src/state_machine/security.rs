@@ -1,7 +1,9 @@
-//! Applying the security commands: `Command::CreateToken`, `RevokeToken`, `AddAcl`, `RemoveAcl`
-//! and `SetQuota`. A token's row holds its salted hash (`raftlog_core::auth::TokenRecord`), an ACL
-//! entry's row the entry, a quota's row the principal's rates; both tables are small and kept whole in the view, where every request's
-//! authentication and authorization reads them. Like the other tables, what an apply call changes
+//! Applying the security commands: `Command::CreateToken`, `RevokeToken`, `AddAcl`, `RemoveAcl`,
+//! `SetQuota` and `SetLimits`. A token's row holds its salted hash
+//! (`raftlog_core::auth::TokenRecord`), an ACL entry's row the entry, a quota's row the
+//! principal's rates, a caps row its creation caps (enforced in `ownership.rs`); the tables are
+//! small and kept whole in the view, where every request's authentication and authorization
+//! reads them. Like the other tables, what an apply call changes
 //! is published to the view only after its write batch is in RocksDB.
 
 use std::sync::Arc;
@@ -11,12 +13,14 @@ use rocksdb::WriteBatch;
 use super::{decode_err, StateMachine};
 use crate::codec::{decode, encode};
 use crate::keys::{self, sm_tag};
-use raftlog_core::auth::Security;
+use raftlog_core::auth::{CreationCaps, Quota, Security, TokenRecord};
 use raftlog_core::types::StorageError;
+use raftlog_core::GroupId;
 use raftlog_core::{Command, CommandResponse, Rejection};
 
 impl StateMachine {
-    /// Applies `Command::CreateToken`, `RevokeToken`, `AddAcl`, `RemoveAcl` or `SetQuota`.
+    /// Applies `Command::CreateToken`, `RevokeToken`, `AddAcl`, `RemoveAcl`, `SetQuota` or
+    /// `SetLimits`.
     pub(super) fn apply_security_command(
         &mut self,
         command: &Command,
@@ -29,15 +33,7 @@ impl StateMachine {
             .get_or_insert_with(|| Security::clone(&live));
         match command {
             Command::CreateToken { token, tokens_max } => {
-                if security.tokens.contains_key(&token.id) {
-                    return CommandResponse::Rejected(Rejection::TokenExists(token.id.clone()));
-                }
-                if security.tokens.len() >= *tokens_max as usize {
-                    return CommandResponse::Rejected(Rejection::TooManyTokens(*tokens_max));
-                }
-                batch.put_cf(cf, keys::sm_token(group, &token.id), encode(&**token));
-                security.tokens.insert(token.id.clone(), (**token).clone());
-                CommandResponse::TokenCreated
+                create_token(security, token, *tokens_max, (batch, group, cf))
             }
             Command::RevokeToken { id } => {
                 let revoked = security.tokens.remove(id).is_some();
@@ -71,25 +67,33 @@ impl StateMachine {
                 }
                 CommandResponse::AclRemoved { removed }
             }
+            // Proposed before creation caps existed: the principal's caps stay as they are.
             Command::SetQuota {
                 principal,
                 quota,
                 quotas_max,
             } => {
-                let key = keys::sm_quota(group, principal);
-                if quota.is_unlimited() {
-                    security.quotas.remove(principal);
-                    batch.delete_cf(cf, key);
-                } else {
-                    let new = !security.quotas.contains_key(principal);
-                    if new && security.quotas.len() >= *quotas_max as usize {
-                        return CommandResponse::Rejected(Rejection::TooManyQuotas(*quotas_max));
-                    }
-                    batch.put_cf(cf, key, encode(quota));
-                    security.quotas.insert(principal.clone(), *quota);
-                }
-                CommandResponse::QuotaSet
+                let caps = security.caps.get(principal).copied().unwrap_or_default();
+                set_limits(
+                    security,
+                    principal,
+                    (quota, &caps),
+                    *quotas_max,
+                    (batch, group, cf),
+                )
             }
+            Command::SetLimits {
+                principal,
+                quota,
+                caps,
+                quotas_max,
+            } => set_limits(
+                security,
+                principal,
+                (quota, caps),
+                *quotas_max,
+                (batch, group, cf),
+            ),
             other => unreachable!("not a security command: {other}"),
         }
     }
@@ -101,7 +105,7 @@ impl StateMachine {
         }
     }
 
-    /// Reads the token and ACL rows (at open and after a snapshot is installed).
+    /// Reads the token, quota, caps and ACL rows (at open and after a snapshot is installed).
     pub(super) fn load_security(&self) -> Result<Security, StorageError> {
         let group = self.view.group;
         let mut security = Security::default();
@@ -119,6 +123,14 @@ impl StateMachine {
                 .quotas
                 .insert(principal, decode(&value).map_err(decode_err)?);
         }
+        let prefix = keys::sm_singleton(group, sm_tag::CAPS);
+        for item in self.rows_under(&prefix) {
+            let (key, value) = item?;
+            let principal = String::from_utf8(key[prefix.len()..].to_vec()).map_err(decode_err)?;
+            security
+                .caps
+                .insert(principal, decode(&value).map_err(decode_err)?);
+        }
         let prefix = keys::sm_singleton(group, sm_tag::ACL);
         for item in self.rows_under(&prefix) {
             let (key, value) = item?;
@@ -132,4 +144,61 @@ impl StateMachine {
         }
         Ok(security)
     }
+}
+
+/// `Command::CreateToken`: refused if the id exists or `tokens_max` tokens do.
+fn create_token(
+    security: &mut Security,
+    token: &TokenRecord,
+    tokens_max: u32,
+    (batch, group, cf): (&mut WriteBatch, GroupId, &rocksdb::ColumnFamily),
+) -> CommandResponse {
+    if security.tokens.contains_key(&token.id) {
+        return CommandResponse::Rejected(Rejection::TokenExists(token.id.clone()));
+    }
+    if security.tokens.len() >= tokens_max as usize {
+        return CommandResponse::Rejected(Rejection::TooManyTokens(tokens_max));
+    }
+    batch.put_cf(cf, keys::sm_token(group, &token.id), encode(token));
+    security.tokens.insert(token.id.clone(), token.clone());
+    CommandResponse::TokenCreated
+}
+
+/// `Command::SetLimits`: a principal's quota and creation caps, each row removed when it limits
+/// nothing. At most `quotas_max` principals have either.
+fn set_limits(
+    security: &mut Security,
+    principal: &str,
+    (quota, caps): (&Quota, &CreationCaps),
+    quotas_max: u32,
+    (batch, group, cf): (&mut WriteBatch, GroupId, &rocksdb::ColumnFamily),
+) -> CommandResponse {
+    let known = security.quotas.contains_key(principal) || security.caps.contains_key(principal);
+    let limited = !quota.is_unlimited() || !caps.is_unlimited();
+    let count = security
+        .quotas
+        .keys()
+        .chain(security.caps.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    if !known && limited && count >= quotas_max as usize {
+        return CommandResponse::Rejected(Rejection::TooManyQuotas(quotas_max));
+    }
+    let key = keys::sm_quota(group, principal);
+    if quota.is_unlimited() {
+        security.quotas.remove(principal);
+        batch.delete_cf(cf, key);
+    } else {
+        batch.put_cf(cf, key, encode(quota));
+        security.quotas.insert(principal.to_string(), *quota);
+    }
+    let key = keys::sm_caps(group, principal);
+    if caps.is_unlimited() {
+        security.caps.remove(principal);
+        batch.delete_cf(cf, key);
+    } else {
+        batch.put_cf(cf, key, encode(caps));
+        security.caps.insert(principal.to_string(), *caps);
+    }
+    CommandResponse::QuotaSet
 }

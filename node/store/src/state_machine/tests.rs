@@ -566,3 +566,105 @@ fn deleting_the_dead_letter_topic_resets_the_redrive_cursor() {
         "the row was rewritten"
     );
 }
+
+/// Creation caps are judged at apply against what the principal owns then, within one apply
+/// call too: a create past a cap is refused and changes nothing; a deleted topic (and a group
+/// left without offsets) stops counting; resources created without a principal are no one's;
+/// the owners are reloaded from their rows, and maintenance drops the rows of what is gone.
+// Long: one scenario, each step's outcome depending on the ones before.
+#[test]
+fn creation_caps_count_what_a_principal_owns_now() {
+    use raftlog_core::auth::{CreationCaps, Quota};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let alice = |command: Command| Command::OnBehalfOf {
+        principal: "User:alice".into(),
+        command: Box::new(command),
+    };
+    let commit = |group: &str, topic: &str| Command::CommitGroupOffsets {
+        group: group.into(),
+        topic: topic.into(),
+        offsets: vec![(0, 0)],
+        committed_at_ms: 1,
+        groups_max: 100,
+        allow_rewind: false,
+    };
+    let cap_reached = |what: &str, cap| {
+        CommandResponse::Rejected(Rejection::CreationCapReached {
+            principal: "User:alice".into(),
+            what: what.into(),
+            cap,
+        })
+    };
+    let groups = "groups (consumer groups and queues)";
+    {
+        let (_dbs, mut sm) = open_state_machine(dir.path());
+        let responses = sm
+            .apply_entries([
+                entry(
+                    1,
+                    Command::SetLimits {
+                        principal: "User:alice".into(),
+                        quota: Quota::default(),
+                        caps: CreationCaps {
+                            topics: 1,
+                            partitions: 3,
+                            groups: 1,
+                        },
+                        quotas_max: 10,
+                    },
+                ),
+                entry(2, alice(create_topic("a", 2, 1024, 100))),
+                entry(3, alice(create_topic("b", 1, 1024, 100))),
+                entry(4, create_topic("c", 5, 1024, 100)),
+                entry(5, alice(commit("g", "a"))),
+                entry(6, alice(commit("h", "c"))),
+                entry(7, Command::DeleteTopic { name: "a".into() }),
+                entry(8, alice(create_topic("b", 4, 1024, 100))),
+                entry(9, alice(create_topic("b", 3, 1024, 100))),
+                entry(10, alice(commit("h", "b"))),
+            ])
+            .expect("apply");
+        assert_eq!(responses[0], CommandResponse::QuotaSet);
+        assert!(matches!(responses[1], CommandResponse::TopicCreated { .. }));
+        assert_eq!(responses[2], cap_reached("topics", 1));
+        assert!(matches!(responses[3], CommandResponse::TopicCreated { .. }));
+        assert_eq!(responses[4], CommandResponse::OffsetsCommitted);
+        assert_eq!(responses[5], cap_reached(groups, 1));
+        assert_eq!(responses[6], CommandResponse::TopicDeleted);
+        assert_eq!(responses[7], cap_reached("partitions", 3));
+        assert!(matches!(responses[8], CommandResponse::TopicCreated { .. }));
+        assert_eq!(responses[9], CommandResponse::OffsetsCommitted);
+        assert!(sm.view().topic("b").is_some() && sm.view().group_exists("h"));
+        assert!(!sm.view().group_exists("g"), "g had offsets of a only");
+    }
+    let (dbs, mut sm) = open_state_machine(dir.path());
+    let owner_rows = |dbs: &crate::Databases| {
+        let prefix = keys::sm_singleton(raftlog_core::METADATA_GROUP, keys::sm_tag::OWNER);
+        let cf = dbs
+            .state
+            .cf_handle(crate::db::CF_STATE_MACHINE)
+            .expect("cf");
+        dbs.state
+            .prefix_iterator_cf(cf, &prefix)
+            .map(|item| item.expect("row").0)
+            .take_while(|key| key.starts_with(&prefix))
+            .count()
+    };
+    assert_eq!(owner_rows(&dbs), 4, "a, g, b and h (c has no owner)");
+    let responses = sm
+        .apply_entries([
+            entry(11, alice(create_topic("d", 1, 1024, 100))),
+            entry(12, alice(commit("i", "b"))),
+            entry(
+                13,
+                Command::Maintenance {
+                    now_ms: 1,
+                    producer_idle_ms: u64::MAX,
+                },
+            ),
+        ])
+        .expect("apply");
+    assert_eq!(responses[0], cap_reached("topics", 1), "reloaded owners");
+    assert_eq!(responses[1], cap_reached(groups, 1));
+    assert_eq!(owner_rows(&dbs), 2, "maintenance dropped a's and g's rows");
+}

@@ -117,6 +117,19 @@ impl StateView {
         self.groups.read().expect("group table lock").clone()
     }
 
+    /// Whether a consumer group exists: it has committed offsets or coordinated members.
+    pub fn group_exists(&self, name: &str) -> bool {
+        self.groups
+            .read()
+            .expect("group table lock")
+            .contains_key(name)
+            || self
+                .coordinations
+                .read()
+                .expect("coordination table lock")
+                .contains_key(name)
+    }
+
     pub fn group_offsets(&self, name: &str) -> Option<GroupOffsets> {
         self.groups
             .read()
