@@ -5,7 +5,10 @@
 //! take the bucket below zero: a 1 MiB batch against a 100 KiB/s quota goes through, and the
 //! principal's next calls wait out the debt (about 9 s). So a principal's rate over time is the
 //! quota, whatever its batch sizes, and no call is ever refused for being larger than a second's
-//! worth. A refused call is told how long the debt lasts, and does nothing.
+//! worth. A refused call does nothing and is told when to come back: the first refused caller
+//! when the debt is paid, each further one a call's worth later than the one before. Telling
+//! them all "when the debt is paid" would bring them back together, to admit one and refuse
+//! the rest again (64 callers in flight: 63 refusals per admitted call).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,7 +47,15 @@ struct Bucket {
     /// Units available; below zero: the debt of calls already admitted.
     level: f64,
     at: Instant,
+    /// The cost of the last call taken: how far apart refused callers are told to come back.
+    last_cost: f64,
+    /// When the next refused caller is told to come back, at the earliest.
+    next_slot: Instant,
 }
+
+/// The furthest ahead a refused caller is told to come back beyond the debt: past that, callers
+/// return together again (bounding what many refused callers that never return can hold back).
+const RETRY_SLOTS_AHEAD: Duration = Duration::from_secs(10);
 
 /// The buckets of one node. One entry per (principal, rate) that has a quota and has called.
 #[derive(Default)]
@@ -84,7 +95,10 @@ impl Throttle {
         if bucket.level >= 0.0 {
             return Ok(());
         }
-        Err(Duration::from_secs_f64(-bucket.level / per_sec as f64))
+        let paid = now + Duration::from_secs_f64(-bucket.level / per_sec as f64);
+        let back = bucket.next_slot.clamp(paid, paid + RETRY_SLOTS_AHEAD);
+        bucket.next_slot = back + Duration::from_secs_f64(bucket.last_cost / per_sec as f64);
+        Err(back - now)
     }
 
     /// Takes `amount` from the bucket, into debt if need be (what a fetch read, once it is known).
@@ -93,7 +107,9 @@ impl Throttle {
             return;
         }
         let mut buckets = self.buckets.lock().expect("throttle lock");
-        refill(&mut buckets, principal, rate, per_sec, now).level -= amount as f64;
+        let bucket = refill(&mut buckets, principal, rate, per_sec, now);
+        bucket.level -= amount as f64;
+        bucket.last_cost = amount as f64;
     }
 }
 
@@ -111,6 +127,8 @@ fn refill<'a>(
         .or_insert(Bucket {
             level: capacity,
             at: now,
+            last_cost: 1.0,
+            next_slot: now,
         });
     let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
     bucket.level = (bucket.level + elapsed * capacity).min(capacity);
@@ -142,6 +160,9 @@ mod tests {
             .charge("User:a", Rate::Requests, 10, 1, t0)
             .unwrap_err();
         assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        // A second refused caller is told to come a call's worth later than the first.
+        let later = throttle.admit("User:a", Rate::Requests, 10, t0).unwrap_err();
+        assert!((later.as_secs_f64() - 0.2).abs() < 1e-9, "{later:?}");
         // Another principal, another rate: their own buckets.
         throttle
             .charge("User:b", Rate::Requests, 10, 1, t0)
