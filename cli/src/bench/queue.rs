@@ -5,7 +5,8 @@
 //! latency from each record's send to its ack.
 //!
 //! raftlog's worker acks the records of one receive in one Settle call (each record acked on its
-//! own, in one Raft entry). NATS's acks each message with its default `ack()` (a publish the
+//! own, in one Raft entry); on a stream (`--stream`) it takes the next records while that Settle
+//! commits. NATS's acks each message with its default `ack()` (a publish the
 //! server does not confirm), as its documentation recommends. Every record's value starts with
 //! its send time (ns since the Unix epoch), so the latency is measured where the ack returns.
 
@@ -47,9 +48,9 @@ pub struct QueueArgs {
     /// What record values hold after their send time: `random` (incompressible) or `fill`.
     #[arg(long, value_enum, default_value_t = Payload::Random)]
     payload: Payload,
-    /// Workers take records pushed over a stream (raftlog's ReceiveStream with BATCH in flight
-    /// per worker; NATS's `messages()` with BATCH per pull) instead of one receive (fetch) at a
-    /// time.
+    /// Workers take records pushed over a stream (raftlog's ReceiveStream, up to 2 x BATCH locked
+    /// per worker, BATCH handled while the previous BATCH's ack commits; NATS's `messages()` with
+    /// BATCH per pull) instead of one receive (fetch) at a time.
     #[arg(long)]
     stream: bool,
     /// Give records this many distinct keys and make the queue key-ordered (raftlog only).
@@ -188,22 +189,15 @@ async fn raftlog_run(
         let mut worker = Worker::new(client.clone(), queue.clone(), format!("bench-{i}"));
         worker.wait = Duration::from_millis(500);
         let (tally, count, batch) = (tally.clone(), args.count, args.batch);
-        let mut stream = args.stream.then(|| worker.stream(batch));
+        if args.stream {
+            workers.push(tokio::spawn(raftlog_stream_worker(
+                worker, batch, count, tally,
+            )));
+            continue;
+        }
         workers.push(tokio::spawn(async move {
             while tally.acked.load(Ordering::Relaxed) < count {
-                let jobs = match stream.as_mut() {
-                    // Bounded, so the worker sees the end of the run.
-                    Some(stream) => match tokio::time::timeout(
-                        Duration::from_millis(500),
-                        stream.next_batch(batch as usize),
-                    )
-                    .await
-                    {
-                        Ok(jobs) => jobs?,
-                        Err(_) => continue,
-                    },
-                    None => worker.receive(batch).await?,
-                };
+                let jobs = worker.receive(batch).await?;
                 if jobs.is_empty() {
                     continue;
                 }
@@ -237,6 +231,53 @@ async fn raftlog_run(
         w.await??;
     }
     Ok((produced_secs, json!({"queue": queue})))
+}
+
+/// A raftlog worker on a receive stream: it takes what the stream has pushed (up to `batch`) and
+/// acks it in one Settle without waiting for the answer before taking more, as NATS's `ack()`
+/// does not wait either (here a record counts as acked only once its Settle returned, that is
+/// once the ack is durable). The stream's cap, twice `batch`, leaves room for the next records
+/// while an ack commits. At most two Settle calls of a worker are outstanding.
+async fn raftlog_stream_worker(
+    worker: Worker,
+    batch: u32,
+    count: u64,
+    tally: Arc<Tally>,
+) -> anyhow::Result<()> {
+    let mut stream = worker.stream(batch * 2);
+    let mut acks = tokio::task::JoinSet::new();
+    while tally.acked.load(Ordering::Relaxed) < count {
+        while let Some(done) = acks.try_join_next() {
+            done??;
+        }
+        if acks.len() >= 2 {
+            acks.join_next().await.expect("a pending ack")??;
+        }
+        // Bounded, so the worker sees the end of the run.
+        let Ok(jobs) = tokio::time::timeout(
+            Duration::from_millis(500),
+            stream.next_batch(batch as usize),
+        )
+        .await
+        else {
+            continue;
+        };
+        let jobs = jobs?;
+        if jobs.is_empty() {
+            continue;
+        }
+        let (worker, tally) = (worker.clone(), tally.clone());
+        acks.spawn(async move {
+            let refused = worker.ack_all(&jobs).await?;
+            anyhow::ensure!(refused.is_empty(), "acks refused: {refused:?}");
+            tally.add(jobs.into_iter().map(|j| j.record.value));
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = acks.join_next().await {
+        done??;
+    }
+    Ok(())
 }
 
 /// NATS: an R3 file stream, a durable pull consumer with explicit acks, the producer publishing
