@@ -161,7 +161,9 @@ mod tests {
             .unwrap_err();
         assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
         // A second refused caller is told to come a call's worth later than the first.
-        let later = throttle.admit("User:a", Rate::Requests, 10, t0).unwrap_err();
+        let later = throttle
+            .admit("User:a", Rate::Requests, 10, t0)
+            .unwrap_err();
         assert!((later.as_secs_f64() - 0.2).abs() < 1e-9, "{later:?}");
         // Another principal, another rate: their own buckets.
         throttle
