@@ -18,11 +18,18 @@ SYSTEMS = [
 ]
 
 
-def label(system, setting):
+def label(system, setting, load=""):
+    # A queue load's raftlog row is the queue (its producer is on a ProduceStream).
+    if load.startswith("queue-") and system == "raftlog":
+        return "raftlog queue"
     for s, t, name in SYSTEMS:
         if (s, t) == (system, setting):
             return name
     return f"{system} {setting}"
+
+
+def medians_names(runs):
+    return dict.fromkeys(r["name"] for r in runs)
 
 
 def print_table(rows, right_from=2):
@@ -52,7 +59,7 @@ def main(path):
         for r in sorted(compared, key=lambda r: (r["round"], r["name"], r["system"], r["setting"])):
             x = r["result"]
             lat = x["latency_us"]
-            table.append([str(r["round"]), r["name"], label(r["system"], r["setting"]),
+            table.append([str(r["round"]), r["name"], label(r["system"], r["setting"], r["name"]),
                           f"{x['requests_per_s']:,.0f}", ms(lat["p50"]), ms(lat["p99"]),
                           ms(lat["p999"]), str(r["peak_rss_mb"])])
         print_table(table, right_from=3)
@@ -69,7 +76,7 @@ def main(path):
                 med = statistics.median(rates)
                 medians[(name, system, setting)] = med
                 lat = lambda q: statistics.median(r["result"]["latency_us"][q] for r in mine)
-                table.append([name, label(system, setting),
+                table.append([name, label(system, setting, name),
                               f"{med:,.0f} ({min(rates):,.0f}-{max(rates):,.0f})",
                               ms(lat("p50")), ms(lat("p99")), ms(lat("p999")),
                               str(max(r["peak_rss_mb"] for r in mine))])
@@ -87,6 +94,8 @@ def main(path):
             table.append([name, ratio(stream, always), ratio(unary, always), ratio(stream, default),
                           ratio(unary, default), ratio(unary, stream)])
         print_table(table, right_from=1)
+        if any(name.startswith("queue-") for name in medians_names(compared)):
+            print("(queue loads: \"stream\" is raftlog's queue, whatever its workers' transport)")
 
     if alone:
         print("\nraftlog alone:")
