@@ -103,7 +103,7 @@ impl StateMachine {
     }
 
     /// The group's coordination as this apply call sees it (its own earlier changes included).
-    pub(super) fn coordination(&self, group: &str) -> Coordination {
+    fn coordination(&self, group: &str) -> Coordination {
         match self.coordination_changes.get(group) {
             Some(changed) => changed.clone().unwrap_or_default(),
             None => self
@@ -114,6 +114,21 @@ impl StateMachine {
                 .get(group)
                 .cloned()
                 .unwrap_or_default(),
+        }
+    }
+
+    /// Whether a coordinated group has members, as this apply call has left it (without copying
+    /// its membership, as [`Self::coordination`] does).
+    pub(super) fn has_members(&self, group: &str) -> bool {
+        match self.coordination_changes.get(group) {
+            Some(changed) => changed.as_ref().is_some_and(|c| !c.members.is_empty()),
+            None => self
+                .view
+                .coordinations
+                .read()
+                .expect("coordination table lock")
+                .get(group)
+                .is_some_and(|c| !c.members.is_empty()),
         }
     }
 
