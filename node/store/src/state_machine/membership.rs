@@ -97,9 +97,20 @@ impl StateMachine {
         })
     }
 
-    /// Whether `group` has coordinated members (then it cannot be deleted).
+    /// How many coordinated members `group` has, as this apply call has left it (a group with
+    /// members cannot be deleted, and exists without offsets), without copying the membership
+    /// as [`Self::coordination`] would.
     pub(super) fn members_of(&self, group: &str) -> usize {
-        self.coordination(group).members.len()
+        match self.coordination_changes.get(group) {
+            Some(changed) => changed.as_ref().map_or(0, |c| c.members.len()),
+            None => self
+                .view
+                .coordinations
+                .read()
+                .expect("coordination table lock")
+                .get(group)
+                .map_or(0, |c| c.members.len()),
+        }
     }
 
     /// The group's coordination as this apply call sees it (its own earlier changes included).
@@ -114,21 +125,6 @@ impl StateMachine {
                 .get(group)
                 .cloned()
                 .unwrap_or_default(),
-        }
-    }
-
-    /// Whether a coordinated group has members, as this apply call has left it (without copying
-    /// its membership, as [`Self::coordination`] does).
-    pub(super) fn has_members(&self, group: &str) -> bool {
-        match self.coordination_changes.get(group) {
-            Some(changed) => changed.as_ref().is_some_and(|c| !c.members.is_empty()),
-            None => self
-                .view
-                .coordinations
-                .read()
-                .expect("coordination table lock")
-                .get(group)
-                .is_some_and(|c| !c.members.is_empty()),
         }
     }
 

@@ -214,7 +214,7 @@ impl StateMachine {
 
     /// A consumer group exists while it has committed offsets or coordinated members.
     fn group_exists(&self, name: &str, groups: &GroupChanges<'_>) -> bool {
-        groups.exists(name) || self.has_members(name)
+        groups.exists(name) || self.members_of(name) > 0
     }
 
     /// Drops the owner rows of resources that no longer exist (from `Command::Maintenance`).

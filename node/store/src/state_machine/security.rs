@@ -184,21 +184,33 @@ fn set_limits(
     if !known && limited && count >= quotas_max as usize {
         return CommandResponse::Rejected(Rejection::TooManyQuotas(quotas_max));
     }
-    let key = keys::sm_quota(group, principal);
-    if quota.is_unlimited() {
-        security.quotas.remove(principal);
-        batch.delete_cf(cf, key);
-    } else {
-        batch.put_cf(cf, key, encode(quota));
-        security.quotas.insert(principal.to_string(), *quota);
-    }
-    let key = keys::sm_caps(group, principal);
-    if caps.is_unlimited() {
-        security.caps.remove(principal);
-        batch.delete_cf(cf, key);
-    } else {
-        batch.put_cf(cf, key, encode(caps));
-        security.caps.insert(principal.to_string(), *caps);
-    }
+    let quota_key = keys::sm_quota(group, principal);
+    keep_limit(
+        &mut security.quotas,
+        principal,
+        *quota,
+        quota_key,
+        (&mut *batch, cf),
+    );
+    let caps_key = keys::sm_caps(group, principal);
+    keep_limit(&mut security.caps, principal, *caps, caps_key, (batch, cf));
     CommandResponse::QuotaSet
+}
+
+/// Stores `limit` as `principal`'s in `table` and its row at `key`, or removes both when it is
+/// the default (no limit).
+fn keep_limit<T: Copy + Default + PartialEq + serde::Serialize>(
+    table: &mut std::collections::BTreeMap<String, T>,
+    principal: &str,
+    limit: T,
+    key: Vec<u8>,
+    (batch, cf): (&mut WriteBatch, &rocksdb::ColumnFamily),
+) {
+    if limit == T::default() {
+        table.remove(principal);
+        batch.delete_cf(cf, key);
+    } else {
+        batch.put_cf(cf, key, encode(&limit));
+        table.insert(principal.to_string(), limit);
+    }
 }
