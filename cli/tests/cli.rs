@@ -797,12 +797,12 @@ async fn certificates_from_raftlog_cert_serve_a_tls_cluster_the_cli_reaches_with
     assert!(err.contains("--tls-ca"), "{err}");
 }
 
-/// With auth on: the bootstrap token (flag) makes a token and an ACL entry for alice; alice's
-/// token (in RAFTLOG_TOKEN) writes where the entry allows and is refused elsewhere with a hint;
-/// no token is refused with a hint to give one; a revoked token stops working.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_and_acl_entries_from_the_cli() {
-    const ADMIN: &str = "cli-test-bootstrap-token-0123456789abcdef";
+/// The bootstrap token of [`auth_cluster`]'s nodes: a super-user's.
+const ADMIN: &str = "cli-test-bootstrap-token-0123456789abcdef";
+
+/// A 3-node cluster with auth on (and [`ADMIN`] as its bootstrap token), with a leader, and the
+/// CLI's endpoints of node 1.
+async fn auth_cluster() -> (TestCluster, String) {
     let cluster = TestCluster::start(
         3,
         NodeOptions {
@@ -812,8 +812,20 @@ async fn tokens_and_acl_entries_from_the_cli() {
     );
     cluster.wait_for_leader().await;
     let eps = endpoints(&cluster, 1);
-    let as_admin =
-        |args: &[&'static str]| -> Vec<&'static str> { [&["--token", ADMIN][..], args].concat() };
+    (cluster, eps)
+}
+
+/// `args` as the admin: with the bootstrap token as a flag.
+fn as_admin(args: &[&'static str]) -> Vec<&'static str> {
+    [&["--token", ADMIN][..], args].concat()
+}
+
+/// With auth on: the bootstrap token (flag) makes a token and an ACL entry for alice; alice's
+/// token (in RAFTLOG_TOKEN) writes where the entry allows and is refused elsewhere with a hint;
+/// no token is refused with a hint to give one; a revoked token stops working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_acl_entries_from_the_cli() {
+    let (cluster, eps) = auth_cluster().await;
     ok(&eps, &as_admin(&["topic", "create", "orders"]), b"");
     let created = ok(
         &eps,
@@ -900,18 +912,7 @@ async fn tokens_and_acl_entries_from_the_cli() {
 /// and quota (creation caps included), held to its cap on topics, and revoked whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_whole_from_the_cli() {
-    const ADMIN: &str = "cli-test-bootstrap-token-0123456789abcdef";
-    let cluster = TestCluster::start(
-        3,
-        NodeOptions {
-            admin_token: Some(ADMIN.into()),
-            ..Default::default()
-        },
-    );
-    cluster.wait_for_leader().await;
-    let eps = endpoints(&cluster, 1);
-    let as_admin =
-        |args: &[&'static str]| -> Vec<&'static str> { [&["--token", ADMIN][..], args].concat() };
+    let (cluster, eps) = auth_cluster().await;
     let token = text(ok(&eps, &as_admin(&["user", "create", "bob"]), b""))
         .trim()
         .to_string();
