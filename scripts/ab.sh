@@ -7,10 +7,11 @@
 # A, B: directories each holding a `raftlog-node` and a `raftlog` binary (copy them out of
 # $CARGO_TARGET_DIR/release after building each version). Per run: the batching producer writes
 # --records 1 KiB records (default 400000) over 4 partitions; node 1 reads them all back
-# (catch-up); then --c64-requests single-record requests (default 60000) at C=64 and 3000 at
-# C=1 on that (filled) cluster. One JSON line per run on stdout, then a table. Besides the rates,
-# the CPU time the three nodes spent per C=64 request: throughput on this machine moves with its
-# noise, CPU per request much less, so it is the figure to compare for CPU-side changes. Builds
+# (catch-up); then --c64-requests single-record requests (default 60000) at C=64 on a
+# ProduceStream, as many at C=64 as unary Produce calls, and 3000 at C=1 on that (filled)
+# cluster. One JSON line per run on stdout, then a table. Besides the rates, the CPU time the
+# three nodes spent per C=64 request (stream and unary): throughput on this machine moves with
+# its noise, CPU per request much less, so it is the figure to compare for CPU-side changes. Builds
 # alternate within a round, A first in odd rounds and B first in even ones, after one unmeasured
 # warm-up cluster.
 set -euo pipefail
@@ -96,18 +97,25 @@ for round in $(seq 1 "$ROUNDS"); do
     c64=$("$cli" bench produce --topic ab-c64 --partitions 1 --count "$C64" --concurrency 64 \
       --record-bytes 1024 --records-per-request 1 --payload "$PAYLOAD" | tail -n 1)
     c64_cpu_ticks=$(($(cpu_ticks) - ticks_before))
+    ticks_before=$(cpu_ticks)
+    unary=$("$cli" bench produce --topic ab-unary --partitions 1 --count "$C64" --concurrency 64 \
+      --record-bytes 1024 --unary --payload "$PAYLOAD" | tail -n 1)
+    unary_cpu_ticks=$(($(cpu_ticks) - ticks_before))
     c1=$("$cli" bench produce --topic ab-c1 --partitions 1 --count 3000 --concurrency 1 \
       --record-bytes 1024 --records-per-request 1 --payload "$PAYLOAD" | tail -n 1)
     "$ROOT/scripts/cluster.sh" down >/dev/null
     python3 - "$label" "$round" "$producer" "$consume" "$c64" "$c1" "${rss%,}" \
-    "$c64_cpu_ticks" "$(getconf CLK_TCK)" "$C64" <<'PY' | tee -a "$results"
+    "$c64_cpu_ticks" "$(getconf CLK_TCK)" "$C64" "$unary" "$unary_cpu_ticks" <<'PY' | tee -a "$results"
 import json, sys
-label, rnd, p, c, c64, c1, rss, ticks, hz, n = sys.argv[1:]
-p, c, c64, c1 = (json.loads(x) for x in (p, c, c64, c1))
+label, rnd, p, c, c64, c1, rss, ticks, hz, n, unary, unary_ticks = sys.argv[1:]
+p, c, c64, c1, unary = (json.loads(x) for x in (p, c, c64, c1, unary))
+us_per_req = lambda t: round(int(t) / int(hz) * 1e6 / int(n), 1)
 print(json.dumps({"build": label, "round": int(rnd), "payload": c64["payload"],
     "producer_mb_s": round(p["mb_per_s"], 1), "catchup_mb_s": round(c["mb_per_s"], 1),
     "c64_req_s": round(c64["requests_per_s"]), "c64_p99_ms": c64["latency_us"]["p99"] / 1000,
-    "c64_node_cpu_us_per_req": round(int(ticks) / int(hz) * 1e6 / int(n), 1),
+    "c64_node_cpu_us_per_req": us_per_req(ticks),
+    "unary_req_s": round(unary["requests_per_s"]), "unary_p99_ms": unary["latency_us"]["p99"] / 1000,
+    "unary_node_cpu_us_per_req": us_per_req(unary_ticks),
     "c1_p50_ms": c1["latency_us"]["p50"] / 1000, "c1_p99_ms": c1["latency_us"]["p99"] / 1000,
     "peak_rss_mib": [int(x) for x in rss.split(",")]}))
 PY
@@ -119,10 +127,12 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print(f"\nA = {sys.argv[2]}\nB = {sys.argv[3]}\npayload {rows[0]['payload']}")
 head = ["build", "round", "producer MB/s", "catch-up MB/s", "C=64 req/s", "C=64 p99 ms",
-        "C=64 node CPU µs/req", "C=1 p50 ms", "C=1 p99 ms", "peak RSS MiB (nodes 1/2/3)"]
+        "C=64 node CPU µs/req", "unary req/s", "unary p99 ms", "unary node CPU µs/req",
+        "C=1 p50 ms", "C=1 p99 ms", "peak RSS MiB (nodes 1/2/3)"]
 table = [head] + [[r["build"], str(r["round"]), f"{r['producer_mb_s']}", f"{r['catchup_mb_s']}",
-                   f"{r['c64_req_s']:,}", f"{r['c64_p99_ms']:.2f}", f"{r['c64_node_cpu_us_per_req']}", f"{r['c1_p50_ms']:.2f}",
-                   f"{r['c1_p99_ms']:.2f}", "/".join(map(str, r["peak_rss_mib"]))] for r in rows]
+                   f"{r['c64_req_s']:,}", f"{r['c64_p99_ms']:.2f}", f"{r['c64_node_cpu_us_per_req']}",
+                   f"{r['unary_req_s']:,}", f"{r['unary_p99_ms']:.2f}", f"{r['unary_node_cpu_us_per_req']}",
+                   f"{r['c1_p50_ms']:.2f}", f"{r['c1_p99_ms']:.2f}", "/".join(map(str, r["peak_rss_mib"]))] for r in rows]
 widths = [max(len(row[i]) for row in table) for i in range(len(head))]
 for row in table:
     print("  ".join(c.rjust(w) for c, w in zip(row, widths)))

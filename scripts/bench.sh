@@ -13,8 +13,9 @@
 #    `always`). Every fresh cluster first takes the same unmeasured warm-up (10,000 requests of
 #    1 KiB at C=64 on a topic of its own). Then the closed-loop loads of `raftlog bench produce`
 #    (C requests in flight, each waiting for its ack): 1 KiB at C=1, C=64 and C=256, 100 B at
-#    C=64, one record per request. raftlog runs each load twice: on one pipelined ProduceStream,
-#    and as one unary Produce call per request (what a client generated from the proto does
+#    C=64, one record per request. raftlog runs each load three times: on one pipelined
+#    ProduceStream, as one unary Produce call per request through raftlog's client, and the same
+#    through the stub tonic generates from proto/ (what a program that only has the proto does
 #    first). NATS's client publishes to the stream's leader (as raftlog's client follows its
 #    leader), R3, file storage. raftlog acks after fsync on a majority. Then the queue load (see
 #    QUEUE_COUNT below), against NATS's durable pull consumer with explicit acks.
@@ -140,14 +141,16 @@ raftlog_down() {
   rm -rf "$RAFTLOG_DATA_DIR"
 }
 
-# compared_raftlog ROUND: the compared loads on a fresh raftlog cluster, stream and unary.
+# compared_raftlog ROUND: the compared loads on a fresh raftlog cluster: stream, unary, and unary
+# through the generated stub.
 compared_raftlog() {
   local round=$1 row name bytes conc count transport line
   raftlog_up
   for row in "${COMPARED[@]}"; do
     read -r name bytes conc count <<<"$row"
-    for transport in stream unary; do
-      line=$(cli bench produce --payload "$PAYLOAD" $([ "$transport" = unary ] && echo --unary) \
+    for transport in stream unary generated; do
+      line=$(cli bench produce --payload "$PAYLOAD" \
+        $(case "$transport" in unary) echo --unary ;; generated) echo --unary --generated-client ;; esac) \
         --topic "b-$name-$transport" --count $((count / SCALE)) --concurrency "$conc" \
         --record-bytes "$bytes") || { failures=$((failures + 1)); continue; }
       record "$round" "$name" raftlog "$transport" "$(raftlog_rss)" "$line"

@@ -153,8 +153,23 @@ pub struct Ctx {
     pub timeout: Duration,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // As the node's runtime: answers (and `bench`'s requests) that complete together leave in
+    // one write (.cargo/config.toml).
+    #[cfg(tokio_unstable)]
+    runtime.disable_lifo_slot();
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(cli_main()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cli_main() -> ExitCode {
     let cli = Cli::parse();
     let as_json = cli.json;
     // Certificates are made without a cluster (and before the files the TLS flags name exist).

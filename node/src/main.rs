@@ -12,11 +12,15 @@ fn main() -> anyhow::Result<()> {
         }
     };
     // Built by hand rather than by `#[tokio::main]`: the thread count is configuration.
-    tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime
         .worker_threads(config.runtime_threads())
-        .enable_all()
-        .build()?
-        .block_on(run(config))
+        .enable_all();
+    // Without the LIFO slot, answers that complete together leave in one write of their HTTP/2
+    // connection rather than one write each (.cargo/config.toml, docs/decisions.md).
+    #[cfg(tokio_unstable)]
+    runtime.disable_lifo_slot();
+    runtime.build()?.block_on(run(config))
 }
 
 async fn run(config: raftlog_node::NodeConfig) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@ import sys
 SYSTEMS = [
     ("raftlog", "stream", "raftlog ProduceStream"),
     ("raftlog", "unary", "raftlog unary Produce"),
+    ("raftlog", "generated", "raftlog unary Produce, generated stub"),
     ("nats", "always", "NATS sync: always"),
     ("nats", "default", "NATS default sync"),
 ]
@@ -83,15 +84,18 @@ def main(path):
         print_table(table)
 
         print("\nRatios of the medians (req/s):")
-        table = [["load", "stream / NATS always", "unary / NATS always", "stream / NATS default",
-                  "unary / NATS default", "unary / stream"]]
+        table = [["load", "stream / NATS always", "unary / NATS always",
+                  "generated / NATS always", "stream / NATS default", "unary / NATS default",
+                  "unary / stream"]]
         for name in dict.fromkeys(r["name"] for r in compared):
             def ratio(a, b):
                 x, y = medians.get((name,) + a), medians.get((name,) + b)
                 return f"{x / y:.2f}" if x and y else "-"
             stream, unary = ("raftlog", "stream"), ("raftlog", "unary")
+            generated = ("raftlog", "generated")
             always, default = ("nats", "always"), ("nats", "default")
-            table.append([name, ratio(stream, always), ratio(unary, always), ratio(stream, default),
+            table.append([name, ratio(stream, always), ratio(unary, always),
+                          ratio(generated, always), ratio(stream, default),
                           ratio(unary, default), ratio(unary, stream)])
         print_table(table, right_from=1)
         if any(name.startswith("queue-") for name in medians_names(compared)):

@@ -214,6 +214,12 @@ pub struct ProduceArgs {
     /// ProduceStream (raftlog only; the same closed loop either way).
     #[arg(long)]
     unary: bool,
+    /// With --unary: call Produce through the plain stub tonic generates from proto/, on one
+    /// channel to the leader with tonic's default settings (no raftlog client library: no
+    /// retries, timeouts, leader following or raftlog HTTP/2 settings), as a program that only
+    /// has the proto does. Plaintext and without a token.
+    #[arg(long, requires = "unary")]
+    generated_client: bool,
     /// Send every record through the batching idempotent producer (raftlog only) instead of
     /// raw produce requests: --concurrency and --records-per-request do not apply; the producer
     /// batches and pipelines on its own.

@@ -31,13 +31,18 @@ pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyho
     let payloads = super::Payloads::new(args.payload, args.record_bytes);
     let requests = args.count.div_ceil(args.records_per_request as u64);
     let (partitions, per_request) = (u64::from(args.partitions.max(1)), args.records_per_request);
-    let (client_op, topic) = (client.clone(), Arc::new(args.topic.clone()));
-    // One stream shared by every worker (as one Kafka connection carries a producer's requests),
-    // unless --unary.
-    let stream = (!args.unary).then(|| client.produce_stream());
+    let topic = Arc::new(args.topic.clone());
+    let transport = if !args.unary {
+        // One stream shared by every worker (as one Kafka connection carries a producer's
+        // requests).
+        Transport::Stream(client.produce_stream())
+    } else if args.generated_client {
+        Transport::Generated(generated_stub(client).await?)
+    } else {
+        Transport::Unary(client.clone())
+    };
     let op = move |i: u64| {
-        let (client, topic, payloads) = (client_op.clone(), topic.clone(), payloads.clone());
-        let stream = stream.clone();
+        let (transport, topic, payloads) = (transport.clone(), topic.clone(), payloads.clone());
         async move {
             let request = pb::ProduceRequest {
                 topic: topic.to_string(),
@@ -50,10 +55,17 @@ pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyho
                     .collect(),
                 ..Default::default()
             };
-            match stream {
-                Some(stream) => stream.send(request).await?,
-                None => client.produce_request(request).await?,
-            };
+            match transport {
+                Transport::Stream(stream) => {
+                    stream.send(request).await?;
+                }
+                Transport::Unary(client) => {
+                    client.produce_request(request).await?;
+                }
+                Transport::Generated(mut stub) => {
+                    stub.produce(request).await?;
+                }
+            }
             Ok(())
         }
     };
@@ -64,10 +76,45 @@ pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyho
         requests,
         hist,
         secs,
-        extra: json!({"transport": if args.unary { "unary" } else { "stream" }}),
+        extra: json!({"transport": match (args.unary, args.generated_client) {
+            (false, _) => "stream",
+            (true, false) => "unary",
+            (true, true) => "unary, generated client",
+        }}),
     }
     .print(as_json);
     Ok(())
+}
+
+/// How the closed loop sends its requests.
+#[derive(Clone)]
+enum Transport {
+    /// One ProduceStream of the raftlog client, shared by every request in flight.
+    Stream(raftlog_client::produce_stream::ProduceStream),
+    /// One unary Produce call per request through the raftlog client.
+    Unary(Client),
+    /// One unary Produce call per request through tonic's generated stub.
+    Generated(pb::broker_client::BrokerClient<tonic::transport::Channel>),
+}
+
+/// The stub a program generated from proto/ would use: one channel to the leader (found once,
+/// from the nodes' status), with tonic's defaults.
+async fn generated_stub(
+    client: &Client,
+) -> anyhow::Result<pb::broker_client::BrokerClient<tonic::transport::Channel>> {
+    let leader = client
+        .cluster_status()
+        .await
+        .into_iter()
+        .filter_map(|(_, status)| status.ok())
+        .find(|status| status.has_leader && !status.leader_addr.is_empty())
+        .map(|status| status.leader_addr)
+        .context("no node knows a leader")?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the leader at {leader} (plaintext)"))?;
+    Ok(pb::broker_client::BrokerClient::new(channel))
 }
 
 /// `count` unkeyed records through the batching idempotent producer, as fast as it takes them;
