@@ -656,6 +656,51 @@ async fn output_for_people_and_units() {
     assert!(completion.contains("complete -F"), "{completion}");
 }
 
+/// `raftlog bench produce` stores every request it counts, on each transport it measures: the
+/// stream, unary calls through raftlog's client, and unary calls through tonic's generated stub
+/// (the third is what `scripts/bench.sh` compares as "generated stub"; nothing else runs it in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_produce_stores_what_it_counts_on_every_transport() {
+    let cluster = TestCluster::start(1, NodeOptions::default());
+    cluster.wait_for_leader().await;
+    let eps = endpoints(&cluster, 1);
+    let transports: [(&str, &[&str]); 3] = [
+        ("stream", &[]),
+        ("unary", &["--unary"]),
+        (
+            "unary, generated client",
+            &["--unary", "--generated-client"],
+        ),
+    ];
+    for (i, (transport, flags)) in transports.into_iter().enumerate() {
+        let topic = format!("bench-{i}");
+        let mut args = vec![
+            "--json",
+            "bench",
+            "produce",
+            "--topic",
+            &topic,
+            "--count",
+            "300",
+            "--concurrency",
+            "8",
+            "--record-bytes",
+            "100",
+        ];
+        args.extend_from_slice(flags);
+        let out = text(ok(&eps, &args, b""));
+        let result: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(result["transport"], transport, "{out}");
+        assert_eq!(result["requests"], 300, "{out}");
+        let offsets = cluster
+            .client()
+            .list_offsets(&topic, &[0], None)
+            .await
+            .unwrap();
+        assert_eq!(offsets[0].end_offset, 300, "{transport}: {offsets:?}");
+    }
+}
+
 /// Two `consume -g` processes share a topic's partitions; kill -9 of one moves its partitions to
 /// the other within the session timeout (10 s by default), which reads on from the group's
 /// committed offsets and says what it reads now.
