@@ -41,6 +41,7 @@ pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyho
     } else {
         Transport::Unary(client.clone())
     };
+    let label = transport.label();
     let op = move |i: u64| {
         let (transport, topic, payloads) = (transport.clone(), topic.clone(), payloads.clone());
         async move {
@@ -76,11 +77,7 @@ pub async fn produce(client: &Client, args: ProduceArgs, as_json: bool) -> anyho
         requests,
         hist,
         secs,
-        extra: json!({"transport": match (args.unary, args.generated_client) {
-            (false, _) => "stream",
-            (true, false) => "unary",
-            (true, true) => "unary, generated client",
-        }}),
+        extra: json!({"transport": label}),
     }
     .print(as_json);
     Ok(())
@@ -97,6 +94,17 @@ enum Transport {
     Generated(pb::broker_client::BrokerClient<tonic::transport::Channel>),
 }
 
+impl Transport {
+    /// The name the JSON result gives it.
+    fn label(&self) -> &'static str {
+        match self {
+            Transport::Stream(_) => "stream",
+            Transport::Unary(_) => "unary",
+            Transport::Generated(_) => "unary, generated client",
+        }
+    }
+}
+
 /// The stub a program generated from proto/ would use: one channel to the leader (found once,
 /// from the nodes' status), with tonic's defaults.
 async fn generated_stub(
@@ -109,11 +117,16 @@ async fn generated_stub(
         .filter_map(|(_, status)| status.ok())
         .find(|status| status.has_leader && !status.leader_addr.is_empty())
         .map(|status| status.leader_addr)
-        .context("no node knows a leader")?;
+        .context("no node of --endpoints knows a leader: `raftlog cluster status` shows why")?;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))?
         .connect()
         .await
-        .with_context(|| format!("connecting to the leader at {leader} (plaintext)"))?;
+        .with_context(|| {
+            format!(
+                "connecting to the leader at {leader} in plaintext: --generated-client uses \
+                 tonic's stub without TLS or a token, so run it against a cluster without them"
+            )
+        })?;
     Ok(pb::broker_client::BrokerClient::new(channel))
 }
 
